@@ -1,0 +1,329 @@
+"""The `locality` command line: every computation of the dashboard, scriptable, with progress bars.
+
+    locality datasets                       what is registered and available here
+    locality precompute DATASET             statistics (and everything cached per data set)
+    locality stats DATASET [--json]         top eigenvalues, trace, components for 90/95/99 %
+    locality field DATASET --denoiser NAME --pixel R,C --sigmas S1,S2 --out F.npy|F.png
+    locality train DATASET [--steps N] [--resume]
+    locality eval DATASET --denoiser NAME [--json]
+    locality basis DATASET --denoiser NAME --image K --sigma S --out F.npz|F.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .data import DatasetError
+
+
+def _progress_bar(desc: str):
+    """A (fraction, message) callback drawing a tqdm bar, created on the first update (so a cache hit
+    prints nothing); returns (callback, close)."""
+    from tqdm.auto import tqdm
+
+    bars = []
+
+    def update(fraction: float, message: str = ""):
+        if not bars:
+            bars.append(tqdm(total=100, desc=desc, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}"))
+        bars[0].n = int(round(100 * fraction))
+        bars[0].set_postfix_str(message)
+        bars[0].refresh()
+
+    def close():
+        for bar in bars:
+            bar.close()
+
+    return update, close
+
+
+def _load(name: str):
+    from .data import load_dataset
+
+    dataset = load_dataset(name)
+    if dataset.notice:
+        print(f"note: {dataset.notice}", file=sys.stderr)
+    return dataset
+
+
+def _stats(dataset):
+    from .stats import get_stats
+
+    update, close = _progress_bar(f"statistics of {dataset.name}")
+    try:
+        return get_stats(dataset, progress=update)
+    finally:
+        close()
+
+
+def _parse_floats(text: str) -> list[float]:
+    try:
+        values = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("noise levels must be positive numbers")
+    return values
+
+
+def _parse_pixel(text: str) -> tuple[int, int]:
+    try:
+        r, c = (int(s) for s in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected ROW,COL, got {text!r}") from exc
+    return r, c
+
+
+# ---------------------------------------------------------------- commands
+
+def _cmd_datasets(args) -> int:
+    from .data import list_datasets
+
+    rows = []
+    for spec in list_datasets():
+        ok, message = spec.availability()
+        shape = "x".join(str(s) for s in spec.shape) if spec.shape else "varies"
+        rows.append((spec.name, "yes" if ok else "no", shape, message))
+    widths = [max(len(r[i]) for r in rows + [("name", "available", "shape", "")]) for i in range(3)]
+    print(f"{'name':<{widths[0]}}  {'available':<{widths[1]}}  {'shape':<{widths[2]}}  where / how")
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
+    from .data import default_dataset_name
+
+    print(f"\ndefault: {default_dataset_name()}")
+    return 0
+
+
+def _cmd_precompute(args) -> int:
+    dataset = _load(args.dataset)
+    stats = _stats(dataset)
+    print(f"{dataset!r}: statistics cached (trace {stats.trace:.2f}, "
+          f"{stats.components_for(0.95)} components hold 95 % of the variance)")
+    return 0
+
+
+def _cmd_stats(args) -> int:
+    dataset = _load(args.dataset)
+    summary = {"dataset": dataset.name, "fingerprint": dataset.fingerprint, **_stats(dataset).summary(args.top)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{dataset.description}\n")
+    print(f"d = {summary['d']}, N = {summary['n']}, trace = {summary['trace']:.4f}")
+    print("top eigenvalues: " + ", ".join(f"{v:.4g}" for v in summary["top_eigenvalues"]))
+    c90, c95, c99 = summary["components_90_95_99"]
+    print(f"components holding 90 / 95 / 99 % of the variance: {c90} / {c95} / {c99}")
+    return 0
+
+
+def _cmd_field(args) -> int:
+    import numpy as np
+
+    from .fields import cosine_similarity, denoiser_field, locality_sizes
+    from .schedule import format_noise_level
+
+    dataset = _load(args.dataset)
+    field = denoiser_field(dataset, args.denoiser, args.pixel, args.sigmas, n=args.n, seed=args.seed)
+    maps = field.map("signed" if args.signed else "abs")
+    sizes = locality_sizes(field)
+    reference = None
+    if args.denoiser != "wiener":
+        reference = denoiser_field(dataset, "wiener", args.pixel, args.sigmas)
+        ref_sizes = locality_sizes(reference)
+    print(f"{args.denoiser} field of pixel (row {field.pixel[0]}, col {field.pixel[1]}) on {dataset.name}")
+    header = f"{'noise level':<24} {'50/75/95 % square':>18}"
+    if reference is not None:
+        header += f" {'wiener 50/75/95':>16} {'cosine vs wiener':>17}"
+    print(header)
+    for i, sigma in enumerate(field.sigmas):
+        line = f"{format_noise_level(sigma):<24} {'/'.join(str(k) for k in sizes[i]):>18}"
+        if reference is not None:
+            cos = cosine_similarity(field.map("abs")[i], reference.map("abs")[i])
+            line += f" {'/'.join(str(k) for k in ref_sizes[i]):>16} {cos:>17.3f}"
+        print(line)
+    if args.out:
+        out = Path(args.out)
+        if out.suffix == ".npy":
+            np.save(out, field.abs_mean if args.per_channel and not args.signed else
+                    field.signed_mean if args.per_channel else maps)
+        elif out.suffix == ".png":
+            _field_png(dataset, field, maps, args).save(out)
+        else:
+            raise DatasetError(f"--out must end in .npy or .png, got {out.name}")
+        print(f"saved {out}")
+    return 0
+
+
+def _field_png(dataset, field, maps, args):
+    from .render import heat, labelled_grid, mark_pixel, to_uint8_image
+    from .schedule import format_noise_level
+
+    mode = "signed" if args.signed else "abs"
+    mean = mark_pixel(to_uint8_image(dataset.train.mean(0).numpy()), field.pixel)
+    tiles = [[mean] + [heat(m, mode) for m in maps]]
+    labels = ["mean image"] + [format_noise_level(s, ascii=True) for s in field.sigmas]
+    return labelled_grid(tiles, [args.denoiser], labels, scale=5,
+                         title=f"{dataset.name}: {mode} sensitivity of pixel (row {field.pixel[0]}, "
+                               f"col {field.pixel[1]}) (green), each map scaled to its own maximum")
+
+
+def _cmd_train(args) -> int:
+    from .models import user_model_dir
+    from .train import TrainConfig, train
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    dataset = _load(args.dataset)
+    out = args.out or user_model_dir(dataset.name)
+    config = TrainConfig(batch=args.batch) if args.batch else None
+    path = train(dataset, out, train_config=config, steps=args.steps, device=args.device, resume=args.resume,
+                 evaluate=not args.no_eval)
+    print(f"weights: {path}\nmodel card: {path.parent / 'card.json'}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .denoisers import get_denoiser
+    from .evaluate import heldout_mse_table
+
+    dataset = _load(args.dataset)
+    names = [s.strip() for s in args.denoiser.split(",") if s.strip()]
+    denoisers = {name: get_denoiser(name, dataset) for name in names}
+    rows = heldout_mse_table(dataset, denoisers, n=args.n, seed=args.seed, include_wiener=not args.json,
+                             progress=not args.json)
+    if args.json:
+        out = [{"t": r["t"], "sigma": r["sigma"], "mse": r[names[0]]} for r in rows] if len(names) == 1 else \
+            {name: [{"t": r["t"], "sigma": r["sigma"], "mse": r[name]} for r in rows] for name in names}
+        print(json.dumps(out, indent=2))
+        return 0
+    cols = names + (["wiener"] if "wiener" not in names else [])
+    print(f"held-out MSE on the first {args.n} test images of {dataset.name} (noise seed {args.seed})")
+    print(f"{'t':>5} {'sigma':>8} " + " ".join(f"{c:>11}" for c in cols) +
+          ("" if names == ["wiener"] else "   vs wiener"))
+    for r in rows:
+        line = f"{r['t']:>5} {r['sigma']:>8.4g} " + " ".join(f"{r[c]:>11.5f}" for c in cols)
+        if names != ["wiener"]:
+            line += "   " + ", ".join(f"{100 * (r[n] / r['wiener'] - 1):+.1f} %" for n in names if n != "wiener")
+        print(line)
+    return 0
+
+
+def _cmd_basis(args) -> int:
+    import numpy as np
+
+    from .basis import denoiser_basis
+
+    dataset = _load(args.dataset)
+    basis, y = denoiser_basis(dataset, args.denoiser, args.image, args.sigma, seed=args.seed)
+    k = args.top
+    print(f"{args.denoiser} Jacobian at test image {args.image}, sigma {args.sigma:g} on {dataset.name}")
+    print(f"tr J = {basis.trace:.3f}   asymmetry ||J - J^T|| / ||J|| = {basis.asymmetry:.3f}")
+    print("top eigenvalues: " + ", ".join(f"{v:.3f}" for v in basis.eigvals[:k]))
+    if args.out:
+        out = Path(args.out)
+        if out.suffix == ".npz":
+            np.savez(out, eigvals=basis.eigvals, eigvecs=basis.eigvecs[:, :k], trace=basis.trace,
+                     asymmetry=basis.asymmetry, noisy_image=y)
+        elif out.suffix == ".png":
+            from .render import heat, labelled_grid, to_uint8_image
+
+            vecs = basis.eigenimages(k).sum(axis=1)
+            tiles = [[to_uint8_image(np.clip(y, -1, 1)).convert("RGB")] + [heat(v, "signed") for v in vecs]]
+            labelled_grid(tiles, [args.denoiser], ["noisy y"] + [f"{v:.2f}" for v in basis.eigvals[:k]], scale=4,
+                          title=f"Jacobian eigenvectors (eigenvalue above each), tr J = {basis.trace:.2f}").save(out)
+        else:
+            raise DatasetError(f"--out must end in .npz or .png, got {out.name}")
+        print(f"saved {out}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="locality", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="list data sets and whether they are available here")
+    p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser("precompute", help="compute and cache a data set's statistics")
+    p.add_argument("dataset")
+    p.set_defaults(func=_cmd_precompute)
+
+    p = sub.add_parser("stats", help="eigenvalues, trace and components holding 90/95/99 %% of the variance")
+    p.add_argument("dataset")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser("field", help="sensitivity field of one pixel across noise levels")
+    p.add_argument("dataset")
+    p.add_argument("--denoiser", default="wiener")
+    p.add_argument("--pixel", type=_parse_pixel, required=True, help="ROW,COL")
+    p.add_argument("--sigmas", type=_parse_floats, default=None, help="comma-separated (default: DDIM grid)")
+    p.add_argument("--n", type=int, default=32, help="held-out images averaged over (autograd denoisers)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--signed", action="store_true", help="signed mean instead of mean absolute value")
+    p.add_argument("--per-channel", action="store_true", help=".npy: keep (S, C_out, C_in, H, W)")
+    p.add_argument("--out", default=None, help=".npy (maps, shape (S, H, W)) or .png (labelled figure)")
+    p.set_defaults(func=_cmd_field)
+
+    p = sub.add_parser("train", help="train a UNet denoiser on a data set (resumable)")
+    p.add_argument("dataset")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 6000)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 128)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--out", default=None, help="output folder (default: the user model folder)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation in the model card")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="held-out MSE on the reference DDIM grid")
+    p.add_argument("dataset")
+    p.add_argument("--denoiser", required=True, help="a registered denoiser (or several, comma-separated)")
+    p.add_argument("--n", type=int, default=2000, help="test images (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("basis", help="Jacobian eigenbasis of a denoiser at one noisy test image")
+    p.add_argument("dataset")
+    p.add_argument("--denoiser", default="unet")
+    p.add_argument("--image", type=int, default=0, help="test image index")
+    p.add_argument("--sigma", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=8)
+    p.add_argument("--out", default=None, help=".npz or .png")
+    p.set_defaults(func=_cmd_basis)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .denoisers import DenoiserError
+    from .models import ModelError
+    from .stats import TooLargeError
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "sigmas", "absent") is None:
+        from .schedule import REFERENCE_SIGMAS
+
+        args.sigmas = list(REFERENCE_SIGMAS)
+    try:
+        return args.func(args)
+    except (DatasetError, DenoiserError, ModelError, TooLargeError, ValueError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

