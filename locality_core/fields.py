@@ -115,10 +115,19 @@ def window_shares(field_map: np.ndarray, pixel: tuple[int, int]) -> tuple[np.nda
     return ks, (shares / total if total > 0 else np.ones_like(shares))
 
 
-def locality_size(field_map: np.ndarray, pixel: tuple[int, int], level: float) -> int:
-    """Smallest odd k whose centred k x k square holds ``level`` of the map's absolute mass."""
+def locality_size(field_map: np.ndarray, pixel: tuple[int, int], level: float, interpolate: bool = False
+                  ) -> int | float:
+    """Smallest odd k whose centred k x k square holds ``level`` of the map's absolute mass.
+
+    ``interpolate``: a continuous side length instead, linear in the share between consecutive odd k
+    (1 when the pixel alone holds ``level``); it separates fields that the integer size ties.
+    """
     ks, shares = window_shares(field_map, pixel)
-    return int(ks[np.searchsorted(shares, level - 1e-12)])
+    i = int(np.searchsorted(shares, level - 1e-12))
+    if not interpolate or i == 0:
+        return int(ks[i])
+    lo, hi = shares[i - 1], shares[i]
+    return float(ks[i - 1] + (ks[i] - ks[i - 1]) * (level - lo) / (hi - lo))
 
 
 def locality_sizes(field: Field, levels=LOCALITY_LEVELS) -> np.ndarray:

@@ -174,6 +174,9 @@ def test_window_shares_and_locality_size():
     ks, shares = window_shares(uniform, (4, 4))
     np.testing.assert_allclose(shares, ks**2 / 81)
     assert locality_size(uniform, (4, 4), 0.5) == 7  # 49/81 >= 0.5 > 25/81
+    # interpolated: 25/81 at k=5, 49/81 at k=7 -> 5 + 2 * (40.5 - 25) / 24
+    assert locality_size(uniform, (4, 4), 0.5, interpolate=True) == pytest.approx(5 + 2 * 15.5 / 24)
+    assert locality_size(delta, (4, 4), 0.5, interpolate=True) == 1
     corner = np.ones((5, 5))
     ks, shares = window_shares(corner, (0, 0))
     assert ks[-1] == 9 and shares[-1] == 1.0  # from a corner the window must reach across the image

@@ -2,8 +2,10 @@
 
 A field is white noise filtered in Fourier space: ``x = ifft2(fft2(w) * A)``, ``w ~ N(0, I)``, with amplitude
 ``A(f) = f^(-alpha/2)`` so that the power spectrum is ``1 / f^alpha``. ``f`` is the radial frequency in cycles
-per pixel (numpy's fftfreq); the zero frequency gets amplitude 0, so every field has mean exactly 0 and no
-infinite variance. Boundaries are periodic, so the covariance is exactly circulant (stationary).
+per pixel (numpy's fftfreq); the zero frequency, where 1/f^alpha is infinite, gets the amplitude of the lowest
+non-zero frequency (one cycle per image). Zeroing it instead would force every field's spatial mean to 0, and
+then every denoising field would integrate to 0: a broad negative lobe over the whole image that hides how
+the field's width follows alpha. Boundaries are periodic, so the covariance is exactly circulant (stationary).
 Larger alpha puts more power at low frequencies: longer correlations, smoother fields, and, by the theory,
 wider denoising fields at every noise level (METHODS.md section 8).
 
@@ -29,12 +31,12 @@ CHUNK = 4096
 
 
 def grf_amplitude(alpha: float, height: int = SIZE, width: int = SIZE, std: float = STD) -> np.ndarray:
-    """(H, W) Fourier amplitude, zero at f = 0, scaled so that each pixel's std is ``std``."""
+    """(H, W) Fourier amplitude f^(-alpha/2) (f = 0 treated as one cycle per image), scaled so that each
+    pixel's std is ``std``."""
     fy = np.fft.fftfreq(height)[:, None]
     fx = np.fft.fftfreq(width)[None, :]
-    f = np.sqrt(fy**2 + fx**2)
-    amp = np.zeros_like(f)
-    amp[f > 0] = f[f > 0] ** (-alpha / 2.0)
+    f = np.maximum(np.sqrt(fy**2 + fx**2), 1.0 / max(height, width))
+    amp = f ** (-alpha / 2.0)
     return amp * std / np.sqrt(np.mean(amp**2))
 
 
@@ -79,7 +81,7 @@ def load_grf(alpha: float = 2.0, n_train: int = 20000, n_test: int = 2000, seed:
     clipped = float(np.mean(np.abs(train) > 1.0))
     train, test = np.clip(train, -1.0, 1.0), np.clip(test, -1.0, 1.0)
     x_train, x_test = _as_images(train), _as_images(test)
-    recipe = f"grf:v1:alpha={alpha}:n_train={n_train}:n_test={n_test}:seed={seed}:size={SIZE}:std={STD}:clip"
+    recipe = f"grf:v2:alpha={alpha}:n_train={n_train}:n_test={n_test}:seed={seed}:size={SIZE}:std={STD}:clip"
     return Dataset(
         name="grf", train=x_train, test=x_test, fingerprint=fingerprint(x_train, x_test, recipe=recipe),
         description=(f"Gaussian random fields, power spectrum 1/f^{alpha:g}: {n_train:,} training and {n_test:,} "

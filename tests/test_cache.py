@@ -1,0 +1,78 @@
+"""The disk cache: hits, refusal of pickles, recovery from damage, one computation across processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from locality_core.cache import ArrayCache, decode, encode
+
+
+def test_roundtrip_and_hit(tmp_path):
+    cache = ArrayCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": np.arange(5.0), "b": np.eye(2, dtype=np.float32)}
+
+    first = cache.get_or_compute("k", compute)
+    second = cache.get_or_compute("k", compute)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(second["a"], np.arange(5.0))
+    assert second["b"].dtype == np.float32 and first.keys() == second.keys()
+    assert (tmp_path.stat().st_mode & 0o777) == 0o700
+
+
+def test_pickled_entry_is_refused_and_recomputed(tmp_path):
+    cache = ArrayCache(tmp_path)
+    cache._values.set("k", {"payload": "a pickled dict"})  # diskcache pickles non-bytes values
+    assert cache.get("k") is None
+    assert cache.get_or_compute("k", lambda: {"x": np.ones(2)})["x"].sum() == 2
+
+
+def test_corrupted_and_truncated_entries_are_recomputed(tmp_path):
+    cache = ArrayCache(tmp_path)
+    big = {"x": np.arange(100_000, dtype=np.float64)}  # large enough to live in its own file
+    cache.set("k", big)
+    files = [p for p in (tmp_path / "values").rglob("*.val")]
+    assert files, "expected the entry to be stored as a file"
+    data = files[0].read_bytes()
+    files[0].write_bytes(data[: len(data) // 2])  # truncate
+    assert cache.get("k") is None
+    assert cache.get_or_compute("k", lambda: big)["x"][-1] == 99_999
+    blob = bytearray(encode(big))
+    blob[-10] ^= 0xFF  # flip a bit in the payload
+    with pytest.raises(ValueError, match="checksum"):
+        decode(bytes(blob))
+
+
+def _worker(directory: str, log: str, out: str) -> None:
+    cache = ArrayCache(directory)
+
+    def compute():
+        with open(log, "a") as f:
+            f.write("computed\n")
+        time.sleep(1.0)
+        return {"v": np.array([42.0])}
+
+    value = cache.get_or_compute("shared", compute)
+    Path(out).write_text(str(float(value["v"][0])))
+
+
+def test_concurrent_processes_compute_once(tmp_path):
+    log = tmp_path / "log.txt"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path / "c"), str(log), str(tmp_path / f"out{i}")))
+             for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert log.read_text().count("computed") == 1
+    assert all((tmp_path / f"out{i}").read_text() == "42.0" for i in range(3))
