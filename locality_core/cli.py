@@ -7,6 +7,9 @@
     locality train DATASET [--steps N] [--resume]
     locality eval DATASET --denoiser NAME [--json]
     locality basis DATASET --denoiser NAME --image K --sigma S --out F.npz|F.png
+    locality sample DATASET --denoisers unet,analytical,wiener,optimal,els --n 8 --out grid.png
+    locality compare DATASET [--json]       agreement of every denoiser with the UNet
+    locality calibrate DATASET              fit the LS/ELS patch-size schedule to the UNet
 """
 
 from __future__ import annotations
@@ -302,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=8)
     p.add_argument("--out", default=None, help=".npz or .png")
     p.set_defaults(func=_cmd_basis)
+
+    from .cli_sampling import add_commands  # sample, compare, calibrate
+
+    add_commands(sub)
     return parser
 
 

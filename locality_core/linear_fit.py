@@ -37,7 +37,8 @@ class LinearFitResult:
 
 def fit_linear_denoiser(train: torch.Tensor, sigma: float, P: np.ndarray, *, pixel: tuple[int, int] | None = None,
                         steps: int = 1500, batch: int = 512, lr: float = 2e-3, record_every: int = 25,
-                        antithetic: bool = True, seed: int = 0, progress: Callable[[float, str], None] | None = None) -> LinearFitResult:
+                        antithetic: bool = True, seed: int = 0,
+                        progress: Callable[[float, str], None] | None = None) -> LinearFitResult:
     """Fit x0_hat = A x + b to (x0 + sigma eps, x0) pairs from ``train`` (N, C, H, W) with Adam.
 
     ``P``: the closed-form P_sigma (d, d) to measure against. The learning rate decays linearly to 2 %, and
