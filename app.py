@@ -1,0 +1,21 @@
+"""Locality Explorer: `streamlit run app.py`.
+
+The frame of the app: page config, navigation over the pages in pages/ (listed in ui/navigation.py), and the
+shared sidebar (data set, noise levels, seed, device), whose choices live in the URL.
+"""
+
+import streamlit as st
+
+from ui.data import configure_threads
+from ui.navigation import build_pages
+from ui.sidebar import render_sidebar
+from ui.state import set_view
+
+st.set_page_config(page_title="Locality Explorer", page_icon=":material/grid_on:", layout="wide",
+                   menu_items={"About": "Locality Explorer: how the data's statistics shape what image diffusion "
+                                        "denoisers look at (Lukoianov et al., NeurIPS 2025)."})
+
+configure_threads()
+page = st.navigation(build_pages())
+set_view(render_sidebar())
+page.run()

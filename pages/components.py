@@ -1,0 +1,117 @@
+"""Principal components: the data statistics that the Wiener filter, and by the paper's account the UNet, use."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from locality_core.spectrum import correlation_row, power_law_fit
+from locality_core.wiener import passing_components, wiener_gain
+from ui import data as D
+from ui.figures import cumulative_plot, gains_plot, images_png, spectrum_plot, tiles_figure
+from ui.state import current_view
+from ui.widgets import picker, png_download, show
+
+PER_PAGE = 16
+
+view = current_view()
+data, stats = D.require_data(view)
+C, H, W = data.shape
+
+st.title("Principal components")
+st.markdown(
+    "The covariance of the training images, $\\Sigma = U\\,\\mathrm{diag}(\\lambda)\\,U^T$, is all the Wiener "
+    "filter knows. Each principal component (a column of $U$) is a pattern of pixels that vary together; its "
+    "eigenvalue $\\lambda_k$ is how much they vary. Denoising keeps component $k$ with gain "
+    "$\\lambda_k/(\\lambda_k+\\sigma^2)$, so the noise level decides which patterns survive, and with them how "
+    "wide the sensitivity fields are.")
+
+summary = stats.summary()
+cols = st.columns(5)
+cols[0].metric("Training images", f"{stats.n:,}")
+cols[1].metric("Dimensions d", f"{stats.d:,}", help=f"{C} x {H} x {W}")
+cols[2].metric("Total variance tr Σ", f"{stats.trace:.4g}")
+for col, q, n in zip(cols[3:], (0.90, 0.99), (summary["components_90_95_99"][0], summary["components_90_95_99"][2])):
+    col.metric(f"Components for {int(q * 100)} %", f"{n:,}")
+
+# ---------------------------------------------------------------- eigen-images, paged
+st.subheader("Eigen-images")
+n_pages = max(1, min(50, -(-stats.d // PER_PAGE)))
+page = st.pagination(n_pages, key="pc_page", bind="query-params", max_visible_pages=9)
+first = (page - 1) * PER_PAGE
+ks = np.arange(first, min(first + PER_PAGE, stats.d))
+images = stats.eigvecs[:, ks].T.reshape(len(ks), C, H, W)
+share = stats.eigvals / stats.trace
+titles = [f"#{k + 1}: {100 * share[k]:.2g} %" for k in ks]
+show(tiles_figure(images, titles, columns=8), "eigen_images", f"{view.dataset}-components-{first + 1}-{ks[-1] + 1}")
+st.caption(f"Components {first + 1} to {ks[-1] + 1} of {stats.d:,}, each scaled to its own largest |value| "
+           "(red positive, blue negative), titled with its share of the variance. The leading ones are broad, "
+           "smooth patterns; later ones oscillate faster. On nearly stationary data they look like Fourier modes; "
+           "on specialised data (faces, one clothing class) they take the objects' shapes.")
+png_download("Download these eigen-images (PNG)",
+             lambda: images_png(list(images / np.abs(images).reshape(len(ks), -1).max(1)[:, None, None, None]),
+                                [f"#{k + 1}" for k in ks], columns=8),
+             f"{view.dataset}-components-{first + 1}-{ks[-1] + 1}.png", key="pc_png")
+
+# ---------------------------------------------------------------- spectrum and cumulative variance
+left, right = st.columns(2)
+with left:
+    st.subheader("Spectrum")
+    try:
+        fit = power_law_fit(stats.eigvals)
+        fit_args = (fit.amplitude, fit.beta, fit.k_min, fit.k_max)
+    except ValueError as exc:
+        fit, fit_args = None, None
+        st.info(f"No power-law fit: {exc}")
+    show(spectrum_plot(stats.eigvals, fit_args), "spectrum", f"{view.dataset}-spectrum")
+    if fit is not None:
+        st.caption(f"Eigenvalues fall as a power law, λ_k ≈ {fit.amplitude:.3g} · k^(−{fit.beta:.2f}) "
+                   f"(least squares in log-log over ranks {fit.k_min}–{fit.k_max}, R² = {fit.r2:.3f}). "
+                   "The steeper the fall, the fewer components carry the signal.")
+with right:
+    st.subheader("Cumulative variance")
+    marks = {q: stats.components_for(q) for q in (0.90, 0.95, 0.99)}
+    show(cumulative_plot(stats.eigvals, marks), "cumulative", f"{view.dataset}-cumulative-variance")
+    st.caption("Share of the total variance held by the first k components. " +
+               ", ".join(f"{int(q * 100)} % needs {n:,}" for q, n in marks.items()) + f" of {stats.d:,}.")
+
+# ---------------------------------------------------------------- gains per noise level
+st.subheader("What survives denoising at each noise level")
+show(gains_plot(stats.eigvals, list(view.sigmas), view.labels), "gains", f"{view.dataset}-wiener-gains")
+table = pd.DataFrame({
+    "components with λ > σ²": [passing_components(stats.eigvals, s) for s in view.sigmas],
+    "effective dimension tr P_σ": [f"{float(wiener_gain(stats.eigvals, s).sum()):.1f}" for s in view.sigmas],
+}, index=view.labels).T
+st.dataframe(table.astype(str), width="stretch")
+st.caption("A component passes when its signal-to-noise ratio λ/σ² exceeds 1 (gain above one half). tr P_σ, the "
+           "sum of the gains, is how many dimensions the Wiener filter keeps. Few components pass at high noise, "
+           "and each is spread over the image: the sensitivity fields are broad. At low noise nearly all pass, "
+           "P_σ approaches the identity and the fields shrink to the pixel.")
+
+
+# ---------------------------------------------------------------- correlation map of a clicked pixel
+@st.fragment
+def correlation_section():
+    st.subheader("Which pixels vary together?")
+    channel = 0
+    if C > 1:
+        channel = st.segmented_control("Channel", list(range(C)), default=0, key="corr_channel",
+                                       format_func=lambda c: "RGB"[c] if C == 3 else str(c), required=True)
+    left, right = st.columns([1, 1.2], gap="medium")
+    with left:
+        pixel = picker(lambda p: correlation_row(stats, p, channel).mean(0), data.shape, kind="signed",
+                       key="corr_picker", title=lambda p: f"Correlation with pixel (row {p[0]}, col {p[1]})",
+                       filename=f"{view.dataset}-correlation")
+    corr = correlation_row(stats, pixel, channel)
+    with right:
+        st.caption(f"Pixel (row {pixel[0]}, col {pixel[1]})")
+        st.markdown(
+            "Click a pixel: the map shows its correlation with every other pixel across the training set "
+            "(red: brighter together, blue: one brighter when the other is darker). This row of the covariance "
+            "is where the Wiener filter's field of that pixel comes from at high noise, when only the leading "
+            "components pass. The pixel is shared with the Sensitivity page.")
+        near = corr[channel].copy()
+        near[pixel] = np.nan
+        st.metric("Strongest correlation with another pixel", f"{np.nanmax(near):.3f}")
+
+
+correlation_section()

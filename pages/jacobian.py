@@ -1,0 +1,122 @@
+"""Jacobian basis: the denoiser's own eigen-view at one noisy image (Kadkhodaie et al.), beside the Wiener one."""
+
+import numpy as np
+import streamlit as st
+
+from locality_core.denoisers import list_denoisers
+from locality_core.wiener import wiener_gain
+from ui import data as D
+from ui.figures import images_png, line_plot, tiles_figure
+from ui.memo import cached, memo
+from ui.state import current_view, noise_label
+from ui.widgets import png_download, run_button, show
+
+N_VECTORS = 8
+
+view = current_view()
+data, stats = D.require_data(view)
+C, H, W = data.shape
+data_key = (view.dataset, view.params_json, "")
+basis = D.optional_module("basis")
+
+st.title("Jacobian basis")
+st.markdown(
+    "Near a noisy image $y$ any denoiser acts like a linear map: its Jacobian $J = \\partial D/\\partial y$. The "
+    "eigenvectors of $(J+J^T)/2$ are the directions it keeps, and the eigenvalues how much of each (shrinkage "
+    "factors, mostly between 0 and 1); their sum $\\mathrm{tr}\\,J$ counts the dimensions kept. For the Wiener "
+    "filter this is exact and the same for every image: the principal components with gains "
+    "$\\lambda/(\\lambda+\\sigma^2)$. A trained network adapts its basis to the image (Kadkhodaie et al., ICLR "
+    "2024): the contrast between the two is the point.")
+
+if basis is None:
+    st.info("The Jacobian eigenbasis (locality_core/basis.py) is not part of this installation yet.")
+    st.stop()
+
+models = [s for s in list_denoisers() if not s.linear]
+status = {s.name: D.denoiser_status(s.name, data) for s in models}
+c1, c2, c3 = st.columns([1, 1.2, 1.2])
+image_index = int(c1.number_input("Test image #", 0, len(data.test) - 1, 0, key="img", bind="query-params"))
+sigma = c2.selectbox("Noise level", list(view.sigmas), index=min(4, len(view.sigmas) - 1), format_func=noise_label,
+                     key="jb_sigma")
+names = [s.name for s in models]
+name = c3.selectbox("Denoiser", names, format_func=lambda n: f"{n}" + ("" if status[n][0] else " (not available)"),
+                    key="jb_model") if names else None
+
+wiener_b, y = basis.denoiser_basis(data, "wiener", image_index, sigma, seed=view.seed)
+x0 = data.test[image_index].numpy()
+
+
+def model_basis(model: str, s: float):
+    key = (data_key, model, D.denoiser_id(model, data), image_index, float(s), view.seed)
+    return key, lambda: memo("jacobian_basis", key, lambda: basis.denoiser_basis(
+        D.dataset(*data_key), model, image_index, s, seed=view.seed)[0], max_entries=24)
+
+
+model_b = None
+if name is not None and status[name][0]:
+    key, compute = model_basis(name, sigma)
+    if run_button(f"Compute the {name} Jacobian ({C * H * W:,} backward passes)", "jb_go",
+                  cached("jacobian_basis", key)):
+        try:
+            with st.spinner(f"Full Jacobian of {name} at {noise_label(sigma)}: {C * H * W:,} vector-Jacobian "
+                            "products, a few seconds on CPU (cached afterwards)…"):
+                model_b = compute()
+        except D.USER_ERRORS as exc:
+            D.show_error(exc, name)
+elif name is not None:
+    st.info(f"{name}: {status[name][1]}", icon=":material/model_training:")
+else:
+    st.info("No trained or data-driven denoiser is registered besides Wiener.")
+
+left, right = st.columns([1, 2.2])
+with left:
+    show(tiles_figure(np.stack([x0, y / np.sqrt(1 + sigma**2)]), ["clean x₀", f"noisy y, {noise_label(sigma)}"],
+                      columns=2, kind="image", page_width=380), "jb_inputs", f"{view.dataset}-jacobian-input")
+    st.caption("The noisy image is shown divided by √(1+σ²), the DDPM scale, so that it fits the gray range.")
+    metrics = {"Wiener tr J": f"{wiener_b.trace:.1f}"}
+    if model_b is not None:
+        metrics[f"{name} tr J"] = f"{model_b.trace:.1f}"
+        metrics[f"{name} asymmetry ‖J−Jᵀ‖/‖J‖"] = f"{model_b.asymmetry:.3f}"
+    for label, value in metrics.items():
+        st.metric(label, value)
+with right:
+    k = np.arange(1, stats.d + 1)
+    curves = {"Wiener": wiener_b.eigvals}
+    if model_b is not None:
+        curves[name] = model_b.eigvals
+    show(line_plot(k, curves, x_title="rank", y_title="eigenvalue of (J+Jᵀ)/2", log_x=True, height=360),
+         "jb_spectrum", f"{view.dataset}-jacobian-eigenvalues")
+    st.caption("Eigenvalues in decreasing order. Wiener's are the gains λ/(λ+σ²) of the principal components; a "
+               "network's stay near 1 for the directions that make up the image and drop for the rest.")
+
+st.subheader(f"Top {N_VECTORS} eigenvectors")
+rows, titles = [wiener_b.eigenimages(N_VECTORS)], [f"Wiener #{i + 1}: {v:.2f}" for i, v in
+                                                    enumerate(wiener_b.eigvals[:N_VECTORS])]
+if model_b is not None:
+    rows.append(model_b.eigenimages(N_VECTORS))
+    titles += [f"{name} #{i + 1}: {v:.2f}" for i, v in enumerate(model_b.eigvals[:N_VECTORS])]
+vectors = np.concatenate(rows)
+show(tiles_figure(vectors, titles, columns=N_VECTORS), "jb_vectors", f"{view.dataset}-jacobian-eigenvectors")
+st.caption("Each eigenvector scaled to its largest |value|, titled with its eigenvalue. Wiener's are the data's "
+           "principal components whatever the image; the network's follow the contours of this image.")
+png_download("Download the eigenvectors (PNG)", lambda: images_png(
+    list(vectors / np.abs(vectors).reshape(len(vectors), -1).max(1)[:, None, None, None]),
+    [t.split(":")[0] for t in titles], columns=N_VECTORS), f"{view.dataset}-jacobian-eigenvectors.png", key="jb_png")
+
+st.subheader("Dimensions kept against noise: tr J")
+trace = {"Wiener": [float(wiener_gain(stats.eigvals, s).sum()) for s in view.sigmas]}
+if name is not None and status[name][0]:
+    keys = [model_basis(name, s) for s in view.sigmas]
+    done = all(cached("jacobian_basis", k) for k, _ in keys)
+    if run_button(f"Compute tr J of {name} at all {len(view.sigmas)} noise levels", "jb_all", done):
+        bar = st.progress(0.0)
+        values = []
+        for i, ((_, compute), s) in enumerate(zip(keys, view.sigmas)):
+            bar.progress(i / len(keys), text=f"{name}: full Jacobian at {noise_label(s)} ({i + 1}/{len(keys)})")
+            values.append(compute().trace)
+        bar.empty()
+        trace[name] = values
+show(line_plot(list(view.sigmas), trace, x_title="noise level σ", y_title="tr J (dimensions kept)", log_x=True,
+               log_y=True, markers=True, height=360), "jb_trace", f"{view.dataset}-jacobian-trace")
+st.caption(f"At test image #{image_index}. High noise keeps few dimensions, low noise nearly all {stats.d:,}. The "
+           "Wiener filter's count is the same for every image; a network's depends on the image.")

@@ -1,0 +1,108 @@
+"""Your own data: import a .zip of images as a data set, then explore it on every page."""
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from locality_core.data import (
+    DatasetError,
+    default_dataset_name,
+    delete_user_dataset,
+    import_images,
+    list_user_datasets,
+)
+from locality_core.data.user import MAX_IMAGES, MAX_SIDE, MAX_TOTAL_BYTES, MIN_IMAGES, PREFIX, metadata
+from locality_core.stats import covariance_bytes
+from ui import data as D
+from ui.state import View, current_view
+
+SIZES = [16, 24, 28, 32, 48, 64]
+MAX_UPLOAD_MB = st.get_option("server.maxUploadSize")
+
+view = current_view()
+st.title("Your own data")
+st.markdown(
+    "Upload your own images and every page works on them: principal components, Wiener fields, analytical "
+    "masks, the experiments. Locality should follow *your* data's statistics, so images of one kind of object "
+    "give object-shaped fields, textures give compact blobs.")
+
+st.markdown(
+    f"**What to upload:** one `.zip` of PNG, JPEG, GIF, BMP or TIFF files (sub-folders are fine; hidden files and "
+    f"`__MACOSX` are skipped), at most **{MAX_UPLOAD_MB} MB** uploaded, **{MAX_IMAGES:,} files** and "
+    f"**{MAX_TOTAL_BYTES // 2**30} GiB** uncompressed; at least {MIN_IMAGES} readable images. Every image is "
+    f"centre-cropped to a square and resized to the size you choose; about 10 % (chosen by file name) are held "
+    "out as test images. Files that cannot be read are listed with the reason and skipped.")
+
+
+def _use(name: str) -> None:
+    st.session_state["dataset"] = PREFIX + name
+
+
+def _delete(name: str) -> None:
+    try:
+        delete_user_dataset(name)
+    except DatasetError as exc:
+        st.session_state["delete_error"] = str(exc)
+    if st.session_state.get("dataset") == PREFIX + name:
+        st.session_state["dataset"] = default_dataset_name()
+
+
+with st.container(border=True):
+    upload = st.file_uploader("Images (.zip)", type=["zip"], key="zip")
+    c1, c2, c3 = st.columns(3)
+    name = c1.text_input("Name", "my-images", max_chars=64, key="import_name",
+                         help=f"Letters, digits, '-' and '_'. Appears as `{PREFIX}<name>` in the data set list.")
+    side = c2.selectbox("Size (pixels)", SIZES, index=SIZES.index(28), key="import_size",
+                        help=f"At most {MAX_SIDE}; the statistics need a d x d covariance, d = channels x size²: "
+                             "64x64 colour is 12,288 dimensions.")
+    mode = c3.radio("Colour", ["L", "RGB"], format_func={"L": "grayscale", "RGB": "colour"}.get, horizontal=True,
+                    key="import_mode")
+    d = (3 if mode == "RGB" else 1) * side * side
+    st.caption(f"d = {d:,} dimensions: the statistics need about {covariance_bytes(d) / 2**30:.2g} GiB of memory.")
+    submitted = st.button("Import", icon=":material/upload:", type="primary", key="import_go")
+
+if submitted:
+    if upload is None:
+        st.warning("Choose a .zip file first.")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / (Path(upload.name).name or "upload.zip")
+            path.write_bytes(upload.getbuffer())
+            try:
+                with st.spinner("Reading and resizing the images…"):
+                    report = import_images(path, name, size=(side, side), mode=mode)
+            except DatasetError as exc:
+                st.error(f"Import failed: {exc}", icon=":material/error:")
+                report = None
+        if report is not None:
+            st.success(f"Imported {report.n_train + report.n_test:,} images as `{PREFIX}{report.name}`: "
+                       f"{report.n_train:,} for training, {report.n_test:,} held out, "
+                       f"{'x'.join(map(str, report.shape))}.", icon=":material/check_circle:")
+            if report.skipped:
+                st.warning(f"{len(report.skipped)} file(s) skipped:")
+                st.dataframe(pd.DataFrame(report.skipped, columns=["file", "reason"]), width="stretch",
+                             hide_index=True)
+            # precompute the statistics (with a progress bar) so every page opens at once; on a problem
+            # (too large for memory) require_data says so and stops here
+            D.require_data(View(PREFIX + report.name, (), view.sigmas, view.seed, view.device))
+            st.success("Statistics computed: the data set is ready on every page.")
+            st.button(f"Explore `{PREFIX}{report.name}` now", on_click=_use, args=(report.name,), type="primary",
+                      icon=":material/arrow_forward:")
+
+st.subheader("Imported data sets")
+names = list_user_datasets()
+if not names:
+    st.caption("None yet.")
+for n in names:
+    meta = metadata(n)
+    c1, c2, c3 = st.columns([3, 1, 1])
+    c1.markdown(f"`{PREFIX}{n}`: {meta.get('n_train', '?')} train, {meta.get('n_test', '?')} test, "
+                f"shape {meta.get('shape', '?')}, from {Path(str(meta.get('source', '?'))).name}"
+                + (f"; {len(meta['skipped'])} file(s) skipped" if meta.get("skipped") else ""))
+    c2.button("Use", key=f"use_{n}", on_click=_use, args=(n,), icon=":material/arrow_forward:")
+    c3.button("Delete", key=f"del_{n}", on_click=_delete, args=(n,), icon=":material/delete:",
+              help="Removes the imported copy; your original files are not touched.")
+if "delete_error" in st.session_state:
+    st.error(st.session_state.pop("delete_error"))

@@ -1,0 +1,365 @@
+"""The dashboard, headless (Streamlit's AppTest): every page renders on a tiny data set, one interaction per page,
+the URL state, error messages instead of tracebacks.
+
+The data set is injected with $LOCALITY_APP_DATASET (Gaussian random fields, 600 training images); a tiny untrained
+UNet saved for exactly that data stands in for the trained one, so the model code paths run in seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+TINY = "grf:n_train=600,n_test=64"
+TINY_PARAMS = {"n_train": 600, "n_test": 64}
+TIMEOUT = 180
+if str(ROOT) not in sys.path:  # the app's ui package lives beside app.py, not in the installed project
+    sys.path.insert(0, str(ROOT))
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from ui.navigation import PAGES  # noqa: E402
+from ui.state import parse_dataset_env, parse_sigmas, pixel_from_selection, resolve_sigmas  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def app_env(tmp_path_factory):
+    """Tiny data set by default, a private data folder (imports) and model folder (a tiny UNet for it)."""
+    from locality_core.data import load_dataset
+    from locality_core.unet import EDMDenoiser, UNetConfig
+
+    root = tmp_path_factory.mktemp("app")
+    saved = {k: os.environ.get(k) for k in ("LOCALITY_APP_DATASET", "LOCALITY_DATA_DIR", "LOCALITY_MODEL_DIR",
+                                             "LOCALITY_OFFLINE")}
+    os.environ.update(LOCALITY_APP_DATASET=TINY, LOCALITY_DATA_DIR=str(root / "data"),
+                      LOCALITY_MODEL_DIR=str(root / "models"), LOCALITY_OFFLINE="1")
+    data = load_dataset("grf", **TINY_PARAMS)
+    torch.manual_seed(0)
+    model = EDMDenoiser(UNetConfig(base=8, mults=(1, 2), blocks=1, emb_dim=16, groups=4))
+    torch.nn.init.normal_(model.net.conv_out.weight, std=0.05)  # untrained, but not the identity
+    (root / "models" / "grf").mkdir(parents=True)
+    torch.save({"format": "locality-unet-v1", "unet_config": model.config.to_dict(), "state_dict": model.state_dict(),
+                "fingerprint": data.fingerprint, "dataset": "grf"}, root / "models" / "grf" / "unet.pt")
+    yield root
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def run_page(path: str | None = None, query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    if path is not None and path != PAGES[0].path:
+        at.switch_page(path).run()
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.subheader]
+                     + [i.value for i in at.info] + [w.value for w in at.warning])
+
+
+def figure(at: AppTest, key_part: str) -> dict:
+    """The plotly figure whose element id contains ``key_part`` (its widget key or chart key)."""
+    for el in at.get("plotly_chart"):
+        if key_part in el.proto.id:
+            return json.loads(el.proto.spec)
+    raise AssertionError(f"no plotly chart {key_part!r}: {[el.proto.id for el in at.get('plotly_chart')]}")
+
+
+# ---------------------------------------------------------------- the frame
+
+def test_every_page_file_is_registered():
+    files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "pages").glob("*.py") if p.name != "__init__.py"}
+    registered = {p.path for p in PAGES}
+    assert files == registered, f"not registered: {files - registered}; missing files: {registered - files}"
+    assert sum(p.default for p in PAGES) == 1
+    assert len({p.url_path for p in PAGES}) == len(PAGES)
+    # each page's address is its file's stem: a link to a page works even on a fresh server (legacy pages/ mode)
+    assert all(Path(p.path).stem == p.url_path for p in PAGES)
+    assert "build_pages()" in (ROOT / "app.py").read_text()
+
+
+@pytest.mark.parametrize("page", [p.path for p in PAGES], ids=[p.url_path for p in PAGES])
+def test_every_page_renders(page):
+    at = run_page(page)
+    assert_clean(at)
+    assert at.title, "every page has a title"
+    assert len(" ".join(m.value for m in at.markdown)) > 150, "every page explains what it shows"
+
+
+def test_sidebar_defines_the_view():
+    # AppTest drops the sidebar's elements from its tree after a rerun under st.navigation (the browser does
+    # not): sidebar widgets are read on the first run, and changed through the URL or session state
+    at = run_page(query={"sigma": "5, 0.5", "t": ["900", "300"]})
+    assert_clean(at)
+    assert at.selectbox(key="dataset").value == "grf"
+    assert at.multiselect(key="t").value == [900, 300]
+    assert "Showing t=900 (σ=60.8), t=565 (σ=5), t=300 (σ=1.24), t=144 (σ=0.5)" in texts(at)
+    titles = [a["text"] for a in figure(at, "field_grid")["layout"]["annotations"] if a["text"].startswith("t=")]
+    assert [t.split("<br>cos")[0] for t in titles] == ["t=900<br>(σ=60.8)", "t=565<br>(σ=5)", "t=300<br>(σ=1.24)",
+                                                       "t=144<br>(σ=0.5)"]
+
+
+def test_data_set_from_the_url():
+    # (switching it in the sidebar is tested in the browser: AppTest loses sidebar state under st.navigation)
+    assert "28x28 images of grf" in texts(run_page())
+    at = run_page(query={"dataset": "faces"})
+    assert_clean(at)
+    assert "25x25 images of faces" in texts(at)
+
+
+def test_unavailable_data_set_is_explained_not_raised():
+    at = run_page(query={"dataset": "cifar10"})
+    assert not at.exception
+    assert at.error and "CIFAR" in at.error[0].value
+
+
+def test_too_large_is_explained(monkeypatch):
+    from ui.memo import clear
+
+    clear("stats")  # statistics already in this process's memory would not be checked again
+    monkeypatch.setenv("LOCALITY_MAX_MEMORY_GB", "0.001")
+    at = run_page(query={"dataset": "faces"})
+    assert not at.exception
+    assert at.error and "memory" in at.error[0].value
+
+
+# ---------------------------------------------------------------- Sensitivity
+
+def test_sensitivity_pixel_inputs_and_url():
+    at = run_page(query={"row": "7", "col": "5"})
+    assert_clean(at)
+    assert "Pixel (row 7, col 5)" in texts(at)
+    grid_before = figure(at, "field_grid")
+    at.number_input(key="row").set_value(20).run()
+    assert "Pixel (row 20, col 5)" in texts(at)
+    assert figure(at, "field_grid")["layout"]["shapes"] != grid_before["layout"]["shapes"]
+
+
+def test_sensitivity_rows_unet_and_signed_toggle():
+    at = run_page()
+    assert_clean(at)
+    grid = figure(at, "field_grid")
+    names = [t["name"] for t in grid["data"]]
+    assert any(n.startswith("Wiener") for n in names) and any(n.startswith("UNet") for n in names)
+    assert any(n.startswith("Analytical") for n in names)
+    table = at.dataframe[0].value
+    assert "cos(UNet, Wiener)" in table.index
+    cos = table.loc["cos(UNet, Wiener)"].astype(float)
+    assert ((cos >= -1) & (cos <= 1)).all()
+    at.toggle(key="signed").set_value(True).run()
+    assert_clean(at)
+    assert figure(at, "field_grid")["data"][0]["zmin"] == -1.0
+
+
+def test_sensitivity_without_unet_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOCALITY_MODEL_DIR", str(tmp_path))
+    at = run_page(query={"dataset": "faces"})
+    assert_clean(at)
+    assert "locality train faces" in texts(at)
+
+
+def test_trained_linear_denoiser_approaches_wiener(tmp_path):
+    from locality_core.data import import_images
+
+    archive = tmp_path / "small.zip"
+    archive.write_bytes(_zip_of_images(300, bad=0, size=(8, 8), smooth=True))
+    import_images(archive, "small8", mode="L")
+    at = run_page(query={"dataset": "user:small8", "unet": "false"})
+    assert_clean(at)
+    at.selectbox(key="lin_steps").set_value(300)
+    at.button(key="lin_go").click().run()
+    assert_clean(at)
+    note = next(c.value for c in at.caption if c.value.startswith("After 300 steps"))
+    distance = float(note.split("A is ")[1].split("%")[0]) / 100
+    assert 0 <= distance < 0.5  # Adam has moved A most of the way from 0 to P_sigma
+    assert figure(at, "lin_fields")["data"][0]["name"].startswith("row of A")
+
+
+@pytest.mark.parametrize("page", ["pages/sensitivity.py", "pages/components.py", "pages/experiments.py",
+                                  "pages/jacobian.py"])
+def test_colour_images(page, tmp_path):
+    from locality_core.data import import_images
+
+    archive = tmp_path / "rgb.zip"
+    archive.write_bytes(_zip_of_images(60, bad=0, size=(12, 12, 3), smooth=True))
+    import_images(archive, "rgb12", mode="RGB")
+    at = run_page(page, query={"dataset": "user:rgb12", "unet": "false"})
+    assert_clean(at)
+    if page.endswith("jacobian.py"):
+        assert any(m.label == "Wiener tr J" for m in at.metric)
+    else:
+        assert "Pixel (row 6, col 6)" in texts(at)
+
+
+def test_pixel_from_selection():
+    shape = (1, 28, 28)
+    assert pixel_from_selection({"selection": {"points": [{"x": 5, "y": 7}]}}, shape) == (7, 5)
+    assert pixel_from_selection({"selection": {"points": [{"x": 4.9, "y": 7.2}]}}, shape) == (7, 5)
+    assert pixel_from_selection({"selection": {"points": []}}, shape) is None  # repeat click, double click
+    assert pixel_from_selection(None, shape) is None
+    assert pixel_from_selection({"selection": {"points": [{"x": 40, "y": 1}]}}, shape) is None
+
+
+def test_url_state_parsing():
+    assert parse_dataset_env("grf:n_train=600,alpha=3.5") == ("grf", {"n_train": 600, "alpha": 3.5})
+    assert parse_dataset_env("user:mine") == ("user:mine", {})
+    assert parse_dataset_env("") == (None, {})
+    assert parse_sigmas("5, 0.5;0.05") == [5.0, 0.5, 0.05]
+    with pytest.raises(ValueError):
+        parse_sigmas("5, x")
+    sigmas, problem = resolve_sigmas([900], "1, 1.0")
+    assert sigmas[0] == pytest.approx(60.82, abs=0.01) and sigmas[1] == 1.0 and problem is None
+    sigmas, problem = resolve_sigmas([], "")
+    assert len(sigmas) == 10 and problem
+
+
+# ---------------------------------------------------------------- the other pages
+
+def test_components_pages_through_eigen_images():
+    at = run_page("pages/components.py", query={"pc_page": "2"})
+    assert_clean(at)
+    titles = [a["text"] for a in figure(at, "eigen_images")["layout"]["annotations"]]
+    assert titles[0].startswith("#17:")
+    assert "Components 17 to 32" in texts(at)
+    assert "Pixel (row 14, col 14)" in texts(at)
+
+
+def test_jacobian_basis_of_the_unet():
+    at = run_page("pages/jacobian.py")
+    assert_clean(at)
+    labels = [m.label for m in at.metric]
+    assert "Wiener tr J" in labels and "unet tr J" not in labels
+    at.button(key="jb_go").click().run()
+    assert_clean(at)
+    metrics = {m.label: float(m.value) for m in at.metric if "tr J" in m.label}
+    assert metrics["unet tr J"] > 0 and metrics["Wiener tr J"] > 0
+
+
+@pytest.mark.parametrize("experiment, rows", [("W pattern", 3), ("Shuffled pixels", 4), ("GRF alpha", 3)])
+def test_experiments(experiment, rows):
+    at = run_page("pages/experiments.py", query={"exp": experiment})
+    assert_clean(at)
+    assert len(figure(at, "exp_grid")["data"]) == rows
+    assert "→" in texts(at)
+
+
+def test_shuffled_fields_unpermute_to_the_original_ones():
+    import base64
+
+    at = run_page("pages/experiments.py", query={"exp": "Shuffled pixels", "row": "3", "col": "9"})
+    assert_clean(at)
+    traces = figure(at, "exp_grid")["data"]
+
+    def values(trace):
+        raw = trace["customdata"]
+        return np.frombuffer(base64.b64decode(raw["bdata"]), dtype=raw["dtype"]) if isinstance(raw, dict) else \
+            np.asarray(raw, dtype=float).ravel()
+
+    original, unpermuted = values(traces[0]), values(traces[2])  # each row's maps, NaN elsewhere
+    original, unpermuted = original[np.isfinite(original)], unpermuted[np.isfinite(unpermuted)]
+    assert len(original) == 10 * 28 * 28
+    np.testing.assert_allclose(unpermuted, original, rtol=1e-4, atol=1e-9)
+    assert "holds what was pixel" in texts(at)
+
+
+def test_keep_one_class_needs_labels():
+    at = run_page("pages/experiments.py", query={"exp": "One class"})
+    assert not at.exception
+    assert "no class labels" in texts(at)
+
+
+def _zip_of_images(n: int, bad: int = 1, size=(20, 30), smooth: bool = False) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(n):
+            pixels = rng.integers(0, 255, size).astype(float)
+            if smooth:  # correlated neighbours, like real images
+                pixels = (pixels + np.roll(pixels, 1, 0) + np.roll(pixels, 1, 1)) / 3
+            img = Image.fromarray(pixels.astype(np.uint8))
+            png = io.BytesIO()
+            img.save(png, format="PNG")
+            zf.writestr(f"imgs/{i:03d}.png", png.getvalue())
+        for i in range(bad):
+            zf.writestr(f"imgs/broken{i}.png", b"not an image")
+    return buf.getvalue()
+
+
+def test_your_data_upload_then_use_it():
+    at = run_page("pages/your_data.py")
+    assert_clean(at)
+    at.file_uploader[0].set_value(("mine.zip", _zip_of_images(24), "application/zip"))
+    at.text_input(key="import_name").set_value("mine")
+    at.selectbox(key="import_size").set_value(16)
+    at.button(key="import_go").click().run()
+    assert_clean(at)
+    assert any("Imported 24 images as `user:mine`" in s.value for s in at.success)
+    assert any("broken0.png" in str(df.value) for df in at.dataframe)
+    assert any("Statistics computed" in s.value for s in at.success)
+    at.button(key="use_mine").click().run()
+    assert at.session_state["dataset"] == "user:mine"
+    at = run_page(query={"dataset": "user:mine"})  # every page lists it now
+    assert_clean(at)
+    assert "16x16 images of user:mine" in texts(at)
+
+
+def test_your_data_reports_a_bad_zip():
+    at = run_page("pages/your_data.py")
+    at.file_uploader[0].set_value(("few.zip", _zip_of_images(3, bad=0), "application/zip"))
+    at.text_input(key="import_name").set_value("few")
+    at.button(key="import_go").click().run()
+    assert not at.exception
+    assert at.error and "at least 10" in at.error[0].value
+
+
+def test_samples_same_noise_metrics_and_trajectories():
+    at = run_page("pages/samples.py")
+    assert_clean(at)
+    assert at.button(key="sample_go")  # sampling waits for the button
+    at.multiselect(key="models").set_value(["unet", "wiener"])
+    at.selectbox(key="n").set_value(4)
+    at.button(key="sample_go").click().run()
+    assert_clean(at)
+    table = at.dataframe[-1].value
+    assert list(table.index) == ["Wiener (linear)"]
+    assert np.isfinite(table.to_numpy(dtype=float)).all() and (table["MSE vs UNet"] >= 0).all()
+    grid = figure(at, "samples_grid")
+    assert sum(a["text"].startswith("nearest: L2") for a in grid["layout"]["annotations"]) == 8
+    at.slider(key="sample_step").set_value(0).run()
+    assert "Step 1 of 10, t=900" in texts(at)
+
+
+def test_png_downloads_are_real_images():
+    from ui.figures import _plain, grid_png, images_png
+
+    maps = np.random.default_rng(0).random((3, 10, 12))
+    png = grid_png([("Wiener<br>|P<sub>σ</sub> row|", maps, "abs"), ("mask", maps > 0.5, "mask")],
+                   ["t=900<br>(σ=60.8)"] * 3, pixel=(2, 3), title="title")
+    img = Image.open(io.BytesIO(png))
+    assert img.format == "PNG" and img.width > 3 * 12 and img.height > 2 * 10
+    tiles = images_png([np.zeros((3, 10, 10)), np.ones((3, 10, 10))], ["a", "b"])
+    assert Image.open(io.BytesIO(tiles)).mode == "RGB"
+    assert "<" not in _plain("P<sub>σ</sub> <b>row</b>")

@@ -1,0 +1,422 @@
+"""Figure builders: plotly figures for the pages, Pillow PNGs for downloads. No streamlit here.
+
+Glossary
+    image     (C, H, W) float array in [-1, 1] (a data image, the mean image, an eigen-image)
+    map       (H, W) float array (a sensitivity field, a correlation map, a mask)
+    kind      how a map is coloured: "abs" (0 .. max, Magma), "signed" (-max .. max, red-blue), "mask" (0/1)
+    picker    an image with one near-transparent square marker per pixel on top: a click on a marker is what
+              streamlit reports (FACTS.md: clicks on a heatmap itself are not reported)
+
+Every map is scaled to its own maximum: fields differ in magnitude by orders across noise levels, and what
+the figures show is their shape. Hover gives the raw values.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+
+import numpy as np
+import plotly.colors as pcolors
+import plotly.graph_objects as go
+from PIL import Image, ImageDraw, ImageFont
+
+FONT = dict(size=15)
+
+
+def _rgb_scale(colours: list[str]) -> list[list]:
+    """A plotly colour scale with 'rgb(r, g, b)' stops (the app's frontend rewrote some '#rrggbb' stops)."""
+    rgb = [pcolors.hex_to_rgb(c) if c.startswith("#") else pcolors.unlabel_rgb(c) for c in colours]
+    return [[i / (len(rgb) - 1), "rgb({:.0f}, {:.0f}, {:.0f})".format(*c)] for i, c in enumerate(rgb)]
+
+
+ABS_SCALE = _rgb_scale(pcolors.sequential.Magma)
+SIGNED_SCALE = _rgb_scale(pcolors.diverging.RdBu[::-1])
+MASK_SCALE = _rgb_scale(["#f2f2f2", "#1f6fb2"])
+MARK = "#00e5ff"  # the chosen pixel: cyan reads on Magma, gray images and red-blue maps alike
+MODEL_COLOURS = {"wiener": "#1f77b4", "unet": "#d62728", "analytical": "#2ca02c", "linear": "#9467bd",
+                 "optimal": "#8c564b", "els": "#ff7f0e", "ls": "#e377c2"}
+LEVEL_DASH = {0.5: "solid", 0.75: "dash", 0.95: "dot"}
+
+
+def plotly_config(filename: str) -> dict:
+    """Modebar with a PNG download at 3x scale under a meaningful file name."""
+    return {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+            "toImageButtonOptions": {"format": "png", "filename": filename, "scale": 3}}
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) in [-1, 1] -> (H, W) float for grayscale, (H, W, 3) uint8 for colour."""
+    image = np.asarray(image, dtype=np.float64)
+    if image.shape[0] == 1:
+        return image[0]
+    rgb = np.clip((image[:3].transpose(1, 2, 0) + 1) / 2, 0, 1)
+    return (rgb * 255 + 0.5).astype(np.uint8)
+
+
+def _square_axes(fig: go.Figure, h: int, w: int, row=None, col=None, visible: bool = False) -> None:
+    fig.update_xaxes(range=[-0.5, w - 0.5], showgrid=False, zeroline=False, visible=visible, constrain="domain",
+                     row=row, col=col)
+    fig.update_yaxes(range=[h - 0.5, -0.5], showgrid=False, zeroline=False, visible=visible, constrain="domain",
+                     row=row, col=col)
+
+
+def _z_range(m: np.ndarray, kind: str) -> tuple[float, float, object]:
+    if kind == "mask":
+        return 0.0, 1.0, MASK_SCALE
+    top = float(np.max(np.abs(m))) or 1.0
+    return (-top, top, SIGNED_SCALE) if kind == "signed" else (0.0, top, ABS_SCALE)
+
+
+# ---------------------------------------------------------------- the pixel picker
+
+def pixel_picker(background: np.ndarray, pixel: tuple[int, int], *, kind: str = "image", size: int = 460,
+                 title: str = "") -> go.Figure:
+    """A clickable image: ``background`` is an image (C, H, W) in [-1, 1] (kind "image") or a map (H, W)
+    coloured by ``kind``. One near-transparent square marker per pixel reports clicks; the chosen pixel is
+    outlined."""
+    fig = go.Figure()
+    if kind == "image":
+        shown = to_display(background)
+        if shown.ndim == 2:
+            fig.add_trace(go.Heatmap(z=shown, colorscale="gray", zmin=-1, zmax=1, showscale=False, hoverinfo="skip"))
+        else:
+            fig.add_trace(go.Image(z=shown, hoverinfo="skip"))
+    else:
+        shown = np.asarray(background, dtype=np.float64)
+        zmin, zmax, scale = _z_range(shown, kind)
+        fig.add_trace(go.Heatmap(z=shown, colorscale=scale, zmin=zmin, zmax=zmax, showscale=False, hoverinfo="skip"))
+    h, w = shown.shape[:2]
+    margin = dict(l=8, r=8, t=40 if title else 8, b=8)
+    cell = (size - margin["l"] - margin["r"]) / max(h, w)
+    rows, cols = np.mgrid[0:h, 0:w]
+    marker = dict(symbol="square", size=max(2.0, 0.97 * cell), color="white", opacity=0.02, line=dict(width=0))
+    fig.add_trace(go.Scatter(
+        x=cols.ravel(), y=rows.ravel(), mode="markers", marker=marker, name="pixels", showlegend=False,
+        selected=dict(marker=dict(opacity=0.02)), unselected=dict(marker=dict(opacity=0.02)),
+        hovertemplate="row %{y}, col %{x}<extra>click to choose</extra>"))
+    r, c = pixel
+    fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5, line=dict(color=MARK, width=3))
+    _square_axes(fig, h, w)
+    fig.update_yaxes(scaleanchor="x", scaleratio=1)
+    fig.update_layout(width=size, height=int(size * h / w) + margin["t"] - margin["l"], margin=margin,
+                      title=dict(text=title, font=FONT, x=0.5, xanchor="center") if title else None,
+                      dragmode=False, clickmode="event+select", hovermode="closest", font=FONT,
+                      plot_bgcolor="white", paper_bgcolor="white")
+    return fig
+
+
+# ---------------------------------------------------------------- grids of maps
+
+def _normalised(m: np.ndarray, kind: str) -> np.ndarray:
+    """A map scaled to [0, 1] ("abs", "mask") or [-1, 1] ("signed") by its own maximum."""
+    m = np.asarray(m, dtype=np.float64)
+    if kind == "mask":
+        return (m != 0).astype(np.float64)
+    top = float(np.max(np.abs(m))) or 1.0
+    return m / top
+
+
+def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, pixel=None,
+             label_width: int = 120, page_width: int = 1150, max_cell: int = 200) -> go.Figure:
+    """Rows of maps: ``rows`` = (label, maps (S, H, W), kind); one column per entry of ``col_titles``.
+
+    ``pixel``: (row, col) outlined in every map, or a list with one (row, col) or None per row.
+
+    Drawn as one heatmap per row on a single pair of axes, maps separated by transparent gaps: a click on the
+    Sensitivity page redraws it in a few milliseconds (subplots cost a third of a second to build). Each map is
+    scaled to its own maximum; hover shows the raw value and the pixel.
+    """
+    n_rows, n_cols = len(rows), len(col_titles)
+    h, w = rows[0][1].shape[-2:]
+    gap = max(1, round(0.08 * max(h, w)))
+    width_px = min(page_width, label_width + n_cols * max_cell)
+    cell = (width_px - label_width) / n_cols  # the figure stretches to the page; the height assumes this width
+    step_x, step_y = w + gap, h + gap
+    full_w, full_h = n_cols * step_x - gap, n_rows * step_y - gap
+    traces, notes, shapes = [], [], []
+    for i, (label, maps, kind) in enumerate(rows):
+        z = np.full((full_h, full_w), np.nan, dtype=np.float32)  # float32: half the bytes sent per click
+        raw = np.full((full_h, full_w), np.nan, dtype=np.float32)
+        for j in range(n_cols):
+            y0, x0 = i * step_y, j * step_x
+            z[y0:y0 + h, x0:x0 + w] = _normalised(maps[j], kind)
+            raw[y0:y0 + h, x0:x0 + w] = maps[j]
+        zmin, zmax = (-1.0, 1.0) if kind == "signed" else (0.0, 1.0)
+        scale = {"signed": SIGNED_SCALE, "mask": MASK_SCALE}.get(kind, ABS_SCALE)
+        plain = label.replace("<br>", " ")
+        if kind == "mask":  # 0/1: the heatmap's own value says it all, no raw values to send
+            hover = dict(hovertemplate=f"{plain}<br>%{{z:.0f}}<extra></extra>")
+        else:
+            hover = dict(customdata=raw, hovertemplate=f"{plain}<br>%{{customdata:.3g}}<extra></extra>")
+        traces.append(go.Heatmap(z=z, zmin=zmin, zmax=zmax, colorscale=scale, showscale=False, hoverongaps=False,
+                                 name=plain, **hover))
+        notes.append(dict(text=f"<b>{label}</b>", xref="paper", yref="y", x=0, xanchor="right", xshift=-6,
+                          y=i * step_y + (h - 1) / 2, yanchor="middle", align="right", showarrow=False))
+    for j, title in enumerate(col_titles):
+        notes.append(dict(text=title, xref="x", yref="paper", x=j * step_x + (w - 1) / 2, y=1, yanchor="bottom",
+                          showarrow=False))
+    per_row = pixel if isinstance(pixel, list) else [pixel] * n_rows
+    for i, p in enumerate(per_row):  # an outline around the pixel in every map, leaving its value visible
+        if p is not None:
+            r, c = p
+            shapes += [dict(type="rect", x0=j * step_x + c - 0.5, x1=j * step_x + c + 0.5, y0=i * step_y + r - 0.5,
+                            y1=i * step_y + r + 0.5, line=dict(color=MARK, width=1)) for j in range(n_cols)]
+    # one validation for all annotations and shapes (adding them one by one is quadratic in plotly)
+    fig = go.Figure(traces, layout=dict(annotations=notes, shapes=shapes))
+    _square_axes(fig, full_h, full_w)
+    fig.update_yaxes(scaleanchor="x", scaleratio=1)
+    title_lines = max(t.count("<br>") for t in col_titles) + 1
+    top = 14 + 20 * title_lines
+    fig.update_layout(width=int(width_px), height=int(cell * full_h / step_x) + top + 6,
+                      margin=dict(l=label_width, r=6, t=top, b=6),
+                      font=FONT, plot_bgcolor="white", paper_bgcolor="white", dragmode=False, hovermode="closest")
+    return fig
+
+
+def locality_plot(sigmas: list[float], sizes: dict[str, np.ndarray], levels=(0.5, 0.75, 0.95),
+                  titles: dict[str, str] | None = None, image_side: int | None = None, height: int = 430) -> go.Figure:
+    """Locality size (smallest k x k square holding 50/75/95 % of the field's mass) against sigma, per model."""
+    fig = go.Figure()
+    titles = titles or {}
+    for name, table in sizes.items():
+        table = np.asarray(table)
+        for q_i, q in enumerate(levels):
+            fig.add_trace(go.Scatter(
+                x=sigmas, y=table[:, q_i], mode="lines+markers", name=f"{titles.get(name, name)}, {int(q * 100)} %",
+                line=dict(color=MODEL_COLOURS.get(name, None), dash=LEVEL_DASH.get(q, "solid"), width=3),
+                marker=dict(size=8), hovertemplate="σ=%{x:.3g}: %{y} px square<extra>%{fullData.name}</extra>"))
+    fig.update_xaxes(type="log", title="noise level σ (high noise on the left)", autorange="reversed", dtick=1)
+    fig.update_yaxes(title="square size k (pixels)", rangemode="tozero")
+    if image_side:
+        fig.add_hline(y=image_side, line=dict(color="gray", dash="dot"),
+                      annotation_text="whole image", annotation_position="top left")
+    fig.update_layout(height=height, font=FONT, margin=dict(l=60, r=20, t=30, b=50),
+                      legend=dict(orientation="v", x=1.01, y=1), plot_bgcolor="white", paper_bgcolor="white")
+    fig.update_xaxes(showgrid=True, gridcolor="#e5e5e5")
+    fig.update_yaxes(showgrid=True, gridcolor="#e5e5e5")
+    return fig
+
+
+def line_plot(x, ys: dict[str, np.ndarray], *, x_title: str, y_title: str, log_x: bool = False, log_y: bool = False,
+              height: int = 380, markers: bool = False) -> go.Figure:
+    fig = go.Figure()
+    for name, y in ys.items():
+        fig.add_trace(go.Scatter(x=np.asarray(x), y=np.asarray(y), name=name, mode="lines+markers" if markers
+                                 else "lines", line=dict(width=3, color=MODEL_COLOURS.get(name.lower()))))
+    fig.update_xaxes(title=x_title, type="log" if log_x else "linear", showgrid=True, gridcolor="#e5e5e5",
+                     dtick=1 if log_x else None)
+    fig.update_yaxes(title=y_title, type="log" if log_y else "linear", showgrid=True, gridcolor="#e5e5e5",
+                     dtick=1 if log_y else None)
+    fig.update_layout(height=height, font=FONT, margin=dict(l=60, r=20, t=30, b=50), plot_bgcolor="white",
+                      paper_bgcolor="white", legend=dict(x=1.01, y=1))
+    return fig
+
+
+# ---------------------------------------------------------------- Pillow PNGs (downloads)
+
+def _lut(scale) -> np.ndarray:
+    """(256, 3) uint8 lookup table of a plotly colour scale."""
+    stops = scale
+    pos = np.array([s[0] for s in stops])
+    rgb = np.array([pcolors.hex_to_rgb(c) if c.startswith("#") else pcolors.unlabel_rgb(c) for _, c in stops], float)
+    t = np.linspace(0, 1, 256)
+    return np.stack([np.interp(t, pos, rgb[:, k]) for k in range(3)], 1).round().astype(np.uint8)
+
+
+def colour_map(m: np.ndarray, kind: str) -> np.ndarray:
+    """(H, W) map -> (H, W, 3) uint8, coloured like the plotly figures."""
+    zmin, zmax, scale = _z_range(m, kind)
+    idx = np.clip((np.asarray(m, float) - zmin) / (zmax - zmin or 1.0) * 255, 0, 255).astype(np.uint8)
+    return _lut(scale)[idx]
+
+
+def _font_path() -> str | None:
+    """A TrueType font with Greek letters (σ, θ, λ): Debian's DejaVu, else the copy inside matplotlib."""
+    candidates = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"]
+    try:
+        import matplotlib
+
+        candidates.append(os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf",
+                                       "DejaVuSans.ttf"))
+    except ImportError:
+        pass
+    return next((p for p in candidates if os.path.isfile(p)), None)
+
+
+FONT_PATH = _font_path()
+GREEK = {"σ": "sigma", "θ": "theta", "λ": "lambda", "₀": "0", "x̂": "x_hat", "ᵀ": "^T", "²": "^2", "→": "->"}
+
+
+def _font(size: int):
+    if FONT_PATH:
+        return ImageFont.truetype(FONT_PATH, size)
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _plain(text: str) -> str:
+    """Figure text for a PNG: plotly's <sub>/<b> tags dropped, Greek spelled out when no font has it."""
+    text = re.sub(r"<sub>(.*?)</sub>", r"_\1", text)
+    text = re.sub(r"<sup>(.*?)</sup>", r"^\1", text)
+    text = re.sub(r"</?b>", "", text)
+    if not FONT_PATH:
+        for letter, word in GREEK.items():
+            text = text.replace(letter, word)
+    return text
+
+
+def grid_png(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, pixel=None, title: str = "",
+             cell: int = 168) -> bytes:
+    """The same grid as `map_grid`, as a crisp PNG (nearest-neighbour upscaling), for slides."""
+    n_rows, n_cols = len(rows), len(col_titles)
+    h, w = rows[0][1].shape[-2:]
+    scale = max(1, cell // max(h, w))
+    cw, ch = w * scale, h * scale
+    pad, left, top = 8, 190, 70 + (34 if title else 0)
+    img = Image.new("RGB", (left + n_cols * (cw + pad), top + n_rows * (ch + pad)), "white")
+    draw = ImageDraw.Draw(img)
+    font, small = _font(22), _font(17)
+    if title:
+        draw.text((pad, 6), _plain(title), fill="black", font=font)
+    for j, text in enumerate(col_titles):
+        for k, line in enumerate(_plain(text).split("<br>")):
+            draw.text((left + j * (cw + pad), top - 62 + 22 * k), line, fill="black", font=small)
+    per_row = pixel if isinstance(pixel, list) else [pixel] * n_rows
+    for i, (label, maps, kind) in enumerate(rows):
+        y = top + i * (ch + pad)
+        lines = _plain(label).split("<br>")
+        for k, line in enumerate(lines):
+            draw.text((pad, y + ch // 2 - 12 + 22 * (k - (len(lines) - 1) / 2)), line, fill="black", font=small)
+        for j in range(n_cols):
+            tile = Image.fromarray(colour_map(maps[j], kind)).resize((cw, ch), Image.Resampling.NEAREST)
+            x = left + j * (cw + pad)
+            img.paste(tile, (x, y))
+            if per_row[i] is not None:
+                r, c = per_row[i]
+                draw.rectangle([x + c * scale, y + r * scale, x + (c + 1) * scale - 1, y + (r + 1) * scale - 1],
+                               outline=MARK, width=max(1, scale // 3))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def images_png(images: list[np.ndarray], titles: list[str], *, cell: int = 168, columns: int | None = None) -> bytes:
+    """Images (C, H, W) in [-1, 1] side by side (wrapping after ``columns``), titled, as a PNG."""
+    columns = columns or len(images)
+    h, w = images[0].shape[-2:]
+    scale = max(1, cell // max(h, w))
+    cw, ch, pad, top = w * scale, h * scale, 10, 30
+    n_rows = -(-len(images) // columns)
+    img = Image.new("RGB", (columns * (cw + pad) + pad, n_rows * (ch + pad + top) + pad), "white")
+    draw = ImageDraw.Draw(img)
+    font = _font(17)
+    for k, (image, text) in enumerate(zip(images, titles)):
+        shown = to_display(image)
+        if shown.ndim == 2:
+            shown = (np.clip((shown + 1) / 2, 0, 1) * 255 + 0.5).astype(np.uint8)
+        tile = Image.fromarray(shown).resize((cw, ch), Image.Resampling.NEAREST)
+        x, y = pad + (k % columns) * (cw + pad), pad + (k // columns) * (ch + pad + top)
+        draw.text((x, y), _plain(text), fill="black", font=font)
+        img.paste(tile, (x, y + top))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def tiles_figure(images: np.ndarray, titles: list[str], *, columns: int = 8, kind: str = "signed",
+                 page_width: int = 1150) -> go.Figure:
+    """Small multiples: ``images`` (K, C, H, W), each scaled to its own max |value|, in rows of ``columns``.
+
+    Grayscale: one heatmap (red-blue for "signed", gray for "image"). Colour: one RGB image with 0 at mid-gray,
+    channels scaled by the tile's max |value| ("signed") or shown as they are ("image"). A title above each.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    k, c, h, w = images.shape
+    gap = max(1, round(0.15 * max(h, w)))
+    step_x, step_y = w + gap, h + gap + max(3, round(0.25 * h))  # room for a title above each row
+    n_rows = -(-k // columns)
+    full_w, full_h = columns * step_x - gap, n_rows * step_y
+    if c == 1:
+        canvas = np.full((full_h, full_w), np.nan, dtype=np.float32)
+    else:
+        canvas = np.full((full_h, full_w, 3), 255, dtype=np.uint8)
+    notes = []
+    for i in range(k):
+        y0, x0 = (i // columns) * step_y + (step_y - h), (i % columns) * step_x
+        tile = images[i]
+        top = float(np.max(np.abs(tile))) or 1.0
+        if c == 1:
+            canvas[y0:y0 + h, x0:x0 + w] = tile[0] / top if kind == "signed" else tile[0]
+        else:
+            scaled = tile[:3] / top if kind == "signed" else tile[:3]
+            canvas[y0:y0 + h, x0:x0 + w] = (np.clip((scaled.transpose(1, 2, 0) + 1) / 2, 0, 1) * 255
+                                            + 0.5).astype(np.uint8)
+        notes.append(dict(text=titles[i], x=x0 + (w - 1) / 2, y=y0 - 0.6, xref="x", yref="y", yanchor="bottom",
+                          showarrow=False, font=dict(size=13)))
+    if c == 1:
+        scale = SIGNED_SCALE if kind == "signed" else _rgb_scale(["#000000", "#ffffff"])
+        trace = go.Heatmap(z=canvas, zmin=-1.0, zmax=1.0, colorscale=scale, showscale=False, hoverinfo="skip")
+    else:
+        trace = go.Image(z=canvas, hoverinfo="skip")
+    fig = go.Figure(trace, layout=dict(annotations=notes))
+    _square_axes(fig, full_h, full_w)
+    fig.update_yaxes(scaleanchor="x", scaleratio=1)
+    fig.update_layout(height=int(page_width * full_h / full_w) + 10, margin=dict(l=4, r=4, t=4, b=4), font=FONT,
+                      plot_bgcolor="white", paper_bgcolor="white", dragmode=False)
+    return fig
+
+
+def spectrum_plot(eigvals: np.ndarray, fit: tuple[float, float, int, int] | None) -> go.Figure:
+    """Eigenvalues against their rank on log-log axes, with the power-law fit lambda_k = A k^(-beta)."""
+    k = np.arange(1, len(eigvals) + 1)
+    keep = eigvals > 0
+    fig = go.Figure(go.Scatter(x=k[keep], y=eigvals[keep], mode="lines", name="eigenvalues λ<sub>k</sub>",
+                               line=dict(width=3, color=MODEL_COLOURS["wiener"])))
+    if fit is not None:
+        amplitude, beta, k0, k1 = fit
+        kk = np.arange(k0, k1 + 1)
+        fig.add_trace(go.Scatter(x=kk, y=amplitude * kk ** (-beta), mode="lines", name=f"fit ∝ k<sup>−{beta:.2f}</sup>",
+                                 line=dict(width=3, dash="dash", color="#d62728")))
+    fig.update_xaxes(type="log", title="component k", showgrid=True, gridcolor="#e5e5e5", dtick=1)
+    fig.update_yaxes(type="log", title="variance λ<sub>k</sub>", showgrid=True, gridcolor="#e5e5e5",
+                     exponentformat="power")
+    fig.update_layout(height=380, font=FONT, margin=dict(l=60, r=20, t=20, b=50), plot_bgcolor="white",
+                      paper_bgcolor="white", legend=dict(x=0.98, xanchor="right", y=0.98))
+    return fig
+
+
+def cumulative_plot(eigvals: np.ndarray, marks: dict[float, int]) -> go.Figure:
+    """Share of the total variance held by the first k components, with the 90/95/99 % points marked."""
+    share = np.cumsum(eigvals) / eigvals.sum()
+    k = np.arange(1, len(eigvals) + 1)
+    fig = go.Figure(go.Scatter(x=k, y=share * 100, mode="lines", name="cumulative variance",
+                               line=dict(width=3, color=MODEL_COLOURS["wiener"]), showlegend=False))
+    fig.add_trace(go.Scatter(x=list(marks.values()), y=[q * 100 for q in marks], mode="markers+text",
+                             text=[f"{int(q * 100)} %: {n} components" for q, n in marks.items()],
+                             textposition="top left", marker=dict(size=10, color="#d62728"), showlegend=False))
+    fig.update_xaxes(type="log", title="number of components k", showgrid=True, gridcolor="#e5e5e5", dtick=1)
+    fig.update_yaxes(title="variance held (%)", range=[0, 101], showgrid=True, gridcolor="#e5e5e5")
+    fig.update_layout(height=380, font=FONT, margin=dict(l=60, r=20, t=20, b=50), plot_bgcolor="white",
+                      paper_bgcolor="white")
+    return fig
+
+
+def gains_plot(eigvals: np.ndarray, sigmas: list[float], labels: list[str]) -> go.Figure:
+    """Wiener gains lambda_k / (lambda_k + sigma^2) against k, one curve per noise level."""
+    k = np.arange(1, len(eigvals) + 1)
+    colours = pcolors.sample_colorscale("Viridis", np.linspace(0, 0.9, max(2, len(sigmas))))
+    fig = go.Figure()
+    for s, label, colour in zip(sigmas, labels, colours):
+        fig.add_trace(go.Scatter(x=k, y=eigvals / (eigvals + s**2), mode="lines", name=label,
+                                 line=dict(width=2.5, color=colour)))
+    fig.add_hline(y=0.5, line=dict(color="gray", dash="dot"), annotation_text="λ = σ²: half passes",
+                  annotation_position="bottom left")
+    fig.update_xaxes(type="log", title="component k", showgrid=True, gridcolor="#e5e5e5", dtick=1)
+    fig.update_yaxes(title="gain λ/(λ+σ²)", range=[0, 1.02], showgrid=True, gridcolor="#e5e5e5")
+    fig.update_layout(height=400, font=FONT, margin=dict(l=60, r=20, t=20, b=50), plot_bgcolor="white",
+                      paper_bgcolor="white", legend=dict(x=1.01, y=1))
+    return fig

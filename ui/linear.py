@@ -1,0 +1,80 @@
+"""The trained linear denoiser experiment (locality_core.linear_fit): Adam on E||x0 - (A x + b)||^2 converges
+to the Wiener filter P_sigma; its field of the chosen pixel approaches the closed form."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from locality_core.data import Dataset
+from locality_core.stats import DataStats
+from locality_core.wiener import wiener_matrix
+
+from . import data as D
+from .figures import line_plot, map_grid
+from .memo import cached, memo
+from .state import View, noise_label
+from .widgets import current_pixel, run_button, show
+
+STEP_CHOICES = (300, 1000, 1500, 3000)
+
+
+def fit(data_key: tuple[str, str, str], sigma: float, pixel: tuple[int, int], steps: int, seed: int,
+        progress=None) -> dict:
+    """The fit's curves and fields (not A itself: small results only), memoised by their parameters."""
+    def compute():
+        linear_fit = D.optional_module("linear_fit")
+        data = D.dataset(*data_key)
+        stats = D.stats(*data_key)
+        P = wiener_matrix(stats.eigvecs, stats.eigvals, sigma)
+        r = linear_fit.fit_linear_denoiser(data.train, sigma, P, pixel=pixel, steps=steps, seed=seed,
+                                           record_every=max(1, steps // 60), progress=progress)
+        return {"steps": r.steps, "rel_error": r.rel_error, "fields": r.fields, "target": r.target_field}
+
+    return memo("linear_fit", (data_key, sigma, pixel, steps, seed), compute, max_entries=16)
+
+
+@st.fragment
+def linear_fit_section(view: View, data: Dataset, stats: DataStats, data_key: tuple[str, str, str]) -> None:
+    st.markdown(
+        "The Wiener filter is also the best *affine* denoiser. Train one, $\\hat x_0 = A x + b$, by gradient "
+        "descent on noisy training images and watch its matrix $A$ approach $P_\\sigma$: the field of the "
+        "chosen pixel (a row of $A$) takes the closed-form shape. Locality is what the data's statistics "
+        "make optimal, before any architecture enters.")
+    linear_fit = D.optional_module("linear_fit")
+    if linear_fit is None:
+        st.info("The trained linear denoiser (locality_core/linear_fit.py) is not part of this installation yet.")
+        return
+    pixel = current_pixel(data.shape)
+    a, b, c = st.columns([1.2, 1, 1])
+    sigma = a.selectbox("Noise level", list(view.sigmas), index=len(view.sigmas) // 2, format_func=noise_label,
+                        key="lin_sigma")
+    steps = b.selectbox("Adam steps", STEP_CHOICES, index=2, key="lin_steps",
+                        help="Batches of 512 noisy training images per step.")
+    d = data.d
+    c.caption(f"A has {d * d:,} entries: roughly {max(1, steps * d * d * 512 * 6 / 4e10):.0f} s on 2 free CPU cores.")
+    key = (data_key, float(sigma), pixel, int(steps), view.seed)
+    if not run_button("Train the linear denoiser", "lin_go", cached("linear_fit", key),
+                      note=f"Pixel (row {pixel[0]}, col {pixel[1]}), {noise_label(sigma)}."):
+        return
+    bar = st.empty()
+    try:
+        result = fit(*key, progress=lambda f, text: bar.progress(min(max(f, 0.0), 1.0), text=text))
+    except D.USER_ERRORS as exc:
+        D.show_error(exc)
+        return
+    finally:
+        bar.empty()
+    steps_rec, err = result["steps"], result["rel_error"]
+    show(line_plot(steps_rec, {"‖A − P_σ‖ / ‖P_σ‖": err}, x_title="Adam step", y_title="relative distance to P_σ",
+                   log_y=True, height=320), "lin_curve", f"{view.dataset}-linear-fit-curve")
+    st.caption(f"After {int(steps_rec[-1])} steps the trained A is {err[-1]:.1%} away from P_σ (Frobenius norm).")
+    k = st.slider("Iteration", 0, len(steps_rec) - 1, len(steps_rec) - 1, key="lin_iter",
+                  format="%d", help="Recorded iterations of the fit.")
+    fields = result["fields"].sum(axis=(1, 2))  # (K, H, W), channels summed
+    target = result["target"].sum(axis=(0, 1))
+    maps = np.stack([fields[k], target])
+    show(map_grid([("row of A<br>/ row of P<sub>σ</sub>", maps, "signed")],
+                  [f"trained A, step {int(steps_rec[k])}", "P<sub>σ</sub> (closed form)"], pixel=pixel,
+                  max_cell=220, label_width=150),
+         "lin_fields", f"{view.dataset}-linear-fit-fields", width="content")

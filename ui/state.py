@@ -1,0 +1,170 @@
+"""The view's state: what lives in the URL, how it is parsed, and the `View` every page reads.
+
+Glossary
+    URL keys    every widget that defines the view is bound to a query parameter (``bind="query-params"``)
+                under its key: ``dataset``, ``ds_<param>`` (data set options), ``t`` (timesteps), ``sigma``
+                (typed noise levels), ``seed``, ``device``, ``row``, ``col`` (the pixel), ``img`` (background
+                image), ``signed``; the page is the URL path. A shared link reproduces the view.
+    View        the sidebar's choices, resolved: data set name and options, noise levels (sigma, high to low),
+                seed, torch device. app.py stores it in session state; pages read it with `current_view()`.
+    $LOCALITY_APP_DATASET  the default data set, optionally with options: ``grf:n_train=2000,n_test=200``
+                (tests and demos use it to start on a small data set)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from locality_core.schedule import REFERENCE_TIMESTEPS, T_DEFAULT, format_noise_level, t_to_sigma
+
+ENV_DATASET = "LOCALITY_APP_DATASET"
+VIEW_KEY = "_view"
+MAX_SIGMAS = 12
+# timesteps offered in the sidebar: the reference DDIM grid and the points halfway between, plus t = 999
+T_OPTIONS = [T_DEFAULT - 1] + list(range(950, -1, -50))
+
+
+@dataclass(frozen=True)
+class View:
+    """What the sidebar chose. ``sigmas``: high to low."""
+
+    dataset: str
+    params: tuple[tuple[str, object], ...]
+    sigmas: tuple[float, ...]
+    seed: int
+    device: str
+
+    @property
+    def params_json(self) -> str:
+        """The data set options as canonical JSON: a hashable cache key."""
+        return json.dumps(dict(self.params), sort_keys=True)
+
+    @property
+    def labels(self) -> list[str]:
+        return [noise_label(s) for s in self.sigmas]
+
+
+def current_view() -> View:
+    """The View that app.py resolved for this rerun."""
+    view = st.session_state.get(VIEW_KEY)
+    if view is None:
+        # A page ran without the frame: a link to a page of a freshly started server, before any session ran
+        # app.py, runs the page file alone (Streamlit's legacy pages/ folder mode). Registering the navigation
+        # leaves that mode; the rerun goes through app.py to the same page.
+        from .navigation import build_pages
+
+        st.navigation(build_pages(), position="hidden")
+        st.rerun()
+    return view
+
+
+def set_view(view: View) -> None:
+    st.session_state[VIEW_KEY] = view
+
+
+# ---------------------------------------------------------------- parsing
+
+def _number(text: str):
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def parse_dataset_env(text: str | None = None) -> tuple[str | None, dict]:
+    """``"grf:n_train=2000,alpha=3"`` -> ("grf", {"n_train": 2000, "alpha": 3}); unset -> (None, {})."""
+    text = os.environ.get(ENV_DATASET, "") if text is None else text
+    text = text.strip()
+    if not text:
+        return None, {}
+    # a user data set is "user:<name>": only what follows a second colon is options
+    prefix = ""
+    if text.startswith("user:"):
+        prefix, text = "user:", text[len("user:"):]
+    name, _, opts = text.partition(":")
+    params = {}
+    for item in filter(None, (p.strip() for p in opts.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{ENV_DATASET}: expected key=value, got {item!r}")
+        try:
+            params[key.strip()] = _number(value.strip())
+        except ValueError:
+            params[key.strip()] = value.strip()
+    return prefix + name, params
+
+
+def parse_sigmas(text: str) -> list[float]:
+    """``"60, 3.4, 0.1"`` -> [60.0, 3.4, 0.1]; ValueError naming the bad entry."""
+    out = []
+    for item in filter(None, (p.strip() for p in text.replace(";", ",").split(","))):
+        try:
+            value = float(item)
+        except ValueError:
+            raise ValueError(f"{item!r} is not a number") from None
+        if not (np.isfinite(value) and 0 < value <= 1000):
+            raise ValueError(f"noise levels must lie in (0, 1000], got {item}")
+        out.append(value)
+    return out
+
+
+def resolve_sigmas(timesteps: list[int], typed: str) -> tuple[list[float], str | None]:
+    """Noise levels from the chosen timesteps and the typed sigmas, high to low, deduplicated.
+
+    Returns (sigmas, problem); with no valid choice the reference grid is used and ``problem`` says why.
+    """
+    problem = None
+    sigmas = [float(t_to_sigma(int(t))) for t in timesteps]
+    if typed.strip():
+        try:
+            sigmas += parse_sigmas(typed)
+        except ValueError as exc:
+            problem = f"Typed noise levels ignored: {exc}."
+    unique = sorted({round(s, 6) for s in sigmas}, reverse=True)
+    if not unique:
+        problem = problem or "No noise level chosen: showing the reference DDIM grid."
+        unique = [float(t_to_sigma(t)) for t in REFERENCE_TIMESTEPS]
+    if len(unique) > MAX_SIGMAS:
+        problem = f"At most {MAX_SIGMAS} noise levels at once: showing the {MAX_SIGMAS} highest."
+        unique = unique[:MAX_SIGMAS]
+    return unique, problem
+
+
+def noise_label(sigma: float) -> str:
+    return format_noise_level(sigma)
+
+
+# ---------------------------------------------------------------- the pixel
+
+def default_pixel(shape: tuple[int, int, int]) -> tuple[int, int]:
+    _, h, w = shape
+    return h // 2, w // 2
+
+
+def clamp_pixel_state(shape: tuple[int, int, int]) -> None:
+    """Keep ``row``/``col`` in session state inside an image of ``shape`` (after a data set switch)."""
+    _, h, w = shape
+    for key, size in (("row", h), ("col", w)):
+        value = st.session_state.get(key)
+        if isinstance(value, (int, float)) and not 0 <= value < size:
+            st.session_state[key] = int(min(max(value, 0), size - 1))
+
+
+def pixel_from_selection(selection, shape: tuple[int, int, int]) -> tuple[int, int] | None:
+    """The clicked pixel from a plotly selection event; None for an empty selection (a repeat or double click)."""
+    try:
+        points = selection["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    if not points:
+        return None
+    point = points[0]
+    try:
+        col, row = int(round(float(point["x"]))), int(round(float(point["y"])))
+    except (KeyError, TypeError, ValueError):
+        return None
+    _, h, w = shape
+    return (row, col) if 0 <= row < h and 0 <= col < w else None

@@ -1,0 +1,132 @@
+"""Composite widgets shared by several pages: the pixel picker, model fields with progress, download buttons."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import streamlit as st
+
+from locality_core.data import Dataset
+
+from . import data as D
+from .figures import pixel_picker, plotly_config
+from .state import clamp_pixel_state, default_pixel, pixel_from_selection
+
+
+def pixel_inputs(shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Row and column inputs bound to the URL (``?row=..&col=..``); the picker's clicks set them."""
+    _, h, w = shape
+    clamp_pixel_state(shape)
+    r0, c0 = default_pixel(shape)
+    a, b = st.columns(2)
+    row = a.number_input("Row", 0, h - 1, r0, step=1, key="row", bind="query-params")
+    col = b.number_input("Column", 0, w - 1, c0, step=1, key="col", bind="query-params")
+    return int(row), int(col)
+
+
+def current_pixel(shape: tuple[int, int, int]) -> tuple[int, int]:
+    """The pixel in session state (before its inputs are drawn), clamped to the image."""
+    clamp_pixel_state(shape)
+    r0, c0 = default_pixel(shape)
+    return int(st.session_state.get("row", r0)), int(st.session_state.get("col", c0))
+
+
+def picker(background, shape: tuple[int, int, int], *, key: str = "picker", kind: str = "image", title="",
+           size: int = 440, filename: str = "picker") -> tuple[int, int]:
+    """A clickable image above row/column inputs; returns the chosen pixel.
+
+    ``background`` and ``title`` may be functions of the pixel (a correlation map of the chosen pixel). The
+    inputs are created first (they read a shared link's ``?row=..&col=..``), the image is drawn above them.
+    A click sets ``row``/``col`` in session state, and so the URL; an empty selection (a second click on the
+    same pixel, a double click) is ignored.
+    """
+    def on_click():
+        pixel = pixel_from_selection(st.session_state.get(key), shape)
+        if pixel is not None:
+            st.session_state["row"], st.session_state["col"] = pixel
+
+    chart = st.container()
+    pixel = pixel_inputs(shape)
+    image = background(pixel) if callable(background) else background
+    text = title(pixel) if callable(title) else title
+    with chart:
+        st.plotly_chart(pixel_picker(image, pixel, kind=kind, title=text, size=size), key=key, on_select=on_click,
+                        selection_mode="points", config=plotly_config(filename), width="content", theme=None)
+    return pixel
+
+
+def model_maps(name: str, title: str, data: Dataset, data_key: tuple[str, str, str], pixel: tuple[int, int],
+               sigmas: tuple[float, ...], seed: int, n: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Fields of a trained denoiser at every sigma, (S, C_out, C_in, H, W) abs and signed, with a progress bar.
+
+    Each noise level is one cached call (disk cache below, st.cache_data on top), so progress is per level.
+    """
+    model_id = D.denoiser_id(name, data)
+    slot = st.empty()
+    abs_maps, signed_maps = [], []
+    try:
+        for i, sigma in enumerate(sigmas):
+            slot.progress(i / len(sigmas), text=f"{title}: Jacobians of {n} noisy test images at σ={sigma:.3g} "
+                                                f"({i + 1}/{len(sigmas)}; cached afterwards)")
+            a, s = D.model_field(name, data_key, model_id, pixel, float(sigma), n, seed)
+            abs_maps.append(a)
+            signed_maps.append(s)
+    finally:
+        slot.empty()
+    return np.stack(abs_maps), np.stack(signed_maps)
+
+
+def run_button(label: str, key: str, done: bool, note: str = "", **kwargs) -> bool:
+    """True when a heavy result is already computed (``done``) or its button was just pressed. The button (and
+    ``note`` above it) disappears once pressed, so the result appears in its place."""
+    if done:
+        return True
+    slot = st.empty()
+    with slot.container():
+        if note:
+            st.caption(note)
+        pressed = st.button(label, key=key, icon=":material/play_arrow:", **kwargs)
+    if pressed:
+        slot.empty()
+    return pressed
+
+
+def show(fig, key: str, filename: str, width: str = "stretch") -> None:
+    """A plotly figure with its own colours (Streamlit's theme recolours heatmaps) and a PNG modebar button."""
+    st.plotly_chart(fig, key=key, width=width, theme=None, config=plotly_config(filename))
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _mask_column(data_key: tuple[str, str, str], pixel: tuple[int, int], sigma: float, theta: float | None,
+                 mode: str) -> tuple[np.ndarray, int, float, float]:
+    analytical = D.optional_module("analytical")
+    col = analytical.mask_column(D.stats(*data_key), pixel, sigma, theta, mode)
+    return col.map, col.size, col.max_abs_m, col.theta
+
+
+def mask_maps(data_key: tuple[str, str, str], pixel: tuple[int, int], sigmas: tuple[float, ...],
+              theta: float | None, mode: str) -> tuple[np.ndarray, list[int], list[float], float]:
+    """The analytical denoiser's mask column of ``pixel`` at every sigma: (S, H, W) maps, column sizes, max|M|
+    per sigma and theta. Masks are computed once per sigma in float64 and cached on disk (progress shown)."""
+    slot = st.empty()
+    maps, sizes, tops = [], [], []
+    theta_used = theta
+    try:
+        for i, sigma in enumerate(sigmas):
+            slot.progress(i / len(sigmas), text=f"Analytical masks: σ={sigma:.3g} ({i + 1}/{len(sigmas)}; computed "
+                                                f"once per noise level, then cached)")
+            with D.single_thread_blas():
+                m, size, top, theta_used = _mask_column(data_key, pixel, float(sigma), theta, mode)
+            maps.append(m)
+            sizes.append(size)
+            tops.append(top)
+    finally:
+        slot.empty()
+    return np.stack(maps), sizes, tops, theta_used
+
+
+def png_download(label: str, build: Callable[[], bytes], filename: str, key: str) -> None:
+    """A download button whose PNG is built only when clicked."""
+    st.download_button(label, data=build, file_name=filename, mime="image/png", key=key,
+                       icon=":material/download:", on_click="ignore")
