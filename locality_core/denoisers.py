@@ -131,3 +131,89 @@ register(DenoiserSpec(
     "unet", "UNet (trained)",
     "A convolutional UNet trained on the data set with the EDM loss (our own training run).",
     _build_unet, availability=_unet_availability, cache_id=lambda ds, **o: _unet_cache_id(ds)))
+
+
+# ---------------------------------------------------------------- empirical optimal (memorising) denoiser
+
+def _build_optimal(dataset: Dataset, chunk_size: int = 4096, top_k: int | None = None):
+    from .optimal import OptimalDenoiser
+
+    return OptimalDenoiser(chunk_size=chunk_size, top_k=top_k).fit(dataset)
+
+
+register(DenoiserSpec(
+    "optimal", "Optimal (empirical)",
+    "The exact posterior mean when the data are the training set: a softmax over all N training images. "
+    "It reproduces training images (memorisation). top_k keeps only the K nearest (an approximation).",
+    _build_optimal, options={"chunk_size": 4096, "top_k": None},
+    cache_id=lambda ds, **o: ds.fingerprint[:16]))
+
+
+# ---------------------------------------------------------------- the paper's analytical denoiser
+
+def _analytical_availability(dataset: Dataset) -> tuple[bool, str]:
+    from .stats import TooLargeError, check_fits
+
+    try:
+        check_fits(dataset.d, dataset.shape)
+    except TooLargeError as exc:
+        return False, str(exc)
+    return True, "computed from the data (masks from the Wiener matrix)"
+
+
+def _build_analytical(dataset: Dataset, theta: float | None = None, threshold: str = "global",
+                      batch_normalised: bool = False):
+    from .analytical import AnalyticalDenoiser
+
+    return AnalyticalDenoiser(theta, threshold, batch_normalised=batch_normalised).fit(dataset)
+
+
+register(DenoiserSpec(
+    "analytical", "Analytical (Lukoianov et al.)",
+    "Per output pixel, a softmax over all training images with distances over a locality mask read off the "
+    "data's Wiener matrix (exact softmax; batch_normalised=True reproduces the reference code's per-batch "
+    "variant).",
+    _build_analytical, availability=_analytical_availability,
+    options={"theta": None, "threshold": "global", "batch_normalised": False},
+    cache_id=lambda ds, **o: ds.fingerprint[:16]))
+
+
+# ---------------------------------------------------------------- Kamb & Ganguli's patch machines
+
+def _patch_cache_id(dataset: Dataset, kind: str, schedule: str = "auto", patch_size: int | None = None,
+                    **options) -> str:
+    from .patches import resolve_schedule
+
+    sizes = patch_size if patch_size is not None else resolve_schedule(dataset, kind, schedule).sizes
+    return f"{dataset.fingerprint[:16]}:{sizes}"
+
+
+def _build_ls(dataset: Dataset, schedule: str = "auto", patch_size: int | None = None):
+    from .patches import LSDenoiser, resolve_schedule
+
+    return LSDenoiser(resolve_schedule(dataset, "ls", schedule), patch_size).fit(dataset.train)
+
+
+def _build_els(dataset: Dataset, schedule: str = "auto", patch_size: int | None = None, n_train: int | None = 2000,
+               boundary: str = "broken", seed: int = 0):
+    from .patches import ELSDenoiser, resolve_schedule
+
+    if boundary not in ("broken", "equivariant"):
+        raise DenoiserError(f"ELS boundary must be 'broken' or 'equivariant', got {boundary!r}")
+    return ELSDenoiser(resolve_schedule(dataset, "els", schedule), patch_size, n_train=n_train,
+                       broken=boundary == "broken", seed=seed).fit(dataset.train)
+
+
+register(DenoiserSpec(
+    "ls", "LS patch machine (Kamb & Ganguli)",
+    "Per pixel, a softmax over all training images of the distance between P x P patches at the same place; "
+    "P grows with noise (calibrated schedule if saved, else the published one).",
+    _build_ls, options={"schedule": "auto", "patch_size": None},
+    cache_id=lambda ds, **o: _patch_cache_id(ds, "ls", **o)))
+
+register(DenoiserSpec(
+    "els", "ELS patch machine (Kamb & Ganguli)",
+    "Per pixel, a softmax over every P x P patch of the training images (boundary-broken, zero padding); "
+    "uses a random subset of n_train training images (default 2,000) for speed.",
+    _build_els, options={"schedule": "auto", "patch_size": None, "n_train": 2000, "boundary": "broken", "seed": 0},
+    cache_id=lambda ds, **o: _patch_cache_id(ds, "els", **o)))

@@ -1,0 +1,249 @@
+"""`locality sample`, `locality compare`, `locality calibrate`: sampling, agreement with the UNet, patch sizes.
+
+Wire into the parser with ``add_commands(subparsers)``. Every command turns the errors a user can fix (unknown
+or missing data, no trained UNet, a bad option) into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+DEFAULT_SAMPLE = ("unet", "analytical", "wiener", "optimal", "els")
+DEFAULT_COMPARE = ("analytical", "wiener", "optimal", "ls", "els")
+SCALE = 3          # grid pixels per image pixel
+LABEL_WIDTH = 150  # grid label column, pixels
+
+
+def _friendly(command):
+    """Run a command; turn user-fixable errors into 'error: ...' on stderr and exit status 2."""
+    @functools.wraps(command)
+    def run(args) -> int:
+        from .data import DatasetError
+        from .denoisers import DenoiserError
+        from .models import ModelError
+
+        try:
+            return command(args)
+        except (DatasetError, DenoiserError, ModelError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _names(text: str | None, default: tuple[str, ...]) -> tuple[list[str], bool]:
+    """Parsed comma list, and whether it was given explicitly."""
+    if not text:
+        return list(default), False
+    return [n.strip() for n in text.split(",") if n.strip()], True
+
+
+def _denoisers(dataset, names: list[str], explicit: bool) -> dict:
+    """Build the named denoisers; an explicitly requested one that is unavailable is an error, a default one
+    is skipped with a note."""
+    from .denoisers import DenoiserError, get_denoiser, get_spec
+
+    out = {}
+    for name in names:
+        spec = get_spec(name)
+        ok, message = spec.availability(dataset)
+        if not ok and not explicit:
+            print(f"note: skipping {name}: {message}", file=sys.stderr)
+            continue
+        if not ok:
+            raise DenoiserError(f"{name}: {message}")
+        out[name] = get_denoiser(name, dataset)
+    if not out:
+        raise DenoiserError("no denoiser available to run")
+    return out
+
+
+# ---------------------------------------------------------------- the sample grid
+
+def _to_pixels(images: torch.Tensor) -> np.ndarray:
+    """(n, C, H, W) in [-1, 1] -> (n, H, W, 3) uint8."""
+    a = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return np.repeat(a, 3, axis=3) if a.shape[3] == 1 else a
+
+
+def sample_grid(rows: dict[str, torch.Tensor], scale: int = SCALE):
+    """A labelled PIL image: one row per entry of ``rows`` (label -> (n, C, H, W)), one column per sample."""
+    from PIL import Image, ImageDraw
+
+    first = next(iter(rows.values()))
+    n, _, h, w = first.shape
+    cell_h, cell_w, pad = h * scale, w * scale, 4
+    grid = Image.new("RGB", (LABEL_WIDTH + n * (cell_w + pad) + pad, len(rows) * (cell_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (label, images) in enumerate(rows.items()):
+        y = pad + i * (cell_h + pad)
+        draw.text((6, y + cell_h // 2 - 6), label, fill="black")
+        for j, px in enumerate(_to_pixels(images)):
+            tile = Image.fromarray(px).resize((cell_w, cell_h), Image.NEAREST)
+            grid.paste(tile, (LABEL_WIDTH + pad + j * (cell_w + pad), y))
+    return grid
+
+
+def _cmd_sample(args) -> int:
+    from .data import load_dataset
+    from .metrics import agreement, nearest_training
+    from .sampling import sample_many
+    from .schedule import ddim_sigmas
+
+    dataset = load_dataset(args.dataset)
+    names, explicit = _names(args.denoisers, DEFAULT_SAMPLE)
+    denoisers = _denoisers(dataset, names, explicit)
+    sigmas = ddim_sigmas(args.steps)
+    samples = sample_many(denoisers, args.n, args.seed, sigmas, shape=tuple(dataset.shape), batch_size=args.batch,
+                          progress=True)
+    report = {"dataset": dataset.name, "seed": args.seed, "n": args.n, "steps": args.steps, "sigmas": sigmas,
+              "denoisers": {}}
+    rows = {}
+    for name, images in samples.items():
+        idx, dist = nearest_training(images, dataset.train)
+        entry = {"nearest_index": idx.tolist(), "nearest_distance": dist.tolist()}
+        if "unet" in samples and name != "unet":
+            entry["vs_unet"] = agreement(images, samples["unet"])
+        report["denoisers"][name] = entry
+        rows[name] = images
+        if name == "optimal":
+            rows["optimal: nearest train"] = dataset.train[idx]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sample_grid(rows).save(out)
+    print(f"{'denoiser':<12} {'nearest train L2 (mean)':>24} {'r2 vs unet':>11}")
+    for name, entry in report["denoisers"].items():
+        r2 = entry.get("vs_unet", {}).get("r2")
+        print(f"{name:<12} {np.mean(entry['nearest_distance']):>24.3f} {'' if r2 is None else f'{r2:11.3f}'}")
+    print(f"grid: {out}")
+    if args.json:
+        text = json.dumps(report, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text)
+            print(f"metrics: {args.json}")
+    return 0
+
+
+# ---------------------------------------------------------------- agreement with the UNet
+
+def _cmd_compare(args) -> int:
+    from .data import load_dataset
+    from .denoisers import get_denoiser
+    from .metrics import agreement_table
+    from .schedule import ddim_sigmas
+
+    dataset = load_dataset(args.dataset)
+    reference = get_denoiser("unet", dataset)
+    names, explicit = _names(args.denoisers, DEFAULT_COMPARE)
+    denoisers = _denoisers(dataset, [n for n in names if n != "unet"], explicit)
+    bar = tqdm(total=len(denoisers) + 1, desc="compare", file=sys.stderr)
+
+    def progress(what: str) -> None:
+        bar.set_postfix_str(what)
+        bar.update(1)
+
+    rows = agreement_table(dataset, denoisers, reference, sigmas=ddim_sigmas(args.steps), n_inputs=args.n,
+                           n_samples=args.n, seed=args.seed, batch_size=args.batch, progress=progress)
+    bar.close()
+    if args.json:
+        print(json.dumps({"dataset": dataset.name, "reference": "unet", "steps": args.steps, "n": args.n,
+                          "rows": rows}, indent=1))
+        return 0
+    print(f"agreement with the UNet on {dataset.name} (n={args.n}, {args.steps} DDIM steps)")
+    print(f"{'denoiser':<12} {'r2 same input':>14} {'r2 trajectory':>14} {'pearson traj.':>14} {'mse same input':>15}")
+    for r in sorted(rows, key=lambda r: -r["r2_same_input"]):
+        print(f"{r['denoiser']:<12} {r['r2_same_input']:>14.3f} {r['r2_trajectory']:>14.3f} "
+              f"{r['pearson_trajectory']:>14.3f} {r['mse_same_input']:>15.4f}")
+    return 0
+
+
+# ---------------------------------------------------------------- patch-size calibration
+
+def _cmd_calibrate(args) -> int:
+    from .data import load_dataset
+    from .denoisers import denoiser_cache_id, get_denoiser
+    from .patches import calibrate, save_calibrated
+    from .schedule import ddim_sigmas, sigma_to_t
+
+    dataset = load_dataset(args.dataset)
+    reference = get_denoiser("unet", dataset)
+    kinds = ["ls", "els"] if args.kind == "both" else [args.kind]
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else _default_sizes(dataset.shape[1])
+    sigmas = ddim_sigmas(args.steps)
+    bar = tqdm(total=len(kinds) * len(sigmas) * len(sizes), desc="calibrate", file=sys.stderr)
+
+    def progress(what: str) -> None:
+        bar.set_postfix_str(what)
+        bar.update(1)
+
+    schedules = {}
+    for kind in kinds:
+        options = {"n_train": args.n_train} if kind == "els" else {}
+        schedules[kind] = calibrate(dataset, reference, sigmas, sizes, kind=kind, n=args.n, metric=args.metric,
+                                    seed=args.seed, progress=progress, **options)
+    bar.close()
+    path = save_calibrated(dataset, schedules, args.out, unet=denoiser_cache_id("unet", dataset),
+                           metric=args.metric, n=args.n, els_n_train=args.n_train)
+    first = schedules[kinds[0]]
+    if args.json:
+        print(json.dumps({"path": str(path), **{k: s.to_dict() for k, s in schedules.items()}}, indent=1))
+        return 0
+    print(f"patch sizes fitted to the UNet on {dataset.name} ({args.metric}, median over {args.n} images)")
+    print(f"{'t':>6} {'sigma':>8} " + " ".join(f"{k.upper():>4}" for k in kinds))
+    for i, sigma in enumerate(first.sigmas):
+        print(f"{sigma_to_t(sigma):>6.0f} {sigma:>8.4g} " + " ".join(f"{schedules[k].sizes[i]:>4}" for k in kinds))
+    print(f"saved: {path}")
+    return 0
+
+
+def _default_sizes(side: int) -> list[int]:
+    """Odd sizes 3 .. side, plus 2 * side - 1 (the whole image from every pixel)."""
+    return list(range(3, side + 1, 2)) + [2 * side - 1]
+
+
+# ---------------------------------------------------------------- the parser
+
+def add_commands(subparsers) -> None:
+    """Add `sample`, `compare` and `calibrate` to an argparse subparsers object."""
+    p = subparsers.add_parser("sample", help="sample from several denoisers from the same noise; save a grid")
+    p.add_argument("dataset")
+    p.add_argument("--denoisers", default=None,
+                   help=f"comma list (default: {','.join(DEFAULT_SAMPLE)}, skipping unavailable ones)")
+    p.add_argument("--n", type=int, default=8, help="samples per denoiser")
+    p.add_argument("--steps", type=int, default=10, help="DDIM steps from t = 900")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--out", default="grid.png", help="grid image (PNG)")
+    p.add_argument("--json", default=None, help="write metrics JSON here ('-' for stdout)")
+    p.set_defaults(func=_friendly(_cmd_sample))
+
+    p = subparsers.add_parser("compare", help="agreement of analytical denoisers with the trained UNet")
+    p.add_argument("dataset")
+    p.add_argument("--denoisers", default=None, help=f"comma list (default: {','.join(DEFAULT_COMPARE)})")
+    p.add_argument("--n", type=int, default=8, help="held-out inputs and samples")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_friendly(_cmd_compare))
+
+    p = subparsers.add_parser("calibrate", help="fit the LS / ELS patch-size schedule to the trained UNet")
+    p.add_argument("dataset")
+    p.add_argument("--kind", choices=["ls", "els", "both"], default="both")
+    p.add_argument("--sizes", default=None, help="comma list of odd patch sizes (default 3, 5, ..., side, 2*side-1)")
+    p.add_argument("--n", type=int, default=4, help="held-out images per noise level")
+    p.add_argument("--steps", type=int, default=10, help="noise levels: the DDIM grid with this many steps")
+    p.add_argument("--metric", choices=["mse", "cosine"], default="mse")
+    p.add_argument("--n-train", type=int, default=2000, help="ELS training subset")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON path (default: beside the UNet weights)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_friendly(_cmd_calibrate))

@@ -1,0 +1,123 @@
+"""Agreement between denoisers (an analytical model vs the trained network), and a memorisation check.
+
+Glossary
+    r2          as the public code of Lukoianov et al. defines it: 1 - sum_j (x_j - y_j)^2 / (d * Var(y)),
+                y the REFERENCE's image (the network's x0_hat), Var unbiased over its d pixels; per sample,
+                then averaged. Not symmetric: the reference goes second
+    pearson     correlation of the two mean-centred images (Kamb & Ganguli's statistic, which they call r^2);
+                per sample, reported as mean and median
+    mse         mean squared difference per pixel, per sample, averaged
+    same input  both denoisers on the same noisy held-out images at the grid sigmas (score matching)
+    trajectory  both samplers from the same initial noise; the final samples compared
+    nearest     the training image closest in L2 to a sample, and that distance (memorisation check)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .evaluate import noise_for
+from .schedule import sigma_to_t
+
+
+def _flat(a: torch.Tensor) -> torch.Tensor:
+    return a.reshape(len(a), -1).double()
+
+
+def r2_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(n,) r2 of x against the reference y, both (n, ...)."""
+    x, y = _flat(x), _flat(y)
+    return 1.0 - (x - y).pow(2).sum(1) / (y.shape[1] * y.var(dim=1, unbiased=True))
+
+
+def pearson_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(n,) Pearson correlation of the mean-centred images x, y (n, ...)."""
+    x, y = _flat(x), _flat(y)
+    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    return (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1)).clamp_min(1e-300)
+
+
+def mse_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(n,) mean squared difference per pixel."""
+    return (_flat(x) - _flat(y)).pow(2).mean(1)
+
+
+def agreement(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """r2 (mean), pearson (mean and median) and mse (mean) of x against the reference y."""
+    p = pearson_scores(x, y)
+    return {"r2": float(r2_scores(x, y).mean()), "pearson": float(p.mean()), "pearson_median": float(p.median()),
+            "mse": float(mse_scores(x, y).mean())}
+
+
+@torch.no_grad()
+def same_input_agreement(denoiser: Callable, reference: Callable, x0: torch.Tensor, sigmas: list[float], *,
+                         seed: int = 0, batch_size: int = 64) -> list[dict]:
+    """Both denoisers on x0 + sigma * eps (noise of `evaluate.noise_for`, the same for every denoiser).
+
+    Rows {"sigma", "t", "r2", "pearson", "pearson_median", "mse"}, one per sigma.
+    """
+    rows = []
+    for i, sigma in enumerate(sigmas):
+        x = x0 + float(sigma) * noise_for(tuple(x0.shape), i, seed).to(x0)
+        ours = torch.cat([denoiser(x[s:s + batch_size], sigma) for s in range(0, len(x), batch_size)])
+        ref = torch.cat([reference(x[s:s + batch_size], sigma) for s in range(0, len(x), batch_size)])
+        rows.append({"sigma": float(sigma), "t": round(float(sigma_to_t(sigma)), 1), **agreement(ours, ref)})
+    return rows
+
+
+def mean_rows(rows: list[dict], keys=("r2", "pearson", "mse")) -> dict[str, float]:
+    """Average of each key over rows (e.g. over the sigmas of `same_input_agreement`)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+
+
+@torch.no_grad()
+def nearest_training(samples: torch.Tensor, train: torch.Tensor, *, chunk_size: int = 4096
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index (n,) of the training image nearest to each sample in L2, and the distance (n,), float64.
+
+    Streams over the training images; distances are computed as ||s||^2 - 2 s.t + ||t||^2 in float64.
+    """
+    s = _flat(samples)
+    s_sq = s.pow(2).sum(1)
+    best = torch.full((len(s),), float("inf"), dtype=torch.float64)
+    best_idx = torch.zeros(len(s), dtype=torch.long)
+    for start in range(0, len(train), chunk_size):
+        t = _flat(train[start:start + chunk_size])
+        d2 = s_sq[:, None] - 2.0 * s @ t.T + t.pow(2).sum(1)[None]
+        val, idx = d2.min(dim=1)
+        better = val < best
+        best = torch.where(better, val, best)
+        best_idx = torch.where(better, idx + start, best_idx)
+    return best_idx, best.clamp_min(0).sqrt()
+
+
+def agreement_table(dataset, denoisers: dict[str, Callable], reference: Callable, *, sigmas: list[float],
+                    n_inputs: int = 8, n_samples: int = 8, seed: int = 0, batch_size: int = 8,
+                    progress: Callable[[str], None] | None = None) -> list[dict]:
+    """One row per denoiser vs ``reference``: r2_same_input, mse_same_input, pearson_same_input (means over
+    sigmas), r2_trajectory, pearson_trajectory, pearson_trajectory_median, mse_trajectory, and per_sigma rows.
+    """
+    from .sampling import sample_many
+
+    x0 = dataset.test[:n_inputs]
+    shape = tuple(dataset.shape)
+    if progress:
+        progress("reference samples")
+    ref_samples = sample_many({"reference": reference}, n_samples, seed, sigmas, shape=shape,
+                              batch_size=batch_size)["reference"]
+    rows = []
+    for name, denoiser in denoisers.items():
+        if progress:
+            progress(name)
+        per_sigma = same_input_agreement(denoiser, reference, x0, sigmas, seed=seed, batch_size=batch_size)
+        same = mean_rows(per_sigma)
+        samples = sample_many({name: denoiser}, n_samples, seed, sigmas, shape=shape, batch_size=batch_size)[name]
+        traj = agreement(samples, ref_samples)
+        rows.append({"denoiser": name, "r2_same_input": same["r2"], "r2_trajectory": traj["r2"],
+                     "pearson_trajectory": traj["pearson"], "mse_same_input": same["mse"],
+                     "pearson_same_input": same["pearson"], "pearson_trajectory_median": traj["pearson_median"],
+                     "mse_trajectory": traj["mse"], "per_sigma": per_sigma})
+    return rows

@@ -1,0 +1,377 @@
+"""The patch machines of Kamb & Ganguli (2025): LS and ELS, their patch-size schedules, and calibration.
+
+Glossary
+    P           patch size (odd): the neighbourhood of pixel (r, c) is the P x P square around it, all channels,
+                zero padding outside the image; h = P // 2
+    LS          local score machine: per pixel, a softmax over all N training images of the squared distance
+                between the patch of x and the training image's patch AT THE SAME PLACE; the output pixel is
+                the weighted mean of the training images' pixel (weights shared by the pixel's channels).
+                It is the analytical denoiser's engine with a square mask (`square_mask`)
+    ELS         equivariant local score machine: candidates are every P x P patch of every training image at
+                every position; the output pixel is the softmax-weighted mean of the candidates' centre pixels
+    broken      boundary-broken ELS (their zero-padding variant, the default here): along each axis a
+                coordinate within h of the border only matches candidates at the same coordinate (same zero
+                padding), interior coordinates match every interior coordinate. A patch larger than the
+                image leaves no interior: ELS then equals LS on its training subset
+    n_train     ELS compares every patch with every patch: it uses a random subset of the training set
+                (default 2,000 images, seed 0) to stay interactive. LS uses all N
+    schedule    patch size per noise level. Kamb & Ganguli calibrated 20-step lists (low to high noise) for
+                their Fashion-MNIST / MNIST / CIFAR-10 networks, sampled with a cosine schedule at
+                t_i = i / 20, i.e. sigma_i = tan(pi/2 * t_i / 1.008). A sigma is mapped to the grid point
+                nearest in u = atan(sigma) (their sampler's own time axis); sigmas above the grid take
+                the last size
+    calibrate   fit a schedule to a reference denoiser (our UNet): per sigma, the size whose outputs on the
+                same noisy held-out images are closest (median over images of the MSE, or of the cosine
+                similarity of mean-centred images)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .analytical import MaskedSoftmaxDenoiser
+from .data import Dataset
+from .optimal import SoftmaxState, exp_shifted, finish, merge_states
+from .unet import as_batch_sigma
+
+KAMB_SCHEDULES: dict[str, tuple[int, ...]] = {
+    "fashion-mnist": (3, 3, 5, 5, 7, 7, 7, 9, 11, 11, 11, 13, 15, 15, 21, 23, 25, 25, 25, 25),
+    "mnist": (3, 3, 3, 5, 5, 7, 7, 7, 9, 9, 9, 11, 13, 15, 17, 21, 23, 23, 25, 27),
+    "cifar10": (3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7, 9, 9, 11, 13, 13, 15, 17, 25),
+}
+KAMB_STEPS = 20
+ELS_TRAIN = 2000
+SCHEDULE_FILE = "patch_schedule.json"
+FLOAT64_BELOW = 0.5       # sigma below which float32 inputs get float64 patch distances
+LOGIT_ELEMENTS = 1 << 22  # logits per streamed chunk of candidates
+PATCH_ELEMENTS = 1 << 23  # unfolded training patches per chunk
+
+
+# ---------------------------------------------------------------- schedules
+
+def kamb_sigmas(steps: int = KAMB_STEPS) -> tuple[float, ...]:
+    """Noise levels of Kamb & Ganguli's sampler steps i = 0 .. steps-1: tan(pi/2 * (i / steps) / 1.008)."""
+    return tuple(math.tan(math.pi / 2 * (i / steps) / 1.008) for i in range(steps))
+
+
+@dataclass(frozen=True)
+class PatchSchedule:
+    """Patch size per noise level; ``sigmas`` ascending, ``sizes`` odd."""
+
+    sigmas: tuple[float, ...]
+    sizes: tuple[int, ...]
+    source: str = ""
+    scores: tuple[tuple[float, ...], ...] = field(default=(), compare=False)  # calibration table, if any
+
+    def __post_init__(self):
+        if len(self.sigmas) != len(self.sizes) or not self.sizes:
+            raise ValueError("a schedule needs one size per sigma")
+        if any(p < 1 or p % 2 == 0 for p in self.sizes):
+            raise ValueError(f"patch sizes must be odd and positive, got {self.sizes}")
+        if list(self.sigmas) != sorted(self.sigmas):
+            raise ValueError("schedule sigmas must be ascending")
+
+    def size_for(self, sigma: float) -> int:
+        """The size of the grid point nearest to ``sigma`` in u = atan(sigma)."""
+        u = np.arctan(np.asarray(self.sigmas))
+        return int(self.sizes[int(np.argmin(np.abs(u - math.atan(float(sigma)))))])
+
+    def to_dict(self) -> dict:
+        return {"sigmas": list(self.sigmas), "sizes": list(self.sizes), "source": self.source,
+                "scores": [list(r) for r in self.scores]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PatchSchedule:
+        return cls(tuple(float(s) for s in d["sigmas"]), tuple(int(p) for p in d["sizes"]), d.get("source", ""),
+                   tuple(tuple(float(v) for v in r) for r in d.get("scores", [])))
+
+
+def kamb_schedule(name: str) -> PatchSchedule:
+    """Kamb & Ganguli's calibrated list for ``name`` in KAMB_SCHEDULES, on their 20-step sigma grid."""
+    if name not in KAMB_SCHEDULES:
+        raise ValueError(f"no published schedule {name!r}; known: {', '.join(KAMB_SCHEDULES)}")
+    return PatchSchedule(kamb_sigmas(), KAMB_SCHEDULES[name], f"Kamb & Ganguli, {name} UNet")
+
+
+def published_schedule_for(dataset: Dataset) -> PatchSchedule:
+    """The published list closest to this data set: Fashion-MNIST, MNIST, or CIFAR-10 for colour images."""
+    name = dataset.name.lower()
+    if "fashion" in name:
+        return kamb_schedule("fashion-mnist")
+    if "mnist" in name:
+        return kamb_schedule("mnist")
+    return kamb_schedule("cifar10" if dataset.channels == 3 else "fashion-mnist")
+
+
+def schedule_path(dataset_name: str, *, for_writing: bool = False) -> Path | None:
+    """Where a calibrated schedule lives: beside the UNet weights (or, to write, the user model folder when
+    the weights' folder is not writable). None when reading and there is none."""
+    from .models import find_weights, model_dirs, user_model_dir
+
+    if not for_writing:
+        found = [d / SCHEDULE_FILE for d in model_dirs(dataset_name) if (d / SCHEDULE_FILE).is_file()]
+        return found[0] if found else None
+    weights = find_weights(dataset_name)
+    folder = weights.parent if weights is not None else user_model_dir(dataset_name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError:
+        folder = user_model_dir(dataset_name)
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder / SCHEDULE_FILE
+
+
+def load_calibrated(dataset: Dataset, kind: str) -> PatchSchedule | None:
+    """The calibrated ``kind`` ("ls" or "els") schedule saved for this data set, if it matches its data."""
+    path = schedule_path(dataset.name)
+    if path is None:
+        return None
+    try:
+        blob = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if blob.get("fingerprint") != dataset.fingerprint or kind not in blob:
+        return None
+    return PatchSchedule.from_dict(blob[kind])
+
+
+def save_calibrated(dataset: Dataset, schedules: dict[str, PatchSchedule], path: Path | None = None,
+                    **meta) -> Path:
+    """Write {"fingerprint", kind: schedule, ...} as JSON (default: `schedule_path(..., for_writing=True)`)."""
+    path = Path(path) if path else schedule_path(dataset.name, for_writing=True)
+    blob = {"dataset": dataset.name, "fingerprint": dataset.fingerprint, **meta,
+            **{k: s.to_dict() for k, s in schedules.items()}}
+    path.write_text(json.dumps(blob, indent=1))
+    return path
+
+
+def resolve_schedule(dataset: Dataset, kind: str, schedule: str | PatchSchedule = "auto") -> PatchSchedule:
+    """"auto": the calibrated one if saved, else the published one for the data set; "calibrated"; a name in
+    KAMB_SCHEDULES; or a PatchSchedule."""
+    if isinstance(schedule, PatchSchedule):
+        return schedule
+    if schedule in ("auto", "calibrated"):
+        found = load_calibrated(dataset, kind)
+        if found is not None:
+            return found
+        if schedule == "calibrated":
+            raise ValueError(f"no calibrated {kind} schedule for {dataset.name!r}: run `locality calibrate "
+                             f"{dataset.name}`")
+        return published_schedule_for(dataset)
+    return kamb_schedule(schedule)
+
+
+# ---------------------------------------------------------------- LS
+
+def square_mask(shape: tuple[int, int, int], patch: int) -> np.ndarray:
+    """(d, d) bool: B[n, m] = pixel n within the P x P square around pixel m (all channel pairs)."""
+    c, h, w = shape
+    rows, cols = np.divmod(np.arange(h * w), w)
+    near = (np.abs(rows[:, None] - rows[None]) <= patch // 2) & (np.abs(cols[:, None] - cols[None]) <= patch // 2)
+    return np.tile(near, (c, c))
+
+
+class LSDenoiser(MaskedSoftmaxDenoiser):
+    """LS machine: ``LSDenoiser(schedule).fit(train)``, or a fixed ``patch_size``."""
+
+    def __init__(self, schedule: PatchSchedule | None = None, patch_size: int | None = None, *,
+                 chunk_size: int | None = None):
+        if schedule is None and patch_size is None:
+            raise ValueError("give a schedule or a patch_size")
+        super().__init__(self._mask, chunk_size=chunk_size)
+        self.schedule, self.patch_size = schedule, patch_size
+
+    def size_for(self, sigma: float) -> int:
+        return int(self.patch_size) if self.patch_size is not None else self.schedule.size_for(sigma)
+
+    def _mask(self, sigma: float) -> np.ndarray:
+        return square_mask(self.shape, self.size_for(sigma))
+
+
+# ---------------------------------------------------------------- ELS
+
+def _axis_classes(length: int, half: int, broken: bool) -> list[np.ndarray]:
+    """Coordinates that share candidates: each border coordinate alone, the interior together."""
+    if not broken:
+        return [np.arange(length)]
+    lo, hi = half, length - 1 - half
+    classes = [np.array([i]) for i in range(length) if i < lo or i > hi]
+    if hi >= lo:
+        classes.append(np.arange(lo, hi + 1))
+    return sorted(classes, key=lambda a: a[0])
+
+
+def position_groups(height: int, width: int, patch: int, broken: bool = True) -> list[torch.Tensor]:
+    """Classes of positions (flattened r * W + c) whose pixels share one candidate set (their own positions),
+    batched by size: a list of (G, Q) index tensors, G classes of Q positions each."""
+    half = patch // 2
+    groups: dict[tuple[int, int], list[np.ndarray]] = {}
+    for rs in _axis_classes(height, half, broken):
+        for cs in _axis_classes(width, half, broken):
+            groups.setdefault((len(rs), len(cs)), []).append((rs[:, None] * width + cs[None]).ravel())
+    return [torch.from_numpy(np.stack(g)) for g in groups.values()]
+
+
+def _patches(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(n, C, H, W) -> (n, C*P*P, H*W): the zero-padded patch around every pixel."""
+    half = patch // 2
+    return F.unfold(F.pad(images, (half, half, half, half)), patch)
+
+
+def _group_state(queries: torch.Tensor, T: torch.Tensor, norms: torch.Tensor, centres: torch.Tensor, scale: float,
+                 out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax state of queries (G, M, D) over the K candidates of their class: patches T (G, D, K), squared
+    norms (G, 1, K), centre pixels (G, K, C)."""
+    logits = torch.baddbmm(scale * norms, queries, T, alpha=-2.0 * scale)     # (G, M, K), one fused pass
+    m = logits.amax(dim=2)
+    shifted = logits.sub_(m[..., None]) if not logits.requires_grad else logits - m[..., None]
+    p = exp_shifted(shifted.to(out_dtype), 0.0, inplace=not shifted.requires_grad)
+    return m, p.sum(2), p @ centres.to(out_dtype)
+
+
+def els_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *, broken: bool = True,
+                images_per_chunk: int | None = None) -> torch.Tensor:
+    """ELS machine at one ``sigma``: x (B, C, H, W), train (n, C, H, W) -> x0_hat (B, C, H, W).
+
+    Every pixel: softmax over the candidate patches of its class (see `position_groups`) of
+    -||x patch - candidate||^2 / (2 sigma^2); output = weighted mean of the candidates' centre pixels.
+    Candidates stream in chunks of training images (exact streaming softmax).
+    """
+    if patch < 1 or patch % 2 == 0:
+        raise ValueError(f"patch size must be odd and positive, got {patch}")
+    B, C, H, W = x.shape
+    dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
+    scale = -1.0 / (2.0 * sigma**2)
+    groups = position_groups(H, W, patch, broken)
+    q_all = _patches(x.to(dtype), patch)                                       # (B, D, HW)
+    D = q_all.shape[1]
+    queries = [q_all[:, :, g].permute(2, 0, 3, 1).reshape(len(g), -1, D) for g in groups]   # (G, B*Q, D)
+    widest = max(g.shape[0] * B * g.shape[1] * g.shape[1] for g in groups)
+    per_chunk = images_per_chunk or max(1, min(LOGIT_ELEMENTS // widest, PATCH_ELEMENTS // (D * H * W)))
+    ones = torch.ones(1, C, patch, patch, dtype=dtype, device=x.device)
+
+    def chunk_states(start: int, *qs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        imgs = train[start:start + per_chunk].to(device=x.device, dtype=dtype)
+        n = len(imgs)
+        t_all = _patches(imgs, patch).permute(2, 1, 0)                           # (HW, D, n) view
+        t_norm = F.conv2d(imgs * imgs, ones, padding=patch // 2).view(n, H * W).T  # (HW, n) patch ||t||^2
+        centre = imgs.reshape(n, C, H * W).permute(2, 0, 1)                      # (HW, n, C) view
+        out = []
+        for g, q in zip(groups, qs, strict=True):
+            G, Q = g.shape
+            flat = g.flatten()
+            T = t_all.index_select(0, flat).view(G, Q, D, n).transpose(1, 2).reshape(G, D, Q * n)
+            norms = t_norm.index_select(0, flat).view(G, 1, Q * n)
+            out += _group_state(q, T, norms, centre.index_select(0, flat).view(G, Q * n, C), scale, x.dtype)
+        return tuple(out)
+
+    grad = torch.is_grad_enabled() and x.requires_grad
+    total = None
+    for start in range(0, len(train), per_chunk):
+        flat = checkpoint(chunk_states, start, *queries, use_reentrant=False) if grad else chunk_states(start, *queries)
+        states = [SoftmaxState(*flat[i:i + 3]) for i in range(0, len(flat), 3)]
+        total = states if total is None else [merge_states(a, b) for a, b in zip(total, states, strict=True)]
+    positions = torch.cat([g.flatten() for g in groups])
+    values = torch.cat([finish(s).view(len(g), B, g.shape[1], C).permute(1, 3, 0, 2).reshape(B, C, -1)
+                        for s, g in zip(total, groups, strict=True)], dim=2)             # (B, C, HW) in group order
+    return values[:, :, torch.argsort(positions)].view(B, C, H, W)
+
+
+class ELSDenoiser(nn.Module):
+    """ELS machine on a random subset of ``n_train`` training images (None = all). Fit with ``.fit(train)``."""
+
+    def __init__(self, schedule: PatchSchedule | None = None, patch_size: int | None = None, *,
+                 n_train: int | None = ELS_TRAIN, broken: bool = True, seed: int = 0):
+        super().__init__()
+        if schedule is None and patch_size is None:
+            raise ValueError("give a schedule or a patch_size")
+        self.schedule, self.patch_size = schedule, patch_size
+        self.n_train, self.broken, self.seed = n_train, broken, seed
+        self.train_: torch.Tensor | None = None
+
+    def size_for(self, sigma: float) -> int:
+        return int(self.patch_size) if self.patch_size is not None else self.schedule.size_for(sigma)
+
+    def fit(self, train: torch.Tensor) -> ELSDenoiser:
+        if self.n_train is not None and self.n_train < len(train):
+            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))[:self.n_train]
+            train = train[torch.sort(pick).values]
+        self.train_ = train
+        return self
+
+    def forward(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W), sigma scalar or (B,) -> x0_hat (B, C, H, W)."""
+        if self.train_ is None:
+            raise RuntimeError("ELSDenoiser is not fitted: call .fit(train) first")
+        sigma = as_batch_sigma(sigma, x)
+        values = sigma.tolist()
+        outs, order = [], []
+        for s in dict.fromkeys(values):
+            idx = [i for i, v in enumerate(values) if v == s]
+            outs.append(els_denoise(x[idx], s, self.train_, self.size_for(s), broken=self.broken))
+            order += idx
+        return outs[0] if len(outs) == 1 else torch.cat(outs)[torch.argsort(torch.tensor(order))]
+
+
+# ---------------------------------------------------------------- calibration
+
+def image_scores(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
+    """(n,) per-image MSE, or cosine similarity of mean-centred images ("cosine"), of a, b (n, C, H, W)."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    if metric == "mse":
+        return (a - b).pow(2).mean(1)
+    if metric == "cosine":
+        a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+    raise ValueError(f"metric must be 'mse' or 'cosine', got {metric!r}")
+
+
+def machine(kind: str, train: torch.Tensor, patch: int, **options) -> nn.Module:
+    """An LS or ELS machine with a fixed patch size, fitted to ``train``."""
+    if kind == "ls":
+        return LSDenoiser(patch_size=patch).fit(train)
+    if kind == "els":
+        return ELSDenoiser(patch_size=patch, **options).fit(train)
+    raise ValueError(f"kind must be 'ls' or 'els', got {kind!r}")
+
+
+@torch.no_grad()
+def calibrate(dataset: Dataset, reference: Callable, sigmas: list[float], sizes: list[int], *, kind: str = "els",
+              n: int = 4, metric: str = "mse", seed: int = 0, progress: Callable[[str], None] | None = None,
+              **options) -> PatchSchedule:
+    """Fit the patch size per sigma to ``reference`` (any denoiser, e.g. our UNet).
+
+    For each sigma the first ``n`` test images are noised (seed ``seed``), and each candidate size is scored
+    by the median over images of ``metric`` between its output and the reference's. Returns a schedule with
+    the calibration table in ``scores`` (one row per sigma, one column per size). ``options`` go to the
+    machine (ELS: n_train, broken, seed).
+    """
+    x0 = dataset.test[:n]
+    generator = torch.Generator().manual_seed(seed)
+    sigmas = sorted(float(s) for s in sigmas)
+    inputs = [x0 + s * torch.randn(x0.shape, generator=generator, dtype=x0.dtype) for s in sigmas]
+    targets = [reference(x, s) for x, s in zip(inputs, sigmas, strict=True)]
+    table = np.zeros((len(sigmas), len(sizes)))
+    for j, p in enumerate(sizes):                      # one machine at a time: each holds its training set
+        model = machine(kind, dataset.train, p, **options)
+        for i, (x, s, target) in enumerate(zip(inputs, sigmas, targets, strict=True)):
+            if progress:
+                progress(f"{kind} sigma={s:.4g} P={p}")
+            table[i, j] = float(image_scores(model(x, s), target, metric).median())
+        del model
+    best = table.argmin(1) if metric == "mse" else table.argmax(1)
+    return PatchSchedule(tuple(sigmas), tuple(int(sizes[b]) for b in best), f"calibrated ({metric}, n={n})",
+                         tuple(tuple(float(v) for v in row) for row in table))

@@ -1,0 +1,329 @@
+"""Softmax denoisers against trusted references: one-shot softmax, brute force, the dense formula, the paper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from locality_core.analytical import (
+    AnalyticalDenoiser,
+    MaskedSoftmaxDenoiser,
+    analytical_dense,
+    analytical_mask,
+    cached_mask,
+    default_theta,
+    mask_column,
+    per_batch_difference,
+)
+from locality_core.optimal import OptimalDenoiser, optimal_denoise, softmax_average, streaming_softmax_average
+from locality_core.patches import (
+    ELSDenoiser,
+    LSDenoiser,
+    PatchSchedule,
+    calibrate,
+    els_denoise,
+    kamb_schedule,
+    square_mask,
+)
+from locality_core.schedule import REFERENCE_SIGMAS, t_to_sigma
+from locality_core.stats import compute_stats
+
+
+def _images(n, shape=(1, 6, 6), seed=0, dtype=torch.float64):
+    """Smooth-ish random images in [-1, 1]: correlated pixels give non-trivial masks."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn((n, *shape), generator=g, dtype=dtype)
+    z = z + torch.roll(z, 1, -1) + torch.roll(z, 1, -2)
+    return torch.tanh(z / 2)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    train = _images(60)
+    x = _images(3, seed=1) + 0.3 * torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(2),
+                                               dtype=torch.float64)
+    return train, x
+
+
+# ---------------------------------------------------------------- streaming softmax
+
+def _chunks(logits, values, size, dim):
+    K = logits.shape[dim]
+    for s in range(0, K, size):
+        idx = torch.arange(s, min(K, s + size))
+        yield logits.index_select(dim, idx), values.index_select(0 if dim == 1 else 1, idx)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 50, 1000])
+def test_streaming_softmax_equals_one_shot(chunk):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 50, generator=g, dtype=torch.float64) * 1e4      # spreads of 1e4
+    logits[0, :10] = -torch.inf                                              # masked candidates
+    logits[1, 25] = 5e4                                                      # one dominant candidate
+    values = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    want = softmax_average(logits, values)
+    got = streaming_softmax_average(_chunks(logits, values, chunk, 1))
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(got[1], values[25])                               # the dominant one wins outright
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 9, 64])
+def test_streaming_softmax_per_coordinate_equals_one_shot(chunk):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 30, 5, generator=g, dtype=torch.float64) * 1e4
+    logits[:, 3:, 0] = -torch.inf                                            # coordinate 0: only 3 candidates
+    values = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    want = softmax_average(logits, values)
+    got = streaming_softmax_average(_chunks(logits, values, chunk, 1))
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    # the candidate dimension last (the analytical engine's layout) gives the same
+    from locality_core.optimal import reduce_states, softmax_state
+    states = (softmax_state(lg, v, dim=2) for lg, v in _chunks(logits.transpose(1, 2), values.T, chunk, 2))
+    assert torch.allclose(reduce_states(states), want, rtol=1e-12, atol=1e-12)
+
+
+def test_all_masked_softmax_is_nan_like_one_shot():
+    logits = torch.full((1, 6), -torch.inf, dtype=torch.float64)
+    values = torch.ones(6, 2, dtype=torch.float64)
+    assert torch.isnan(streaming_softmax_average(_chunks(logits, values, 4, 1))).all()
+
+
+# ---------------------------------------------------------------- the optimal denoiser
+
+def _optimal_brute(x, sigma, train):
+    d2 = ((x.flatten(1)[:, None] - train.flatten(1)[None]) ** 2).sum(-1)
+    return (torch.softmax(-d2 / (2 * sigma**2), dim=1) @ train.flatten(1)).view_as(x)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.5, 5.0])
+def test_optimal_equals_brute_force(tiny, sigma):
+    train, x = tiny
+    want = _optimal_brute(x, sigma, train)
+    assert torch.allclose(optimal_denoise(x, sigma, train, chunk_size=7), want, atol=1e-12)
+    f32 = OptimalDenoiser(chunk_size=16).fit(train.float())(x.float(), sigma)  # float64 distances inside
+    assert f32.dtype == torch.float32 and torch.allclose(f32.double(), want, atol=1e-5)
+
+
+def test_optimal_top_k(tiny):
+    train, x = tiny
+    exact = optimal_denoise(x, 1.0, train)
+    assert torch.allclose(optimal_denoise(x, 1.0, train, top_k=len(train), chunk_size=7), exact, atol=1e-12)
+    nearest = ((x.flatten(1)[:, None] - train.flatten(1)[None]) ** 2).sum(-1).argmin(1)
+    assert torch.allclose(optimal_denoise(x, 1.0, train, top_k=1, chunk_size=7), train[nearest])
+    assert not torch.allclose(optimal_denoise(x, 3.0, train, top_k=5), optimal_denoise(x, 3.0, train), atol=1e-3)
+
+
+def test_optimal_per_sample_sigma(tiny):
+    train, x = tiny
+    sig = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
+    batched = optimal_denoise(x, sig, train)
+    single = torch.cat([optimal_denoise(x[i:i + 1], float(s), train) for i, s in enumerate(sig)])
+    assert torch.allclose(batched, single, atol=1e-12)
+
+
+# ---------------------------------------------------------------- analytical: equalities with references
+
+def test_all_ones_mask_equals_optimal(tiny):
+    train, x = tiny
+    ones = MaskedSoftmaxDenoiser(lambda s: np.ones((36, 36), bool), chunk_size=11).fit(train)
+    for sigma in (0.05, 0.7, 20.0):
+        assert torch.allclose(ones(x, sigma), optimal_denoise(x, sigma, train), atol=1e-12)
+
+
+def test_ls_covering_the_image_equals_optimal(tiny):
+    train, x = tiny
+    ls = LSDenoiser(patch_size=11).fit(train)            # 11 >= 2 * 6 - 1: every pixel sees the whole image
+    assert square_mask((1, 6, 6), 11).all()
+    for sigma in (0.1, 2.0):
+        assert torch.allclose(ls(x, sigma), optimal_denoise(x, sigma, train), atol=1e-12)
+
+
+@pytest.mark.parametrize("theta,mode", [(0.05, "global"), (0.3, "row"), (0.6, "global")])
+def test_fast_engine_equals_dense_formula(tiny, theta, mode):
+    train, x = tiny
+    stats = compute_stats(train)
+    den = AnalyticalDenoiser(theta, mode, chunk_size=13).fit((train, stats))
+    for sigma in (0.03, 0.4, 1.5, 30.0):
+        mask = analytical_mask(stats, sigma, theta, mode)
+        assert 0 < mask.sum() < mask.size                 # a real mask, neither empty nor full
+        want = analytical_dense(x, sigma, train, mask, chunk_size=17)
+        assert torch.allclose(den(x, sigma), want, atol=1e-12), (sigma, mode)
+
+
+def test_training_image_at_tiny_sigma_is_returned(tiny):
+    """sigma -> 0: the image itself wins every softmax. (The per-coordinate softmax of small masks needs a truly
+    tiny sigma: another image may match one pixel to 1e-3, which at sigma = 1e-3 still gets weight.)"""
+    train, _ = tiny
+    x = train[[4, 17]]
+    for den in (OptimalDenoiser().fit(train), AnalyticalDenoiser(0.05).fit(train), LSDenoiser(patch_size=3).fit(train)):
+        assert torch.allclose(den(x, 1e-6), x, atol=1e-12), type(den).__name__
+
+
+def test_huge_sigma_gives_the_training_mean(tiny):
+    train, x = tiny
+    mean = train.mean(0, keepdim=True).expand_as(x)
+    for den in (OptimalDenoiser().fit(train), AnalyticalDenoiser(0.05).fit(train), LSDenoiser(patch_size=3).fit(train)):
+        assert torch.allclose(den(x, 1e5), mean, atol=1e-6), type(den).__name__
+    # ELS: every interior pixel averages the centres of all interior patches of all images
+    out = ELSDenoiser(patch_size=3, n_train=None).fit(train)(x, 1e5)
+    assert torch.allclose(out[..., 1:-1, 1:-1], train[..., 1:-1, 1:-1].mean().expand(3, 1, 4, 4), atol=1e-6)
+
+
+def test_per_sample_sigma_groups_inputs(tiny):
+    train, x = tiny
+    den = AnalyticalDenoiser(0.05).fit(train)
+    sig = torch.tensor([2.0, 0.1, 2.0], dtype=torch.float64)
+    single = torch.cat([den(x[i:i + 1], float(s)) for i, s in enumerate(sig)])
+    assert torch.allclose(den(x, sig), single, atol=1e-12)
+
+
+def test_autograd_through_the_checkpointed_engine():
+    train = _images(20, shape=(1, 4, 4), seed=5)
+    den = AnalyticalDenoiser(0.05, chunk_size=8).fit(train)
+    xi = _images(1, shape=(1, 4, 4), seed=6).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: den(v, 0.8), (xi,), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_batch_normalised_is_the_reference_variant(tiny):
+    train, x = tiny
+    stats = compute_stats(train)
+    sigma = 0.3
+    mask = analytical_mask(stats, sigma, 0.05)
+    batched = AnalyticalDenoiser(0.05, batch_normalised=True).fit((train, stats))(x, sigma)
+    # the public code: softmax within each batch of 512 images, batch results averaged (here one batch)
+    assert torch.allclose(batched, analytical_dense(x, sigma, train, mask, batch_normalised=True), atol=1e-12)
+
+
+# ---------------------------------------------------------------- masks
+
+def test_default_theta_follows_the_paper():
+    assert default_theta((1, 28, 28)) == 0.005
+    assert default_theta((3, 32, 32)) == pytest.approx(0.05)
+    assert default_theta((3, 64, 64)) == pytest.approx(0.02)
+    assert 0.02 < default_theta((3, 48, 48)) < 0.05
+
+
+def test_mask_cache_roundtrip(tmp_path, tiny):
+    from locality_core.cache import ArrayCache
+
+    train, _ = tiny
+    stats = compute_stats(train, fingerprint="tiny-test")
+    cache = ArrayCache(tmp_path)
+    mask, top = cached_mask(stats, 0.7, 0.05, cache=cache)
+    again, top2 = cached_mask(stats, 0.7000001, 0.05, cache=cache)           # same key after rounding
+    assert np.array_equal(mask, analytical_mask(stats, 0.7, 0.05)) and np.array_equal(mask, again)
+    assert top == top2 and len(cache._values) == 1
+
+
+def test_mask_reference_numbers_fashion(fashion_stats):
+    """METHODS.md section 10: centre pixel column sizes and max|M| at t = 900 / 700 / 500 / 300 / 100."""
+    sizes, tops = [], []
+    for t in (900, 700, 500, 300, 100):
+        col = mask_column(fashion_stats, (14, 14), t_to_sigma(t))
+        assert col.map.shape == (28, 28) and col.map.sum() == col.size
+        sizes.append(col.size)
+        tops.append(round(col.max_abs_m, 2))
+    assert sizes == [748, 765, 605, 341, 47]
+    assert tops == [1.87, 2.95, 3.95, 4.84, 4.83]
+
+
+@pytest.mark.slow
+def test_fast_analytical_matches_dense_on_fashion(fashion, fashion_stats):
+    """Exact mode on real data: float32 fast engine vs the dense formula in float64, within 1e-5."""
+    train = fashion.train[:2000]
+    den = AnalyticalDenoiser().fit((train, fashion_stats))
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for sigma in REFERENCE_SIGMAS:
+        x = fashion.test[:2] + sigma * torch.randn(2, 1, 28, 28, generator=g)
+        mask = cached_mask(fashion_stats, sigma)[0]
+        want = analytical_dense(x.double(), sigma, train.double(), mask)
+        worst = max(worst, float((den(x, sigma).double() - want).abs().max()))
+    print(f"max |fast float32 - dense float64| over the grid: {worst:.2e}")
+    assert worst <= 1e-5
+
+
+def test_per_batch_variant_differs_measurably(fashion, fashion_stats):
+    rows = per_batch_difference(fashion, n_train=1024, n=2, sigmas=[t_to_sigma(300)], stats=fashion_stats)
+    print("per-batch vs exact (N=1024):", [(round(r["sigma"], 3), round(r["max_abs_diff"], 3)) for r in rows])
+    assert max(r["max_abs_diff"] for r in rows) > 0.01
+
+
+@pytest.mark.slow
+def test_per_batch_difference_fashion_10k(fashion):
+    """The README's number: per-batch (reference code) vs exact on Fashion-MNIST with N = 10,000."""
+    rows = per_batch_difference(fashion, n_train=10_000, n=4)
+    for r in rows:
+        print(f"t={r['t']} sigma={r['sigma']:.4g} max|diff|={r['max_abs_diff']:.3f} mean={r['mean_abs_diff']:.4f}")
+    assert max(r["max_abs_diff"] for r in rows) > 0.1
+
+
+# ---------------------------------------------------------------- patch machines
+
+def _els_brute(x, sigma, train, P, broken):
+    B, C, H, W = x.shape
+    h = P // 2
+    pad = torch.nn.functional.pad
+    xp, tp = pad(x, (h, h, h, h)), pad(train, (h, h, h, h))
+    out = torch.zeros_like(x)
+
+    def allowed(i, L):
+        return [i] if broken and (i < h or i > L - 1 - h) else (list(range(h, L - h)) if broken else list(range(L)))
+
+    for b in range(B):
+        for r in range(H):
+            for c in range(W):
+                q = xp[b, :, r:r + P, c:c + P]
+                logits, vals = [], []
+                for rr in allowed(r, H):
+                    for cc in allowed(c, W):
+                        logits.append(-((tp[:, :, rr:rr + P, cc:cc + P] - q) ** 2).sum((1, 2, 3)) / (2 * sigma**2))
+                        vals.append(train[:, :, rr, cc])
+                out[b, :, r, c] = (torch.softmax(torch.cat(logits), 0)[:, None] * torch.cat(vals)).sum(0)
+    return out
+
+
+@pytest.mark.parametrize("P,broken", [(1, True), (3, True), (3, False), (5, True)])
+def test_els_equals_brute_force(P, broken):
+    train = _images(12, shape=(2, 5, 4), seed=3)
+    x = _images(2, shape=(2, 5, 4), seed=4)
+    for sigma in (0.3, 2.0):
+        got = els_denoise(x, sigma, train, P, broken=broken, images_per_chunk=5)
+        assert torch.allclose(got, _els_brute(x, sigma, train, P, broken), atol=1e-12)
+
+
+def test_els_without_interior_is_ls_and_covering_is_optimal(tiny):
+    train, x = tiny
+    els = ELSDenoiser(patch_size=11, n_train=None).fit(train)
+    assert torch.allclose(els(x, 0.5), optimal_denoise(x, 0.5, train), atol=1e-12)
+    assert torch.allclose(els_denoise(x, 0.5, train, 7), LSDenoiser(patch_size=7).fit(train)(x, 0.5), atol=1e-12)
+
+
+def test_els_subset_is_seeded(tiny):
+    train, _ = tiny
+    a, b = ELSDenoiser(patch_size=3, n_train=10, seed=1).fit(train), ELSDenoiser(patch_size=3, n_train=10, seed=1)
+    assert torch.equal(a.train_, b.fit(train).train_) and len(a.train_) == 10
+
+
+def test_kamb_schedule_mapping():
+    s = kamb_schedule("fashion-mnist")
+    assert s.size_for(0.0) == 3 and s.size_for(1e4) == 25
+    assert [s.size_for(x) for x in s.sigmas] == list(s.sizes)     # every grid point maps to itself
+    assert s.size_for(t_to_sigma(100)) == 7 and s.size_for(t_to_sigma(300)) == 13
+    with pytest.raises(ValueError):
+        PatchSchedule((0.1, 1.0), (3, 4))
+
+
+def test_calibrate_recovers_a_known_schedule(tiny):
+    from locality_core.data import Dataset
+
+    train, _ = tiny
+    data = Dataset("tiny-calibrate", train, _images(4, seed=9), "x", "tiny")
+    truth = PatchSchedule((0.05, 0.5, 5.0), (1, 3, 5))
+    reference = LSDenoiser(truth).fit(train)
+    got = calibrate(data, reference, [5.0, 0.5, 0.05], [1, 3, 5, 7], kind="ls", n=3)
+    assert got.sizes == truth.sizes and got.sigmas == truth.sigmas
+    assert min(got.scores[1]) == pytest.approx(0.0, abs=1e-20) and len(got.scores[0]) == 4
+    cos = calibrate(data, reference, [0.5], [1, 3, 5], kind="ls", n=3, metric="cosine")
+    assert cos.sizes == (3,)

@@ -1,0 +1,73 @@
+"""Agreement metrics against hand-computed values, and the memorisation check against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from locality_core.metrics import (
+    agreement,
+    mean_rows,
+    mse_scores,
+    nearest_training,
+    pearson_scores,
+    r2_scores,
+    same_input_agreement,
+)
+
+
+def test_r2_by_hand():
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    y = torch.tensor([[1.0, 2.0, 3.0, 5.0]])
+    # Var(y), unbiased: mean 2.75, squared deviations 3.0625 + 0.5625 + 0.0625 + 5.0625 = 8.75, / 3
+    want = 1.0 - 1.0 / (4 * 8.75 / 3)
+    assert float(r2_scores(x, y)[0]) == pytest.approx(want, abs=1e-12)
+    assert float(r2_scores(y, y)[0]) == 1.0
+    assert float(r2_scores(y, x)[0]) != pytest.approx(want)            # the reference goes second
+
+
+def test_r2_is_averaged_per_sample():
+    y = torch.tensor([[0.0, 2.0], [0.0, 4.0]])       # unbiased variances 2 and 8
+    x = torch.tensor([[1.0, 2.0], [0.0, 5.0]])       # squared errors 1 and 1
+    assert agreement(x, y)["r2"] == pytest.approx(((1 - 1 / 4) + (1 - 1 / 16)) / 2)
+
+
+def test_pearson_by_hand():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 1, 4, 4, generator=g), torch.randn(5, 1, 4, 4, generator=g)
+    want = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(x.numpy(), y.numpy(), strict=True)]
+    assert np.allclose(pearson_scores(x, y).numpy(), want, atol=1e-12)
+    assert torch.allclose(pearson_scores(x, 3 * x + 1), torch.ones(5, dtype=torch.float64))
+    assert torch.allclose(pearson_scores(x, -x), -torch.ones(5, dtype=torch.float64))
+    a = agreement(x, y)
+    assert a["pearson"] == pytest.approx(np.mean(want)) and a["pearson_median"] == pytest.approx(np.median(want))
+
+
+def test_mse():
+    x, y = torch.zeros(2, 1, 2, 2), torch.tensor([[[[1.0, 1, 1, 1]]], [[[2.0, 0, 0, 0]]]]).view(2, 1, 2, 2)
+    assert torch.allclose(mse_scores(x, y), torch.tensor([1.0, 1.0], dtype=torch.float64))
+
+
+def test_nearest_training_equals_brute_force():
+    g = torch.Generator().manual_seed(1)
+    train = torch.randn(300, 1, 5, 5, generator=g)
+    samples = torch.cat([train[[17, 250]], torch.randn(4, 1, 5, 5, generator=g)])
+    idx, dist = nearest_training(samples, train, chunk_size=64)
+    brute = torch.cdist(samples.flatten(1).double(), train.flatten(1).double())
+    assert torch.equal(idx, brute.argmin(1)) and torch.allclose(dist, brute.min(1).values, atol=1e-6)
+    assert idx[:2].tolist() == [17, 250] and float(dist[:2].max()) < 1e-6
+
+
+def test_same_input_agreement_of_a_denoiser_with_itself_and_a_worse_one():
+    from locality_core.stats import compute_stats
+    from locality_core.wiener import WienerDenoiser
+
+    g = torch.Generator().manual_seed(2)
+    data = torch.tanh(torch.randn(200, 1, 4, 4, generator=g))
+    w = WienerDenoiser().fit(compute_stats(data))
+    rows = same_input_agreement(w, w, data[:6], [10.0, 1.0, 0.1], seed=3)
+    assert [r["sigma"] for r in rows] == [10.0, 1.0, 0.1]
+    assert all(r["r2"] == pytest.approx(1.0) and r["mse"] == pytest.approx(0.0, abs=1e-12) for r in rows)
+    worse = same_input_agreement(lambda x, s: 0.5 * w(x, s), w, data[:6], [1.0], seed=3)
+    assert worse[0]["r2"] < 1.0 and mean_rows(worse)["mse"] > 0
