@@ -58,8 +58,8 @@ def main():
             from locality_core.fields import wiener_field
 
             sig = list(REFERENCE_SIGMAS)
-            t_dense, _ = timed(lambda s=stats: [wiener_matrix(s.eigvecs, s.eigvals, v)[406] for v in sig])
-            t_field, _ = timed(lambda s=stats: wiener_field(s, (14, 14), sig), repeat=5)
+            t_dense, _ = timed(lambda s=stats, sig=sig: [wiener_matrix(s.eigvecs, s.eigvals, v)[406] for v in sig])
+            t_field, _ = timed(lambda s=stats, sig=sig: wiener_field(s, (14, 14), sig), repeat=5)
             rows.append(("Wiener fields, 1 pixel x 10 sigmas", t_dense, t_field, "dense P per sigma"))
             unet_rows(ds, cache, rows)
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
