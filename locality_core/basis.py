@@ -72,10 +72,8 @@ def jacobian_basis(denoiser, y: torch.Tensor, sigma: float, batch: int = 256) ->
 
 def wiener_basis(stats: DataStats, sigma: float) -> JacobianBasis:
     """The exact Wiener counterpart: principal components with gains lambda / (lambda + sigma^2)."""
-    gains = wiener_gain(stats.eigvals, sigma)
-    order = np.argsort(gains, kind="stable")[::-1]  # already descending; kept explicit
-    return JacobianBasis(float(sigma), gains[order], stats.eigvecs[:, order], float(gains.sum()), 0.0,
-                         tuple(stats.shape))
+    gains = wiener_gain(stats.eigvals, sigma)  # descending, like the eigenvalues: gain is monotone in lambda
+    return JacobianBasis(float(sigma), gains, stats.eigvecs, float(gains.sum()), 0.0, tuple(stats.shape))
 
 
 def denoiser_basis(dataset, name: str, image_index: int, sigma: float, *, seed: int = 0, cache=None

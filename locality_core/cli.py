@@ -150,8 +150,9 @@ def _cmd_field(args) -> int:
     if args.out:
         out = Path(args.out)
         if out.suffix == ".npy":
-            np.save(out, field.abs_mean if args.per_channel and not args.signed else
-                    field.signed_mean if args.per_channel else maps)
+            if args.per_channel:
+                maps = field.signed_mean if args.signed else field.abs_mean
+            np.save(out, maps)
         elif out.suffix == ".png":
             _field_png(dataset, field, maps, args).save(out)
         else:
