@@ -11,10 +11,16 @@ Glossary
 
 One backward pass per output channel gives the Jacobian rows of all n inputs at all sigmas at once:
 the inputs are stacked along the batch, and the denoisers never mix batch elements.
+
+Precision: float32 by default. ``precision="bfloat16"`` runs the network's convolutions and matmuls under
+bfloat16 autocast (gradients still come back in float32). On CPUs with native bfloat16 (AVX512-BF16 or AMX,
+see `native_bfloat16`) that is 3-5x faster, and the maps agree with float32 to cosine 0.9999 (tested); the
+dashboard uses it there for its first, interactive view. Elsewhere bfloat16 is emulated and slower.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +30,23 @@ from .stats import DataStats
 from .wiener import wiener_rows
 
 LOCALITY_LEVELS = (0.50, 0.75, 0.95)
+PRECISIONS = ("float32", "bfloat16")
+
+
+def native_bfloat16(device: str = "cpu") -> bool:
+    """Whether bfloat16 matmuls and convolutions run natively (fast) on ``device``."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe is not None and probe() for probe in probes)
+
+
+def _precision_context(precision: str, device: torch.device):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,8 +97,8 @@ def noisy_inputs(x0: torch.Tensor, sigmas: list[float], generator: torch.Generat
 
 
 def jacobian_rows(denoiser, x: torch.Tensor, sigma: torch.Tensor, pixel: tuple[int, int],
-                  batch_size: int = 512) -> torch.Tensor:
-    """Rows of dD(x_b, sigma_b)/dx_b for the output pixel's channels: (B, C_out, C_in, H, W).
+                  batch_size: int = 512, precision: str = "float32") -> torch.Tensor:
+    """Rows of dD(x_b, sigma_b)/dx_b for the output pixel's channels: (B, C_out, C_in, H, W), float32.
 
     ``denoiser`` must keep batch elements independent (no BatchNorm in training mode).
     """
@@ -83,20 +106,21 @@ def jacobian_rows(denoiser, x: torch.Tensor, sigma: torch.Tensor, pixel: tuple[i
     out_rows = []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].detach().clone().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), _precision_context(precision, xb.device):
             out = denoiser(xb, sigma[start:start + batch_size].to(xb.device))
             channels = out.shape[1]
             grads = [torch.autograd.grad(out[:, ch, r, c].sum(), xb, retain_graph=ch < channels - 1)[0]
                      for ch in range(channels)]
-        out_rows.append(torch.stack(grads, dim=1).detach())
+        out_rows.append(torch.stack(grads, dim=1).detach().float())
     return torch.cat(out_rows)
 
 
 def autograd_field(denoiser, x0: torch.Tensor, pixel: tuple[int, int], sigmas: list[float], *,
-                   generator: torch.Generator | None = None, batch_size: int = 512) -> Field:
+                   generator: torch.Generator | None = None, batch_size: int = 512,
+                   precision: str = "float32") -> Field:
     """Field of any differentiable denoiser from n held-out images ``x0`` (n, C, H, W)."""
     x, sig = noisy_inputs(x0, list(sigmas), generator)
-    rows = jacobian_rows(denoiser, x, sig, pixel, batch_size)
+    rows = jacobian_rows(denoiser, x, sig, pixel, batch_size, precision)
     rows = rows.reshape(len(sigmas), len(x0), *rows.shape[1:]).double()
     return Field(check_pixel(pixel, tuple(x0.shape[1:])), tuple(float(s) for s in sigmas),
                  rows.abs().mean(1).numpy(), rows.mean(1).numpy())
@@ -143,15 +167,26 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / denom) if denom > 0 else 0.0
 
 
+def _field_key(cache, dataset, name: str, pixel: tuple[int, int], sigmas: list[float], n: int, seed: int,
+               precision: str, options: dict) -> str:
+    from .denoisers import denoiser_cache_id
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return cache.make_key("field", dataset.fingerprint, denoiser_cache_id(name, dataset, **options),
+                          f"{pixel[0]},{pixel[1]}", ",".join(f"{s:.6g}" for s in sigmas), n, seed,
+                          *(() if precision == "float32" else (precision,)))
+
+
 def denoiser_field(dataset, name: str, pixel: tuple[int, int], sigmas: list[float], *, n: int = 32, seed: int = 0,
-                   cache=None, **options) -> Field:
+                   precision: str = "float32", cache=None, **options) -> Field:
     """Field of registered denoiser ``name`` on ``dataset``, cached on disk.
 
     Wiener: closed form (exact, instant). Others: autograd over the first ``n`` test images with noise from
-    ``seed``, cached by (data fingerprint, denoiser id incl. weights hash, pixel, sigmas, n, seed).
+    ``seed``, cached by (data fingerprint, denoiser id incl. weights hash, pixel, sigmas, n, seed, precision).
     """
     from .cache import default_cache
-    from .denoisers import denoiser_cache_id, get_denoiser
+    from .denoisers import get_denoiser
     from .stats import get_stats
 
     pixel = check_pixel(pixel, dataset.shape)
@@ -159,13 +194,25 @@ def denoiser_field(dataset, name: str, pixel: tuple[int, int], sigmas: list[floa
     if name == "wiener" and not options:
         return wiener_field(get_stats(dataset), pixel, sigmas)
     cache = cache or default_cache()
-    key = cache.make_key("field", dataset.fingerprint, denoiser_cache_id(name, dataset, **options),
-                         f"{pixel[0]},{pixel[1]}", ",".join(f"{s:.6g}" for s in sigmas), n, seed)
+    key = _field_key(cache, dataset, name, pixel, sigmas, n, seed, precision, options)
 
     def compute():
         denoiser = get_denoiser(name, dataset, **options)
-        f = autograd_field(denoiser, dataset.test[:n], pixel, sigmas, generator=torch.Generator().manual_seed(seed))
+        f = autograd_field(denoiser, dataset.test[:n], pixel, sigmas, generator=torch.Generator().manual_seed(seed),
+                           precision=precision)
         return {"abs_mean": f.abs_mean, "signed_mean": f.signed_mean}
 
     a = cache.get_or_compute(key, compute)
     return Field(pixel, tuple(sigmas), a["abs_mean"], a["signed_mean"])
+
+
+def field_is_cached(dataset, name: str, pixel: tuple[int, int], sigmas: list[float], *, n: int = 32, seed: int = 0,
+                    precision: str = "float32", cache=None, **options) -> bool:
+    """Whether `denoiser_field` with these arguments would come from the disk cache (Wiener: always)."""
+    from .cache import default_cache
+
+    if name == "wiener" and not options:
+        return True
+    cache = cache or default_cache()
+    pixel = check_pixel(pixel, dataset.shape)
+    return _field_key(cache, dataset, name, pixel, [float(s) for s in sigmas], n, seed, precision, options) in cache

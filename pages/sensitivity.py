@@ -10,7 +10,7 @@ from ui import data as D
 from ui.figures import grid_png, locality_plot, map_grid
 from ui.linear import linear_fit_section
 from ui.state import current_view
-from ui.widgets import mask_maps, model_maps, picker, png_download, show
+from ui.widgets import PREVIEW_N, mask_maps, model_maps, picker, png_download, preview_maps, show
 
 view = current_view()
 data, stats = D.require_data(view)
@@ -38,8 +38,9 @@ signed = controls[2].toggle("Signed fields", key="signed", bind="query-params",
                             help="Off: mean |J| (where the pixel listens). On: mean J with its sign "
                                  "(positive red, negative blue).")
 use_unet = controls[3].toggle("UNet row", value=True, key="unet", bind="query-params",
-                              help="Jacobians of the trained network at 32 noisy test images per noise level: a "
-                                   "second or two per level the first time, then cached.")
+                              help="Jacobians of the trained network at 32 noisy test images per noise level. The "
+                                   "first time, a quick view from 4 images appears at once and the full average "
+                                   "replaces it after a few seconds; then cached.")
 use_mask = controls[4].toggle("Analytical masks", value=analytical is not None, key="masks", bind="query-params",
                               disabled=analytical is None,
                               help="The paper's analytical denoiser: each output pixel averages training images "
@@ -64,6 +65,7 @@ if use_mask and analytical is not None:
 mode = "signed" if signed else "abs"
 bg_image = stats.mean.reshape(C, H, W) if background == "mean image" else data.test[image_index].numpy()
 unet_ok, unet_message = D.denoiser_status("unet", data)
+precision = D.field_precision()
 
 
 def els_patches(pixel: tuple[int, int]) -> tuple[np.ndarray, list[int], str]:
@@ -92,6 +94,50 @@ def agreement_table(wiener: Field, unet: Field | None, masks, patch_sizes) -> pd
     return pd.DataFrame(table, index=list(view.labels)).T
 
 
+def draw(pixel, wiener: Field, unet: Field | None, masks, patch, plot_slot, grid_slot, stage: str) -> None:
+    """The locality plot, the map grid and the table; ``stage`` "preview" (few images, replaced when the full
+    UNet fields arrive) or "final"."""
+    rows = [("Wiener<br>" + ("P<sub>σ</sub> row" if signed else "|P<sub>σ</sub> row|"), wiener.map(mode), mode)]
+    sizes = {"wiener": locality_sizes(wiener)}
+    if unet is not None:
+        n_label = f"<br>({PREVIEW_N} images)" if stage == "preview" else ""
+        rows.append(("UNet<br>" + ("mean J" if signed else "mean |J|") + n_label, unet.map(mode), mode))
+        sizes["unet"] = locality_sizes(unet)
+    if masks is not None:
+        rows.append((f"Analytical<br>mask (θ={masks[3]:.3g})", masks[0], "mask"))
+    if patch is not None:
+        rows.append(("ELS patch", patch[0], "mask"))
+    suffix = "" if stage == "final" else "_preview"
+    name = f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}"
+    with plot_slot.container():
+        show(locality_plot(list(view.sigmas), sizes, titles={"wiener": "Wiener", "unet": "UNet"},
+                           image_side=max(H, W), height=360),
+             "locality_plot" + suffix, f"{view.dataset}-locality-r{pixel[0]}c{pixel[1]}")
+    table = agreement_table(wiener, unet, masks, None if patch is None else patch[1])
+    titles = [lab.replace(" (", "<br>(") for lab in view.labels]
+    if unet is not None:
+        titles = [f"{t}<br>cos {c}" for t, c in zip(titles, table.loc["cos(UNet, Wiener)"])]
+    with grid_slot.container():
+        if stage == "preview":
+            st.caption(f":material/hourglass_top: First view: UNet fields from {PREVIEW_N} noisy images per noise "
+                       f"level. Averaging over 32 follows (progress above); it replaces this view and is cached.")
+        show(map_grid(rows, titles, pixel=pixel), "field_grid" + suffix, name)
+        st.dataframe(table, width="stretch")
+        notes = []
+        if unet is not None:
+            notes.append("cos: cosine similarity of the UNet and Wiener maps in each column (1 = same shape).")
+            if precision == "bfloat16":
+                notes.append("UNet Jacobians are computed with bfloat16 matrix products, which this CPU runs "
+                             "natively (3-5x faster; cosine 0.9999 to float32, tested).")
+        if patch is not None:
+            notes.append(f"ELS patch sizes from the schedule: {patch[2]}.")
+        if notes:
+            st.caption(" ".join(notes))
+        if stage == "final":
+            png_download("Download the maps (PNG)", lambda: grid_png(rows, titles, pixel=pixel, title=(
+                f"{view.dataset}: pixel (row {pixel[0]}, col {pixel[1]})")), f"{name}.png", key="grid_png")
+
+
 @st.fragment
 def pixel_and_maps():
     left, right = st.columns([1, 1.5], gap="medium")
@@ -99,54 +145,39 @@ def pixel_and_maps():
         pixel = picker(bg_image, data.shape, title="Click a pixel", filename=f"{view.dataset}-picker")
     with D.single_thread_blas():
         wiener = wiener_field(stats, pixel, view.sigmas)
-    rows = [("Wiener<br>" + ("P<sub>σ</sub> row" if signed else "|P<sub>σ</sub> row|"), wiener.map(mode), mode)]
-    sizes = {"wiener": locality_sizes(wiener)}
-    unet = masks = patch_sizes = None
+    masks = patch = None
+    try:
+        if use_mask and analytical is not None:
+            masks = mask_maps(data_key, pixel, view.sigmas, theta, threshold)
+        if use_patch and patches is not None:
+            patch = els_patches(pixel)
+    except (*D.USER_ERRORS, ValueError) as exc:
+        D.show_error(exc, "Masks")
     with right:
         st.subheader(f"Pixel (row {pixel[0]}, col {pixel[1]})")
         st.caption(f"Pixel (row {pixel[0]}, col {pixel[1]}) of the {H}x{W} images of {view.dataset}: its "
                    f"fields at {len(view.sigmas)} noise levels below, high noise on the left.")
-        if use_unet and unet_ok:
-            try:
-                abs_m, signed_m = model_maps("unet", "UNet", data, data_key, pixel, view.sigmas, view.seed)
-                unet = Field(pixel, view.sigmas, abs_m, signed_m)
-                rows.append(("UNet<br>" + ("mean J" if signed else "mean |J|"), unet.map(mode), mode))
-                sizes["unet"] = locality_sizes(unet)
-            except D.USER_ERRORS as exc:
-                D.show_error(exc, "UNet")
-        try:
-            if use_mask and analytical is not None:
-                masks = mask_maps(data_key, pixel, view.sigmas, theta, threshold)
-                rows.append((f"Analytical<br>mask (θ={masks[3]:.3g})", masks[0], "mask"))
-            if use_patch and patches is not None:
-                patch_maps, patch_sizes, patch_source = els_patches(pixel)
-                rows.append(("ELS patch", patch_maps, "mask"))
-        except (*D.USER_ERRORS, ValueError) as exc:
-            D.show_error(exc, "Masks")
-        show(locality_plot(list(view.sigmas), sizes, titles={"wiener": "Wiener", "unet": "UNet"},
-                           image_side=max(H, W), height=360),
-             "locality_plot", f"{view.dataset}-locality-r{pixel[0]}c{pixel[1]}")
+        plot_slot = st.empty()
         st.caption("**How local?** The smallest centred square holding 50 %, 75 % or 95 % of a field's absolute "
                    "mass. At high noise only a few principal components survive denoising and each spreads over "
                    "the image; at low noise almost all pass and the field collapses onto the pixel itself.")
         if use_unet and not unet_ok:
             st.info(f"UNet row not shown: {unet_message}", icon=":material/model_training:")
-    table = agreement_table(wiener, unet, masks, patch_sizes)
-    titles = [lab.replace(" (", "<br>(") for lab in view.labels]
-    if unet is not None:
-        titles = [f"{t}<br>cos {c}" for t, c in zip(titles, table.loc["cos(UNet, Wiener)"])]
-    show(map_grid(rows, titles, pixel=pixel), "field_grid", f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}")
-    st.dataframe(table, width="stretch")
-    notes = []
-    if unet is not None:
-        notes.append("cos: cosine similarity of the UNet and Wiener maps in each column (1 = same shape).")
-    if patch_sizes is not None:
-        notes.append(f"ELS patch sizes from the schedule: {patch_source}.")
-    if notes:
-        st.caption(" ".join(notes))
-    png_download("Download the maps (PNG)", lambda: grid_png(rows, titles, pixel=pixel, title=(
-        f"{view.dataset}: pixel (row {pixel[0]}, col {pixel[1]})")),
-        f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}.png", key="grid_png")
+    progress_slot = st.empty()
+    grid_slot = st.empty()
+    unet = None
+    if use_unet and unet_ok:
+        try:
+            preview = preview_maps("unet", data, data_key, pixel, view.sigmas, view.seed, precision=precision)
+            if preview is not None:
+                draw(pixel, wiener, Field(pixel, view.sigmas, *preview), masks, patch, plot_slot, grid_slot,
+                     "preview")
+            abs_m, signed_m = model_maps("unet", "UNet", data, data_key, pixel, view.sigmas, view.seed,
+                                         precision=precision, slot=progress_slot)
+            unet = Field(pixel, view.sigmas, abs_m, signed_m)
+        except D.USER_ERRORS as exc:
+            D.show_error(exc, "UNet")
+    draw(pixel, wiener, unet, masks, patch, plot_slot, grid_slot, "final")
 
 
 pixel_and_maps()

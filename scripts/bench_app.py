@@ -2,7 +2,9 @@
 
 Compute-only timings replay the library calls the page makes after a click (in the same order, with the same
 caches): Wiener field, locality sizes, analytical mask columns and the figure, then the UNet fields at every
-noise level, cold (empty disk cache) and cached (disk cache hit). With --browser it also clicks pixels in a real
+noise level: the first view (4 images per level, all levels in one batch), the full fields (32 images, one call
+per level), cold (empty disk cache) and cached (disk cache hit), in the app's precision (bfloat16 where the CPU
+runs it natively), and the full fields in float32 as the baseline. With --browser it also clicks pixels in a real
 headless Chromium against `streamlit run app.py` and times click-to-caption-and-maps.
 
     python scripts/bench_app.py                       # default data set (Fashion-MNIST when installed)
@@ -67,17 +69,21 @@ def unet_for(dataset):
         return model, "untrained weights of the default architecture (no trained UNet here; same cost)"
 
 
-def unet_click(model, dataset, pixel, sigmas, cache, seed: int = 0, n: int = 32) -> None:
-    """The page's per-noise-level field calls (disk-cached), for a denoiser object rather than a registry name."""
+def unet_click(model, dataset, pixel, sigmas, cache, *, seed: int = 0, n: int = 32, precision: str = "float32",
+               batched: bool = False) -> None:
+    """The page's UNet field calls (disk-cached), for a denoiser object rather than a registry name: one call per
+    noise level (the full fields, with progress), or all levels in one call (``batched``: the first view)."""
     import torch
 
     from locality_core.fields import autograd_field
 
-    for sigma in sigmas:
-        key = cache.make_key("bench-field", dataset.fingerprint, f"{pixel}", f"{sigma:.6g}", n, seed)
+    for group in ([sigmas] if batched else [[s] for s in sigmas]):
+        key = cache.make_key("bench-field", dataset.fingerprint, f"{pixel}", ",".join(f"{s:.6g}" for s in group),
+                             n, seed, precision)
 
-        def compute(sigma=sigma):
-            f = autograd_field(model, dataset.test[:n], pixel, [sigma], generator=torch.Generator().manual_seed(seed))
+        def compute(group=group):
+            f = autograd_field(model, dataset.test[:n], pixel, group, generator=torch.Generator().manual_seed(seed),
+                               precision=precision)
             return {"abs_mean": f.abs_mean, "signed_mean": f.signed_mean}
 
         cache.get_or_compute(key, compute)
@@ -88,7 +94,8 @@ def compute_bench(args) -> dict:
     from locality_core.data import default_dataset_name, load_dataset
     from locality_core.schedule import REFERENCE_SIGMAS
     from locality_core.stats import get_stats
-    from ui.data import configure_threads, single_thread_blas, torch_threads
+    from ui.data import configure_threads, field_precision, single_thread_blas, torch_threads
+    from ui.widgets import PREVIEW_N
 
     configure_threads()  # as app.py does
     name = args.dataset or default_dataset_name()
@@ -115,21 +122,27 @@ def compute_bench(args) -> dict:
     out["click_to_wiener_maps"] = percentiles(times)
 
     model, weights = unet_for(dataset)
-    out["unet_weights"] = weights
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = ArrayCache(tmp)
-        unet_pixels = pixels[:args.unet_clicks]
-        cold, cached = [], []
-        for p in unet_pixels:
-            t = time.perf_counter()
-            unet_click(model, dataset, p, sigmas, cache)
-            cold.append(time.perf_counter() - t)
-        for p in unet_pixels:
-            t = time.perf_counter()
-            unet_click(model, dataset, p, sigmas, cache)
-            cached.append(time.perf_counter() - t)
-    out["click_to_unet_maps_cold"] = percentiles(cold)
-    out["click_to_unet_maps_cached"] = percentiles(cached)
+    precision = field_precision()
+    out["unet_weights"], out["precision"] = weights, precision
+    unet_pixels = pixels[:args.unet_clicks]
+    runs = {"click_to_unet_first_view_cold": {"n": PREVIEW_N, "precision": precision, "batched": True},
+            "click_to_unet_maps_cold": {"n": 32, "precision": precision},
+            "click_to_unet_maps_cold_float32": {"n": 32, "precision": "float32"}}
+    for label, options in runs.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = ArrayCache(tmp)
+            cold, cached = [], []
+            for p in unet_pixels:
+                t = time.perf_counter()
+                unet_click(model, dataset, p, sigmas, cache, **options)
+                cold.append(time.perf_counter() - t)
+            for p in unet_pixels:
+                t = time.perf_counter()
+                unet_click(model, dataset, p, sigmas, cache, **options)
+                cached.append(time.perf_counter() - t)
+        out[label] = percentiles(cold)
+        if label == "click_to_unet_maps_cold":
+            out["click_to_unet_maps_cached"] = percentiles(cached)
     return out
 
 
@@ -220,9 +233,10 @@ def main(argv=None) -> int:
         return 0
     c = result["compute"]
     print(f"data set {c['dataset']} {tuple(c['shape'])}, {c['noise_levels']} noise levels, {c['cpus']} CPUs, "
-          f"{c['torch_threads']} torch thread(s); UNet: {c['unet_weights']}")
+          f"{c['torch_threads']} torch thread(s); UNet: {c['unet_weights']}; UNet Jacobians in {c['precision']}")
     print(f"{'compute only':<32} {'n':>4} {'p50 ms':>9} {'p95 ms':>9}")
-    for label in ("click_to_wiener_maps", "click_to_unet_maps_cold", "click_to_unet_maps_cached"):
+    for label in ("click_to_wiener_maps", "click_to_unet_first_view_cold", "click_to_unet_maps_cold",
+                  "click_to_unet_maps_cached", "click_to_unet_maps_cold_float32"):
         r = c[label]
         print(f"{label:<32} {r['n']:>4} {r['p50_ms']:>9} {r['p95_ms']:>9}")
     for label, r in result.get("browser", {}).items():

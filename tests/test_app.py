@@ -174,6 +174,35 @@ def test_sensitivity_rows_unet_and_signed_toggle():
     assert figure(at, "field_grid")["data"][0]["zmin"] == -1.0
 
 
+def test_sensitivity_cold_unet_shows_a_preview_then_the_full_fields():
+    """A pixel nobody clicked before: the page first computes the 4-image preview (all levels at once), then the
+    32-image fields per level, and ends on the full view; a second visit needs no preview."""
+    from locality_core.cache import default_cache
+    from locality_core.data import load_dataset
+    from locality_core.fields import _field_key, field_is_cached
+    from locality_core.schedule import REFERENCE_TIMESTEPS
+    from ui.widgets import PREVIEW_N
+
+    data = load_dataset("grf", **TINY_PARAMS)
+    pixel, sigmas = (3, 17), resolve_sigmas(REFERENCE_TIMESTEPS, "")[0]
+    kw = {"seed": 0, "precision": "float32"}
+    cache = default_cache()
+    for n, levels in [(PREVIEW_N, sigmas)] + [(32, [s]) for s in sigmas]:  # cold, even after an earlier run
+        cache.delete(_field_key(cache, data, "unet", pixel, levels, n, 0, "float32", {}))
+    assert not field_is_cached(data, "unet", pixel, sigmas, n=PREVIEW_N, **kw)
+    os.environ["LOCALITY_FIELD_PRECISION"] = "float32"
+    try:
+        at = run_page(query={"row": "3", "col": "17"})
+    finally:
+        os.environ.pop("LOCALITY_FIELD_PRECISION")
+    assert_clean(at)
+    assert field_is_cached(data, "unet", pixel, sigmas, n=PREVIEW_N, **kw)
+    assert all(field_is_cached(data, "unet", pixel, [s], n=32, **kw) for s in sigmas)
+    names = [t["name"] for t in figure(at, "field_grid")["data"]]
+    assert any(n.startswith("UNet") and f"({PREVIEW_N} images)" not in n for n in names)
+    assert "First view" not in texts(at)
+
+
 def test_sensitivity_without_unet_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setenv("LOCALITY_MODEL_DIR", str(tmp_path))
     at = run_page(query={"dataset": "faces"})

@@ -169,11 +169,35 @@ def denoiser_id(name: str, data: Dataset) -> str:
     return denoiser_cache_id(name, data)
 
 
+def field_precision() -> str:
+    """Precision of the dashboard's network Jacobians: bfloat16 where the CPU runs it natively (3-5x faster,
+    cosine 0.9999 to float32, see `locality_core.fields`), else float32. $LOCALITY_FIELD_PRECISION overrides."""
+    import os
+
+    from locality_core.fields import PRECISIONS, native_bfloat16
+
+    env = os.environ.get("LOCALITY_FIELD_PRECISION", "").strip()
+    if env in PRECISIONS:
+        return env
+    return "bfloat16" if native_bfloat16() else "float32"
+
+
 @st.cache_data(max_entries=512, show_spinner=False)
-def model_field(name: str, data_key: tuple[str, str, str], model_id: str, pixel: tuple[int, int], sigma: float,
-                n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(abs_mean, signed_mean) of denoiser ``name`` at one sigma, each (C_out, C_in, H, W); disk-cached below."""
+def model_field(name: str, data_key: tuple[str, str, str], model_id: str, pixel: tuple[int, int],
+                sigmas: tuple[float, ...], n: int, seed: int, precision: str = "float32"
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(abs_mean, signed_mean) of denoiser ``name`` at ``sigmas``, each (S, C_out, C_in, H, W); disk-cached
+    below."""
     from locality_core.fields import denoiser_field
 
-    f = denoiser_field(dataset(*data_key), name, pixel, [sigma], n=n, seed=seed)
-    return f.abs_mean[0], f.signed_mean[0]
+    f = denoiser_field(dataset(*data_key), name, pixel, list(sigmas), n=n, seed=seed, precision=precision)
+    return f.abs_mean, f.signed_mean
+
+
+def model_field_cached(name: str, data_key: tuple[str, str, str], pixel: tuple[int, int], sigmas: tuple[float, ...],
+                       n: int, seed: int, precision: str = "float32") -> bool:
+    """Whether every per-sigma field is on disk already (a few key lookups, no computation)."""
+    from locality_core.fields import field_is_cached
+
+    data = dataset(*data_key)
+    return all(field_is_cached(data, name, pixel, [s], n=n, seed=seed, precision=precision) for s in sigmas)

@@ -56,25 +56,43 @@ def picker(background, shape: tuple[int, int, int], *, key: str = "picker", kind
     return pixel
 
 
+PREVIEW_N = 4
+
+
 def model_maps(name: str, title: str, data: Dataset, data_key: tuple[str, str, str], pixel: tuple[int, int],
-               sigmas: tuple[float, ...], seed: int, n: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Fields of a trained denoiser at every sigma, (S, C_out, C_in, H, W) abs and signed, with a progress bar.
+               sigmas: tuple[float, ...], seed: int, n: int = 32, precision: str = "float32",
+               slot=None) -> tuple[np.ndarray, np.ndarray]:
+    """Fields of a trained denoiser at every sigma, (S, C_out, C_in, H, W) abs and signed, with a progress bar
+    in ``slot`` (a new st.empty() by default).
 
     Each noise level is one cached call (disk cache below, st.cache_data on top), so progress is per level.
     """
     model_id = D.denoiser_id(name, data)
-    slot = st.empty()
+    slot = slot or st.empty()
     abs_maps, signed_maps = [], []
     try:
         for i, sigma in enumerate(sigmas):
             slot.progress(i / len(sigmas), text=f"{title}: Jacobians of {n} noisy test images at σ={sigma:.3g} "
                                                 f"({i + 1}/{len(sigmas)}; cached afterwards)")
-            a, s = D.model_field(name, data_key, model_id, pixel, float(sigma), n, seed)
-            abs_maps.append(a)
-            signed_maps.append(s)
+            a, s = D.model_field(name, data_key, model_id, pixel, (float(sigma),), n, seed, precision)
+            abs_maps.append(a[0])
+            signed_maps.append(s[0])
     finally:
         slot.empty()
     return np.stack(abs_maps), np.stack(signed_maps)
+
+
+def preview_maps(name: str, data: Dataset, data_key: tuple[str, str, str], pixel: tuple[int, int],
+                 sigmas: tuple[float, ...], seed: int, n: int = 32, precision: str = "float32"
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """A quick first view while `model_maps` is cold: the fields from ``PREVIEW_N`` noisy images per level, all
+    levels in one batched backward pass (a fraction of a second). None when the full fields are cached (or n is
+    no larger than the preview)."""
+    if n <= PREVIEW_N or D.model_field_cached(name, data_key, pixel, sigmas, n, seed, precision):
+        return None
+    model_id = D.denoiser_id(name, data)
+    return D.model_field(name, data_key, model_id, pixel, tuple(float(s) for s in sigmas), PREVIEW_N, seed,
+                         precision)
 
 
 def run_button(label: str, key: str, done: bool, note: str = "", **kwargs) -> bool:
