@@ -118,6 +118,9 @@ def _normalised(m: np.ndarray, kind: str) -> np.ndarray:
     return m / top
 
 
+LABEL_CHAR_PX = 9.0  # width of one bold label character at FONT's size (about 8.8 px in Chromium screenshots)
+
+
 def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, pixel=None,
              label_width: int = 120, page_width: int = 1150, max_cell: int = 200) -> go.Figure:
     """Rows of maps: ``rows`` = (label, maps (S, H, W), kind); one column per entry of ``col_titles``.
@@ -130,6 +133,8 @@ def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, 
     """
     n_rows, n_cols = len(rows), len(col_titles)
     h, w = rows[0][1].shape[-2:]
+    longest = max(len(re.sub(r"<[^>]+>", "", line)) for label, _, _ in rows for line in label.split("<br>"))
+    label_width = max(label_width, int(LABEL_CHAR_PX * longest) + 14)  # bold labels, right-aligned: never clipped
     gap = max(1, round(0.08 * max(h, w)))
     width_px = min(page_width, label_width + n_cols * max_cell)
     cell = (width_px - label_width) / n_cols  # the figure stretches to the page; the height assumes this width
@@ -396,8 +401,11 @@ def cumulative_plot(eigvals: np.ndarray, marks: dict[float, int]) -> go.Figure:
     fig = go.Figure(go.Scatter(x=k, y=share * 100, mode="lines", name="cumulative variance",
                                line=dict(width=3, color=MODEL_COLOURS["wiener"]), showlegend=False))
     fig.add_trace(go.Scatter(x=list(marks.values()), y=[q * 100 for q in marks], mode="markers+text",
-                             text=[f"{int(q * 100)} %: {n} components" for q, n in marks.items()],
-                             textposition="top left", marker=dict(size=10, color="#d62728"), showlegend=False))
+                             text=[f"{int(q * 100)} %" for q in marks], textposition="bottom right",
+                             marker=dict(size=10, color="#d62728"), showlegend=False))
+    fig.add_annotation(text="<br>".join(f"{int(q * 100)} % of the variance: {n} components" for q, n in marks.items()),
+                       xref="paper", yref="paper", x=0.98, y=0.04, xanchor="right", yanchor="bottom", align="right",
+                       showarrow=False)
     fig.update_xaxes(type="log", title="number of components k", showgrid=True, gridcolor="#e5e5e5", dtick=1)
     fig.update_yaxes(title="variance held (%)", range=[0, 101], showgrid=True, gridcolor="#e5e5e5")
     fig.update_layout(height=380, font=FONT, margin=dict(l=60, r=20, t=20, b=50), plot_bgcolor="white",
