@@ -136,7 +136,7 @@ def _cmd_sample(args) -> int:
 
 def _cmd_compare(args) -> int:
     from .data import load_dataset
-    from .denoisers import get_denoiser
+    from .denoisers import denoiser_cache_id, get_denoiser
     from .metrics import agreement_table
     from .schedule import ddim_sigmas
 
@@ -150,8 +150,11 @@ def _cmd_compare(args) -> int:
         bar.set_postfix_str(what)
         bar.update(1)
 
+    ids = {name: denoiser_cache_id(name, dataset) for name in denoisers}
+    ids["reference"] = denoiser_cache_id("unet", dataset)
     rows = agreement_table(dataset, denoisers, reference, sigmas=ddim_sigmas(args.steps), n_inputs=args.n,
-                           n_samples=args.n, seed=args.seed, batch_size=args.batch, progress=progress)
+                           n_samples=args.n, seed=args.seed, batch_size=args.batch, progress=progress,
+                           cache_ids=ids)
     bar.close()
     if args.json:
         print(json.dumps({"dataset": dataset.name, "reference": "unet", "steps": args.steps, "n": args.n,

@@ -53,19 +53,31 @@ def agreement(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
+def same_input_outputs(denoiser: Callable, x0: torch.Tensor, sigmas: list[float], *, seed: int = 0,
+                       batch_size: int = 64) -> torch.Tensor:
+    """(S, n, C, H, W): the denoiser on x0 + sigma * eps at each sigma (noise of `evaluate.noise_for`, the same
+    for every denoiser)."""
+    out = []
+    for i, sigma in enumerate(sigmas):
+        x = x0 + float(sigma) * noise_for(tuple(x0.shape), i, seed).to(x0)
+        out.append(torch.cat([denoiser(x[s:s + batch_size], sigma) for s in range(0, len(x), batch_size)]))
+    return torch.stack(out)
+
+
+def _per_sigma_rows(ours: torch.Tensor, ref: torch.Tensor, sigmas: list[float]) -> list[dict]:
+    return [{"sigma": float(sigma), "t": round(float(sigma_to_t(sigma)), 1), **agreement(a, b)}
+            for sigma, a, b in zip(sigmas, ours, ref, strict=True)]
+
+
 def same_input_agreement(denoiser: Callable, reference: Callable, x0: torch.Tensor, sigmas: list[float], *,
                          seed: int = 0, batch_size: int = 64) -> list[dict]:
-    """Both denoisers on x0 + sigma * eps (noise of `evaluate.noise_for`, the same for every denoiser).
+    """Both denoisers on the same noisy inputs (`same_input_outputs`).
 
     Rows {"sigma", "t", "r2", "pearson", "pearson_median", "mse"}, one per sigma.
     """
-    rows = []
-    for i, sigma in enumerate(sigmas):
-        x = x0 + float(sigma) * noise_for(tuple(x0.shape), i, seed).to(x0)
-        ours = torch.cat([denoiser(x[s:s + batch_size], sigma) for s in range(0, len(x), batch_size)])
-        ref = torch.cat([reference(x[s:s + batch_size], sigma) for s in range(0, len(x), batch_size)])
-        rows.append({"sigma": float(sigma), "t": round(float(sigma_to_t(sigma)), 1), **agreement(ours, ref)})
-    return rows
+    ours = same_input_outputs(denoiser, x0, sigmas, seed=seed, batch_size=batch_size)
+    ref = same_input_outputs(reference, x0, sigmas, seed=seed, batch_size=batch_size)
+    return _per_sigma_rows(ours, ref, sigmas)
 
 
 def mean_rows(rows: list[dict], keys=("r2", "pearson", "mse")) -> dict[str, float]:
@@ -96,25 +108,47 @@ def nearest_training(samples: torch.Tensor, train: torch.Tensor, *, chunk_size: 
 
 def agreement_table(dataset, denoisers: dict[str, Callable], reference: Callable, *, sigmas: list[float],
                     n_inputs: int = 8, n_samples: int = 8, seed: int = 0, batch_size: int = 8,
-                    progress: Callable[[str], None] | None = None) -> list[dict]:
+                    progress: Callable[[str], None] | None = None, cache_ids: dict[str, str] | None = None,
+                    cache=None) -> list[dict]:
     """One row per denoiser vs ``reference``: r2_same_input, mse_same_input, pearson_same_input (means over
     sigmas), r2_trajectory, pearson_trajectory, pearson_trajectory_median, mse_trajectory, and per_sigma rows.
+
+    ``cache_ids``: for the denoisers named there (the key "reference" for the reference), their outputs (on the
+    same inputs and along the trajectories) are kept in the disk cache under that id, so a later table against
+    another reference, or with another denoiser added, computes only what is new.
     """
     from .sampling import sample_many
 
     x0 = dataset.test[:n_inputs]
     shape = tuple(dataset.shape)
-    if progress:
-        progress("reference samples")
-    ref_samples = sample_many({"reference": reference}, n_samples, seed, sigmas, shape=shape,
-                              batch_size=batch_size)["reference"]
-    rows = []
-    for name, denoiser in denoisers.items():
+    cache_ids = cache_ids or {}
+
+    def outputs(name: str, denoiser: Callable) -> tuple[torch.Tensor, torch.Tensor]:
         if progress:
             progress(name)
-        per_sigma = same_input_agreement(denoiser, reference, x0, sigmas, seed=seed, batch_size=batch_size)
+
+        def compute() -> dict[str, np.ndarray]:
+            same = same_input_outputs(denoiser, x0, sigmas, seed=seed, batch_size=batch_size)
+            samples = sample_many({name: denoiser}, n_samples, seed, sigmas, shape=shape, batch_size=batch_size)
+            return {"same": same.numpy(), "samples": samples[name].numpy()}
+
+        if name not in cache_ids:
+            a = compute()
+        else:
+            from .cache import default_cache
+
+            store = cache or default_cache()
+            key = store.make_key("agreement-outputs", dataset.fingerprint, cache_ids[name],
+                                 ",".join(f"{s:.6g}" for s in sigmas), n_inputs, n_samples, seed)
+            a = store.get_or_compute(key, compute)
+        return torch.from_numpy(a["same"]), torch.from_numpy(a["samples"])
+
+    ref_same, ref_samples = outputs("reference", reference)
+    rows = []
+    for name, denoiser in denoisers.items():
+        same_out, samples = outputs(name, denoiser)
+        per_sigma = _per_sigma_rows(same_out, ref_same, sigmas)
         same = mean_rows(per_sigma)
-        samples = sample_many({name: denoiser}, n_samples, seed, sigmas, shape=shape, batch_size=batch_size)[name]
         traj = agreement(samples, ref_samples)
         rows.append({"denoiser": name, "r2_same_input": same["r2"], "r2_trajectory": traj["r2"],
                      "pearson_trajectory": traj["pearson"], "mse_same_input": same["mse"],

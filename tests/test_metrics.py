@@ -71,3 +71,37 @@ def test_same_input_agreement_of_a_denoiser_with_itself_and_a_worse_one():
     assert all(r["r2"] == pytest.approx(1.0) and r["mse"] == pytest.approx(0.0, abs=1e-12) for r in rows)
     worse = same_input_agreement(lambda x, s: 0.5 * w(x, s), w, data[:6], [1.0], seed=3)
     assert worse[0]["r2"] < 1.0 and mean_rows(worse)["mse"] > 0
+
+
+def test_agreement_table_reuses_cached_outputs(tmp_path):
+    """With cache ids, a second table (here against another reference) calls a cached denoiser no more, and
+    gives the same numbers as computing everything afresh."""
+    from locality_core.cache import ArrayCache
+    from locality_core.data import Dataset
+    from locality_core.metrics import agreement_table
+    from locality_core.stats import compute_stats
+    from locality_core.wiener import WienerDenoiser
+
+    g = torch.Generator().manual_seed(5)
+    images = torch.tanh(torch.randn(120, 1, 4, 4, generator=g))
+    data = Dataset("toy", images[:100], images[100:], "toy-fingerprint", "toy data")
+    w = WienerDenoiser().fit(compute_stats(data.train))
+    calls = []
+
+    def counted(x, s):
+        calls.append(len(x))
+        return 0.9 * w(x, s)
+
+    kw = {"sigmas": [5.0, 0.5], "n_inputs": 3, "n_samples": 3, "seed": 1, "batch_size": 2}
+    cache = ArrayCache(tmp_path)
+    first = agreement_table(data, {"scaled": counted}, w, cache_ids={"scaled": "scaled-v1"}, cache=cache, **kw)
+    assert calls
+    calls.clear()
+    again = agreement_table(data, {"scaled": counted}, lambda x, s: w(x, s), cache_ids={"scaled": "scaled-v1"},
+                            cache=cache, **kw)
+    assert not calls
+    fresh = agreement_table(data, {"scaled": counted}, w, **kw)
+    for a, b, c in zip(first, again, fresh):
+        for key in ("r2_same_input", "r2_trajectory", "pearson_trajectory", "mse_same_input"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6) and a[key] == pytest.approx(c[key], rel=1e-6)
+    assert first[0]["r2_same_input"] < 1.0
