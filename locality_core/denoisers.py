@@ -113,11 +113,8 @@ def _build_unet(dataset: Dataset):
 
 @functools.lru_cache(maxsize=16)
 def _file_sha(path: str, mtime: float) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def _unet_cache_id(dataset: Dataset) -> str:

@@ -34,11 +34,8 @@ def offline() -> bool:
 
 
 def file_md5(path: Path) -> str:
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def download(url: str, dest: Path, md5: str | None, *, progress: bool = True, timeout: float = 30.0) -> Path:
