@@ -128,7 +128,7 @@ def draw(pixel, wiener: Field, unet: Field | None, masks, patch, plot_slot, grid
             notes.append("cos: cosine similarity of the UNet and Wiener maps in each column (1 = same shape).")
             if precision == "bfloat16":
                 notes.append("UNet Jacobians are computed with bfloat16 matrix products, which this CPU runs "
-                             "natively (3-5x faster; cosine 0.9999 to float32, tested).")
+                             "natively (3-5x faster; maps within cosine 0.999 of float32, tested).")
         if patch is not None:
             notes.append(f"ELS patch sizes from the schedule: {patch[2]}.")
         if notes:

@@ -198,6 +198,10 @@ def test_screenshot_every_page(server, page, url_path):
     if url_path == "jacobian" and page.locator(".st-key-jb_go button").count():  # a trained UNet is here
         page.locator(".st-key-jb_go button").click()
         settle(page, "unet tr J")
+        page.locator(".st-key-jb_all button").click()  # its tr J at every noise level, beside Wiener's
+        page.locator(".st-key-jb_all button").wait_for(state="detached", timeout=LONG)
+        settle(page)
+    page.mouse.move(0, 0)  # no hover tooltip in the screenshot
     assert not page.locator('[data-testid="stException"]').count(), "the page shows a traceback"
     height = page.evaluate("() => document.querySelector('[data-testid=\"stMainBlockContainer\"]').scrollHeight")
     page.set_viewport_size({"width": VIEWPORT["width"], "height": min(6000, max(VIEWPORT["height"], height + 80))})

@@ -171,7 +171,8 @@ def denoiser_id(name: str, data: Dataset) -> str:
 
 def field_precision() -> str:
     """Precision of the dashboard's network Jacobians: bfloat16 where the CPU runs it natively (3-5x faster,
-    cosine 0.9999 to float32, see `locality_core.fields`), else float32. $LOCALITY_FIELD_PRECISION overrides."""
+    maps within cosine 0.999 of float32, see `locality_core.fields`), else float32.
+    $LOCALITY_FIELD_PRECISION overrides."""
     import os
 
     from locality_core.fields import PRECISIONS, native_bfloat16
