@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -35,6 +36,25 @@ def test_fashion_mnist_unet_beats_wiener(fashion):
     for t in (100, 300, 500):
         assert ratio[t] <= 0.80, (t, ratio)
     assert max(ratio.values()) <= 1.02, ratio
+
+
+@pytest.mark.slow
+def test_natural_patches_unet_beats_wiener_on_its_photographs():
+    """The shipped natural-patches model as the README describes it: on patches of its six training photographs
+    at least 15 % below Wiener (a broken or untrained network is not), on the two held-out photographs at most
+    12 % above it (t = 500, 300, 100; 256 images each, fixed noise). It does not reach issue 3's bar there."""
+    from locality_core.data import load_dataset
+
+    data = load_dataset("natural-patches")
+    unet = load_weights(ASSETS_MODELS / "natural-patches" / "unet.pt", data)
+    sigmas = [3.443, 1.24, 0.342]
+    held_out = heldout_mse_table(data, {"unet": unet}, n=256, sigmas=sigmas)
+    on_train = heldout_mse_table(replace(data, test=data.train[::len(data.train) // 256][:256]), {"unet": unet},
+                                 n=256, sigmas=sigmas)
+    for r in on_train:
+        assert r["unet"] <= 0.85 * r["wiener"], on_train
+    for r in held_out:
+        assert r["unet"] <= 1.12 * r["wiener"], held_out
 
 
 def test_unet_field_is_computed_and_cached(fashion, tmp_path):
