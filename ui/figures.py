@@ -406,7 +406,8 @@ def cumulative_plot(eigvals: np.ndarray, marks: dict[float, int]) -> go.Figure:
     fig.add_annotation(text="<br>".join(f"{int(q * 100)} % of the variance: {n} components" for q, n in marks.items()),
                        xref="paper", yref="paper", x=0.98, y=0.04, xanchor="right", yanchor="bottom", align="right",
                        showarrow=False)
-    fig.update_xaxes(type="log", title="number of components k", showgrid=True, gridcolor="#e5e5e5", dtick=1)
+    fig.update_xaxes(type="log", title="number of components k", showgrid=True, gridcolor="#e5e5e5", dtick=1,
+                     range=[0, np.log10(len(eigvals)) + 0.2])  # room right of the last marker for its label
     fig.update_yaxes(title="variance held (%)", range=[0, 101], showgrid=True, gridcolor="#e5e5e5")
     fig.update_layout(height=380, font=FONT, margin=dict(l=60, r=20, t=20, b=50), plot_bgcolor="white",
                       paper_bgcolor="white")
