@@ -68,7 +68,7 @@ def model_maps(name: str, title: str, data: Dataset, data_key: tuple[str, str, s
     Each noise level is one cached call (disk cache below, st.cache_data on top), so progress is per level.
     """
     model_id = D.denoiser_id(name, data)
-    slot = slot or st.empty()
+    slot = st.empty() if slot is None else slot
     abs_maps, signed_maps = [], []
     try:
         for i, sigma in enumerate(sigmas):
