@@ -41,10 +41,14 @@ def native_bfloat16(device: str = "cpu") -> bool:
     return any(probe is not None and probe() for probe in probes)
 
 
-def _precision_context(precision: str, device: torch.device):
+def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "float32":
+    return precision
+
+
+def _precision_context(precision: str, device: torch.device):
+    if check_precision(precision) == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
@@ -171,8 +175,7 @@ def _field_key(cache, dataset, name: str, pixel: tuple[int, int], sigmas: list[f
                precision: str, options: dict) -> str:
     from .denoisers import denoiser_cache_id
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     return cache.make_key("field", dataset.fingerprint, denoiser_cache_id(name, dataset, **options),
                           f"{pixel[0]},{pixel[1]}", ",".join(f"{s:.6g}" for s in sigmas), n, seed,
                           *(() if precision == "float32" else (precision,)))

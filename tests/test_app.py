@@ -176,7 +176,7 @@ def test_sensitivity_rows_unet_and_signed_toggle():
 
 def test_sensitivity_cold_unet_shows_a_preview_then_the_full_fields():
     """A pixel nobody clicked before: the page first computes the 4-image preview (all levels at once), then the
-    32-image fields per level, and ends on the full view; a second visit needs no preview."""
+    32-image fields per level, and ends on the full view."""
     from locality_core.cache import default_cache
     from locality_core.data import load_dataset
     from locality_core.fields import _field_key, field_is_cached
