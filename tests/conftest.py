@@ -30,3 +30,13 @@ def fashion_stats(fashion):
     from locality_core.stats import get_stats
 
     return get_stats(fashion)
+
+
+@pytest.fixture(scope="session")
+def natural_patches():
+    from locality_core.data import load_dataset, natural
+
+    ok, why = natural.availability()
+    if not ok:
+        pytest.skip(why)
+    return load_dataset("natural-patches")

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from locality_core.data import cifar10, faces, grf, idx, natural, registry, textures
 from locality_core.data import download as dl
 from locality_core.data.base import DatasetError, to_signed_unit
-from locality_core.data.bundled import cut, grid, read_image, skimage_file, window_std
+from locality_core.data.bundled import read_image, skimage_file, window_std
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -322,12 +323,8 @@ def test_archive_too_large_when_unpacked_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- scikit-image based data sets
 
-@pytest.fixture(scope="module")
-def patches():
-    return natural.load_natural_patches()
-
-
-def test_natural_patches_sizes_and_held_out_photos(patches):
+def test_natural_patches_sizes_and_held_out_photos(natural_patches):
+    patches = natural_patches
     assert len(patches.train) >= 50_000 and 2_000 <= len(patches.test) <= 10_000
     assert patches.shape == (3, 32, 32) and patches.train.dtype == torch.float32
     train_photos = set(patches.train_labels.unique().tolist())
@@ -337,19 +334,37 @@ def test_natural_patches_sizes_and_held_out_photos(patches):
     assert patches.train.min() >= -1 and patches.train.max() <= 1
 
 
-def test_natural_patches_are_not_flat_and_no_photo_dominates(patches):
-    std_in_unit_range = patches.train.flatten(1).std(dim=1, correction=0) / 2
+def test_natural_patches_are_not_flat_and_every_photo_counts_equally(natural_patches):
+    std_in_unit_range = natural_patches.train.flatten(1).std(dim=1, correction=0) / 2
     assert std_in_unit_range.min() >= 0.02 - 1e-4
-    counts = patches.train_labels.bincount()
-    assert counts.max() <= 12000 and counts.min() > 3000
+    counts = natural_patches.train_labels.bincount()
+    assert counts.max() <= natural.DEFAULTS["max_per_photo"] and counts.min() >= 0.9 * counts.max()
 
 
-def test_natural_patch_content_is_a_crop_of_its_photo():
-    photo = read_image(skimage_file("chelsea.png"), "RGB", reduce=2)
-    corners = grid(*photo.shape[:2], 32, 16)
-    out = cut(photo, corners, 32)
-    r, c = corners[7]
-    np.testing.assert_array_equal(out[7], photo[r:r + 32, c:c + 32].transpose(2, 0, 1))
+def test_natural_patch_content_is_a_crop_of_its_reduced_photo(tmp_path):
+    """photo_patches against an independent oracle: a 1100x1300 photo is box-reduced by 2 (step 1, shorter side
+    near 512) and then by the scale, so a scale-2 patch is the mean of 4x4 pixel blocks of the file."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (1100, 1300, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    assert natural.base_reduction(1100, 1300) == 2 and natural.base_reduction(400, 900) == 1
+    out = natural.photo_patches(tmp_path / "photo.png", stride=32, scales=(2,), min_std=0.0, limit=10**6,
+                                rng=np.random.default_rng(0))
+    side = 1100 // 4 // 32  # patches per column at the 4x4 reduction (the last partial block row is dropped)
+    assert len(out) == side * (1300 // 4 // 32)
+    r, c = 2, 3  # the patch at lattice row 2, column 3, in (row, col) order
+    block = pixels[r * 128:(r + 1) * 128, c * 128:(c + 1) * 128].astype(np.float64)
+    oracle = block.reshape(32, 4, 32, 4, 3).mean(axis=(1, 3)).transpose(2, 0, 1)
+    got = out[r * (1300 // 4 // 32) + c].astype(np.float64)
+    assert np.abs(got - oracle).max() <= 1.0  # PIL rounds each mean to an integer
+
+
+def test_natural_patches_missing_package_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(natural.TEST_PHOTOS, "ladybird", (natural.MATE, "/nonexistent/LadyBird.jpg"))
+    ok, why = natural.availability()
+    assert not ok and "apt-get install mate-backgrounds plasma-workspace-wallpapers" in why
+    with pytest.raises(DatasetError, match="apt-get install"):
+        natural.load_natural_patches(scales=(4,), stride=64)
 
 
 def test_natural_patches_deterministic_and_parameterised():

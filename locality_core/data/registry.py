@@ -153,8 +153,9 @@ register(DatasetSpec(
     cifar10.load_cifar10, lambda: cifar10.availability(), shape=(3, 32, 32), sizes=(50000, 10000)))
 register(DatasetSpec(
     "natural-patches", "Natural-image patches",
-    "32x32 colour patches cut from the photographs bundled with scikit-image at three scales; two whole "
-    "photos held out for testing. Nearly stationary statistics: Fourier-like principal components.",
+    "52,000 32x32 colour patches of 26 photographs (scikit-image's, MATE's and KDE's wallpapers) at three "
+    "scales; four whole photos held out for testing. Nearly stationary statistics: Fourier-like principal "
+    "components.",
     natural.load_natural_patches, natural.availability, params=dict(natural.DEFAULTS), shape=(3, 32, 32)))
 register(DatasetSpec(
     "faces", "Faces (LFW, tiny)",
