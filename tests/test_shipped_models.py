@@ -39,22 +39,23 @@ def test_fashion_mnist_unet_beats_wiener(fashion):
 
 
 @pytest.mark.slow
-def test_natural_patches_unet_beats_wiener_on_its_photographs():
-    """The shipped natural-patches model as the README describes it: on patches of its six training photographs
-    at least 15 % below Wiener (a broken or untrained network is not), on the two held-out photographs at most
-    12 % above it (t = 500, 300, 100; 256 images each, fixed noise). It does not reach issue 3's bar there."""
-    from locality_core.data import load_dataset
-
-    data = load_dataset("natural-patches")
+def test_natural_patches_unet_beats_wiener_on_new_photographs(natural_patches):
+    """The shipped natural-patches model as the README describes it (t = 500, 300, 100; fixed noise): on 1,000
+    patches spread over the four held-out photographs at least 5 / 10 / 18 % below Wiener (measured on all
+    6,000: 7.8 / 15.4 / 25.4 %), on 256 of its training patches at least 15 % below. A network that learnt
+    its training pictures rather than natural images (the six-photo version: 0 to 7 % held out) fails the
+    first; a broken or untrained one fails both. Issue 3's 20 % bar at t = 300 and 500 is not reached."""
+    data = natural_patches
     unet = load_weights(ASSETS_MODELS / "natural-patches" / "unet.pt", data)
     sigmas = [3.443, 1.24, 0.342]
-    held_out = heldout_mse_table(data, {"unet": unet}, n=256, sigmas=sigmas)
+    spread = replace(data, test=data.test[::6][:1000])  # the test split is ordered by photo: take every 6th
+    held_out = heldout_mse_table(spread, {"unet": unet}, n=1000, sigmas=sigmas)
     on_train = heldout_mse_table(replace(data, test=data.train[::len(data.train) // 256][:256]), {"unet": unet},
                                  n=256, sigmas=sigmas)
+    ratio = [r["unet"] / r["wiener"] for r in held_out]
+    assert ratio[0] <= 0.95 and ratio[1] <= 0.90 and ratio[2] <= 0.82, held_out
     for r in on_train:
         assert r["unet"] <= 0.85 * r["wiener"], on_train
-    for r in held_out:
-        assert r["unet"] <= 1.12 * r["wiener"], held_out
 
 
 def test_unet_field_is_computed_and_cached(fashion, tmp_path):
