@@ -118,9 +118,9 @@ def bench_dataset(dataset, args, sigmas, peak):
     for name, (make, mask_of) in makers.items():
         den = make(dataset.train)
         for s in sigmas:
-            den.plan_for(s)                                       # plans are per sigma: built once, untimed
+            den.plan_for(s, args.batch)                           # plans per sigma and batch: built once, untimed
         tf, _ = run(den, xs)
-        work = np.mean([den.plan_for(s).work for s in sigmas])
+        work = np.mean([den.plan_for(s, args.batch).work for s in sigmas])
         sub = make(dataset.train[:n_dense])
         sub._plans = den._plans
         _, of = run(sub, xs)
@@ -193,6 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--diff64-n", type=int, default=2000, help="training images for the float64 comparison")
     p.add_argument("--els-n", type=int, default=2000, help="ELS training subset")
     p.add_argument("--per-batch", action="store_true", help="also the per-batch vs exact difference (N=10,000)")
+    p.add_argument("--natural-only", action="store_true", help="only the natural-patches table")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -208,9 +209,10 @@ def main(argv=None) -> int:
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     peak = matmul_gflops()
     sigmas = list(REFERENCE_SIGMAS)
-    rows = bench_dataset(fashion, args, sigmas, peak)
-    print_table(f"fashion-mnist, N = {len(fashion.train):,}, {args.batch} inputs per call, 10 reference sigmas",
-                rows, peak)
+    if not args.natural_only:
+        rows = bench_dataset(fashion, args, sigmas, peak)
+        print_table(f"fashion-mnist, N = {len(fashion.train):,}, {args.batch} inputs per call, 10 reference sigmas",
+                    rows, peak)
 
     if "natural-patches" not in REGISTRY:
         print("\nnatural-patches: not registered in this checkout; skipped")
@@ -228,7 +230,8 @@ def main(argv=None) -> int:
         print_table(f"natural-patches, N = {len(natural.train):,}, 1 input, sigmas at t = 900 / 500 / 100",
                     rows, peak)
 
-    bench_sampling(fashion, args)
+    if not args.natural_only:
+        bench_sampling(fashion, args)
     if args.per_batch:
         print("\nper-batch (reference code) vs exact softmax, Fashion-MNIST, N = 10,000, 8 test images:")
         for r in per_batch_difference(load_dataset("fashion-mnist"), n_train=10_000, n=8):
