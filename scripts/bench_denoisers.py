@@ -2,6 +2,7 @@
 
     nice -n 10 .venv/bin/python scripts/bench_denoisers.py            # about 10 minutes on 2 free cores
     nice -n 10 .venv/bin/python scripts/bench_denoisers.py --quick    # smoke run, about a minute
+    nice -n 10 .venv/bin/python scripts/bench_denoisers.py --natural-only   # the natural-patches table, 5 minutes
 
 Prints, per data set (Fashion-MNIST, N = 60,000; natural-patches when registered and available):
   time per image per DDIM step (averaged over the 10 reference noise levels) of the fast implementation and of
