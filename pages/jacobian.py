@@ -70,9 +70,10 @@ else:
 
 left, right = st.columns([1, 2.2])
 with left:
-    show(tiles_figure(np.stack([x0, y / np.sqrt(1 + sigma**2)]), ["clean x₀", f"noisy y, {noise_label(sigma)}"],
+    show(tiles_figure(np.stack([x0, y / np.sqrt(1 + sigma**2)]), ["clean x₀", "noisy y"],
                       columns=2, kind="image", page_width=380), "jb_inputs", f"{view.dataset}-jacobian-input")
-    st.caption("The noisy image is shown divided by √(1+σ²), the DDPM scale, so that it fits the gray range.")
+    st.caption(f"The noisy image at {noise_label(sigma)} is shown divided by √(1+σ²), the DDPM scale, so that it "
+               "fits the gray range.")
     metrics = {"Wiener tr J": f"{wiener_b.trace:.1f}"}
     if model_b is not None:
         metrics[f"{name} tr J"] = f"{model_b.trace:.1f}"

@@ -392,3 +392,28 @@ def test_png_downloads_are_real_images():
     tiles = images_png([np.zeros((3, 10, 10)), np.ones((3, 10, 10))], ["a", "b"])
     assert Image.open(io.BytesIO(tiles)).mode == "RGB"
     assert "<" not in _plain("P<sub>σ</sub> <b>row</b>")
+
+
+@pytest.mark.parametrize("shape,count,columns,width", [((1, 28, 28), 16, 8, None), ((3, 32, 32), 12, 4, None),
+                                                       ((1, 28, 28), 2, 2, 380), ((3, 32, 32), 40, 8, None)])
+def test_image_grids_have_no_blank_bands(shape, count, columns, width):
+    """Equal-aspect grids are drawn at a fixed size whose plot area has the data's aspect ratio: a figure
+    stretched to another width keeps its height, and plotly pads the tiles with blank space above and below."""
+    from ui.figures import PAGE_WIDTH, map_grid, tiles_figure
+
+    def aspect_error(fig):
+        lay = fig.layout
+        area_w = lay.width - lay.margin.l - lay.margin.r
+        area_h = lay.height - lay.margin.t - lay.margin.b
+        data_w = abs(lay.xaxis.range[1] - lay.xaxis.range[0])
+        data_h = abs(lay.yaxis.range[1] - lay.yaxis.range[0])
+        assert lay.width <= (width or PAGE_WIDTH)
+        return abs((area_h / area_w) / (data_h / data_w) - 1)
+
+    images = np.random.default_rng(0).uniform(-1, 1, (count, *shape))
+    kwargs = {} if width is None else {"page_width": width}
+    assert aspect_error(tiles_figure(images, [f"#{i}" for i in range(count)], columns=columns, **kwargs)) < 0.01
+    rows = [("Wiener<br>|P<sub>σ</sub> row|", np.abs(images[:columns, 0]), "abs"),
+            ("Analytical<br>mask (θ=0.005)", images[:columns, 0] > 0, "mask")]
+    titles = [f"t={t}<br>(σ=1.0)<br>cos 0.97" for t in range(columns)]
+    assert aspect_error(map_grid(rows, titles, pixel=(3, 4), **kwargs)) < 0.01

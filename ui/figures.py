@@ -118,11 +118,12 @@ def _normalised(m: np.ndarray, kind: str) -> np.ndarray:
     return m / top
 
 
+PAGE_WIDTH = 940  # px: the wide layout's page on a 1400 px screen; fixed-size figures are drawn at most this wide
 LABEL_CHAR_PX = 9.0  # width of one bold label character at FONT's size (about 8.8 px in Chromium screenshots)
 
 
 def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, pixel=None,
-             label_width: int = 120, page_width: int = 1150, max_cell: int = 200) -> go.Figure:
+             label_width: int = 120, page_width: int = PAGE_WIDTH, max_cell: int = 200) -> go.Figure:
     """Rows of maps: ``rows`` = (label, maps (S, H, W), kind); one column per entry of ``col_titles``.
 
     ``pixel``: (row, col) outlined in every map, or a list with one (row, col) or None per row.
@@ -137,7 +138,6 @@ def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, 
     label_width = max(label_width, int(LABEL_CHAR_PX * longest) + 14)  # bold labels, right-aligned: never clipped
     gap = max(1, round(0.08 * max(h, w)))
     width_px = min(page_width, label_width + n_cols * max_cell)
-    cell = (width_px - label_width) / n_cols  # the figure stretches to the page; the height assumes this width
     step_x, step_y = w + gap, h + gap
     full_w, full_h = n_cols * step_x - gap, n_rows * step_y - gap
     traces, notes, shapes = [], [], []
@@ -174,7 +174,9 @@ def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, 
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
     title_lines = max(t.count("<br>") for t in col_titles) + 1
     top = 14 + 20 * title_lines
-    fig.update_layout(width=int(width_px), height=int(cell * full_h / step_x) + top + 6,
+    # a fixed size (`show` draws it at its own width), its plot area shaped like the maps: no blank bands
+    zoom = (width_px - label_width - 6) / full_w  # screen pixels per map pixel
+    fig.update_layout(width=int(width_px), height=round(zoom * full_h) + top + 6,
                       margin=dict(l=label_width, r=6, t=top, b=6),
                       font=FONT, plot_bgcolor="white", paper_bgcolor="white", dragmode=False, hovermode="closest")
     return fig
@@ -333,11 +335,13 @@ def images_png(images: list[np.ndarray], titles: list[str], *, cell: int = 168, 
 
 
 def tiles_figure(images: np.ndarray, titles: list[str], *, columns: int = 8, kind: str = "signed",
-                 page_width: int = 1150) -> go.Figure:
+                 page_width: int = PAGE_WIDTH, tile_px: int = 150) -> go.Figure:
     """Small multiples: ``images`` (K, C, H, W), each scaled to its own max |value|, in rows of ``columns``.
 
     Grayscale: one heatmap (red-blue for "signed", gray for "image"). Colour: one RGB image with 0 at mid-gray,
     channels scaled by the tile's max |value| ("signed") or shown as they are ("image"). A title above each.
+    The figure has a fixed size (tiles of at most ``tile_px`` pixels, at most ``page_width`` wide): show it at
+    its own width, since a stretched figure keeps its height and pads the equal-aspect tiles with blank space.
     """
     images = np.asarray(images, dtype=np.float64)
     k, c, h, w = images.shape
@@ -370,8 +374,9 @@ def tiles_figure(images: np.ndarray, titles: list[str], *, columns: int = 8, kin
     fig = go.Figure(trace, layout=dict(annotations=notes))
     _square_axes(fig, full_h, full_w)
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
-    fig.update_layout(height=int(page_width * full_h / full_w) + 10, margin=dict(l=4, r=4, t=4, b=4), font=FONT,
-                      plot_bgcolor="white", paper_bgcolor="white", dragmode=False)
+    zoom = min(tile_px / max(h, w), (page_width - 8) / full_w)  # screen pixels per image pixel
+    fig.update_layout(width=round(zoom * full_w) + 8, height=round(zoom * full_h) + 8, margin=dict(l=4, r=4, t=4, b=4),
+                      font=FONT, plot_bgcolor="white", paper_bgcolor="white", dragmode=False)
     return fig
 
 
