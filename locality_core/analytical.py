@@ -361,8 +361,9 @@ def analytical_dense(x: torch.Tensor, sigma: float, train: torch.Tensor, mask: n
 class MaskedSoftmaxDenoiser(nn.Module):
     """D(x, sigma)[m] = softmax-weighted mean of x0_k[m] with distances over column m of ``mask_fn(sigma)``.
 
-    The engine shared by the analytical denoiser (masks from the data) and the LS patch machine (square
-    masks). ``mask_fn(sigma) -> (d, d)`` bool numpy array. Fit with ``.fit(train (N, C, H, W))``.
+    The engine of the analytical denoiser (masks from the data) and of any other mask (the LS machine's square
+    masks give `patches.LSDenoiser`, which computes them faster by box sums). ``mask_fn(sigma) -> (d, d)`` bool
+    numpy array. Fit with ``.fit(train (N, C, H, W))``.
     """
 
     def __init__(self, mask_fn: Callable[[float], np.ndarray], *, chunk_size: int | None = None,

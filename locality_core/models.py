@@ -56,6 +56,12 @@ def read_card(name: str) -> dict | None:
     return json.loads((weights.parent / CARD).read_text())
 
 
+def _short(fingerprint: str, other: str) -> str:
+    """The first 12 characters of ``fingerprint``, or all of it when that prefix does not tell it from ``other``
+    (a subset's fingerprint is its data set's plus a suffix)."""
+    return fingerprint if fingerprint[:12] == other[:12] else fingerprint[:12]
+
+
 def load_weights(path: Path, dataset: Dataset | None = None) -> EDMDenoiser:
     """Load ``unet.pt`` with ``weights_only=True``; refuse it if its fingerprint differs from ``dataset``'s."""
     try:
@@ -64,8 +70,9 @@ def load_weights(path: Path, dataset: Dataset | None = None) -> EDMDenoiser:
     except Exception as exc:  # any unreadable or foreign file: explain, never unpickle arbitrary code
         raise ModelError(f"{path} is not a readable Locality Explorer UNet ({exc}); delete it and retrain.") from exc
     if dataset is not None and blob.get("fingerprint") != dataset.fingerprint:
-        raise ModelError(f"{path} was trained on data with fingerprint {str(blob.get('fingerprint'))[:12]}, but "
-                         f"{dataset.name!r} here has {dataset.fingerprint[:12]}: the data differ. "
+        theirs, ours = str(blob.get("fingerprint")), dataset.fingerprint
+        raise ModelError(f"{path} was trained on data with fingerprint {_short(theirs, ours)}, but "
+                         f"{dataset.name!r} here has {_short(ours, theirs)}: the data differ. "
                          f"Retrain with `locality train {dataset.name}`.")
     model = EDMDenoiser(config)
     model.load_state_dict(blob["state_dict"])

@@ -6,7 +6,8 @@ Glossary
     LS          local score machine: per pixel, a softmax over all N training images of the squared distance
                 between the patch of x and the training image's patch AT THE SAME PLACE; the output pixel is
                 the weighted mean of the training images' pixel (weights shared by the pixel's channels).
-                It is the analytical denoiser's engine with a square mask (`square_mask`)
+                It is the analytical denoiser's formula with a square mask (`square_mask`), computed by
+                separable box sums (`box_sum`) since squares need no general mask engine
     ELS         equivariant local score machine: candidates are every P x P patch of every training image at
                 every position; the output pixel is the softmax-weighted mean of the candidates' centre pixels
     broken      boundary-broken ELS (their zero-padding variant, the default here): along each axis a
@@ -39,7 +40,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .analytical import MaskedSoftmaxDenoiser
 from .data import Dataset
 from .optimal import SoftmaxState, exp_shifted, finish, merge_states
 from .unet import as_batch_sigma
@@ -55,6 +55,10 @@ SCHEDULE_FILE = "patch_schedule.json"
 FLOAT64_BELOW = 0.5       # sigma below which float32 inputs get float64 patch distances
 LOGIT_ELEMENTS = 1 << 22  # logits per streamed chunk of candidates
 PATCH_ELEMENTS = 1 << 23  # unfolded training patches per chunk
+BOX_ELEMENTS = 1 << 19    # LS: inputs x training images x pixels per chunk (2 MB of float32)
+LS_FLOAT64_BELOW = 0.05   # LS sums (x - x0)^2 directly (no cancellation): float32 is exact enough until the
+                          # logit scale 1 / (2 sigma^2) passes 200
+LS_EXPANDED_ABOVE = 1.0   # LS sums x0c (x0c - 2 xc) instead (see `ls_denoise`)
 
 
 # ---------------------------------------------------------------- schedules
@@ -184,21 +188,110 @@ def square_mask(shape: tuple[int, int, int], patch: int) -> np.ndarray:
     return np.tile(near, (c, c))
 
 
-class LSDenoiser(MaskedSoftmaxDenoiser):
-    """LS machine: ``LSDenoiser(schedule).fit(train)``, or a fixed ``patch_size``."""
+def _band(n: int, patch: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """(n, n) 0/1: |i - j| <= patch // 2. Multiplying by it sums over a window of P, clipped at the ends."""
+    i = torch.arange(n, device=device)
+    return ((i[:, None] - i[None]).abs() <= patch // 2).to(dtype)
+
+
+def box_sum(e: torch.Tensor, patch: int, weight: float = 1.0) -> torch.Tensor:
+    """(..., H, W) -> (..., H, W): ``weight`` times the sum of ``e`` over the P x P square around each pixel,
+    zero outside the image. Separable: a window sum along W, then along H, each a product with a band of ones
+    (2 (H + W) multiply-adds per pixel instead of P^2)."""
+    H, W = e.shape[-2:]
+    rows = e.reshape(-1, W) @ _band(W, patch, e.dtype, e.device)
+    return torch.matmul(weight * _band(H, patch, e.dtype, e.device), rows.view(-1, H, W)).view(e.shape)
+
+
+def ls_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
+               chunk_size: int | None = None, centre: torch.Tensor | None = None) -> torch.Tensor:
+    """LS machine at one ``sigma``: x (B, C, H, W), train (N, C, H, W) -> x0_hat (B, C, H, W).
+
+    Pixel m: softmax over the N training images of -||x patch - x0_k patch||^2 / (2 sigma^2), patches at m
+    (P x P, all channels, zero outside); the output is the weighted mean of the x0_k[:, m]. The same formula as
+    `MaskedSoftmaxDenoiser` with `square_mask`, computed as box sums of (x - x0_k)^2 (`box_sum`): O(d) per
+    training image and input instead of O(d P^2). Training images stream in chunks (exact streaming softmax,
+    chunk states merged in float64). Under autograd each chunk is checkpointed.
+
+    Precision: images are centred on ``centre`` (d,) (the training mean is a good choice). Below
+    LS_EXPANDED_ABOVE the terms are (x - x0)^2, exact for near neighbours, which decide a low-noise softmax
+    (float64 below LS_FLOAT64_BELOW). Above it, where noise makes every (x - x0)^2 large but the softmax only
+    sees differences between training images, they are (x - x0)^2 - (x - centre)^2 = x0c (x0c - 2 xc),
+    k-independent terms dropped: an order of magnitude smaller, so float32 round-off is too.
+    """
+    if patch < 1 or patch % 2 == 0:
+        raise ValueError(f"patch size must be odd and positive, got {patch}")
+    B, C, H, W = x.shape
+    dtype = torch.float64 if x.dtype == torch.float32 and sigma < LS_FLOAT64_BELOW else x.dtype
+    centre = torch.zeros((C, H, W), dtype=dtype, device=x.device) if centre is None else \
+        centre.to(x.device, dtype).view(C, H, W)
+    expanded = sigma >= LS_EXPANDED_ABOVE
+    xw = (x.to(dtype) - centre) * (2.0 if expanded else 1.0)
+    scale = -1.0 / (2.0 * sigma**2)
+    per_chunk = chunk_size or max(8, BOX_ELEMENTS // (B * C * H * W))
+    grad = torch.is_grad_enabled() and x.requires_grad
+
+    def chunk_state(start: int, xq: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x0 = train[start:start + per_chunk].to(device=x.device)                          # (K, C, H, W)
+        x0c = x0.to(dtype) - centre
+        terms = x0c[None] - xq[:, None]                                                   # (B, K, C, H, W)
+        if expanded:                                            # xq = 2 xc: x0c (x0c - 2 xc)
+            terms = terms.mul_(x0c[None]) if not grad else terms * x0c[None]
+        else:
+            terms = terms.square_() if not grad else terms * terms
+        logits = box_sum(terms.sum(2) if C > 1 else terms.squeeze(2), patch, scale).view(B, len(x0), H * W)
+        m = logits.amax(dim=1)                                                             # (B, HW)
+        if dtype != x.dtype:  # float64 logits: shift by the max in float64, exponentiate in float32
+            logits = (logits - m[:, None]).to(x.dtype)
+        p = exp_shifted(logits, m[:, None].to(x.dtype) if dtype == x.dtype else 0.0, inplace=not grad)
+        values = x0.to(x.dtype).view(len(x0), C, H * W)
+        acc = (p[:, :, None] * values[None]).sum(1) if C > 1 else (p * values[:, 0]).sum(1)[:, None]
+        return m, p.sum(1), acc.transpose(1, 2)                                            # acc (B, HW, C)
+
+    total = None
+    for start in range(0, len(train), per_chunk):
+        flat = checkpoint(chunk_state, start, xw, use_reentrant=False) if grad else chunk_state(start, xw)
+        state = SoftmaxState(*(t.double() for t in flat))  # float64 sums: no round-off growing with N
+        total = state if total is None else merge_states(total, state)
+    return finish(total).transpose(1, 2).reshape(B, C, H, W).to(x.dtype)
+
+
+class LSDenoiser(nn.Module):
+    """LS machine on all training images: ``LSDenoiser(schedule).fit(train)``, or a fixed ``patch_size``."""
 
     def __init__(self, schedule: PatchSchedule | None = None, patch_size: int | None = None, *,
                  chunk_size: int | None = None):
+        super().__init__()
         if schedule is None and patch_size is None:
             raise ValueError("give a schedule or a patch_size")
-        super().__init__(self._mask, chunk_size=chunk_size)
-        self.schedule, self.patch_size = schedule, patch_size
+        self.schedule, self.patch_size, self.chunk_size = schedule, patch_size, chunk_size
+        self.train_: torch.Tensor | None = None
 
     def size_for(self, sigma: float) -> int:
         return int(self.patch_size) if self.patch_size is not None else self.schedule.size_for(sigma)
 
-    def _mask(self, sigma: float) -> np.ndarray:
-        return square_mask(self.shape, self.size_for(sigma))
+    def fit(self, train: torch.Tensor) -> LSDenoiser:
+        self.train_ = train
+        self.mean_ = train.double().mean(0)    # (C, H, W) centring: smaller terms, less round-off
+        return self
+
+    def forward(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W), sigma scalar or (B,) -> x0_hat (B, C, H, W); inputs grouped by noise level."""
+        if self.train_ is None:
+            raise RuntimeError("LSDenoiser is not fitted: call .fit(train) first")
+        return _by_sigma(x, sigma, lambda xs, s: ls_denoise(xs, s, self.train_, self.size_for(s),
+                                                             chunk_size=self.chunk_size, centre=self.mean_))
+
+
+def _by_sigma(x: torch.Tensor, sigma: float | torch.Tensor, denoise: Callable) -> torch.Tensor:
+    """Apply ``denoise(x_group, sigma)`` to the inputs of each distinct noise level, in the input order."""
+    values = as_batch_sigma(sigma, x).tolist()
+    outs, order = [], []
+    for s in dict.fromkeys(values):
+        idx = [i for i, v in enumerate(values) if v == s]
+        outs.append(denoise(x[idx], s))
+        order += idx
+    return outs[0] if len(outs) == 1 else torch.cat(outs)[torch.argsort(torch.tensor(order))]
 
 
 # ---------------------------------------------------------------- ELS
@@ -316,14 +409,8 @@ class ELSDenoiser(nn.Module):
         """x (B, C, H, W), sigma scalar or (B,) -> x0_hat (B, C, H, W)."""
         if self.train_ is None:
             raise RuntimeError("ELSDenoiser is not fitted: call .fit(train) first")
-        sigma = as_batch_sigma(sigma, x)
-        values = sigma.tolist()
-        outs, order = [], []
-        for s in dict.fromkeys(values):
-            idx = [i for i, v in enumerate(values) if v == s]
-            outs.append(els_denoise(x[idx], s, self.train_, self.size_for(s), broken=self.broken))
-            order += idx
-        return outs[0] if len(outs) == 1 else torch.cat(outs)[torch.argsort(torch.tensor(order))]
+        return _by_sigma(x, sigma, lambda xs, s: els_denoise(xs, s, self.train_, self.size_for(s),
+                                                             broken=self.broken))
 
 
 # ---------------------------------------------------------------- calibration

@@ -113,27 +113,35 @@ def bench_dataset(dataset, args, sigmas, peak):
     # analytical and LS: fast on all N, dense on a subset (scaled), differences on the subset
     masks = {s: cached_mask(stats, s)[0] for s in sigmas}
     sched = published_schedule_for(dataset)
+    C, H, W = dataset.shape
     makers = {"analytical": (lambda train: AnalyticalDenoiser().fit((train, stats)), masks.__getitem__),
               "ls": (lambda train: LSDenoiser(sched).fit(train),
                      lambda s: square_mask(dataset.shape, sched.size_for(s)))}
     for name, (make, mask_of) in makers.items():
         den = make(dataset.train)
-        for s in sigmas:
-            den.plan_for(s, args.batch)                           # plans per sigma and batch: built once, untimed
+        if name == "analytical":
+            for s in sigmas:
+                den.plan_for(s, args.batch)                       # plans per sigma and batch: built once, untimed
+            flops = 2 * N * np.mean([den.plan_for(s, args.batch).work for s in sigmas]) * (B + 1) / B
+            note = ""
+        else:                                                     # the two band products of the box sums
+            flops = 2 * N * H * W * (H + W)
+            note = "box sums; "
         tf, _ = run(den, xs)
-        work = np.mean([den.plan_for(s, args.batch).work for s in sigmas])
         sub = make(dataset.train[:n_dense])
-        sub._plans = den._plans
+        if name == "analytical":
+            sub._plans = den._plans
         _, of = run(sub, xs)
         td, od = run(lambda x, s, m=mask_of: analytical_dense(x, s, dataset.train[:n_dense], m(s)), xs)
         small = dataset.train[:args.diff64_n]
         tiny = make(small)
-        tiny._plans = den._plans
+        if name == "analytical":
+            tiny._plans = den._plans
         x64 = [x[:2].double() for x in xs]
         o64 = [tiny(x.float(), s) for x, s in zip(x64, sigmas, strict=True)]
         r64 = [analytical_dense(x, s, small.double(), mask_of(s)) for x, s in zip(x64, sigmas, strict=True)]
-        add(name, tf, td * N / n_dense, 2 * N * work * (B + 1) / B, 2 * N * d * d, max_diff(of, od),
-            f"{max_diff(o64, r64):.1e}", note=f"dense timed on N={n_dense:,}, scaled")
+        add(name, tf, td * N / n_dense, flops, 2 * N * d * d, max_diff(of, od),
+            f"{max_diff(o64, r64):.1e}", note=f"{note}dense timed on N={n_dense:,}, scaled")
 
     # ELS on a subset, and the UNet
     els = ELSDenoiser(sched, n_train=args.els_n).fit(dataset.train)
@@ -146,12 +154,12 @@ def bench_dataset(dataset, args, sigmas, peak):
 
 
 def load_unet_or_random(dataset):
-    from locality_core.models import find_weights, load_unet
+    from locality_core.models import find_weights, load_weights
     from locality_core.train import default_unet_config
     from locality_core.unet import EDMDenoiser
 
-    if find_weights(dataset.name):
-        return load_unet(dataset), "trained weights"
+    if find_weights(dataset.name):  # timing only: --quick's training subset may use the full set's weights
+        return load_weights(find_weights(dataset.name)), "trained weights"
     return EDMDenoiser(default_unet_config(dataset)).eval(), "untrained (timing only)"
 
 
