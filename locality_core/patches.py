@@ -213,7 +213,7 @@ def ls_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *
     training image and input instead of O(d P^2). Training images stream in chunks (exact streaming softmax,
     chunk states merged in float64). Under autograd each chunk is checkpointed.
 
-    Precision: images are centred on ``centre`` (d,) (the training mean is a good choice). Below
+    Precision: images are centred on ``centre`` (C, H, W) (the training mean is a good choice). Below
     LS_EXPANDED_ABOVE the terms are (x - x0)^2, exact for near neighbours, which decide a low-noise softmax
     (float64 below LS_FLOAT64_BELOW). Above it, where noise makes every (x - x0)^2 large but the softmax only
     sees differences between training images, they are (x - x0)^2 - (x - centre)^2 = x0c (x0c - 2 xc),
@@ -243,7 +243,7 @@ def ls_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *
         m = logits.amax(dim=1)                                                             # (B, HW)
         if dtype != x.dtype:  # float64 logits: shift by the max in float64, exponentiate in float32
             logits = (logits - m[:, None]).to(x.dtype)
-        p = exp_shifted(logits, m[:, None].to(x.dtype) if dtype == x.dtype else 0.0, inplace=not grad)
+        p = exp_shifted(logits, m[:, None] if dtype == x.dtype else 0.0, inplace=not grad)
         values = x0.to(x.dtype).view(len(x0), C, H * W)
         acc = (p[:, :, None] * values[None]).sum(1) if C > 1 else (p * values[:, 0]).sum(1)[:, None]
         return m, p.sum(1), acc.transpose(1, 2)                                            # acc (B, HW, C)
