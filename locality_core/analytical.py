@@ -49,7 +49,7 @@ from .cache import ArrayCache, default_cache
 from .data import Dataset
 from .optimal import SoftmaxState, finish, merge_states, softmax_state
 from .schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS
-from .stats import DataStats, compute_stats, get_stats
+from .stats import DataStats, compute_stats, get_stats, mean_float64
 from .unet import as_batch_sigma
 from .wiener import wiener_matrix
 
@@ -379,7 +379,7 @@ class MaskedSoftmaxDenoiser(nn.Module):
     def fit(self, train: torch.Tensor) -> MaskedSoftmaxDenoiser:
         self.shape = tuple(train.shape[1:])
         self.train_ = train.reshape(len(train), -1)        # (N, d), a view: no copy of the training set
-        self.mean_ = self.train_.double().mean(0)          # (d,) centring: smaller terms, less round-off
+        self.mean_ = mean_float64(self.train_)  # (d,) centring: smaller terms, less round-off
         return self
 
     def plan_for(self, sigma: float, n_inputs: int = PLAN_BATCH) -> MaskPlan:
@@ -395,6 +395,8 @@ class MaskedSoftmaxDenoiser(nn.Module):
         """x (B, C, H, W), sigma scalar or (B,) -> x0_hat (B, C, H, W); inputs grouped by noise level."""
         if self.shape is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call .fit(...) first")
+        if len(x) == 0:
+            return x.clone()
         sigma = as_batch_sigma(sigma, x)
         keys = [sigma_key(s) for s in sigma.tolist()]
         xf, outs, order = x.flatten(1), [], []

@@ -173,7 +173,7 @@ def _top_k_denoise(xf, sig, train, train_sq, k, chunk_size):
             logits, idx = torch.cat([best, logits], 1), torch.cat([best_idx, idx], 1)
         best, pos = logits.topk(min(k, logits.shape[1]), dim=1)
         best_idx = idx.gather(1, pos)
-    x0_top = train[best_idx.flatten()].to(device=xf.device, dtype=xf.dtype).view(*best_idx.shape, -1)
+    x0_top = train[best_idx.flatten().to(train.device)].to(device=xf.device, dtype=xf.dtype).view(*best_idx.shape, -1)
     return (torch.softmax(best, dim=1)[..., None] * x0_top).sum(1)
 
 

@@ -42,6 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .data import Dataset
 from .optimal import SoftmaxState, exp_shifted, finish, merge_states
+from .stats import mean_float64
 from .unet import as_batch_sigma
 
 KAMB_SCHEDULES: dict[str, tuple[int, ...]] = {
@@ -56,6 +57,7 @@ FLOAT64_BELOW = 0.5       # sigma below which float32 inputs get float64 patch d
 LOGIT_ELEMENTS = 1 << 22  # logits per streamed chunk of candidates
 PATCH_ELEMENTS = 1 << 23  # unfolded training patches per chunk
 BOX_ELEMENTS = 1 << 19    # LS: inputs x training images x pixels per chunk (2 MB of float32)
+GRAD_SPAN = 4096          # LS under autograd: training images per checkpoint
 LS_FLOAT64_BELOW = 0.05   # LS sums (x - x0)^2 directly (no cancellation): float32 is exact enough until the
                           # logit scale 1 / (2 sigma^2) passes 200
 LS_EXPANDED_ABOVE = 1.0   # LS sums x0c (x0c - 2 xc) instead (see `ls_denoise`)
@@ -196,8 +198,9 @@ def _band(n: int, patch: int, dtype: torch.dtype, device) -> torch.Tensor:
 
 def box_sum(e: torch.Tensor, patch: int, weight: float = 1.0) -> torch.Tensor:
     """(..., H, W) -> (..., H, W): ``weight`` times the sum of ``e`` over the P x P square around each pixel,
-    zero outside the image. Separable: a window sum along W, then along H, each a product with a band of ones
-    (2 (H + W) multiply-adds per pixel instead of P^2)."""
+    zero outside the image. Separable: a window sum along W, then along H, each a product with a band of ones:
+    H + W multiply-adds per pixel in two dense GEMMs, whatever P (a sum over the square is P^2, and the
+    general mask engine's GEMM over all pixels d)."""
     H, W = e.shape[-2:]
     rows = e.reshape(-1, W) @ _band(W, patch, e.dtype, e.device)
     return torch.matmul(weight * _band(H, patch, e.dtype, e.device), rows.view(-1, H, W)).view(e.shape)
@@ -209,9 +212,10 @@ def ls_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *
 
     Pixel m: softmax over the N training images of -||x patch - x0_k patch||^2 / (2 sigma^2), patches at m
     (P x P, all channels, zero outside); the output is the weighted mean of the x0_k[:, m]. The same formula as
-    `MaskedSoftmaxDenoiser` with `square_mask`, computed as box sums of (x - x0_k)^2 (`box_sum`): O(d) per
-    training image and input instead of O(d P^2). Training images stream in chunks (exact streaming softmax,
-    chunk states merged in float64). Under autograd each chunk is checkpointed.
+    `MaskedSoftmaxDenoiser` with `square_mask`, computed as box sums of (x - x0_k)^2 (`box_sum`): d (H + W)
+    multiply-adds per training image and input in dense GEMMs, instead of up to d^2 in the mask engine.
+    Training images stream in chunks (exact streaming softmax, chunk states merged in float64). Under
+    autograd spans of GRAD_SPAN images are checkpointed.
 
     Precision: images are centred on ``centre`` (C, H, W) (the training mean is a good choice). Below
     LS_EXPANDED_ABOVE the terms are (x - x0)^2, exact for near neighbours, which decide a low-noise softmax
@@ -222,6 +226,8 @@ def ls_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *
     if patch < 1 or patch % 2 == 0:
         raise ValueError(f"patch size must be odd and positive, got {patch}")
     B, C, H, W = x.shape
+    if B == 0:
+        return x.clone()
     dtype = torch.float64 if x.dtype == torch.float32 and sigma < LS_FLOAT64_BELOW else x.dtype
     centre = torch.zeros((C, H, W), dtype=dtype, device=x.device) if centre is None else \
         centre.to(x.device, dtype).view(C, H, W)
@@ -230,6 +236,9 @@ def ls_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *
     scale = -1.0 / (2.0 * sigma**2)
     per_chunk = chunk_size or max(8, BOX_ELEMENTS // (B * C * H * W))
     grad = torch.is_grad_enabled() and x.requires_grad
+    # under autograd a checkpoint spans many chunks, merging their states inside it: autograd then keeps one
+    # state per span, not per chunk (the Jacobian of 256 inputs at N = 60,000 would keep 7,500 states)
+    span = max(per_chunk, GRAD_SPAN) if grad else len(train)
 
     def chunk_state(start: int, xq: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x0 = train[start:start + per_chunk].to(device=x.device)                          # (K, C, H, W)
@@ -248,11 +257,17 @@ def ls_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *
         acc = (p[:, :, None] * values[None]).sum(1) if C > 1 else (p * values[:, 0]).sum(1)[:, None]
         return m, p.sum(1), acc.transpose(1, 2)                                            # acc (B, HW, C)
 
+    def span_state(start: int, xq: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        total = None
+        for first in range(start, min(start + span, len(train)), per_chunk):
+            state = SoftmaxState(*(t.double() for t in chunk_state(first, xq)))  # float64 sums: no round-off
+            total = state if total is None else merge_states(total, state)       # growing with N
+        return tuple(total)
+
     total = None
-    for start in range(0, len(train), per_chunk):
-        flat = checkpoint(chunk_state, start, xw, use_reentrant=False) if grad else chunk_state(start, xw)
-        state = SoftmaxState(*(t.double() for t in flat))  # float64 sums: no round-off growing with N
-        total = state if total is None else merge_states(total, state)
+    for start in range(0, len(train), span):
+        flat = checkpoint(span_state, start, xw, use_reentrant=False) if grad else span_state(start, xw)
+        total = SoftmaxState(*flat) if total is None else merge_states(total, SoftmaxState(*flat))
     return finish(total).transpose(1, 2).reshape(B, C, H, W).to(x.dtype)
 
 
@@ -272,7 +287,7 @@ class LSDenoiser(nn.Module):
 
     def fit(self, train: torch.Tensor) -> LSDenoiser:
         self.train_ = train
-        self.mean_ = train.double().mean(0)    # (C, H, W) centring: smaller terms, less round-off
+        self.mean_ = mean_float64(train)  # (C, H, W) centring: smaller terms, less round-off
         return self
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
@@ -285,6 +300,8 @@ class LSDenoiser(nn.Module):
 
 def _by_sigma(x: torch.Tensor, sigma: float | torch.Tensor, denoise: Callable) -> torch.Tensor:
     """Apply ``denoise(x_group, sigma)`` to the inputs of each distinct noise level, in the input order."""
+    if len(x) == 0:
+        return x.clone()
     values = as_batch_sigma(sigma, x).tolist()
     outs, order = [], []
     for s in dict.fromkeys(values):

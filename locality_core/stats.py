@@ -59,6 +59,14 @@ def check_fits(d: int, shape: tuple[int, ...] | None = None) -> None:
                             f"{side}x{side} pixels (resize them when importing).")
 
 
+def mean_float64(images: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """The mean over the first axis in float64, summed in chunks (no float64 copy of the whole set)."""
+    total = torch.zeros(images.shape[1:], dtype=torch.float64, device=images.device)
+    for start in range(0, len(images), chunk_size):
+        total += images[start:start + chunk_size].sum(0, dtype=torch.float64)
+    return total / max(1, len(images))
+
+
 def streaming_moments(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
     """Mean (d,), covariance (d, d) with N - 1 normalisation, and N, from chunks of shape (n_i, d)."""
     shift = total = cross = None

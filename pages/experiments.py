@@ -7,7 +7,7 @@ from locality_core.experiments import unpermute_map, w_template
 from locality_core.fields import locality_sizes, wiener_field
 from locality_core.models import find_weights
 from ui import data as D
-from ui.figures import grid_png, map_grid, tiles_figure
+from ui.figures import PAGE_WIDTH, grid_png, map_grid, tiles_figure
 from ui.state import View, current_view
 from ui.widgets import mask_maps, picker, png_download, show
 
@@ -90,8 +90,9 @@ def fields():
     with right:
         st.subheader(f"Pixel (row {pixel[0]}, col {pixel[1]})")
         st.caption(f"Pixel (row {pixel[0]}, col {pixel[1]}). Top: {mdata.description}")
+        column = int(PAGE_WIDTH * 1.6 / 2.6) - 24  # the right of columns [1, 1.6]
         show(tiles_figure(mdata.train[:8].numpy(), [f"#{i}" for i in range(8)], columns=8, kind="image",
-                          page_width=700), "exp_samples", f"{mod_view.dataset}-modified-samples")
+                          page_width=column), "exp_samples", f"{mod_view.dataset}-modified-samples")
         st.caption("Eight training images of the modified data.")
     labels = [lab.replace(" (", "<br>(") for lab in view.labels]
     source = pixel  # the original pixel whose values the clicked pixel holds (itself, unless shuffled)

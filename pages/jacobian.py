@@ -6,7 +6,7 @@ import streamlit as st
 from locality_core.denoisers import list_denoisers
 from locality_core.wiener import wiener_gain
 from ui import data as D
-from ui.figures import images_png, line_plot, tiles_figure
+from ui.figures import PAGE_WIDTH, images_png, line_plot, tiles_figure
 from ui.memo import cached, memo
 from ui.state import current_view, noise_label
 from ui.widgets import png_download, run_button, show
@@ -70,8 +70,9 @@ else:
 
 left, right = st.columns([1, 2.2])
 with left:
-    show(tiles_figure(np.stack([x0, y / np.sqrt(1 + sigma**2)]), ["clean x₀", "noisy y"],
-                      columns=2, kind="image", page_width=380), "jb_inputs", f"{view.dataset}-jacobian-input")
+    column = int(PAGE_WIDTH / 3.2) - 10  # the left of columns [1, 2.2]: a wider figure would be shrunk into it
+    show(tiles_figure(np.stack([x0, y / np.sqrt(1 + sigma**2)]), ["clean x₀", "noisy y"], columns=2, kind="image",
+                      page_width=column), "jb_inputs", f"{view.dataset}-jacobian-input")
     st.caption(f"The noisy image at {noise_label(sigma)} is shown divided by √(1+σ²), the DDPM scale, so that it "
                "fits the gray range.")
     metrics = {"Wiener tr J": f"{wiener_b.trace:.1f}"}

@@ -163,6 +163,8 @@ def test_ls_box_sums_equal_the_dense_square_mask_formula(shape):
             want = analytical_dense(x, sigma, train, mask)
             got = ls_denoise(x, sigma, train, patch, chunk_size=5, centre=train.mean(0))
             assert torch.allclose(got, want, atol=1e-12), (patch, sigma)
+    for den in (LSDenoiser(patch_size=3).fit(train), AnalyticalDenoiser(0.05).fit(train)):  # no inputs, no error
+        assert den(x[:0], 0.5).shape == (0, *shape)
 
 
 def test_ls_float32_matches_float64_on_fashion(fashion):
@@ -190,6 +192,26 @@ def test_ls_autograd_equals_the_mask_engine():
         ja = torch.autograd.functional.jacobian(lambda v, s=sigma: ls(v, s), xi)
         jb = torch.autograd.functional.jacobian(lambda v, s=sigma: engine(v, s), xi)
         assert ja.abs().max() > 1e-3 and torch.allclose(ja, jb, atol=1e-10)
+
+
+def test_ls_autograd_memory_does_not_grow_with_chunks():
+    """Under autograd one softmax state is kept per span of GRAD_SPAN training images, not per chunk: with
+    chunks of 8 images, 4,000 training images keep no more for backward than 400 do (per-chunk states
+    would keep ten times as much)."""
+    def saved_bytes(n):
+        train = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        x = torch.rand(16, 1, 28, 28, requires_grad=True)
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            ls_denoise(x, 1.5, train, 5, chunk_size=8).sum()
+        return total[0]
+
+    small, large = saved_bytes(400), saved_bytes(4000)
+    assert large <= 1.5 * small, (small, large)
 
 
 @pytest.mark.parametrize("theta,mode", [(0.05, "global"), (0.3, "row"), (0.6, "global")])
