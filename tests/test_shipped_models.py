@@ -41,10 +41,12 @@ def test_fashion_mnist_unet_beats_wiener(fashion):
 @pytest.mark.slow
 def test_natural_patches_unet_beats_wiener_on_new_photographs(natural_patches):
     """The shipped natural-patches model as the README describes it (t = 500, 300, 100; fixed noise): on 1,000
-    patches spread over the four held-out photographs at least 5 / 10 / 18 % below Wiener (measured on all
-    6,000: 7.8 / 15.4 / 25.4 %), on 256 of its training patches at least 15 % below. A network that learnt
-    its training pictures rather than natural images (the six-photo version: 0 to 7 % held out) fails the
-    first; a broken or untrained one fails both. Issue 3's 20 % bar at t = 300 and 500 is not reached."""
+    patches spread over the four held-out photographs at least 6 / 16 / 27 % below Wiener (measured there:
+    9.5 / 19.0 / 31.8 %; on all 6,000: 9.7 / 20.0 / 31.5 %), on 256 of its training patches at least 20 %
+    below (measured 27 to 46 %). A network that learnt its training pictures rather than natural images (the
+    six-photo version: 0 to 7 % held out) fails the first; the 2,400-step network shipped before (7.9 / 14.8 /
+    25.7 % there) fails it too; a broken or untrained one fails both. Issue 3's 20 % bar at t = 500 is not
+    reached."""
     data = natural_patches
     unet = load_weights(ASSETS_MODELS / "natural-patches" / "unet.pt", data)
     sigmas = [3.443, 1.24, 0.342]
@@ -53,9 +55,9 @@ def test_natural_patches_unet_beats_wiener_on_new_photographs(natural_patches):
     on_train = heldout_mse_table(replace(data, test=data.train[::len(data.train) // 256][:256]), {"unet": unet},
                                  n=256, sigmas=sigmas)
     ratio = [r["unet"] / r["wiener"] for r in held_out]
-    assert ratio[0] <= 0.95 and ratio[1] <= 0.90 and ratio[2] <= 0.82, held_out
+    assert ratio[0] <= 0.94 and ratio[1] <= 0.84 and ratio[2] <= 0.73, held_out
     for r in on_train:
-        assert r["unet"] <= 0.85 * r["wiener"], on_train
+        assert r["unet"] <= 0.80 * r["wiener"], on_train
 
 
 def test_unet_field_is_computed_and_cached(fashion, tmp_path):
