@@ -50,7 +50,7 @@ from .data import Dataset
 from .optimal import SoftmaxState, finish, merge_states, softmax_state
 from .schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS
 from .stats import DataStats, compute_stats, get_stats, mean_float64
-from .unet import as_batch_sigma
+from .unet import by_sigma
 from .wiener import wiener_matrix
 
 DIAG_EPS = 1e-6
@@ -395,19 +395,13 @@ class MaskedSoftmaxDenoiser(nn.Module):
         """x (B, C, H, W), sigma scalar or (B,) -> x0_hat (B, C, H, W); inputs grouped by noise level."""
         if self.shape is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call .fit(...) first")
-        if len(x) == 0:
-            return x.clone()
-        sigma = as_batch_sigma(sigma, x)
-        keys = [sigma_key(s) for s in sigma.tolist()]
-        xf, outs, order = x.flatten(1), [], []
-        for key in dict.fromkeys(keys):
-            idx = [i for i, k in enumerate(keys) if k == key]
-            outs.append(masked_softmax_denoise(xf[idx], key, self.train_, self.plan_for(key, len(idx)),
-                                               chunk_size=self.chunk_size, centre=self.mean_,
-                                               batch_normalised=self.batch_normalised))
-            order += idx
-        out = outs[0] if len(outs) == 1 else torch.cat(outs)[torch.argsort(torch.tensor(order))]
-        return out.view_as(x)
+
+        def denoise(xs: torch.Tensor, sigma: float) -> torch.Tensor:
+            return masked_softmax_denoise(xs.flatten(1), sigma, self.train_, self.plan_for(sigma, len(xs)),
+                                          chunk_size=self.chunk_size, centre=self.mean_,
+                                          batch_normalised=self.batch_normalised).view_as(xs)
+
+        return by_sigma(x, sigma, denoise, key=sigma_key)
 
 
 class AnalyticalDenoiser(MaskedSoftmaxDenoiser):

@@ -43,7 +43,7 @@ from torch.utils.checkpoint import checkpoint
 from .data import Dataset
 from .optimal import SoftmaxState, exp_shifted, finish, merge_states
 from .stats import mean_float64
-from .unet import as_batch_sigma
+from .unet import by_sigma
 
 KAMB_SCHEDULES: dict[str, tuple[int, ...]] = {
     "fashion-mnist": (3, 3, 5, 5, 7, 7, 7, 9, 11, 11, 11, 13, 15, 15, 21, 23, 25, 25, 25, 25),
@@ -294,21 +294,8 @@ class LSDenoiser(nn.Module):
         """x (B, C, H, W), sigma scalar or (B,) -> x0_hat (B, C, H, W); inputs grouped by noise level."""
         if self.train_ is None:
             raise RuntimeError("LSDenoiser is not fitted: call .fit(train) first")
-        return _by_sigma(x, sigma, lambda xs, s: ls_denoise(xs, s, self.train_, self.size_for(s),
+        return by_sigma(x, sigma, lambda xs, s: ls_denoise(xs, s, self.train_, self.size_for(s),
                                                              chunk_size=self.chunk_size, centre=self.mean_))
-
-
-def _by_sigma(x: torch.Tensor, sigma: float | torch.Tensor, denoise: Callable) -> torch.Tensor:
-    """Apply ``denoise(x_group, sigma)`` to the inputs of each distinct noise level, in the input order."""
-    if len(x) == 0:
-        return x.clone()
-    values = as_batch_sigma(sigma, x).tolist()
-    outs, order = [], []
-    for s in dict.fromkeys(values):
-        idx = [i for i, v in enumerate(values) if v == s]
-        outs.append(denoise(x[idx], s))
-        order += idx
-    return outs[0] if len(outs) == 1 else torch.cat(outs)[torch.argsort(torch.tensor(order))]
 
 
 # ---------------------------------------------------------------- ELS
@@ -426,7 +413,7 @@ class ELSDenoiser(nn.Module):
         """x (B, C, H, W), sigma scalar or (B,) -> x0_hat (B, C, H, W)."""
         if self.train_ is None:
             raise RuntimeError("ELSDenoiser is not fitted: call .fit(train) first")
-        return _by_sigma(x, sigma, lambda xs, s: els_denoise(xs, s, self.train_, self.size_for(s),
+        return by_sigma(x, sigma, lambda xs, s: els_denoise(xs, s, self.train_, self.size_for(s),
                                                              broken=self.broken))
 
 

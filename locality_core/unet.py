@@ -16,6 +16,7 @@ backward pass through a batch gives one Jacobian row per sample.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -153,6 +154,22 @@ def as_batch_sigma(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor
     if s.shape != (x.shape[0],):
         raise ValueError(f"sigma must be a scalar or of shape ({x.shape[0]},), got {tuple(s.shape)}")
     return s
+
+
+def by_sigma(x: torch.Tensor, sigma: float | torch.Tensor,
+             denoise: Callable[[torch.Tensor, float], torch.Tensor], key: Callable[[float], float] = float
+             ) -> torch.Tensor:
+    """``denoise(x_group, level)`` applied to the inputs of each distinct noise level ``key(sigma_b)``, the
+    results in the input order: for denoisers that work one noise level at a time. No inputs, no calls."""
+    if len(x) == 0:
+        return x.clone()
+    levels = [key(s) for s in as_batch_sigma(sigma, x).tolist()]
+    outs, order = [], []
+    for level in dict.fromkeys(levels):
+        idx = [i for i, v in enumerate(levels) if v == level]
+        outs.append(denoise(x[idx], level))
+        order += idx
+    return outs[0] if len(outs) == 1 else torch.cat(outs)[torch.argsort(torch.tensor(order))]
 
 
 class EDMDenoiser(nn.Module):
