@@ -28,6 +28,7 @@ Glossary
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -190,8 +191,10 @@ def square_mask(shape: tuple[int, int, int], patch: int) -> np.ndarray:
     return np.tile(near, (c, c))
 
 
-def _band(n: int, patch: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """(n, n) 0/1: |i - j| <= patch // 2. Multiplying by it sums over a window of P, clipped at the ends."""
+@functools.lru_cache(maxsize=64)
+def _band(n: int, patch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n, n) 0/1: |i - j| <= patch // 2. Multiplying by it sums over a window of P, clipped at the ends.
+    Built once per shape (box sums run per chunk of training images); read only."""
     i = torch.arange(n, device=device)
     return ((i[:, None] - i[None]).abs() <= patch // 2).to(dtype)
 
