@@ -182,7 +182,7 @@ def test_ls_float32_matches_float64_on_fashion(fashion):
 
 
 def test_ls_autograd_equals_the_mask_engine():
-    """Jacobians through the checkpointed box-sum chunks equal those of the general mask engine."""
+    """Jacobians through the checkpointed box sums equal those of the general mask engine."""
     shape = (1, 5, 5)
     train = _images(17, shape, seed=7)
     xi = _images(2, shape, seed=8)

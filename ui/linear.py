@@ -77,4 +77,4 @@ def linear_fit_section(view: View, data: Dataset, stats: DataStats, data_key: tu
     show(map_grid([("row of A<br>/ row of P<sub>σ</sub>", maps, "signed")],
                   [f"trained A, step {int(steps_rec[k])}", "P<sub>σ</sub> (closed form)"], pixel=pixel,
                   max_cell=220, label_width=150),
-         "lin_fields", f"{view.dataset}-linear-fit-fields", width="content")
+         "lin_fields", f"{view.dataset}-linear-fit-fields")

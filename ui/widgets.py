@@ -110,13 +110,12 @@ def run_button(label: str, key: str, done: bool, note: str = "", **kwargs) -> bo
     return pressed
 
 
-def show(fig, key: str, filename: str, width: str | None = None) -> None:
+def show(fig, key: str, filename: str) -> None:
     """A plotly figure with its own colours (Streamlit's theme recolours heatmaps) and a PNG modebar button.
 
-    ``width`` None: a figure that sets its own width (equal-aspect image grids, whose height is computed for
-    that width) is shown at it; others stretch to the page."""
-    if width is None:
-        width = "content" if fig.layout.width else "stretch"
+    A figure that sets its own width (equal-aspect image grids, whose height is computed for that width) is
+    shown at it; others stretch to the page."""
+    width = "content" if fig.layout.width else "stretch"
     st.plotly_chart(fig, key=key, width=width, theme=None, config=plotly_config(filename))
 
 
