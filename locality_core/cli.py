@@ -176,7 +176,7 @@ def _field_png(dataset, field, maps, args):
 
 def _cmd_train(args) -> int:
     from .models import user_model_dir
-    from .train import TrainConfig, train
+    from .train import TrainConfig, default_unet_config, train
 
     if args.threads:
         import torch
@@ -184,9 +184,17 @@ def _cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     dataset = _load(args.dataset)
     out = args.out or user_model_dir(dataset.name)
+    if args.subset is not None:
+        from .subsets import subset_tag, training_subset
+
+        if args.split is None:
+            raise DatasetError("--subset needs --split A or --split B")
+        dataset = training_subset(dataset, args.subset, args.split)
+        out = args.out or user_model_dir(dataset.name) / "subsets" / subset_tag(args.subset, args.split)
     config = TrainConfig(batch=args.batch) if args.batch else None
-    path = train(dataset, out, train_config=config, steps=args.steps, device=args.device, resume=args.resume,
-                 evaluate=not args.no_eval)
+    unet_config = default_unet_config(dataset, base=args.base) if args.base else None
+    path = train(dataset, out, train_config=config, unet_config=unet_config, steps=args.steps, device=args.device,
+                 resume=args.resume, evaluate=not args.no_eval)
     print(f"weights: {path}\nmodel card: {path.parent / 'card.json'}")
     return 0
 
@@ -287,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: the user model folder)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation in the model card")
+    p.add_argument("--base", type=int, default=None, help="UNet channels at full resolution (default 32)")
+    p.add_argument("--subset", type=int, default=None,
+                   help="train on N images only: a block of a seeded permutation (see --split)")
+    p.add_argument("--split", choices=["A", "B"], default=None,
+                   help="with --subset: the first (A) or second (B) block of N images; A and B never overlap")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="held-out MSE on the reference DDIM grid")

@@ -58,13 +58,13 @@ class TrainConfig:
         return cls(**d)
 
 
-def default_unet_config(dataset: Dataset) -> UNetConfig:
-    """The architecture used for the shipped weights: 3 levels, base 32, one block per level."""
+def default_unet_config(dataset: Dataset, base: int = 32) -> UNetConfig:
+    """The architecture used for the shipped weights: 3 levels, ``base`` channels (32), one block per level."""
     c, h, w = dataset.shape
     if h != w:
         raise ValueError(f"the UNet needs square images, got {h}x{w}")
     sigma_data = float(dataset.train.std(dim=0).pow(2).mean().sqrt())  # std of the mean-centred data
-    return UNetConfig(channels=c, image_size=h, base=32, mults=(1, 2, 2), blocks=1, sigma_data=round(sigma_data, 4))
+    return UNetConfig(channels=c, image_size=h, base=base, mults=(1, 2, 2), blocks=1, sigma_data=round(sigma_data, 4))
 
 
 def sample_sigmas(n: int, cfg: TrainConfig, generator: torch.Generator, device) -> torch.Tensor:
@@ -133,6 +133,8 @@ def train(dataset: Dataset, out_dir: str | Path, *, train_config: TrainConfig | 
     train_config = train_config or TrainConfig()
     if steps is not None:
         train_config = replace(train_config, steps=steps)
+    if train_config.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {train_config.steps}")
     unet_config = unet_config or default_unet_config(dataset)
 
     torch.manual_seed(train_config.seed)  # parameter initialisation only; data and noise use `gen`
@@ -226,14 +228,25 @@ def export(ema: EDMDenoiser, dataset: Dataset, out_dir: Path, train_config: Trai
         "unet_config": ema.config.to_dict(), "train_config": asdict(train_config), "steps": step,
         "parameters": sum(p.numel() for p in ema.parameters()), "wall_time_s": round(wall_time, 1),
         "device": _device_name(device), "torch": torch.__version__,
-        "command": f"locality train {dataset.name} --steps {train_config.steps} --batch {train_config.batch}",
+        "command": _command(dataset, ema.config, train_config),
     }
+    if "subset" in dataset.params:  # the training subset: N, split, permutation seed, hash of the indices
+        card["subset"] = {k: dataset.params[k] for k in ("subset", "split", "subset_seed", "indices_sha256")}
     if evaluate:
         from .evaluate import heldout_mse_table  # imported late: only needed here
 
         card["heldout_mse"] = heldout_mse_table(dataset, {"unet": ema}, progress=progress)
     (out_dir / CARD).write_text(json.dumps(card, indent=2) + "\n")
     return weights_path
+
+
+def _command(dataset: Dataset, unet_config: UNetConfig, train_config: TrainConfig) -> str:
+    cmd = f"locality train {dataset.name} --steps {train_config.steps} --batch {train_config.batch}"
+    if unet_config.base != 32:
+        cmd += f" --base {unet_config.base}"
+    if "subset" in dataset.params:
+        cmd += f" --subset {dataset.params['subset']} --split {dataset.params['split']}"
+    return cmd
 
 
 def _device_name(device: torch.device) -> str:
