@@ -36,7 +36,7 @@ pixels; the per-row threshold is the robust option.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -47,7 +47,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .cache import ArrayCache, default_cache
 from .data import Dataset
-from .optimal import SoftmaxState, finish, merge_states, softmax_state
+from .optimal import ShardMerge, SoftmaxState, empty_state, finish, merge_states, softmax_state
 from .schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS
 from .stats import DataStats, compute_stats, get_stats, mean_float64
 from .unet import by_sigma
@@ -275,27 +275,24 @@ def _block_logits(x0T: torch.Tensor, x0T_sq: torch.Tensor, blk: Block, w_sq: tor
     return full[:, None, :] - part if blk.complement else part
 
 
-def masked_softmax_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, *,
-                           chunk_size: int | None = None, batch_normalised: bool = False,
-                           centre: torch.Tensor | None = None) -> torch.Tensor:
-    """x0_hat (B, d) of the per-coordinate softmax denoiser with mask ``plan`` at one ``sigma``.
+def _chunk_size(plan: MaskPlan, B: int, N: int, chunk_size: int | None, batch_normalised: bool) -> int:
+    widest = max(len(b.cols) for b in plan.blocks)
+    if batch_normalised:
+        return REFERENCE_BATCH
+    return chunk_size or int(min(max(N, 1), max(256, BLOCK_ELEMENTS // (B * widest))))
 
-    x (B, d); train (N, d), streamed in chunks of ``chunk_size`` images (default: a cache-sized budget; 512
-    when ``batch_normalised``), each chunk transposed once so that blocks gather contiguous rows. Each
-    block's logits go straight into that block's streaming softmax while they are in cache. float32 inputs
-    are computed in float64 below FLOAT64_BELOW.
-    ``centre`` (d,): subtracted from inputs and training images before the distances (which it leaves
-    unchanged) to shrink round-off; the training mean is a good choice.
-    Under autograd each chunk is checkpointed, so memory stays O(chunk) and Jacobians work.
+
+def _chunk_block_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, chunk_size: int,
+                        centre: torch.Tensor | None) -> Iterator[list[SoftmaxState]]:
+    """Per chunk of ``chunk_size`` training images, the softmax state of every block of ``plan`` (plan order).
+
+    Each chunk is transposed once so that blocks gather contiguous rows; each block's logits go straight into
+    its streaming softmax while they are in cache. Under autograd each chunk is checkpointed.
     """
     B, d = x.shape
-    N = len(train)
     dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
     centre = torch.zeros(d, dtype=dtype, device=x.device) if centre is None else centre.to(x.device, dtype)
     xw = x.to(dtype) - centre
-    widest = max(len(b.cols) for b in plan.blocks)
-    chunk_size = REFERENCE_BATCH if batch_normalised else chunk_size or int(
-        min(N, max(256, BLOCK_ELEMENTS // (B * widest))))
     scale = -1.0 / (2.0 * sigma**2)
 
     def chunk_states(xf: torch.Tensor, start: int, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -317,19 +314,52 @@ def masked_softmax_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, p
 
     weights = _block_weights(xw, plan, scale)
     grad = torch.is_grad_enabled() and x.requires_grad
-    total, results = None, []
-    for start in range(0, N, chunk_size):
+    for start in range(0, len(train), chunk_size):
         if grad:
             flat = checkpoint(chunk_states, xw, start, *weights, use_reentrant=False)
         else:
             flat = chunk_states(xw, start, *weights)
-        states = [SoftmaxState(*flat[i:i + 3]) for i in range(0, len(flat), 3)]
-        if batch_normalised:
-            results.append(torch.cat([finish(s) for s in states], dim=1))
-        else:
-            total = states if total is None else [merge_states(a, b) for a, b in zip(total, states, strict=True)]
-    out = torch.stack(results).mean(0) if batch_normalised else torch.cat([finish(s) for s in total], dim=1)
-    return out[:, plan.inverse].to(x.dtype)
+        yield [SoftmaxState(*flat[i:i + 3]) for i in range(0, len(flat), 3)]
+
+
+def masked_softmax_state(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, *,
+                         chunk_size: int | None = None, centre: torch.Tensor | None = None) -> SoftmaxState:
+    """The per-coordinate softmax state (m, s, acc each (B, d), output order) of the masked softmax denoiser
+    over ``train`` (N, d), which may be empty (the empty state). States of disjoint shards merge exactly;
+    `finish` gives x0_hat."""
+    B, d = x.shape
+    chunk_size = _chunk_size(plan, B, len(train), chunk_size, False)
+    total = None
+    for states in _chunk_block_states(x, sigma, train, plan, chunk_size, centre):
+        total = states if total is None else [merge_states(a, b) for a, b in zip(total, states, strict=True)]
+    if total is None:
+        m_dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
+        return empty_state((B, d), (B, d), dtype=x.dtype, m_dtype=m_dtype, device=x.device)
+    return SoftmaxState(*(torch.cat(parts, dim=1)[:, plan.inverse] for parts in zip(*total, strict=True)))
+
+
+def masked_softmax_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, *,
+                           chunk_size: int | None = None, batch_normalised: bool = False,
+                           centre: torch.Tensor | None = None, shard_merge: ShardMerge | None = None
+                           ) -> torch.Tensor:
+    """x0_hat (B, d) of the per-coordinate softmax denoiser with mask ``plan`` at one ``sigma``.
+
+    x (B, d); train (N, d), streamed in chunks of ``chunk_size`` images (default: a cache-sized budget; 512
+    when ``batch_normalised``). float32 inputs are computed in float64 below FLOAT64_BELOW.
+    ``centre`` (d,): subtracted from inputs and training images before the distances (which it leaves
+    unchanged) to shrink round-off; the training mean is a good choice.
+    ``shard_merge``: ``train`` is one shard of the training set, and this merges its state with the others'.
+    Under autograd each chunk is checkpointed, so memory stays O(chunk) and Jacobians work.
+    """
+    if not batch_normalised:
+        state = masked_softmax_state(x, sigma, train, plan, chunk_size=chunk_size, centre=centre)
+        return finish(state if shard_merge is None else shard_merge(state)).to(x.dtype)
+    if shard_merge is not None:
+        raise ValueError("the batch-normalised variant is not available on a sharded training set")
+    chunk_size = _chunk_size(plan, len(x), len(train), chunk_size, True)
+    results = [torch.cat([finish(s) for s in states], dim=1)
+               for states in _chunk_block_states(x, sigma, train, plan, chunk_size, centre)]
+    return torch.stack(results).mean(0)[:, plan.inverse].to(x.dtype)
 
 
 def analytical_dense(x: torch.Tensor, sigma: float, train: torch.Tensor, mask: np.ndarray | torch.Tensor, *,
@@ -373,12 +403,13 @@ class MaskedSoftmaxDenoiser(nn.Module):
         self.chunk_size = chunk_size
         self.batch_normalised = bool(batch_normalised)
         self.max_plans = max_plans
+        self.shard_merge: ShardMerge | None = None  # set by `distributed.shard_denoiser`
         self.shape: tuple[int, int, int] | None = None
         self._plans: dict[tuple[float, int], MaskPlan] = {}
 
     def fit(self, train: torch.Tensor) -> MaskedSoftmaxDenoiser:
         self.shape = tuple(train.shape[1:])
-        self.train_ = train.reshape(len(train), -1)        # (N, d), a view: no copy of the training set
+        self.train_ = train.flatten(1)        # (N, d), a view: no copy of the training set
         self.mean_ = mean_float64(self.train_)  # (d,) centring: smaller terms, less round-off
         return self
 
@@ -399,7 +430,8 @@ class MaskedSoftmaxDenoiser(nn.Module):
         def denoise(xs: torch.Tensor, sigma: float) -> torch.Tensor:
             return masked_softmax_denoise(xs.flatten(1), sigma, self.train_, self.plan_for(sigma, len(xs)),
                                           chunk_size=self.chunk_size, centre=self.mean_,
-                                          batch_normalised=self.batch_normalised).view_as(xs)
+                                          batch_normalised=self.batch_normalised,
+                                          shard_merge=self.shard_merge).view_as(xs)
 
         return by_sigma(x, sigma, denoise, key=sigma_key)
 

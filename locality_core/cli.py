@@ -101,10 +101,13 @@ def _cmd_datasets(args) -> int:
 
 
 def _cmd_precompute(args) -> int:
+    from . import distributed
+
     dataset = _load(args.dataset)
-    stats = _stats(dataset)
-    print(f"{dataset!r}: statistics cached (trace {stats.trace:.2f}, "
-          f"{stats.components_for(0.95)} components hold 95 % of the variance)")
+    stats = distributed.dataset_stats(dataset) if args.distributed else _stats(dataset)
+    if distributed.is_leader():
+        print(f"{dataset!r}: statistics cached (trace {stats.trace:.2f}, "
+              f"{stats.components_for(0.95)} components hold 95 % of the variance)")
     return 0
 
 
@@ -266,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("precompute", help="compute and cache a data set's statistics")
     p.add_argument("dataset")
+    p.add_argument("--distributed", action="store_true", help="under torchrun: each rank streams its shard")
     p.set_defaults(func=_cmd_precompute)
 
     p = sub.add_parser("stats", help="eigenvalues, trace and components holding 90/95/99 %% of the variance")

@@ -64,6 +64,16 @@ def _denoisers(dataset, names: list[str], explicit: bool) -> dict:
     return out
 
 
+def _sharded_denoisers(dataset, names: list[str], explicit: bool) -> dict:
+    """Under torchrun: optimal, analytical and LS on this rank's shard of the training set, the others whole."""
+    from .distributed import SHARDABLE, sharded_denoisers
+
+    local = [n for n in names if n not in SHARDABLE]
+    built = {**(_denoisers(dataset, local, explicit) if local else {}),
+             **sharded_denoisers(dataset, [n for n in names if n in SHARDABLE])}
+    return {n: built[n] for n in names if n in built}
+
+
 # ---------------------------------------------------------------- the sample grid
 
 def _to_pixels(images: torch.Tensor) -> np.ndarray:
@@ -92,16 +102,20 @@ def sample_grid(rows: dict[str, torch.Tensor], scale: int = SCALE):
 
 def _cmd_sample(args) -> int:
     from .data import load_dataset
+    from .distributed import is_leader
     from .metrics import agreement, nearest_training
     from .sampling import sample_many
     from .schedule import ddim_sigmas
 
     dataset = load_dataset(args.dataset)
     names, explicit = _names(args.denoisers, DEFAULT_SAMPLE)
-    denoisers = _denoisers(dataset, names, explicit)
+    denoisers = _sharded_denoisers(dataset, names, explicit) if args.distributed else \
+        _denoisers(dataset, names, explicit)
     sigmas = ddim_sigmas(args.steps)
     samples = sample_many(denoisers, args.n, args.seed, sigmas, shape=tuple(dataset.shape), batch_size=args.batch,
-                          progress=True)
+                          progress=is_leader())
+    if not is_leader():
+        return 0
     report = {"dataset": dataset.name, "seed": args.seed, "n": args.n, "steps": args.steps, "sigmas": sigmas,
               "denoisers": {}}
     rows = {}
@@ -220,12 +234,15 @@ def add_commands(subparsers) -> None:
     p.add_argument("dataset")
     p.add_argument("--denoisers", default=None,
                    help=f"comma list (default: {','.join(DEFAULT_SAMPLE)}, skipping unavailable ones)")
-    p.add_argument("--n", type=int, default=8, help="samples per denoiser")
+    p.add_argument("--n", "--samples", dest="n", type=int, default=8,
+                   help="samples per denoiser (--samples under torchrun, whose own options --n abbreviates)")
     p.add_argument("--steps", type=int, default=10, help="DDIM steps from t = 900")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", default="grid.png", help="grid image (PNG)")
     p.add_argument("--json", default=None, help="write metrics JSON here ('-' for stdout)")
+    p.add_argument("--distributed", action="store_true",
+                   help="under torchrun: optimal, analytical and LS on one shard of the training set per rank")
     p.set_defaults(func=_friendly(_cmd_sample))
 
     p = subparsers.add_parser("compare", help="agreement of analytical denoisers with the trained UNet")

@@ -18,7 +18,7 @@ them by O(1).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import torch
@@ -38,6 +38,9 @@ class SoftmaxState(NamedTuple):
     m: torch.Tensor
     s: torch.Tensor
     acc: torch.Tensor
+
+
+ShardMerge = Callable[[SoftmaxState], SoftmaxState]  # merges one shard's state with the other shards'
 
 
 def _finite_or_zero(m: torch.Tensor) -> torch.Tensor:
@@ -86,13 +89,25 @@ def softmax_state(logits: torch.Tensor, values: torch.Tensor, *, dim: int = 1, i
     return SoftmaxState(m, s, acc)
 
 
+def empty_state(rows: tuple[int, ...], acc: tuple[int, ...], *, dtype: torch.dtype, m_dtype: torch.dtype | None = None,
+                device: torch.device | str = "cpu") -> SoftmaxState:
+    """The state of no candidates (m = -inf, s = acc = 0): merging it into any state changes nothing. Shapes
+    as in `SoftmaxState`: ``rows`` of m and s, ``acc`` of acc; m in ``m_dtype`` (default ``dtype``)."""
+    m = torch.full(rows, -torch.inf, dtype=m_dtype or dtype, device=device)
+    return SoftmaxState(m, torch.zeros(rows, dtype=dtype, device=device), torch.zeros(acc, dtype=dtype, device=device))
+
+
+def rescaled(state: SoftmaxState, m: torch.Tensor) -> SoftmaxState:
+    """``state`` with its sums expressed relative to ``m`` (>= state.m): s and acc times exp(state.m - m)."""
+    scale = torch.exp(state.m - _finite_or_zero(m)).to(state.s.dtype)
+    return SoftmaxState(m, state.s * scale, state.acc * _per_row(scale, state.acc))
+
+
 def merge_states(a: SoftmaxState, b: SoftmaxState) -> SoftmaxState:
     """Exact merge: both partial sums rescaled to the larger running max."""
     m = torch.maximum(a.m, b.m)
-    ref = _finite_or_zero(m)
-    scale_a, scale_b = torch.exp(a.m - ref).to(a.s.dtype), torch.exp(b.m - ref).to(b.s.dtype)
-    return SoftmaxState(m, a.s * scale_a + b.s * scale_b,
-                        a.acc * _per_row(scale_a, a.acc) + b.acc * _per_row(scale_b, b.acc))
+    a, b = rescaled(a, m), rescaled(b, m)
+    return SoftmaxState(m, a.s + b.s, a.acc + b.acc)
 
 
 def finish(state: SoftmaxState) -> torch.Tensor:
@@ -100,11 +115,17 @@ def finish(state: SoftmaxState) -> torch.Tensor:
     return state.acc / _per_row(state.s, state.acc)
 
 
-def reduce_states(states: Iterable[SoftmaxState]) -> torch.Tensor:
-    """Merge the states of all chunks and return the weighted average."""
+def merge_all(states: Iterable[SoftmaxState]) -> SoftmaxState | None:
+    """All states merged into one (None when there are none)."""
     total = None
     for state in states:
         total = state if total is None else merge_states(total, state)
+    return total
+
+
+def reduce_states(states: Iterable[SoftmaxState]) -> torch.Tensor:
+    """Merge the states of all chunks and return the weighted average."""
+    total = merge_all(states)
     if total is None:
         raise ValueError("no candidates: the softmax needs at least one chunk")
     return finish(total)
@@ -136,30 +157,51 @@ def _work_dtype(x: torch.Tensor, sigma: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float32 and bool((sigma < FLOAT64_BELOW).any()) else x.dtype
 
 
+def optimal_state(x: torch.Tensor, sigma: float | torch.Tensor, train: torch.Tensor, *,
+                  chunk_size: int = DEFAULT_CHUNK, train_sq: torch.Tensor | None = None) -> SoftmaxState:
+    """The softmax state of D_opt over ``train`` (N, ...) for x (B, C, H, W): m, s (B,), acc (B, d), in the
+    work dtype (float64 for float32 inputs below FLOAT64_BELOW). ``train`` may be empty (a shard with no
+    images): the empty state. `finish` of it is D_opt; states of disjoint shards merge exactly."""
+    sigma = as_batch_sigma(sigma, x)
+    dtype = _work_dtype(x, sigma)
+    xf, sig = x.flatten(1).to(dtype), sigma.to(dtype)
+    train = train.flatten(1)
+    if train_sq is None:
+        train_sq = train.double().pow(2).sum(1)
+
+    def states():
+        for start in range(0, len(train), chunk_size):
+            x0 = train[start:start + chunk_size].to(device=x.device, dtype=dtype)
+            x0_sq = train_sq[start:start + chunk_size].to(device=x.device, dtype=dtype)
+            yield softmax_state(distance_logits(xf, x0, x0_sq, sig), x0)
+
+    total = merge_all(states())
+    return total if total is not None else empty_state((len(x),), tuple(xf.shape), dtype=dtype, device=x.device)
+
+
 def optimal_denoise(x: torch.Tensor, sigma: float | torch.Tensor, train: torch.Tensor, *,
                     chunk_size: int = DEFAULT_CHUNK, train_sq: torch.Tensor | None = None,
-                    top_k: int | None = None) -> torch.Tensor:
+                    top_k: int | None = None, shard_merge: ShardMerge | None = None) -> torch.Tensor:
     """Exact D_opt(x, sigma): x (B, C, H, W), train (N, C, H, W) or (N, d) -> x0_hat (B, C, H, W).
 
     Training images are streamed in chunks of ``chunk_size`` (memory O(B * chunk_size)).
     ``top_k``: keep only the K nearest training images (an approximation; None = exact, all N).
+    ``shard_merge``: ``train`` is one shard of the training set; this merges its state with the other shards'
+    (see `distributed.all_merge_states`).
     """
-    sigma = as_batch_sigma(sigma, x)
-    dtype = _work_dtype(x, sigma)
-    xf, sig = x.flatten(1).to(dtype), sigma.to(dtype)
-    train = train.reshape(len(train), -1)
-    if train_sq is None:
-        train_sq = train.double().pow(2).sum(1)
     if top_k is not None:
-        return _top_k_denoise(xf, sig, train, train_sq, top_k, chunk_size).to(x.dtype).view_as(x)
-
-    def chunks():
-        for start in range(0, len(train), chunk_size):
-            x0 = train[start:start + chunk_size].to(device=x.device, dtype=dtype)
-            x0_sq = train_sq[start:start + chunk_size].to(device=x.device, dtype=dtype)
-            yield distance_logits(xf, x0, x0_sq, sig), x0
-
-    return streaming_softmax_average(chunks()).to(x.dtype).view_as(x)
+        if shard_merge is not None:
+            raise ValueError("top_k is not available on a sharded training set")
+        sigma = as_batch_sigma(sigma, x)
+        dtype = _work_dtype(x, sigma)
+        train = train.reshape(len(train), -1)
+        train_sq = train.double().pow(2).sum(1) if train_sq is None else train_sq
+        return _top_k_denoise(x.flatten(1).to(dtype), sigma.to(dtype), train, train_sq, top_k,
+                              chunk_size).to(x.dtype).view_as(x)
+    state = optimal_state(x, sigma, train, chunk_size=chunk_size, train_sq=train_sq)
+    if shard_merge is not None:
+        state = shard_merge(state)
+    return finish(state).to(x.dtype).view_as(x)
 
 
 def _top_k_denoise(xf, sig, train, train_sq, k, chunk_size):
@@ -182,6 +224,7 @@ class OptimalDenoiser(nn.Module):
 
     def __init__(self, chunk_size: int = DEFAULT_CHUNK, top_k: int | None = None):
         super().__init__()
+        self.shard_merge: ShardMerge | None = None  # set by `distributed.shard_denoiser`
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
         self.chunk_size = int(chunk_size)
@@ -191,7 +234,7 @@ class OptimalDenoiser(nn.Module):
     def fit(self, data: Dataset | torch.Tensor) -> OptimalDenoiser:
         train = data.train if isinstance(data, Dataset) else data
         self.shape = tuple(train.shape[1:])
-        self.train_ = train.reshape(len(train), -1).contiguous()          # (N, d)
+        self.train_ = train.flatten(1).contiguous()          # (N, d)
         self.train_sq_ = self.train_.double().pow(2).sum(1)                # (N,)
         self._train64: torch.Tensor | None = None
         return self
@@ -206,4 +249,4 @@ class OptimalDenoiser(nn.Module):
                 self._train64 = train.double()
             train = self._train64
         return optimal_denoise(x, sigma, train, chunk_size=self.chunk_size, train_sq=self.train_sq_,
-                               top_k=self.top_k)
+                               top_k=self.top_k, shard_merge=self.shard_merge)

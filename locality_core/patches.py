@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .data import Dataset
-from .optimal import SoftmaxState, exp_shifted, finish, merge_states
+from .optimal import ShardMerge, SoftmaxState, empty_state, exp_shifted, finish, merge_states
 from .stats import mean_float64
 from .unet import by_sigma
 
@@ -210,8 +210,25 @@ def box_sum(e: torch.Tensor, patch: int, weight: float = 1.0) -> torch.Tensor:
 
 
 def ls_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
-               chunk_size: int | None = None, centre: torch.Tensor | None = None) -> torch.Tensor:
+               chunk_size: int | None = None, centre: torch.Tensor | None = None,
+               shard_merge: ShardMerge | None = None) -> torch.Tensor:
     """LS machine at one ``sigma``: x (B, C, H, W), train (N, C, H, W) -> x0_hat (B, C, H, W).
+    ``shard_merge``: ``train`` is one shard of the training set; this merges its state with the other shards'.
+    The rest of the arguments as in `ls_state`.
+    """
+    B, C, H, W = x.shape
+    if B == 0:
+        return x.clone()
+    state = ls_state(x, sigma, train, patch, chunk_size=chunk_size, centre=centre)
+    if shard_merge is not None:
+        state = shard_merge(state)
+    return finish(state).transpose(1, 2).reshape(B, C, H, W).to(x.dtype)
+
+
+def ls_state(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
+             chunk_size: int | None = None, centre: torch.Tensor | None = None) -> SoftmaxState:
+    """The LS softmax state over ``train`` (N, C, H, W; may be empty) for x (B, C, H, W): m, s (B, H*W) and
+    acc (B, H*W, C), float64. States of disjoint shards merge exactly; `finish` gives x0_hat.
 
     Pixel m: softmax over the N training images of -||x patch - x0_k patch||^2 / (2 sigma^2), patches at m
     (P x P, all channels, zero outside); the output is the weighted mean of the x0_k[:, m]. The same formula as
@@ -229,8 +246,6 @@ def ls_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *
     if patch < 1 or patch % 2 == 0:
         raise ValueError(f"patch size must be odd and positive, got {patch}")
     B, C, H, W = x.shape
-    if B == 0:
-        return x.clone()
     dtype = torch.float64 if x.dtype == torch.float32 and sigma < LS_FLOAT64_BELOW else x.dtype
     centre = torch.zeros((C, H, W), dtype=dtype, device=x.device) if centre is None else \
         centre.to(x.device, dtype).view(C, H, W)
@@ -241,7 +256,7 @@ def ls_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *
     grad = torch.is_grad_enabled() and x.requires_grad
     # under autograd a checkpoint spans many chunks, merging their states inside it: autograd then keeps one
     # state per span, not per chunk (the Jacobian of 256 inputs at N = 60,000 would keep 7,500 states)
-    span = max(per_chunk, GRAD_SPAN) if grad else len(train)
+    span = max(per_chunk, GRAD_SPAN) if grad else max(1, len(train))
 
     def chunk_state(start: int, xq: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x0 = train[start:start + per_chunk].to(device=x.device)                          # (K, C, H, W)
@@ -271,7 +286,8 @@ def ls_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *
     for start in range(0, len(train), span):
         flat = checkpoint(span_state, start, xw, use_reentrant=False) if grad else span_state(start, xw)
         total = SoftmaxState(*flat) if total is None else merge_states(total, SoftmaxState(*flat))
-    return finish(total).transpose(1, 2).reshape(B, C, H, W).to(x.dtype)
+    return total if total is not None else empty_state((B, H * W), (B, H * W, C), dtype=torch.float64,
+                                                       device=x.device)
 
 
 class LSDenoiser(nn.Module):
@@ -284,6 +300,7 @@ class LSDenoiser(nn.Module):
             raise ValueError("give a schedule or a patch_size")
         self.schedule, self.patch_size, self.chunk_size = schedule, patch_size, chunk_size
         self.train_: torch.Tensor | None = None
+        self.shard_merge: ShardMerge | None = None  # set by `distributed.shard_denoiser`
 
     def size_for(self, sigma: float) -> int:
         return int(self.patch_size) if self.patch_size is not None else self.schedule.size_for(sigma)
@@ -298,7 +315,8 @@ class LSDenoiser(nn.Module):
         if self.train_ is None:
             raise RuntimeError("LSDenoiser is not fitted: call .fit(train) first")
         return by_sigma(x, sigma, lambda xs, s: ls_denoise(xs, s, self.train_, self.size_for(s),
-                                                             chunk_size=self.chunk_size, centre=self.mean_))
+                                                             chunk_size=self.chunk_size, centre=self.mean_,
+                                                             shard_merge=self.shard_merge))
 
 
 # ---------------------------------------------------------------- ELS

@@ -13,9 +13,11 @@ result to round-off.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -67,25 +69,58 @@ def mean_float64(images: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
     return total / max(1, len(images))
 
 
-def streaming_moments(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mean (d,), covariance (d, d) with N - 1 normalisation, and N, from chunks of shape (n_i, d)."""
-    shift = total = cross = None
+class Moments(NamedTuple):
+    """Partial moments of some samples: count n, mean (d,), and m2 (d, d) = sum (x - mean)(x - mean)^T.
+    Two merge exactly (`merge_moments`), so disjoint shards of a data set combine into its moments."""
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+
+def partial_moments(chunks: Iterable[np.ndarray], d: int) -> Moments:
+    """`Moments` of chunks of shape (n_i, d) (none at all: n = 0). Sums and cross products are accumulated
+    around a shift (the first chunk's mean) to avoid cancellation."""
+    shift, total, cross = np.zeros(d), np.zeros(d), np.zeros((d, d))
     n = 0
     for chunk in chunks:
-        x = np.asarray(chunk, dtype=np.float64).reshape(len(chunk), -1)
-        if shift is None:
+        x = np.asarray(chunk, dtype=np.float64).reshape(len(chunk), d)
+        if n == 0 and len(x):
             shift = x.mean(0)
-            total = np.zeros_like(shift)
-            cross = np.zeros((x.shape[1], x.shape[1]))
         xs = x - shift
         total += xs.sum(0)
         cross += xs.T @ xs
         n += len(x)
-    if n < 2:
+    m = total / max(n, 1)
+    return Moments(n, shift + m, cross - n * np.outer(m, m))
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    """Exact merge of the moments of two disjoint sets of samples (Chan, Golub & LeVeque's pairwise update)."""
+    n = a.n + b.n
+    if n == 0:
+        return a
+    delta = b.mean - a.mean
+    return Moments(n, a.mean + delta * (b.n / n), a.m2 + b.m2 + np.outer(delta, delta) * (a.n * b.n / n))
+
+
+def covariance(moments: Moments) -> np.ndarray:
+    """(d, d) covariance with N - 1 normalisation, symmetrised."""
+    if moments.n < 2:
         raise ValueError("need at least 2 samples for a covariance")
-    m = total / n
-    cov = (cross - n * np.outer(m, m)) / (n - 1)
-    return shift + m, (cov + cov.T) / 2, n
+    cov = moments.m2 / (moments.n - 1)
+    return (cov + cov.T) / 2
+
+
+def streaming_moments(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean (d,), covariance (d, d) with N - 1 normalisation, and N, from chunks of shape (n_i, d)."""
+    chunks = iter(chunks)
+    first = next(chunks, None)
+    if first is None:
+        raise ValueError("need at least 2 samples for a covariance")
+    first = np.asarray(first, dtype=np.float64).reshape(len(first), -1)
+    moments = partial_moments(itertools.chain([first], chunks), first.shape[1])
+    return moments.mean, covariance(moments), moments.n
 
 
 def eigendecomposition(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,12 +169,10 @@ class DataStats:
                 "components_90_95_99": [self.components_for(s) for s in (0.90, 0.95, 0.99)]}
 
 
-def compute_stats(train: torch.Tensor, *, chunk_size: int = 4096, fingerprint: str = "",
-                  progress: Callable[[float, str], None] | None = None) -> DataStats:
-    """Streamed moments and eigendecomposition of ``train`` (N, C, H, W)."""
-    n, shape = len(train), tuple(train.shape[1:])
-    d = int(np.prod(shape))
-    check_fits(d, shape)
+def data_moments(train: torch.Tensor, *, chunk_size: int = 4096,
+                 progress: Callable[[float, str], None] | None = None) -> Moments:
+    """`Moments` of ``train`` (N, C, H, W) (N may be 0), streamed in float64 chunks; progress runs 0 to 0.8."""
+    n, d = len(train), int(np.prod(train.shape[1:]))
     n_chunks = max(1, -(-n // chunk_size))
 
     def chunks():
@@ -148,13 +181,28 @@ def compute_stats(train: torch.Tensor, *, chunk_size: int = 4096, fingerprint: s
                 progress(0.8 * i / n_chunks, f"covariance: chunk {i + 1}/{n_chunks}")
             yield train[i * chunk_size:(i + 1) * chunk_size].reshape(-1, d).double().numpy()
 
-    mean, cov, count = streaming_moments(chunks())
+    return partial_moments(chunks(), d)
+
+
+def compute_stats(train: torch.Tensor, *, chunk_size: int = 4096, fingerprint: str = "",
+                  progress: Callable[[float, str], None] | None = None) -> DataStats:
+    """Streamed moments and eigendecomposition of ``train`` (N, C, H, W)."""
+    shape = tuple(train.shape[1:])
+    d = int(np.prod(shape))
+    check_fits(d, shape)
+    moments = data_moments(train, chunk_size=chunk_size, progress=progress)
+    cov = covariance(moments)
     if progress:
         progress(0.8, f"eigendecomposition of a {d} x {d} matrix")
     eigvals, eigvecs = eigendecomposition(cov)
     if progress:
         progress(1.0, "done")
-    return DataStats(mean, cov, eigvals, eigvecs, count, shape, fingerprint)  # type: ignore[arg-type]
+    return DataStats(moments.mean, cov, eigvals, eigvecs, moments.n, shape, fingerprint)  # type: ignore[arg-type]
+
+
+def stats_arrays(s: DataStats) -> dict[str, np.ndarray]:
+    """The arrays a cache entry of statistics holds."""
+    return {"mean": s.mean, "cov": s.cov, "eigvals": s.eigvals, "eigvecs": s.eigvecs, "n": np.array(s.n)}
 
 
 def get_stats(dataset: Dataset, *, cache: ArrayCache | None = None,
@@ -165,8 +213,7 @@ def get_stats(dataset: Dataset, *, cache: ArrayCache | None = None,
     key = cache.make_key("stats", dataset.fingerprint)
 
     def compute():
-        s = compute_stats(dataset.train, fingerprint=dataset.fingerprint, progress=progress)
-        return {"mean": s.mean, "cov": s.cov, "eigvals": s.eigvals, "eigvecs": s.eigvecs, "n": np.array(s.n)}
+        return stats_arrays(compute_stats(dataset.train, fingerprint=dataset.fingerprint, progress=progress))
 
     a = cache.get_or_compute(key, compute)
     return DataStats(a["mean"], a["cov"], a["eigvals"], a["eigvecs"], int(a["n"]), dataset.shape,

@@ -1,0 +1,159 @@
+"""Sharded statistics and softmax denoisers: the merges as pure functions, then two real gloo ranks on localhost
+whose outputs must equal one process's (float64, 1e-6), for an uneven split and for an empty shard."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from locality_core import distributed
+from locality_core.analytical import AnalyticalDenoiser, masked_softmax_state, plan_mask
+from locality_core.optimal import OptimalDenoiser, finish, merge_states, optimal_state
+from locality_core.patches import LSDenoiser, ls_state
+from locality_core.stats import compute_stats, data_moments, merge_moments
+from locality_core.wiener import wiener_matrix
+
+SHAPE = (1, 6, 6)
+N = 37
+SIGMAS = (0.08, 0.6, 4.0)
+SPLITS = {"uneven": [(0, 18), (18, 37)], "empty rank 1": [(0, 37), (37, 37)], "empty rank 0": [(0, 0), (0, 37)]}
+
+
+def smooth_data(n: int = N, seed: int = 0) -> torch.Tensor:
+    """(n, 1, 6, 6) float64 images with correlated neighbouring pixels, so masks are neither empty nor full."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 1, 8, 8, generator=g, dtype=torch.float64)
+    return torch.nn.functional.avg_pool2d(z, 3, stride=1).tanh()
+
+
+def noisy_inputs(train: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """One noisy input per sigma in SIGMAS (B = 3), and its (B,) sigmas."""
+    g = torch.Generator().manual_seed(seed)
+    sigma = torch.tensor(SIGMAS, dtype=torch.float64)
+    clean = smooth_data(len(SIGMAS), seed=seed + 10)
+    return clean + sigma[:, None, None, None] * torch.randn(clean.shape, generator=g, dtype=torch.float64), sigma
+
+
+def single_process(train: torch.Tensor) -> dict[str, torch.Tensor]:
+    x, sigma = noisy_inputs(train)
+    stats = compute_stats(train)
+    return {"mean": torch.from_numpy(stats.mean), "cov": torch.from_numpy(stats.cov),
+            "eigvals": torch.from_numpy(stats.eigvals), "wiener": torch.from_numpy(wiener_matrix(stats.eigvecs,
+                                                                                                stats.eigvals, 1.0)),
+            "optimal": OptimalDenoiser(chunk_size=5).fit(train)(x, sigma),
+            "analytical": AnalyticalDenoiser(cache=False, chunk_size=7).fit((train, stats))(x, sigma),
+            "ls": LSDenoiser(patch_size=3, chunk_size=4).fit(train)(x, sigma)}
+
+
+# ---------------------------------------------------------------- the merges, without processes
+
+def test_shard_bounds_cover_n_disjointly():
+    for n, world in [(37, 2), (5, 4), (2, 3), (0, 2)]:
+        bounds = distributed.shard_bounds(n, world)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n and len(bounds) == world
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+        sizes = [b - a for a, b in bounds]
+        assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("cut", [0, 1, 18, 37])
+def test_merged_moments_of_two_parts_equal_the_whole(cut):
+    train = smooth_data()
+    whole = data_moments(train)
+    merged = merge_moments(data_moments(train[:cut], chunk_size=5), data_moments(train[cut:], chunk_size=7))
+    assert merged.n == whole.n
+    np.testing.assert_allclose(merged.mean, whole.mean, atol=1e-12)
+    np.testing.assert_allclose(merged.m2, whole.m2, atol=1e-10)
+    np.testing.assert_allclose(merged.m2 / (N - 1), np.cov(train.flatten(1).numpy().T), atol=1e-10)
+
+
+@pytest.mark.parametrize("cut", [0, 18, 37])
+def test_merged_softmax_states_of_two_shards_equal_one_process(cut):
+    """The state each softmax denoiser returns for a shard (empty included) merges into the whole set's."""
+    train = smooth_data()
+    x, sigma = noisy_inputs(train)
+    stats = compute_stats(train)
+    centre = train.mean(0)
+    for i, s in enumerate(SIGMAS):
+        xi = x[i:i + 1]
+        plan = plan_mask(AnalyticalDenoiser(cache=False).fit((train, stats))._mask(s), SHAPE, batch=1)
+        parts = {
+            "optimal": lambda t, xi=xi, s=s: optimal_state(xi, s, t, chunk_size=4),
+            "analytical": lambda t, xi=xi, s=s, plan=plan: masked_softmax_state(
+                xi.flatten(1), s, t.flatten(1), plan, chunk_size=6, centre=centre.flatten()),
+            "ls": lambda t, xi=xi, s=s: ls_state(xi, s, t, 3, chunk_size=5, centre=centre)}
+        for name, state_of in parts.items():
+            whole = finish(state_of(train))
+            merged = finish(merge_states(state_of(train[:cut]), state_of(train[cut:])))
+            torch.testing.assert_close(merged, whole, atol=1e-12, rtol=0, msg=f"{name} at sigma {s}")
+
+
+def test_optimal_state_of_all_training_images_finishes_to_the_denoiser():
+    train = smooth_data()
+    x, sigma = noisy_inputs(train)
+    out = finish(optimal_state(x, sigma, train)).view_as(x)
+    torch.testing.assert_close(out, OptimalDenoiser().fit(train)(x, sigma), atol=1e-12, rtol=0)
+    empty = ls_state(x[:1], 1.0, train[:0], 3)
+    assert empty.m.isneginf().all() and not empty.s.any() and not empty.acc.any()
+
+
+# ---------------------------------------------------------------- two gloo ranks
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One rank: for each split, sharded statistics and denoisers on its shard; results saved per rank."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        train = smooth_data()
+        x, sigma = noisy_inputs(train)
+        results = {}
+        for split, bounds in SPLITS.items():
+            start, stop = bounds[rank]
+            shard = train[start:stop]
+            stats = distributed.sharded_stats(shard, chunk_size=5)
+            optimal = distributed.shard_denoiser(OptimalDenoiser(chunk_size=5), shard)
+            analytical = distributed.shard_denoiser(AnalyticalDenoiser(cache=False, chunk_size=7), shard, stats=stats)
+            ls = distributed.shard_denoiser(LSDenoiser(patch_size=3, chunk_size=4), shard)
+            results[split] = {
+                "mean": torch.from_numpy(stats.mean), "cov": torch.from_numpy(stats.cov),
+                "eigvals": torch.from_numpy(stats.eigvals),
+                "wiener": torch.from_numpy(wiener_matrix(stats.eigvecs, stats.eigvals, 1.0)),
+                "optimal": optimal(x, sigma), "analytical": analytical(x, sigma), "ls": ls(x, sigma)}
+        torch.save(results, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks")
+    mp.spawn(_rank_main, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+@pytest.mark.parametrize("rank", [0, 1])
+def test_two_gloo_ranks_equal_one_process(two_ranks, split, rank):
+    expected = single_process(smooth_data())
+    got = two_ranks[rank][split]
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0, msg=f"{name}, split {split}, rank {rank}")
+
+
+def test_sharding_refuses_approximations():
+    with pytest.raises(ValueError, match="top_k"):
+        distributed.shard_denoiser(OptimalDenoiser(top_k=3), smooth_data())
+    with pytest.raises(TypeError, match="cannot be sharded"):
+        distributed.shard_denoiser(torch.nn.Identity(), smooth_data())
