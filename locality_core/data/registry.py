@@ -14,8 +14,9 @@ import numpy as np
 
 from . import cifar10, faces, grf, natural, textures, user
 from .base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
+from .decoded import decoded
 from .download import data_home, offline
-from .idx import SOURCES, candidate_dirs, download_idx, find_idx_dir, load_idx_split
+from .idx import SOURCES, SPLIT_FILES, candidate_dirs, download_idx, find_idx_dir, load_idx_split
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
@@ -40,14 +41,20 @@ def _load_idx_dataset(name: str, title: str, classes: tuple[str, ...], progress:
         if offline():
             raise DatasetError(f"{title} files not found ({_idx_availability(name)[1]}) and LOCALITY_OFFLINE is set.")
         directory = download_idx(name, data_home() / name, progress=progress)
-    x_train, y_train = load_idx_split(directory, "train")
-    x_test, y_test = load_idx_split(directory, "test")
-    train, test = to_signed_unit(x_train), to_signed_unit(x_test)
+    recipe = f"{name}:idx:uint8/255*2-1"
+
+    def decode():
+        (x_train, y_train), (x_test, y_test) = load_idx_split(directory, "train"), load_idx_split(directory, "test")
+        arrays = {"train": to_signed_unit(x_train), "test": to_signed_unit(x_test),
+                  "train_labels": _labels(y_train), "test_labels": _labels(y_test)}
+        return arrays, fingerprint(x_train, x_test, recipe=recipe)
+
+    a, fp = decoded(recipe, [directory / f for files in SPLIT_FILES.values() for f in files], decode)
+    train, test = a["train"], a["test"]
     return Dataset(
-        name=name, train=train, test=test,
-        fingerprint=fingerprint(x_train, x_test, recipe=f"{name}:idx:uint8/255*2-1"),
+        name=name, train=train, test=test, fingerprint=fp,
         description=f"{title}: {len(train):,} training and {len(test):,} test images, 28x28 grayscale ({directory})",
-        train_labels=_labels(y_train), test_labels=_labels(y_test), class_names=classes,
+        train_labels=a["train_labels"], test_labels=a["test_labels"], class_names=classes,
     )
 
 
