@@ -39,6 +39,9 @@ from .stats import DataStats, Moments, check_fits, covariance, data_moments, eig
 def init(backend: str | None = None) -> tuple[int, int]:
     """Join the process group described by torchrun's environment (once); returns (rank, world)."""
     if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            raise ValueError("no process group to join: start the command under torchrun, e.g. "
+                             "`torchrun --nproc-per-node 2 -m locality_core precompute DATASET --distributed`")
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

@@ -157,3 +157,33 @@ def test_sharding_refuses_approximations():
         distributed.shard_denoiser(OptimalDenoiser(top_k=3), smooth_data())
     with pytest.raises(TypeError, match="cannot be sharded"):
         distributed.shard_denoiser(torch.nn.Identity(), smooth_data())
+
+
+# ---------------------------------------------------------------- the CLI under torchrun
+
+@pytest.mark.slow
+def test_precompute_under_torchrun_caches_the_one_process_statistics(fashion, tmp_path):
+    """`torchrun --nproc-per-node 2 -m locality_core precompute fashion-mnist --distributed` stores the
+    statistics that one process computes (float64, 1e-6)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from locality_core.cache import ArrayCache
+    from locality_core.stats import get_stats
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "LOCALITY_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
+                           str(_free_port()), "-m", "locality_core", "precompute", "fashion-mnist", "--distributed"],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("statistics cached") == 1                  # rank 0 alone prints
+    cache = ArrayCache(tmp_path)
+    assert cache.make_key("stats", fashion.fingerprint) in cache        # stored by the ranks
+    sharded = get_stats(fashion, cache=cache)
+    one = compute_stats(fashion.train)
+    np.testing.assert_allclose(sharded.cov, one.cov, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(sharded.eigvals, one.eigvals, atol=1e-6, rtol=0)
+    assert sharded.n == one.n == len(fashion.train)
