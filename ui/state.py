@@ -3,8 +3,9 @@
 Glossary
     URL keys    every widget that defines the view is bound to a query parameter (``bind="query-params"``)
                 under its key: ``dataset``, ``ds_<param>`` (data set options), ``t`` (timesteps), ``sigma``
-                (typed noise levels), ``seed``, ``device``, ``row``, ``col`` (the pixel), ``img`` (background
-                image), ``signed``; the page is the URL path. A shared link reproduces the view.
+                (typed noise levels), ``seed``, ``device``, ``present`` (presentation mode), ``row``, ``col``
+                (the pixel), ``img`` (background image), ``signed``, and each page's own controls; the page is
+                the URL path. A shared link reproduces the view.
     View        the sidebar's choices, resolved: data set name and options, noise levels (sigma, high to low),
                 seed, torch device. app.py stores it in session state; pages read it with `current_view()`.
     $LOCALITY_APP_DATASET  the default data set, optionally with options: ``grf:n_train=2000,n_test=200``
@@ -38,6 +39,7 @@ class View:
     sigmas: tuple[float, ...]
     seed: int
     device: str
+    present: bool = False  # presentation mode: explanations hidden, larger text
 
     @property
     def params_json(self) -> str:

@@ -150,5 +150,10 @@ def mask_maps(data_key: tuple[str, str, str], pixel: tuple[int, int], sigmas: tu
 
 def png_download(label: str, build: Callable[[], bytes], filename: str, key: str) -> None:
     """A download button whose PNG is built only when clicked."""
-    st.download_button(label, data=build, file_name=filename, mime="image/png", key=key,
-                       icon=":material/download:", on_click="ignore")
+    file_download(label, build, filename, "image/png", key)
+
+
+def file_download(label: str, build: Callable[[], bytes], filename: str, mime: str, key: str) -> None:
+    """A download button whose file is built only when clicked."""
+    st.download_button(label, data=build, file_name=filename, mime=mime, key=key, icon=":material/download:",
+                       on_click="ignore")
