@@ -99,8 +99,7 @@ def correlation_section():
     left, right = st.columns([1, 1.2], gap="medium")
     with left:
         pixel = picker(lambda p: correlation_row(stats, p, channel).mean(0), data.shape, kind="signed",
-                       key="corr_picker", title=lambda p: f"Correlation with pixel (row {p[0]}, col {p[1]})",
-                       filename=f"{view.dataset}-correlation")
+                       key="corr_picker", title=lambda p: f"Correlation with pixel (row {p[0]}, col {p[1]})")
     corr = correlation_row(stats, pixel, channel)
     with right:
         st.caption(f"Pixel (row {pixel[0]}, col {pixel[1]})")

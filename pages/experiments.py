@@ -85,8 +85,7 @@ def fields():
     left, right = st.columns([1, 1.6], gap="medium")
     with left:
         pixel = picker(mstats.mean.reshape(C, H, W) if kind != "inject" else _with_template(),
-                       data.shape, key="exp_picker", title="Click a pixel", size=380,
-                       filename=f"{mod_view.dataset}-experiment-picker")
+                       data.shape, key="exp_picker", title="Click a pixel", size=380)
     with right:
         st.subheader(f"Pixel (row {pixel[0]}, col {pixel[1]})")
         st.caption(f"Pixel (row {pixel[0]}, col {pixel[1]}). Top: {mdata.description}")

@@ -186,8 +186,7 @@ def details(pixel, wiener: Field, unet: Field | None, cosines, masks, patch) -> 
 def pixel_and_maps():
     left, right = st.columns([picker_width, grid_width], gap="small")
     with left:
-        pixel = picker(bg_image, data.shape, title="", size=picker_width, filename=f"{view.dataset}-picker")
-        st.caption("Click a pixel, or type its row and column.")
+        pixel = picker(bg_image, data.shape, size=picker_width)
     with D.single_thread_blas():
         wiener = wiener_field(stats, pixel, view.sigmas)
     masks = patch = None

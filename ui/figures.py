@@ -4,8 +4,6 @@ Glossary
     image     (C, H, W) float array in [-1, 1] (a data image, the mean image, an eigen-image)
     map       (H, W) float array (a sensitivity field, a correlation map, a mask)
     kind      how a map is coloured: "abs" (0 .. max, Magma), "signed" (-max .. max, red-blue), "mask" (0/1)
-    picker    an image with one near-transparent square marker per pixel on top: a click on a marker is what
-              streamlit reports (FACTS.md: clicks on a heatmap itself are not reported)
 
 Every map is scaled to its own maximum: fields differ in magnitude by orders across noise levels, and what
 the figures show is their shape. Hover gives the raw values.
@@ -67,44 +65,6 @@ def _z_range(m: np.ndarray, kind: str) -> tuple[float, float, object]:
         return 0.0, 1.0, MASK_SCALE
     top = float(np.max(np.abs(m))) or 1.0
     return (-top, top, SIGNED_SCALE) if kind == "signed" else (0.0, top, ABS_SCALE)
-
-
-# ---------------------------------------------------------------- the pixel picker
-
-def pixel_picker(background: np.ndarray, pixel: tuple[int, int], *, kind: str = "image", size: int = 460,
-                 title: str = "") -> go.Figure:
-    """A clickable image: ``background`` is an image (C, H, W) in [-1, 1] (kind "image") or a map (H, W)
-    coloured by ``kind``. One near-transparent square marker per pixel reports clicks; the chosen pixel is
-    outlined."""
-    fig = go.Figure()
-    if kind == "image":
-        shown = to_display(background)
-        if shown.ndim == 2:
-            fig.add_trace(go.Heatmap(z=shown, colorscale="gray", zmin=-1, zmax=1, showscale=False, hoverinfo="skip"))
-        else:
-            fig.add_trace(go.Image(z=shown, hoverinfo="skip"))
-    else:
-        shown = np.asarray(background, dtype=np.float64)
-        zmin, zmax, scale = _z_range(shown, kind)
-        fig.add_trace(go.Heatmap(z=shown, colorscale=scale, zmin=zmin, zmax=zmax, showscale=False, hoverinfo="skip"))
-    h, w = shown.shape[:2]
-    margin = dict(l=8, r=8, t=40 if title else 8, b=8)
-    cell = (size - margin["l"] - margin["r"]) / max(h, w)
-    rows, cols = np.mgrid[0:h, 0:w]
-    marker = dict(symbol="square", size=max(2.0, 0.97 * cell), color="white", opacity=0.02, line=dict(width=0))
-    fig.add_trace(go.Scatter(
-        x=cols.ravel(), y=rows.ravel(), mode="markers", marker=marker, name="pixels", showlegend=False,
-        selected=dict(marker=dict(opacity=0.02)), unselected=dict(marker=dict(opacity=0.02)),
-        hovertemplate="row %{y}, col %{x}<extra>click to choose</extra>"))
-    r, c = pixel
-    fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5, line=dict(color=MARK, width=3))
-    _square_axes(fig, h, w)
-    fig.update_yaxes(scaleanchor="x", scaleratio=1)
-    fig.update_layout(width=size, height=int(size * h / w) + margin["t"] - margin["l"], margin=margin,
-                      title=dict(text=title, font=FONT, x=0.5, xanchor="center") if title else None,
-                      dragmode=False, clickmode="event+select", hovermode="closest", font=FONT,
-                      plot_bgcolor="white", paper_bgcolor="white")
-    return fig
 
 
 # ---------------------------------------------------------------- grids of maps

@@ -19,6 +19,7 @@ CSS = """
                                        padding-left: 1.25rem; padding-right: 1.25rem; }
 [data-testid="stMainBlockContainer"] h1 { font-size: 1.7rem; padding: 0; }
 [data-testid="stMainBlockContainer"] h1 + div, .stHeading + div { margin-top: -0.6rem; }
+.st-key-pixel_url { display: none; }
 </style>
 """
 PRESENT_CSS = """
