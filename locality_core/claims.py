@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .schedule import format_noise_level
-
 RANK_RTOL = 1e-9
 AGREE_COSINE = 0.9
 
@@ -121,5 +119,47 @@ def field_claims(sigmas: list[float], wiener_sizes, *, rank: int, d: int, n_trai
     return claims
 
 
-def noise_range(sigmas: list[float]) -> str:
-    return f"{format_noise_level(sigmas[0])} to {format_noise_level(sigmas[-1])}"
+def comparison_claim(sigmas: list[float], sizes_a, sizes_b, name_a: str, name_b: str) -> Claim:
+    """Where field B (50 % squares ``sizes_b``) is wider than field A, where narrower, where equal."""
+    a, b = np.asarray(sizes_a, float), np.asarray(sizes_b, float)
+    wider, narrower = np.flatnonzero(b > a), np.flatnonzero(b < a)
+    facts = {"wider": wider.tolist(), "narrower": narrower.tolist(), "n": len(a)}
+
+    def levels(idx):
+        return ", ".join(f"{_sigma(sigmas[i])} ({a[i]:g} → {b[i]:g} px)" for i in idx)
+
+    if len(wider) == len(a):
+        return Claim("wider-everywhere", f"{name_b} gives a wider field than {name_a} at every noise level shown "
+                                         f"(50 % squares, {name_a} → {name_b}: {levels(range(len(a)))}).", facts)
+    if len(narrower) == len(a):
+        return Claim("narrower-everywhere", f"{name_b} gives a narrower field than {name_a} at every noise level "
+                                            f"shown ({levels(range(len(a)))}).", facts)
+    parts = [f"wider at {len(wider)} of {len(a)} noise levels" + (f" ({levels(wider)})" if len(wider) else "")]
+    if len(narrower):
+        parts.append(f"narrower at {levels(narrower)}")
+    if len(a) - len(wider) - len(narrower):
+        parts.append(f"the same at {len(a) - len(wider) - len(narrower)}")
+    return Claim("mixed", f"With {name_b} instead of {name_a} the field is " + "; ".join(parts) + ".", facts)
+
+
+def mask_fill_claim(sigmas: list[float], mask_sizes, d_pixels: int, full: float = 0.95) -> Claim | None:
+    """The noise levels at which the analytical mask covers (nearly) the whole image, if any."""
+    filled = [i for i, n in enumerate(mask_sizes) if n >= full * d_pixels]
+    if not filled:
+        return None
+    where = ", ".join(_sigma(sigmas[i]) for i in filled)
+    return Claim("mask-full", f"At {where} the analytical mask covers at least {full:.0%} of the {d_pixels:,} "
+                              "pixels: at high noise every input is in the neighbourhood, so no pattern can show in "
+                              "the mask there.", {"filled": filled})
+
+
+def pattern_share_claim(share_original: float, share_modified: float, on_pattern: bool, name: str = "W") -> Claim:
+    """How much of a pixel's field lies on an injected pattern, before and after the injection."""
+    facts = {"original": share_original, "modified": share_modified, "on_pattern": on_pattern}
+    if not on_pattern:
+        return Claim("off-pattern", f"This pixel is off the {name}; click a pixel on it (brightened in the "
+                                    f"picture) to see fields take the {name}'s shape.", facts)
+    verb = "more" if share_modified > share_original else "less"
+    return Claim("pattern-share", f"At the highest noise level shown, {share_modified:.0%} of this pixel's field "
+                                  f"lies on the {name} in the modified data, against {share_original:.0%} in the "
+                                  f"original: {verb} of it follows the {name}.", facts)

@@ -61,8 +61,13 @@ def _square_axes(fig: go.Figure, h: int, w: int, row=None, col=None, visible: bo
 
 
 def _z_range(m: np.ndarray, kind: str) -> tuple[float, float, object]:
+    """(low, high, colour scale) of a map: "abs" 0..max, "signed" -max..max, "mask" 0/1, "range" min..max (a
+    map whose values all lie in a narrow band, such as correlations of 0.6 to 1, keeps its contrast)."""
     if kind == "mask":
         return 0.0, 1.0, MASK_SCALE
+    if kind == "range":
+        lo, hi = float(np.min(m)), float(np.max(m))
+        return lo, (hi if hi > lo else lo + 1.0), ABS_SCALE
     top = float(np.max(np.abs(m))) or 1.0
     return (-top, top, SIGNED_SCALE) if kind == "signed" else (0.0, top, ABS_SCALE)
 
@@ -149,6 +154,8 @@ def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list, *, pixel
     cell_px = zoom * step_x
     longest = max(len(line) for lines in titles for line in lines)
     head_font = int(np.clip((cell_px - 6) / (CHAR_EM * longest), 9, 15))
+    label_chars = max(len(re.sub(r"<[^>]+>", "", line)) for label, _, _ in rows for line in label.split("<br>"))
+    label_font = int(np.clip((zoom * h - 4) / (0.6 * label_chars), 9, 14))  # rotated: fits its row's height
     z_rows = scaled_maps(rows, scale, contrast)
     traces, notes, shapes = [], [], []
     bar_kind = next((kind for _, _, kind in rows if kind != "mask"), None)
@@ -172,7 +179,7 @@ def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list, *, pixel
                                  if bar else None, hoverongaps=False, name=plain, **hover))
         notes.append(dict(text=f"<b>{label}</b>", xref="paper", yref="y", x=0, xanchor="right", xshift=-4,
                           y=i * step_y + (h - 1) / 2, yanchor="middle", textangle=-90, showarrow=False,
-                          font=dict(size=14)))
+                          font=dict(size=label_font)))
     for j, lines in enumerate(titles):
         notes.append(dict(text="<br>".join(lines), xref="x", yref="paper", x=j * step_x + (w - 1) / 2, y=1,
                           yanchor="bottom", showarrow=False, font=dict(size=head_font)))
@@ -411,10 +418,11 @@ def spectrum_plot(eigvals: np.ndarray, fit: tuple[float, float, int, int] | None
         fig.add_trace(go.Scatter(x=kk, y=amplitude * kk ** (-beta), mode="lines", name=f"fit ∝ k<sup>−{beta:.2f}</sup>",
                                  line=dict(width=3, dash="dash", color="#d62728")))
     fig.update_xaxes(type="log", title="component k", showgrid=True, gridcolor="#e5e5e5", dtick=1)
-    fig.update_yaxes(type="log", title="variance λ<sub>k</sub>", showgrid=True, gridcolor="#e5e5e5",
-                     exponentformat="power")
-    fig.update_layout(height=380, font=FONT, margin=dict(l=60, r=20, t=20, b=50), plot_bgcolor="white",
-                      paper_bgcolor="white", legend=dict(x=0.98, xanchor="right", y=0.98))
+    fig.update_yaxes(type="log", title=dict(text="variance λ<sub>k</sub>", standoff=12), showgrid=True,
+                     gridcolor="#e5e5e5", exponentformat="power", automargin=True)
+    # the legend above the plot: inside it, it covered the start of the curve on some data sets
+    fig.update_layout(height=400, font=FONT, margin=dict(l=70, r=20, t=50, b=50), plot_bgcolor="white",
+                      paper_bgcolor="white", legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"))
     return fig
 
 

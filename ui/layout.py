@@ -15,7 +15,7 @@ from .viewport import content_width
 # key figure below the fold. The header bar (menu, sidebar arrow) stays; the page starts right under it.
 CSS = """
 <style>
-[data-testid="stMainBlockContainer"] { padding-top: 3.2rem; padding-bottom: 3rem;
+[data-testid="stMainBlockContainer"] { padding-top: 3.7rem; padding-bottom: 3rem;
                                        padding-left: 1.25rem; padding-right: 1.25rem; }
 [data-testid="stMainBlockContainer"] h1 { font-size: 1.7rem; padding: 0; }
 [data-testid="stMainBlockContainer"] h1 + div, .stHeading + div { margin-top: -0.6rem; }

@@ -25,6 +25,9 @@ _CSS = f"""
 .lp-hover {{ position: absolute; border: 1px solid #fff; outline: 1px solid #000; box-sizing: border-box;
              pointer-events: none; display: none; }}
 .lp-tip {{ font: 13px "Source Sans Pro", sans-serif; color: #555; height: 18px; margin-top: 2px; }}
+.lp-bar {{ display: none; font: 12px "Source Sans Pro", sans-serif; color: #333; margin-top: 4px; }}
+.lp-grad {{ height: 10px; border-radius: 2px; }}
+.lp-ticks {{ display: flex; justify-content: space-between; }}
 """
 
 _JS = """
@@ -36,13 +39,24 @@ export default function(component) {
         root.className = 'lp-root';
         root.innerHTML = '<div class="lp-frame" data-testid="pixel-picker"><img class="lp-img" draggable="false"' +
             ' alt="image to click on"/><div class="lp-sel"></div><div class="lp-hover"></div></div>' +
-            '<div class="lp-tip"></div>';
+            '<div class="lp-tip"></div><div class="lp-bar"><div class="lp-grad"></div>' +
+            '<div class="lp-ticks"><span class="lp-lo"></span><span class="lp-mid"></span>' +
+            '<span class="lp-hi"></span></div></div>';
         parentElement.appendChild(root);
     }
     const frame = root.querySelector('.lp-frame'), img = root.querySelector('.lp-img');
     const sel = root.querySelector('.lp-sel'), hover = root.querySelector('.lp-hover');
     const tip = root.querySelector('.lp-tip');
-    const { src, h, w, row, col, width, hint } = data;
+    const { src, h, w, row, col, width, hint, bar } = data;
+    const barEl = root.querySelector('.lp-bar');
+    barEl.style.display = bar ? 'block' : 'none';
+    barEl.style.width = width + 'px';
+    if (bar) {
+        root.querySelector('.lp-grad').style.background = bar.gradient;
+        root.querySelector('.lp-lo').textContent = bar.lo;
+        root.querySelector('.lp-mid').textContent = bar.label;
+        root.querySelector('.lp-hi').textContent = bar.hi;
+    }
     const height = Math.round(width * h / w);
     frame.style.width = width + 'px';
     frame.style.height = height + 'px';
@@ -78,7 +92,7 @@ _component = st.components.v2.component("locality_pixel_picker", css=_CSS, js=_J
 
 def image_url(background: np.ndarray, kind: str = "image") -> str:
     """A PNG data URL of an image (C, H, W) in [-1, 1] (``kind`` "image") or of a map (H, W) coloured by
-    ``kind`` ("abs", "signed", "mask"), one PNG pixel per image pixel (the browser enlarges it)."""
+    ``kind`` ("abs", "signed", "mask", "range"), one PNG pixel per image pixel (the browser enlarges it)."""
     if kind == "image":
         shown = to_display(background)
         if shown.ndim == 2:
@@ -99,10 +113,17 @@ def clicked_pixel(state) -> tuple[int, int] | None:
         return None
 
 
+def colour_bar(scale: list, lo: float, hi: float, label: str) -> dict:
+    """A colour bar under the picker: a CSS gradient of a plotly colour scale and its end values."""
+    stops = ", ".join(f"{colour} {100 * pos:.0f}%" for pos, colour in scale)
+    return {"gradient": f"linear-gradient(to right, {stops})", "lo": f"{lo:.2f}", "hi": f"{hi:.2f}", "label": label}
+
+
 def pixel_picker(background: np.ndarray, shape: tuple[int, int, int], pixel: tuple[int, int], *, key: str,
                  on_pick: Callable[[tuple[int, int]], None], kind: str = "image", width: int = 300,
-                 hint: str = "Click a pixel") -> None:
-    """Draw the clickable image with ``pixel`` outlined; a click calls ``on_pick((row, col))`` before the rerun."""
+                 hint: str = "Click a pixel", bar: dict | None = None) -> None:
+    """Draw the clickable image with ``pixel`` outlined, and ``bar`` (see `colour_bar`) under it; a click calls
+    ``on_pick((row, col))`` before the rerun."""
     _, h, w = shape
 
     def on_click():
@@ -111,5 +132,5 @@ def pixel_picker(background: np.ndarray, shape: tuple[int, int, int], pixel: tup
             on_pick(picked)
 
     _component(key=key, data={"src": image_url(background, kind), "h": h, "w": w, "row": int(pixel[0]),
-                              "col": int(pixel[1]), "width": int(width), "hint": hint},
+                              "col": int(pixel[1]), "width": int(width), "hint": hint, "bar": bar},
                on_click_change=on_click)

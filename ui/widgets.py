@@ -47,10 +47,11 @@ def current_pixel(shape: tuple[int, int, int]) -> tuple[int, int]:
 
 
 def picker(background, shape: tuple[int, int, int], *, key: str = "picker", kind: str = "image", title="",
-           size: int = 300) -> tuple[int, int]:
+           size: int = 300, bar=None) -> tuple[int, int]:
     """A clickable image above row/column inputs; returns the chosen pixel.
 
-    ``background`` and ``title`` may be functions of the pixel (a correlation map of the chosen pixel). The
+    ``background``, ``title`` and ``bar`` (a colour bar, `ui.picker.colour_bar`) may be functions of the pixel
+    (a correlation map of the chosen pixel). The
     inputs are created first (they read a shared link's ``?pixel=..``), the image is drawn above them. A click
     sets the pixel, and so the URL (one step of the browser's history).
     """
@@ -65,7 +66,8 @@ def picker(background, shape: tuple[int, int, int], *, key: str = "picker", kind
     with chart:
         if text:
             st.markdown(f"**{text}**")
-        pixel_picker(image, shape, pixel, key=key, on_pick=on_pick, kind=kind, width=size)
+        pixel_picker(image, shape, pixel, key=key, on_pick=on_pick, kind=kind, width=size,
+                     bar=bar(pixel) if callable(bar) else bar)
     return pixel
 
 
