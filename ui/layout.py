@@ -24,7 +24,7 @@ CSS = """
 """
 PRESENT_CSS = """
 <style>
-html { font-size: 18px; }
+html { font-size: 17px; }
 [data-testid="stMainBlockContainer"] h1 { font-size: 2rem; }
 </style>
 """

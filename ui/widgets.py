@@ -131,6 +131,8 @@ def show(fig, key: str, filename: str) -> None:
     A figure that sets its own width (equal-aspect image grids, whose height is computed for that width) is
     shown at it; others stretch to the page."""
     width = "content" if fig.layout.width else "stretch"
+    # the toolbar stands upright at the right edge: across the top it covered titles and column headers on hover
+    fig.update_layout(modebar=dict(orientation="v", bgcolor="rgba(255, 255, 255, 0.8)"))
     st.plotly_chart(fig, key=key, width=width, theme=None, config=plotly_config(filename))
 
 
