@@ -422,3 +422,29 @@ def test_image_grids_have_no_blank_bands(shape, count, columns, width):
             ("Analytical<br>mask (θ=0.005)", images[:columns, 0] > 0, "mask")]
     titles = [f"t={t}<br>(σ=1.0)<br>cos 0.97" for t in range(columns)]
     assert aspect_error(map_grid(rows, titles, pixel=(3, 4), **kwargs)) < 0.01
+
+
+def test_map_scales():
+    """Each scale divides by the right maximum; signed maps stay symmetric; the surround leaves the pixel out."""
+    from ui.figures import scaled_maps
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 5, 5)), 10 * rng.normal(size=(3, 5, 5))
+    a[:, 2, 2] = 100.0  # a spike on the pixel
+    rows = [("A", a, "signed"), ("B", b, "signed"), ("M", a > 0, "mask")]
+    per_map = scaled_maps(rows, "map")
+    np.testing.assert_allclose(per_map[0], a / np.abs(a).reshape(3, -1).max(1)[:, None, None])
+    assert per_map[2].max() == 1 and set(np.unique(per_map[2])) <= {0.0, 1.0}
+    around = scaled_maps(rows, "surround", pixels=[(2, 2), (2, 2), None])[0]
+    rest = np.abs(a).copy()
+    rest[:, 2, 2] = 0
+    np.testing.assert_allclose(around[0][rest[0] > 0], (a / rest.reshape(3, -1).max(1)[:, None, None])[0][rest[0] > 0])
+    assert around[0, 2, 2] == 1.0  # the spike saturates
+    column = scaled_maps(rows, "column")
+    tops = np.maximum(np.abs(a).reshape(3, -1).max(1), np.abs(b).reshape(3, -1).max(1))
+    np.testing.assert_allclose(column[1], b / tops[:, None, None])
+    row = scaled_maps(rows, "row")
+    np.testing.assert_allclose(row[1], b / np.abs(b).max())
+    sqrt = scaled_maps(rows, "map", "sqrt")[1]
+    np.testing.assert_allclose(sqrt, np.sign(per_map[1]) * np.sqrt(np.abs(per_map[1])))
+    assert np.abs(sqrt).max() <= 1.0

@@ -76,7 +76,8 @@ def _z_range(m: np.ndarray, kind: str) -> tuple[float, float, object]:
 
 PAGE_WIDTH = 940  # px: the wide layout's page on a 1400 px screen; fixed-size figures are drawn at most this wide
 CHAR_EM = 0.62  # width of an average character in em (Source Sans, digits and "σ=.")
-SCALES = {"map": "each map to its own max |value|", "column": "one scale per column (rows comparable)",
+SCALES = {"surround": "each map to its max |value| around the pixel (the pixel itself may saturate)",
+          "map": "each map to its own max |value|", "column": "one scale per column (rows comparable)",
           "row": "one scale per row (noise levels comparable)"}
 CONTRASTS = {"linear": "linear", "sqrt": "square root (weak values visible)"}
 
@@ -90,11 +91,12 @@ def noise_header(sigma: float) -> list[str]:
     return [t_text, f"σ={sigma:.3g}"]
 
 
-def scaled_maps(rows: list[tuple[str, np.ndarray, str]], scale: str = "map", contrast: str = "linear"
-                ) -> list[np.ndarray]:
-    """Each row's maps (S, H, W) divided by the chosen maximum |value| (``SCALES``), in [-1, 1] ([0, 1] for
-    "abs" and masks), then square-rooted with their sign for ``contrast="sqrt"``. Signed maps stay symmetric
-    around 0 in every mode."""
+def scaled_maps(rows: list[tuple[str, np.ndarray, str]], scale: str = "map", contrast: str = "linear",
+                pixels: list | None = None) -> list[np.ndarray]:
+    """Each row's maps (S, H, W) divided by the chosen maximum |value| (``SCALES``), clipped to [-1, 1] ([0, 1]
+    for "abs" and masks), then square-rooted with their sign for ``contrast="sqrt"``. Signed maps stay symmetric
+    around 0 in every mode. "surround" leaves out each row's pixel (``pixels``): at low noise a field is a
+    spike on the pixel, and scaled by the spike everything around it would be white."""
     if scale not in SCALES or contrast not in CONTRASTS:
         raise ValueError(f"unknown scale {scale!r} or contrast {contrast!r}")
     tops = {}
@@ -102,14 +104,20 @@ def scaled_maps(rows: list[tuple[str, np.ndarray, str]], scale: str = "map", con
     if scale == "column" and fields:
         tops["column"] = np.max([f.reshape(len(f), -1).max(1) for f in fields], axis=0)  # (S,)
     out = []
-    for _, maps, kind in rows:
+    for i, (_, maps, kind) in enumerate(rows):
         maps = np.asarray(maps, np.float64)
         if kind == "mask":
             out.append((maps != 0).astype(np.float64))
             continue
         per_map = np.abs(maps).reshape(len(maps), -1).max(1)
-        top = {"map": per_map, "row": np.full(len(maps), per_map.max()), "column": tops.get("column")}[scale]
-        z = maps / np.where(top > 0, top, 1.0)[:, None, None]
+        if scale == "surround":
+            around = np.abs(maps).copy()
+            if pixels is not None and pixels[i] is not None:
+                around[:, pixels[i][0], pixels[i][1]] = 0.0
+            per_map = around.reshape(len(maps), -1).max(1)
+        top = {"map": per_map, "surround": per_map, "row": np.full(len(maps), per_map.max()),
+               "column": tops.get("column")}[scale]
+        z = np.clip(maps / np.where(top > 0, top, 1.0)[:, None, None], -1.0, 1.0)
         out.append(np.sign(z) * np.sqrt(np.abs(z)) if contrast == "sqrt" else z)
     return out
 
@@ -122,7 +130,8 @@ def _colorbar(kind: str, scale: str, contrast: str, length: int) -> dict:
     if kind == "signed":
         pos = [-p for p in pos[:0:-1]] + pos
         labels = ["−" + lab for lab in labels[:0:-1]] + labels
-    title = {"map": "× each map's max", "column": "× the column's max", "row": "× the row's max"}[scale]
+    title = {"map": "× map's max", "surround": "× max around the pixel", "column": "× column's max",
+             "row": "× row's max"}[scale]
     return dict(orientation="h", x=1.0, xanchor="right", y=0, yanchor="top", ypad=4, len=length, lenmode="pixels",
                 thickness=10, tickvals=pos, ticktext=labels, tickfont=dict(size=12),
                 title=dict(text=title + (" (√ contrast)" if contrast == "sqrt" else ""), side="right",
@@ -130,7 +139,8 @@ def _colorbar(kind: str, scale: str, contrast: str, length: int) -> dict:
 
 
 def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list, *, pixel=None, page_width: int = PAGE_WIDTH,
-             max_cell: int = 200, scale: str = "map", contrast: str = "linear", colorbar: bool = True) -> go.Figure:
+             max_cell: int = 200, scale: str = "surround", contrast: str = "linear", colorbar: bool = True
+             ) -> go.Figure:
     """Rows of maps: ``rows`` = (label, maps (S, H, W), kind); one column per entry of ``col_titles`` (a string
     with <br> line breaks, or a list of lines).
 
@@ -156,7 +166,8 @@ def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list, *, pixel
     head_font = int(np.clip((cell_px - 6) / (CHAR_EM * longest), 9, 15))
     label_chars = max(len(re.sub(r"<[^>]+>", "", line)) for label, _, _ in rows for line in label.split("<br>"))
     label_font = int(np.clip((zoom * h - 4) / (0.6 * label_chars), 9, 14))  # rotated: fits its row's height
-    z_rows = scaled_maps(rows, scale, contrast)
+    per_row = pixel if isinstance(pixel, list) else [pixel] * n_rows
+    z_rows = scaled_maps(rows, scale, contrast, per_row)
     traces, notes, shapes = [], [], []
     bar_kind = next((kind for _, _, kind in rows if kind != "mask"), None)
     for i, ((label, maps, kind), scaled) in enumerate(zip(rows, z_rows)):
@@ -187,7 +198,6 @@ def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list, *, pixel
         notes.append(dict(text=f"<span style='color:{MASK_SCALE[-1][1]}'>■</span> inside the mask or patch",
                           xref="paper", yref="paper", x=0, y=0, xanchor="left", yanchor="top", yshift=-6,
                           showarrow=False, font=dict(size=12)))
-    per_row = pixel if isinstance(pixel, list) else [pixel] * n_rows
     for i, p in enumerate(per_row):  # an outline around the pixel in every map, leaving its value visible
         if p is not None:
             r, c = p
