@@ -8,7 +8,7 @@ from locality_core.claims import effective_rank, rank_claim
 from locality_core.spectrum import correlation_row, power_law_fit
 from locality_core.wiener import passing_components, wiener_gain
 from ui import data as D
-from ui.figures import ABS_SCALE, cumulative_plot, gains_plot, images_png, spectrum_plot, tiles_figure
+from ui.figures import ABS_SCALE, cumulative_plot, gains_plot, images_png, noise_header, spectrum_plot, tiles_figure
 from ui.layout import explain, page_header
 from ui.picker import colour_bar
 from ui.state import current_view
@@ -82,7 +82,7 @@ show(gains_plot(stats.eigvals, list(view.sigmas), view.labels), "gains", f"{view
 table = pd.DataFrame({
     "components with λ > σ²": [passing_components(stats.eigvals, s) for s in view.sigmas],
     "effective dimension tr P_σ": [f"{float(wiener_gain(stats.eigvals, s).sum()):.1f}" for s in view.sigmas],
-}, index=view.labels).T
+}, index=[" ".join(noise_header(s)) for s in view.sigmas]).T
 st.dataframe(table.astype(str), width="stretch")
 st.caption("A component passes when its signal-to-noise ratio λ/σ² exceeds 1 (gain above one half). tr P_σ, the "
            "sum of the gains, is how many dimensions the Wiener filter keeps. Few components pass at high noise, "

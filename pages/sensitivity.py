@@ -98,7 +98,7 @@ def field_table(wiener: Field, unet: Field | None, cosines, masks, patch_sizes) 
         table["analytical mask: max |M|"] = [f"{m:.3g}" for m in masks[2]]
     if patch_sizes is not None:
         table["ELS patch size P"] = patch_sizes
-    columns = ["\n".join(noise_header(s)).replace("\n", " ") for s in view.sigmas]
+    columns = [" ".join(noise_header(s)) for s in view.sigmas]
     return pd.DataFrame(table, index=columns).T.astype(str)
 
 
