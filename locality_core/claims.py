@@ -56,8 +56,13 @@ def trend_claim(sigmas: list[float], sizes: list[float], who: str = "Wiener") ->
     if last > first:
         return Claim("grows", f"Here the {who} field does **not** shrink as noise falls: its 50 % square grows from "
                               f"{first:g} px at {_sigma(sigmas[0])} to {last:g} px at {_sigma(sigmas[-1])}.", facts)
-    return Claim("constant", f"The {who} field's 50 % square stays at {first:g} px from {_sigma(sigmas[0])} to "
-                             f"{_sigma(sigmas[-1])}.", facts)
+    if len(set(sizes)) == 1:
+        return Claim("constant", f"The {who} field's 50 % square stays at {first:g} px from {_sigma(sigmas[0])} "
+                                 f"to {_sigma(sigmas[-1])}.", facts)
+    i = int(np.argmin(sizes)) if min(sizes) < first else int(np.argmax(sizes))
+    return Claim("returns", f"The {who} field does not shrink overall: its 50 % square is {first:g} px at both "
+                            f"{_sigma(sigmas[0])} and {_sigma(sigmas[-1])}, and {sizes[i]:g} px at "
+                            f"{_sigma(sigmas[i])} in between.", {**facts, "between": i})
 
 
 def rank_claim(rank: int, d: int, n_train: int) -> Claim:

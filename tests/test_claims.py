@@ -36,6 +36,8 @@ def test_trend_says_shrink_grow_or_constant_from_the_numbers():
     grows = trend_claim(SIGMAS, [15, 15, 16, 17])
     assert grows.kind == "grows" and "does **not** shrink" in grows.text and "15 px" in grows.text
     assert trend_claim(SIGMAS, [9, 9, 9, 9]).kind == "constant"
+    dip = trend_claim(SIGMAS, [17, 15, 15, 17])  # faces: equal ends, smaller between: not "stays at 17 px"
+    assert dip.kind == "returns" and "15 px at σ = 3.44" in dip.text
 
 
 def test_rank_claim_and_effective_rank():
@@ -142,7 +144,10 @@ def test_every_claim_on_the_sensitivity_page_matches_its_numbers(app_test, name)
         elif "does **not** shrink" in text:
             assert wiener[-1] > wiener[0]
         elif "stays at" in text:
-            assert wiener[-1] == wiener[0]
+            assert len(set(wiener)) == 1
+        elif "does not shrink overall" in text:
+            first, between = _numbers(text.split("square is")[1])[0], _numbers(text.split(", and ")[1])[0]
+            assert wiener[0] == wiener[-1] == first and between in wiener and len(set(wiener)) > 1
         elif "has rank" in text:
             stated = int(text.split("has rank ")[1].split(" ")[0].replace(",", ""))
             assert stated == rank < stats.d

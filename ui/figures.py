@@ -229,7 +229,7 @@ def locality_plot(sigmas: list[float], sizes: dict[str, np.ndarray], levels=(0.5
                 line=dict(color=MODEL_COLOURS.get(name, None), dash=LEVEL_DASH.get(q, "solid"), width=3),
                 marker=dict(size=8), hovertemplate="σ=%{x:.3g}: %{y} px square<extra>%{fullData.name}</extra>"))
     fig.update_xaxes(type="log", title="noise level σ (high noise on the left)", autorange="reversed", dtick=1)
-    fig.update_yaxes(title="square size k (pixels)", rangemode="tozero")
+    fig.update_yaxes(title="square size k (pixels)", rangemode="tozero", automargin=True)
     if image_side:  # sizes are capped at the image side: the axis ends there, its last tick says so
         fig.add_hline(y=image_side, line=dict(color="gray", dash="dot"))
         ticks = [v for v in np.linspace(0, image_side, 5).round().astype(int)[:-1]] + [image_side]
