@@ -32,9 +32,10 @@ page_header("Sensitivity fields", view, data)
 picker_width, grid_width = split_widths()
 
 controls = st.columns([1.35, 0.75, 0.8, 0.8, 0.95, 0.8, 0.9], vertical_alignment="center")
+flat_mean = float(stats.mean.std()) < 0.02  # natural patches, random fields: a uniform square shows nothing
 background = controls[0].segmented_control(
-    "Picture to click on", ["mean image", "test image"], default="mean image", key="bg", bind="query-params",
-    required=True, label_visibility="collapsed")
+    "Picture to click on", ["mean image", "test image"], default="test image" if flat_mean else "mean image",
+    key="bg", bind="query-params", required=True, label_visibility="collapsed")
 image_index = 0
 if background == "test image":
     image_index = int(controls[1].number_input("Test image #", 0, len(data.test) - 1, 0, key="img",
