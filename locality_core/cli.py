@@ -1,6 +1,7 @@
 """The `locality` command line: every computation of the dashboard, scriptable, with progress bars.
 
     locality datasets                       what is registered and available here
+    locality import NAME FOLDER_OR_ZIP [--size H,W] [--mode L|RGB] [--force]
     locality precompute DATASET             statistics (and everything cached per data set)
     locality stats DATASET [--json]         top eigenvalues, trace, components for 90/95/99 %
     locality field DATASET --denoiser NAME --pixel R,C --sigmas S1,S2 --out F.npy|F.png
@@ -80,6 +81,14 @@ def _parse_pixel(text: str) -> tuple[int, int]:
     return r, c
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(s) for s in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH, got {text!r}") from exc
+    return h, w
+
+
 # ---------------------------------------------------------------- commands
 
 def _cmd_datasets(args) -> int:
@@ -97,6 +106,15 @@ def _cmd_datasets(args) -> int:
     from .data import default_dataset_name
 
     print(f"\ndefault: {default_dataset_name()}")
+    return 0
+
+
+def _cmd_import(args) -> int:
+    from .data.user import PREFIX, import_images
+
+    report = import_images(args.path, args.name, size=args.size, mode=args.mode, replace=args.force)
+    print(report.summary())
+    print(f"use it as {PREFIX}{report.name}, e.g. `locality precompute {PREFIX}{report.name}`")
     return 0
 
 
@@ -263,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("datasets", help="list data sets and whether they are available here")
     p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser("import", help="import a folder or .zip of images as the data set user:NAME")
+    p.add_argument("name", help="letters, digits, '-' and '_'; the data set becomes user:NAME")
+    p.add_argument("path", help="a folder of images (searched recursively) or a .zip archive")
+    p.add_argument("--size", type=_parse_size, default=None, help="H,W: crop and resize every image to this")
+    p.add_argument("--mode", choices=["L", "RGB"], default="L", help="grayscale (L, default) or colour (RGB)")
+    p.add_argument("--force", action="store_true", help="replace an imported data set of the same name")
+    p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser("precompute", help="compute and cache a data set's statistics")
     p.add_argument("dataset")

@@ -199,14 +199,18 @@ def load_dataset(name: str, **params) -> Dataset:
         raise DatasetError(f"data set {name!r} takes no parameter(s) {sorted(unknown)}; "
                            f"it takes {sorted(spec.params) or 'none'}.")
     merged = {k: tuple(v) if isinstance(v, list) else v for k, v in {**spec.params, **params}.items()}
-    return _load_cached(name, tuple(sorted(merged.items())), _stamp(name))
+    return _load_cached(name, tuple(sorted(merged.items())), file_stamp(name))
 
 
-def _stamp(name: str) -> tuple | None:
-    """Changes when an imported data set's file changes, so a re-import is not served from the cache."""
+def file_stamp(name: str) -> tuple | None:
+    """Changes when an imported data set's file changes, so a re-import is not served from a cache; None for
+    the registered data sets. DatasetError when an imported one is missing."""
     if not name.startswith(user.PREFIX):
         return None
-    stat = user.dataset_path(name[len(user.PREFIX):]).stat()
+    try:
+        stat = user.dataset_path(name[len(user.PREFIX):]).stat()
+    except FileNotFoundError:
+        raise user.missing(name[len(user.PREFIX):]) from None
     return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
