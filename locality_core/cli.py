@@ -212,7 +212,7 @@ def _cmd_train(args) -> int:
     config = TrainConfig(batch=args.batch) if args.batch else None
     unet_config = default_unet_config(dataset, base=args.base) if args.base else None
     path = train(dataset, out, train_config=config, unet_config=unet_config, steps=args.steps, device=args.device,
-                 resume=args.resume, evaluate=not args.no_eval)
+                 resume=args.resume, evaluate=not args.no_eval, force=args.force)
     print(f"weights: {path}\nmodel card: {path.parent / 'card.json'}")
     return 0
 
@@ -318,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="batch size (default 128)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--force", action="store_true", help="replace existing weights (and checkpoint) in <out>")
     p.add_argument("--out", default=None, help="output folder (default: the user model folder)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation in the model card")
