@@ -8,6 +8,7 @@ import streamlit as st
 
 from ui.data import configure_threads
 from ui.navigation import build_pages
+from ui.not_found import page_not_found, unknown_path
 from ui.sidebar import render_sidebar
 from ui.state import set_view
 
@@ -17,5 +18,8 @@ st.set_page_config(page_title="Locality Explorer", page_icon=":material/grid_on:
 
 configure_threads()
 page = st.navigation(build_pages())
+if (missing := unknown_path()) is not None:
+    page_not_found(missing)
+    st.stop()
 set_view(render_sidebar())
 page.run()

@@ -41,7 +41,8 @@ def start_server(dataset: str | None) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ)
     if dataset:
         env["LOCALITY_APP_DATASET"] = dataset
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+    entry = os.environ.get("LOCALITY_APP_ENTRY", "app.py")  # serve.py: the ASGI entry point
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", entry, "--server.headless", "true",
                              "--server.port", str(port), "--server.fileWatcherType", "none"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
