@@ -167,3 +167,20 @@ def test_killed_precompute_then_a_rerun_finishes(tmp_path, monkeypatch, sig):
     assert "statistics cached" in rerun.stdout
     if sig == signal.SIGKILL:
         assert "took over" in rerun.stderr
+
+
+def test_concurrent_threads_compute_a_shared_result_once(tmp_path):
+    """Sessions of one server are threads: the same expensive result is computed once and shared."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ArrayCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        time.sleep(0.3)
+        return {"v": np.arange(3.0)}
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: cache.get_or_compute("same-pixel", compute), range(6)))
+    assert len(calls) == 1 and all(r["v"][-1] == 2 for r in results)
