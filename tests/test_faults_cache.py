@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fault_helpers import import_tiny
 
 from locality_core import locks
 from locality_core.cache import ArrayCache, encode
@@ -121,19 +122,6 @@ def test_stale_heartbeat_is_taken_over(tmp_path):
         holder.wait()
 
 
-def _tiny_dataset(data_dir: Path) -> None:
-    from PIL import Image
-
-    src = data_dir / "src"
-    src.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).save(src / f"{i}.png")
-    from locality_core.data import user
-
-    user.import_images(src, "tiny")
-
-
 SLOW_PRECOMPUTE = """
 import pathlib, sys, time
 import locality_core.stats as stats
@@ -151,7 +139,7 @@ def test_killed_precompute_then_a_rerun_finishes(tmp_path, monkeypatch, sig):
     env = {**os.environ, "LOCALITY_CACHE_DIR": str(tmp_path / "cache"), "LOCALITY_DATA_DIR": str(tmp_path / "data"),
            "OMP_NUM_THREADS": "1"}
     monkeypatch.setenv("LOCALITY_DATA_DIR", env["LOCALITY_DATA_DIR"])
-    _tiny_dataset(tmp_path / "data")
+    import_tiny(tmp_path / "data", side=6)
     started = tmp_path / "started"
     victim = subprocess.Popen([sys.executable, "-c", SLOW_PRECOMPUTE, str(started)], cwd=ROOT, env=env,
                               stderr=subprocess.DEVNULL)

@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from fault_helpers import write_images
 
 from locality_core.data import DatasetError, user
 
@@ -22,15 +21,6 @@ ROUNDS = 20
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALITY_DATA_DIR", str(tmp_path / "home"))
     return tmp_path / "home"
-
-
-def write_images(folder: Path, n: int, side: int, mode: str, seed: int) -> Path:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    shape = (side, side, 3) if mode == "RGB" else (side, side)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
 
 
 def _importer(src: str, mode: str, home: str, errors: str) -> None:

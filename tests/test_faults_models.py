@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fault_helpers import import_tiny
 
 from locality_core.models import ASSETS_MODELS, CARD, ModelError, file_sha256, load_weights, write_card_hash
 from locality_core.unet import EDMDenoiser, UNetConfig
@@ -116,24 +117,10 @@ def _train(*args: str, home: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def _tiny_user_data(home: Path) -> None:
-    import numpy as np
-    from PIL import Image
-
-    src = home / "src"
-    src.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(src / f"{i}.png")
-    from locality_core.data import user
-
-    user.import_images(src, "tiny")
-
-
 @pytest.mark.parametrize("steps", ["0", "-1"])
 def test_train_refuses_non_positive_steps_and_writes_nothing(tmp_path, monkeypatch, steps):
     monkeypatch.setenv("LOCALITY_DATA_DIR", str(tmp_path))
-    _tiny_user_data(tmp_path)
+    import_tiny(tmp_path)
     done = _train("user:tiny", "--steps", steps, "--no-eval", home=tmp_path)
     assert done.returncode == 2 and "steps" in done.stderr and "Traceback" not in done.stderr
     assert not list((tmp_path / "models").rglob("unet.pt"))
@@ -141,7 +128,7 @@ def test_train_refuses_non_positive_steps_and_writes_nothing(tmp_path, monkeypat
 
 def test_train_never_replaces_a_model_unless_forced(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALITY_DATA_DIR", str(tmp_path))
-    _tiny_user_data(tmp_path)
+    import_tiny(tmp_path)
     out = tmp_path / "out"
     save_model(out)
     before = (out / "unet.pt").read_bytes()
