@@ -146,3 +146,18 @@ def test_unknown_addresses_show_page_not_found_in_a_browser(monkeypatch):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_memory_bomb_url_options_show_a_message_and_build_nothing():
+    from locality_core.data import natural
+
+    if not natural.availability()[0]:
+        pytest.skip(natural.availability()[1])
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    for key, value in {"dataset": "natural-patches", "natural-patches.stride": "1",
+                       "natural-patches.max_per_photo": "200000"}.items():
+        at.query_params[key] = value
+    at.run()
+    at.switch_page("pages/components.py").run()
+    assert not at.exception
+    assert any("GiB of memory" in e.value for e in at.error)

@@ -287,7 +287,7 @@ def _write_atomic(path: Path, write: Callable) -> None:
 
 def name_lock(name: str):
     """The lock that serialises writing, deleting and reading the files of ``user:<name>`` across processes."""
-    return owned_lock(user_dir() / ".locks", validate_name(name), what=f"importing {PREFIX}{name}")
+    return owned_lock(data_home() / ".locks", "user:" + validate_name(name), what=f"importing {PREFIX}{name}")
 
 
 def save(name: str, train: np.ndarray, test: np.ndarray, train_names: list[str], test_names: list[str],
