@@ -9,6 +9,7 @@ import streamlit as st
 from ui.data import configure_threads
 from ui.layout import apply_css
 from ui.navigation import build_pages
+from ui.not_found import page_not_found, unknown_path
 from ui.sidebar import render_sidebar
 from ui.state import set_view
 
@@ -19,6 +20,9 @@ st.set_page_config(page_title="Locality Explorer", page_icon=":material/grid_on:
 
 configure_threads()
 page = st.navigation(build_pages())
+if (missing := unknown_path()) is not None:
+    page_not_found(missing)
+    st.stop()
 view = render_sidebar()
 set_view(view)
 apply_css(view.present)
