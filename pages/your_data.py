@@ -87,8 +87,8 @@ def run_import(upload, name: str, side: int, mode: str):
             with st.spinner("Reading and resizing the images…"):
                 report = import_images(path, name, size=(side, side), mode=mode,
                                        replace=name in st.session_state[OWN])
-        except DatasetError as exc:
-            st.error(f"Import failed: {exc}", icon=":material/error:")
+        except DatasetError as exc:  # name the uploaded file, never the server's temporary path
+            st.error(f"Import failed: {str(exc).replace(str(path), path.name)}", icon=":material/error:")
             return None
     st.session_state[OWN].add(report.name)
     return report

@@ -367,6 +367,10 @@ def test_your_data_reports_a_bad_zip():
     at.button(key="import_go").click().run()
     assert not at.exception
     assert at.error and "at least 10" in at.error[0].value
+    at.file_uploader[0].set_value(("broken.zip", b"not a zip at all", "application/zip"))
+    at.button(key="import_go").click().run()
+    message = at.error[0].value
+    assert "broken.zip" in message and "/tmp" not in message and "BytesIO" not in message  # the file, by name
 
 
 def test_samples_same_noise_metrics_and_trajectories():
