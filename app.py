@@ -7,15 +7,23 @@ shared sidebar (data set, noise levels, seed, device), whose choices live in the
 import streamlit as st
 
 from ui.data import configure_threads
+from ui.layout import apply_css
 from ui.navigation import build_pages
+from ui.not_found import page_not_found, unknown_path
 from ui.sidebar import render_sidebar
 from ui.state import set_view
 
 st.set_page_config(page_title="Locality Explorer", page_icon=":material/grid_on:", layout="wide",
+                   initial_sidebar_state="collapsed",  # the figures get the width; the sidebar is one click away
                    menu_items={"About": "Locality Explorer: how the data's statistics shape what image diffusion "
                                         "denoisers look at (Lukoianov et al., NeurIPS 2025)."})
 
 configure_threads()
 page = st.navigation(build_pages())
-set_view(render_sidebar())
+if (missing := unknown_path()) is not None:
+    page_not_found(missing)
+    st.stop()
+view = render_sidebar()
+set_view(view)
+apply_css(view.present)
 page.run()

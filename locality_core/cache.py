@@ -9,19 +9,28 @@ Why not diskcache's defaults: diskcache pickles values (CVE-2025-69872: whoever 
 runs code in the app) and its ``memoize`` lets concurrent processes compute the same cold value. Here
 values are raw bytes (diskcache stores bytes without pickling), reads refuse any pickled entry, every
 value carries a checksum (a truncated or corrupted entry is a miss: dropped and recomputed), and cold
-values are computed under a ``diskcache.Lock`` held in a second cache that never evicts.
+values are computed under a lock file (`locks.owned_lock`) that the owner's death releases at once.
+A damaged sqlite file is moved aside and a fresh cache started; an unusable folder gives an in-memory cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import sqlite3
+import sys
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import diskcache
 import numpy as np
+
+from .locks import owned_lock
 
 MAGIC = b"LXC1"
 CODE_VERSION = "1"  # bump when a cached computation changes meaning
@@ -70,16 +79,102 @@ def decode(blob: bytes) -> Arrays:
         return {k: npz[k] for k in npz.files}
 
 
-class ArrayCache:
-    """Named-array cache in ``directory`` (default ``$LOCALITY_CACHE_DIR`` or ``~/.cache/locality-explorer``)."""
+class MemoryStore:
+    """The part of diskcache's interface the cache uses, in memory: the fallback when no folder is usable."""
 
-    def __init__(self, directory: str | Path | None = None, size_limit: int = DEFAULT_SIZE_LIMIT):
+    def __init__(self, size_limit: int = DEFAULT_SIZE_LIMIT):
+        self.size_limit = size_limit
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, default=None, read: bool = False):
+        with self._lock:
+            if key not in self._blobs:
+                return default
+            self._blobs.move_to_end(key)
+            return self._blobs[key]
+
+    def set(self, key: str, blob: bytes) -> None:
+        with self._lock:
+            self._blobs[key] = blob
+            while self.volume() > self.size_limit and len(self._blobs) > 1:
+                self._blobs.popitem(last=False)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._blobs.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._blobs.clear()
+
+    def volume(self) -> int:
+        return sum(len(b) for b in self._blobs.values())
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _damaged(exc: BaseException) -> bool:
+    """Whether a sqlite error says the file itself is damaged (rather than unreachable or read-only)."""
+    text = str(exc).lower()
+    return type(exc) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text
+
+
+def _make_private_dir(directory: Path) -> None:
+    """Create ``directory`` readable by its owner only; an existing folder keeps its mode (it may be shared)."""
+    if not directory.is_dir():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def open_values(folder: Path, size_limit: int, warn: Callable[[str], None] = _warn) -> diskcache.Cache:
+    """diskcache in ``folder``; a damaged ``cache.db`` is moved aside (with a warning) and a fresh one started."""
+    options = {"disk": _NoPickleDisk, "size_limit": size_limit, "eviction_policy": "least-recently-used"}
+    try:
+        cache = diskcache.Cache(str(folder), **options)
+        cache.get("probe:health", default=None)  # reads the tables: a damaged file fails here at the latest
+        return cache
+    except sqlite3.DatabaseError as exc:
+        if not _damaged(exc):
+            raise
+        db = folder / "cache.db"
+        aside = db.with_name(f"cache.db.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        os.replace(db, aside)
+        for extra in ("cache.db-wal", "cache.db-shm"):
+            (folder / extra).unlink(missing_ok=True)
+        warn(f"warning: the cache database {db} was damaged ({exc}); moved it to {aside.name} and started a "
+             "fresh cache.")
+        return diskcache.Cache(str(folder), **options)
+
+
+class ArrayCache:
+    """Named-array cache in ``directory`` (default ``$LOCALITY_CACHE_DIR`` or ``~/.cache/locality-explorer``).
+
+    A folder that cannot be used (read-only, not a folder, a database that cannot be opened) makes it an
+    in-memory cache for this process, with a one-line warning; ``memory_only`` tells which it is.
+    """
+
+    def __init__(self, directory: str | Path | None = None, size_limit: int = DEFAULT_SIZE_LIMIT,
+                 warn: Callable[[str], None] = _warn):
         self.directory = Path(directory) if directory else default_cache_dir()
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o700)
-        self._values = diskcache.Cache(str(self.directory / "values"), disk=_NoPickleDisk,
-                                       size_limit=size_limit, eviction_policy="least-recently-used")
-        self._locks = diskcache.Cache(str(self.directory / "locks"), disk=_NoPickleDisk, eviction_policy="none")
+        self.memory_only = False
+        self._warn = warn
+        self._thread_locks: dict[str, threading.Lock] = {}
+        try:
+            _make_private_dir(self.directory)
+            self._lock_dir = self.directory / "locks"
+            self._lock_dir.mkdir(exist_ok=True)
+            self._values = open_values(self.directory / "values", size_limit, warn)
+        except (OSError, sqlite3.Error) as exc:
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        if not self.memory_only:
+            self._warn(f"warning: the cache folder {self.directory} cannot be used ({exc}); results are kept in "
+                       "memory for this process only: fix the folder or point LOCALITY_CACHE_DIR elsewhere.")
+        self.memory_only = True
+        self._values = MemoryStore()
 
     @staticmethod
     def make_key(kind: str, *parts) -> str:
@@ -95,7 +190,12 @@ class ArrayCache:
             return None
 
     def set(self, key: str, arrays: Arrays) -> None:
-        self._values.set(key, encode(arrays))
+        blob = encode(arrays)
+        try:
+            self._values.set(key, blob)
+        except (OSError, sqlite3.Error) as exc:  # the folder turned read-only or full: keep going in memory
+            self._fall_back(exc)
+            self._values.set(key, blob)
 
     def delete(self, key: str) -> None:
         try:
@@ -106,12 +206,32 @@ class ArrayCache:
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
 
-    def get_or_compute(self, key: str, compute: Callable[[], Arrays], *, lock_timeout: float = 3600) -> Arrays:
+    @contextlib.contextmanager
+    def _lock(self, key: str):
+        """Across processes: a lock file that its owner's death releases; in memory: a thread lock."""
+        if self.memory_only:
+            with self._thread_locks.setdefault(key, threading.Lock()):
+                yield
+            return
+        try:
+            lock = owned_lock(self._lock_dir, key, what=f"computing {key}")
+            lock.__enter__()
+        except OSError as exc:  # the lock folder became unusable
+            self._fall_back(exc)
+            with self._lock(key):
+                yield
+            return
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
+
+    def get_or_compute(self, key: str, compute: Callable[[], Arrays]) -> Arrays:
         """Check, lock, check again, compute: a cold key is computed once even by concurrent processes."""
         hit = self.get(key)
         if hit is not None:
             return hit
-        with diskcache.Lock(self._locks, "lock:" + key, expire=lock_timeout):
+        with self._lock(key):
             hit = self.get(key)
             if hit is not None:
                 return hit
@@ -123,7 +243,7 @@ class ArrayCache:
         self._values.clear()
 
     def volume(self) -> int:
-        """Bytes on disk."""
+        """Bytes on disk (in memory for a memory-only cache)."""
         return self._values.volume()
 
 

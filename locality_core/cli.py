@@ -1,6 +1,7 @@
 """The `locality` command line: every computation of the dashboard, scriptable, with progress bars.
 
     locality datasets                       what is registered and available here
+    locality import NAME FOLDER_OR_ZIP [--size H,W] [--mode L|RGB] [--force]
     locality precompute DATASET             statistics (and everything cached per data set)
     locality stats DATASET [--json]         top eigenvalues, trace, components for 90/95/99 %
     locality field DATASET --denoiser NAME --pixel R,C --sigmas S1,S2 --out F.npy|F.png
@@ -19,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import validate as V
 from .data import DatasetError
 
 
@@ -62,22 +64,17 @@ def _stats(dataset):
         close()
 
 
-def _parse_floats(text: str) -> list[float]:
-    try:
-        values = [float(s) for s in text.split(",") if s.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError("noise levels must be positive numbers")
-    return values
+def _denoiser_names(text: str) -> list[str]:
+    from .denoisers import list_denoisers
+
+    return V.names(text, [spec.name for spec in list_denoisers()])
 
 
-def _parse_pixel(text: str) -> tuple[int, int]:
-    try:
-        r, c = (int(s) for s in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected ROW,COL, got {text!r}") from exc
-    return r, c
+def _one_denoiser(text: str) -> str:
+    chosen = _denoiser_names(text)
+    if len(chosen) != 1:
+        raise V.InvalidInput(f"name exactly one denoiser here, got {text!r}.")
+    return chosen[0]
 
 
 # ---------------------------------------------------------------- commands
@@ -97,6 +94,15 @@ def _cmd_datasets(args) -> int:
     from .data import default_dataset_name
 
     print(f"\ndefault: {default_dataset_name()}")
+    return 0
+
+
+def _cmd_import(args) -> int:
+    from .data.user import PREFIX, import_images
+
+    report = import_images(args.path, args.name, size=args.size, mode=args.mode, replace=args.force)
+    print(report.summary())
+    print(f"use it as {PREFIX}{report.name}, e.g. `locality precompute {PREFIX}{report.name}`")
     return 0
 
 
@@ -132,6 +138,7 @@ def _cmd_field(args) -> int:
     from .schedule import format_noise_level
 
     dataset = _load(args.dataset)
+    V.pixel(args.pixel, dataset.shape)
     field = denoiser_field(dataset, args.denoiser, args.pixel, args.sigmas, n=args.n, seed=args.seed)
     maps = field.map("signed" if args.signed else "abs")
     sizes = locality_sizes(field)
@@ -197,7 +204,7 @@ def _cmd_train(args) -> int:
     config = TrainConfig(batch=args.batch) if args.batch else None
     unet_config = default_unet_config(dataset, base=args.base) if args.base else None
     path = train(dataset, out, train_config=config, unet_config=unet_config, steps=args.steps, device=args.device,
-                 resume=args.resume, evaluate=not args.no_eval)
+                 resume=args.resume, evaluate=not args.no_eval, force=args.force)
     print(f"weights: {path}\nmodel card: {path.parent / 'card.json'}")
     return 0
 
@@ -207,7 +214,7 @@ def _cmd_eval(args) -> int:
     from .evaluate import heldout_mse_table
 
     dataset = _load(args.dataset)
-    names = [s.strip() for s in args.denoiser.split(",") if s.strip()]
+    names = args.denoiser
     denoisers = {name: get_denoiser(name, dataset) for name in names}
     rows = heldout_mse_table(dataset, denoisers, n=args.n, seed=args.seed, include_wiener=not args.json,
                              progress=not args.json)
@@ -234,6 +241,7 @@ def _cmd_basis(args) -> int:
     from .basis import denoiser_basis
 
     dataset = _load(args.dataset)
+    V.index(args.image, len(dataset.test), "--image")
     basis, y = denoiser_basis(dataset, args.denoiser, args.image, args.sigma, seed=args.seed)
     k = args.top
     print(f"{args.denoiser} Jacobian at test image {args.image}, sigma {args.sigma:g} on {dataset.name}")
@@ -260,12 +268,21 @@ def _cmd_basis(args) -> int:
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="locality", description=__doc__,
+    parser = V.Parser(prog="locality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("datasets", help="list data sets and whether they are available here")
     p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser("import", help="import a folder or .zip of images as the data set user:NAME")
+    p.add_argument("name", help="letters, digits, '-' and '_'; the data set becomes user:NAME")
+    p.add_argument("path", help="a folder of images (searched recursively) or a .zip archive")
+    p.add_argument("--size", type=V.arg(V.int_pair, "--size"), default=None,
+                   help="H,W: crop and resize every image to this")
+    p.add_argument("--mode", choices=["L", "RGB"], default="L", help="grayscale (L, default) or colour (RGB)")
+    p.add_argument("--force", action="store_true", help="replace an imported data set of the same name")
+    p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser("precompute", help="compute and cache a data set's statistics")
     p.add_argument("dataset")
@@ -274,33 +291,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stats", help="eigenvalues, trace and components holding 90/95/99 %% of the variance")
     p.add_argument("dataset")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=V.arg(V.count, "--top"), default=5)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("field", help="sensitivity field of one pixel across noise levels")
     p.add_argument("dataset")
-    p.add_argument("--denoiser", default="wiener")
-    p.add_argument("--pixel", type=_parse_pixel, required=True, help="ROW,COL")
-    p.add_argument("--sigmas", type=_parse_floats, default=None, help="comma-separated (default: DDIM grid)")
-    p.add_argument("--n", type=int, default=32, help="held-out images averaged over (autograd denoisers)")
+    p.add_argument("--denoiser", type=V.arg(_one_denoiser), default="wiener")
+    p.add_argument("--pixel", type=V.arg(V.int_pair, "--pixel"), required=True, help="ROW,COL")
+    p.add_argument("--sigmas", type=V.arg(V.sigma_list), default=None, help="comma-separated (default: DDIM grid)")
+    p.add_argument("--n", type=V.arg(V.count, "--n"), default=32,
+                   help="held-out images averaged over (autograd denoisers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--signed", action="store_true", help="signed mean instead of mean absolute value")
     p.add_argument("--per-channel", action="store_true", help=".npy: keep (S, C_out, C_in, H, W)")
-    p.add_argument("--out", default=None, help=".npy (maps, shape (S, H, W)) or .png (labelled figure)")
+    p.add_argument("--out", type=V.arg(V.out_file, (".npy", ".png")), default=None,
+                   help=".npy (maps, shape (S, H, W)) or .png (labelled figure)")
     p.set_defaults(func=_cmd_field)
 
     p = sub.add_parser("train", help="train a UNet denoiser on a data set (resumable)")
     p.add_argument("dataset")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 6000)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default 128)")
+    p.add_argument("--steps", type=V.arg(V.count, "--steps"), default=None, help="training steps (default 6000)")
+    p.add_argument("--batch", type=V.arg(V.count, "--batch"), default=None, help="batch size (default 128)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--force", action="store_true", help="replace existing weights (and checkpoint) in <out>")
     p.add_argument("--out", default=None, help="output folder (default: the user model folder)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=V.arg(V.count, "--threads"), default=None,
+                   help="CPU threads (default: torch's choice)")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation in the model card")
-    p.add_argument("--base", type=int, default=None, help="UNet channels at full resolution (default 32)")
-    p.add_argument("--subset", type=int, default=None,
+    p.add_argument("--base", type=V.arg(V.count, "--base"), default=None,
+                   help="UNet channels at full resolution (default 32)")
+    p.add_argument("--subset", type=V.arg(V.count, "--subset"), default=None,
                    help="train on N images only: a block of a seeded permutation (see --split)")
     p.add_argument("--split", choices=["A", "B"], default=None,
                    help="with --subset: the first (A) or second (B) block of N images; A and B never overlap")
@@ -308,20 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="held-out MSE on the reference DDIM grid")
     p.add_argument("dataset")
-    p.add_argument("--denoiser", required=True, help="a registered denoiser (or several, comma-separated)")
-    p.add_argument("--n", type=int, default=2000, help="test images (default 2000)")
+    p.add_argument("--denoiser", type=V.arg(_denoiser_names), required=True,
+                   help="a registered denoiser (or several, comma-separated)")
+    p.add_argument("--n", type=V.arg(V.count, "--n"), default=2000, help="test images (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("basis", help="Jacobian eigenbasis of a denoiser at one noisy test image")
     p.add_argument("dataset")
-    p.add_argument("--denoiser", default="unet")
+    p.add_argument("--denoiser", type=V.arg(_one_denoiser), default="unet")
     p.add_argument("--image", type=int, default=0, help="test image index")
-    p.add_argument("--sigma", type=float, default=1.0)
+    p.add_argument("--sigma", type=V.arg(V.sigma, "--sigma"), default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=int, default=8)
-    p.add_argument("--out", default=None, help=".npz or .png")
+    p.add_argument("--top", type=V.arg(V.count, "--top"), default=8)
+    p.add_argument("--out", type=V.arg(V.out_file, (".npz", ".png")), default=None, help=".npz or .png")
     p.set_defaults(func=_cmd_basis)
 
     from .cli_sampling import add_commands  # sample, compare, calibrate
@@ -342,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sigmas = list(REFERENCE_SIGMAS)
     try:
         return args.func(args)
-    except (DatasetError, DenoiserError, ModelError, TooLargeError, ValueError, FileExistsError) as exc:
+    except (DatasetError, DenoiserError, ModelError, TooLargeError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

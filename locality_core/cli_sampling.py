@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import validate as V
+
 DEFAULT_SAMPLE = ("unet", "analytical", "wiener", "optimal", "els")
 DEFAULT_COMPARE = ("analytical", "wiener", "optimal", "ls", "els")
 SCALE = 3          # grid pixels per image pixel
@@ -31,7 +33,7 @@ def _friendly(command):
 
         try:
             return command(args)
-        except (DatasetError, DenoiserError, ModelError, ValueError) as exc:
+        except (DatasetError, DenoiserError, ModelError, ValueError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     return run
@@ -129,7 +131,6 @@ def _cmd_sample(args) -> int:
         if name == "optimal":
             rows["optimal: nearest train"] = dataset.train[idx]
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     sample_grid(rows).save(out)
     print(f"{'denoiser':<12} {'nearest train L2 (mean)':>24} {'r2 vs unet':>11}")
     for name, entry in report["denoisers"].items():
@@ -228,19 +229,23 @@ def _default_sizes(side: int) -> list[int]:
 
 # ---------------------------------------------------------------- the parser
 
+def _json_out(text: str) -> str:
+    return text if text == "-" else str(V.out_file(text))
+
+
 def add_commands(subparsers) -> None:
     """Add `sample`, `compare` and `calibrate` to an argparse subparsers object."""
     p = subparsers.add_parser("sample", help="sample from several denoisers from the same noise; save a grid")
     p.add_argument("dataset")
     p.add_argument("--denoisers", default=None,
                    help=f"comma list (default: {','.join(DEFAULT_SAMPLE)}, skipping unavailable ones)")
-    p.add_argument("--n", "--samples", dest="n", type=int, default=8,
+    p.add_argument("--n", "--samples", dest="n", type=V.arg(V.count, "--n"), default=8,
                    help="samples per denoiser (--samples under torchrun, whose own options --n abbreviates)")
-    p.add_argument("--steps", type=int, default=10, help="DDIM steps from t = 900")
+    p.add_argument("--steps", type=V.arg(V.count, "--steps", 900), default=10, help="DDIM steps from t = 900")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--out", default="grid.png", help="grid image (PNG)")
-    p.add_argument("--json", default=None, help="write metrics JSON here ('-' for stdout)")
+    p.add_argument("--batch", type=V.arg(V.count, "--batch"), default=8)
+    p.add_argument("--out", type=V.arg(V.out_file, (".png",)), default="grid.png", help="grid image (PNG)")
+    p.add_argument("--json", type=V.arg(_json_out), default=None, help="write metrics JSON here ('-' for stdout)")
     p.add_argument("--distributed", action="store_true",
                    help="under torchrun: optimal, analytical and LS on one shard of the training set per rank")
     p.set_defaults(func=_friendly(_cmd_sample))
@@ -248,10 +253,10 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("compare", help="agreement of analytical denoisers with the trained UNet")
     p.add_argument("dataset")
     p.add_argument("--denoisers", default=None, help=f"comma list (default: {','.join(DEFAULT_COMPARE)})")
-    p.add_argument("--n", type=int, default=8, help="held-out inputs and samples")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--n", type=V.arg(V.count, "--n"), default=8, help="held-out inputs and samples")
+    p.add_argument("--steps", type=V.arg(V.count, "--steps", 900), default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=V.arg(V.count, "--batch"), default=8)
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_friendly(_cmd_compare))
 
@@ -259,11 +264,13 @@ def add_commands(subparsers) -> None:
     p.add_argument("dataset")
     p.add_argument("--kind", choices=["ls", "els", "both"], default="both")
     p.add_argument("--sizes", default=None, help="comma list of odd patch sizes (default 3, 5, ..., side, 2*side-1)")
-    p.add_argument("--n", type=int, default=4, help="held-out images per noise level")
-    p.add_argument("--steps", type=int, default=10, help="noise levels: the DDIM grid with this many steps")
+    p.add_argument("--n", type=V.arg(V.count, "--n"), default=4, help="held-out images per noise level")
+    p.add_argument("--steps", type=V.arg(V.count, "--steps", 900), default=10,
+                   help="noise levels: the DDIM grid with this many steps")
     p.add_argument("--metric", choices=["mse", "cosine"], default="mse")
-    p.add_argument("--n-train", type=int, default=2000, help="ELS training subset")
+    p.add_argument("--n-train", type=V.arg(V.count, "--n-train"), default=2000, help="ELS training subset")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="JSON path (default: beside the UNet weights)")
+    p.add_argument("--out", type=V.arg(V.out_file, (".json",)), default=None,
+                   help="JSON path (default: beside the UNet weights)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_friendly(_cmd_calibrate))

@@ -145,17 +145,19 @@ def window_shares(field_map: np.ndarray, pixel: tuple[int, int]) -> tuple[np.nda
 
 def locality_size(field_map: np.ndarray, pixel: tuple[int, int], level: float, interpolate: bool = False
                   ) -> int | float:
-    """Smallest odd k whose centred k x k square holds ``level`` of the map's absolute mass.
+    """Smallest odd k whose centred k x k square holds ``level`` of the map's absolute mass, capped at the image
+    side (from a corner pixel the square must reach across the image, but only the image's pixels count).
 
     ``interpolate``: a continuous side length instead, linear in the share between consecutive odd k
     (1 when the pixel alone holds ``level``); it separates fields that the integer size ties.
     """
     ks, shares = window_shares(field_map, pixel)
+    side = max(np.shape(field_map))  # a square centred near the border reaches past it: report what lies inside
     i = int(np.searchsorted(shares, level - 1e-12))
     if not interpolate or i == 0:
-        return int(ks[i])
+        return int(min(ks[i], side))
     lo, hi = shares[i - 1], shares[i]
-    return float(ks[i - 1] + (ks[i] - ks[i - 1]) * (level - lo) / (hi - lo))
+    return float(min(ks[i - 1] + (ks[i] - ks[i - 1]) * (level - lo) / (hi - lo), side))
 
 
 def locality_sizes(field: Field, levels=LOCALITY_LEVELS) -> np.ndarray:

@@ -7,6 +7,7 @@ Search order for the weights of data set NAME: ``$LOCALITY_MODEL_DIR/NAME``, the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -62,18 +63,94 @@ def _short(fingerprint: str, other: str) -> str:
     return fingerprint if fingerprint[:12] == other[:12] else fingerprint[:12]
 
 
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def config_sha256(config: dict) -> str:
+    """sha256 of a configuration as canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def card_hashes(directory: Path) -> dict:
+    """What a card records to pin its weights: {"unet.pt": sha256 of the file, "unet_config": of its config}."""
+    blob = torch.load(Path(directory) / WEIGHTS, map_location="cpu", weights_only=True)
+    return {WEIGHTS: file_sha256(Path(directory) / WEIGHTS), "unet_config": config_sha256(blob["unet_config"])}
+
+
+def write_card_hash(directory: str | Path) -> dict:
+    """Add (or refresh) the ``sha256`` field of ``<directory>/card.json`` from the weights there; returns it.
+
+    For cards written before cards carried hashes (user-trained models, networks trained by older code)."""
+    directory = Path(directory)
+    card_path = directory / CARD
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card["sha256"] = card_hashes(directory)
+    tmp = card_path.with_name(f".{CARD}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, card_path)
+    return card["sha256"]
+
+
+def verify_card(path: Path, config: dict) -> None:
+    """Check ``path`` (unet.pt) and its ``config`` against the hashes of the card beside it.
+
+    A card without a ``sha256`` field (written before cards carried one) is accepted: the other checks of
+    `load_weights` still apply. A missing card is accepted too (weights saved by hand for an experiment)."""
+    card_path = path.parent / CARD
+    if not card_path.is_file():
+        return
+    try:
+        hashes = json.loads(card_path.read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelError(f"{card_path} is unreadable ({exc}); restore it, or retrain.") from exc
+    if hashes is None:
+        return
+    if not isinstance(hashes, dict) or hashes.get(WEIGHTS) != file_sha256(path):
+        raise ModelError(f"{path} does not match the sha256 in its model card: the file was damaged or replaced; "
+                         "restore it or retrain.")
+    if hashes.get("unet_config") != config_sha256(config):
+        raise ModelError(f"the configuration in {path} does not match the sha256 in its model card; restore the "
+                         "file or retrain.")
+
+
+def check_state_dict(config: UNetConfig, state: dict, path: Path) -> None:
+    """Keys, shapes and finiteness of ``state`` against ``config``'s architecture, built on the meta device
+    (no memory allocated, whatever the configuration claims)."""
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} holds no state dict; delete it and retrain.")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in EDMDenoiser(config).state_dict().items()}
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ModelError(f"{path} does not fit its architecture ({len(missing)} missing keys, e.g. {missing[:2]}, "
+                         f"{len(extra)} unexpected, e.g. {extra[:2]}); delete it and retrain.")
+    wrong = [k for k, shape in expected.items() if tuple(state[k].shape) != shape]
+    if wrong:
+        raise ModelError(f"{path} has tensors of the wrong shape for its architecture (e.g. {wrong[0]}: "
+                         f"{tuple(state[wrong[0]].shape)} instead of {expected[wrong[0]]}); delete it and retrain.")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelError(f"{path} has non-finite values (NaN or infinity) in {len(bad)} tensors, e.g. {bad[0]}; "
+                         "delete it and retrain.")
+
+
 def load_weights(path: Path, dataset: Dataset | None = None) -> EDMDenoiser:
-    """Load ``unet.pt`` with ``weights_only=True``; refuse it if its fingerprint differs from ``dataset``'s."""
+    """Load ``unet.pt`` with ``weights_only=True`` after checking it: the card's sha256 of the file and its
+    configuration, the state dict's keys, shapes and finiteness, and the data's fingerprint."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         config = UNetConfig.from_dict(blob["unet_config"])
     except Exception as exc:  # any unreadable or foreign file: explain, never unpickle arbitrary code
         raise ModelError(f"{path} is not a readable Locality Explorer UNet ({exc}); delete it and retrain.") from exc
+    verify_card(path, blob["unet_config"])
     if dataset is not None and blob.get("fingerprint") != dataset.fingerprint:
         theirs, ours = str(blob.get("fingerprint")), dataset.fingerprint
         raise ModelError(f"{path} was trained on data with fingerprint {_short(theirs, ours)}, but "
                          f"{dataset.name!r} here has {_short(ours, theirs)}: the data differ. "
                          f"Retrain with `locality train {dataset.name}`.")
+    check_state_dict(config, blob.get("state_dict"), path)
     model = EDMDenoiser(config)
     model.load_state_dict(blob["state_dict"])
     return model.eval().requires_grad_(False)

@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import signal
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -100,19 +101,29 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` to a uniquely named file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def train(dataset: Dataset, out_dir: str | Path, *, train_config: TrainConfig | None = None,
           unet_config: UNetConfig | None = None, steps: int | None = None, device: str = "auto",
-          resume: bool = False, progress: bool = True, evaluate: bool = True) -> Path:
+          resume: bool = False, progress: bool = True, evaluate: bool = True, force: bool = False) -> Path:
     """Train (or resume) a UNet on ``dataset``; export EMA weights and a model card into ``out_dir``.
 
     ``steps`` overrides the configured number of steps (also of a resumed run). Returns the weights path.
-    A run that already reached its steps only re-exports.
+    A run that already reached its steps only re-exports. Existing weights in ``out_dir`` are replaced only
+    when resuming or with ``force=True``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,8 +139,11 @@ def train(dataset: Dataset, out_dir: str | Path, *, train_config: TrainConfig | 
         unet_config = UNetConfig.from_dict(state["unet_config"])
         saved = TrainConfig.from_dict(state["train_config"])
         train_config = train_config or saved
-    elif ckpt_path.exists() and not resume:
-        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+    elif ckpt_path.exists() and not resume and not force:
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, --force to start afresh, or "
+                              "choose another --out.")
+    if (out_dir / WEIGHTS).exists() and not resume and not force:
+        raise FileExistsError(f"{out_dir / WEIGHTS} exists: pass --force to replace it, or choose another --out.")
     train_config = train_config or TrainConfig()
     if steps is not None:
         train_config = replace(train_config, steps=steps)
@@ -236,7 +250,10 @@ def export(ema: EDMDenoiser, dataset: Dataset, out_dir: Path, train_config: Trai
         from .evaluate import heldout_mse_table  # imported late: only needed here
 
         card["heldout_mse"] = heldout_mse_table(dataset, {"unet": ema}, progress=progress)
-    (out_dir / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    from .models import card_hashes
+
+    card["sha256"] = card_hashes(out_dir)
+    _atomic_write(out_dir / CARD, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
     return weights_path
 
 

@@ -4,10 +4,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from locality_core.claims import effective_rank, rank_claim
 from locality_core.spectrum import correlation_row, power_law_fit
 from locality_core.wiener import passing_components, wiener_gain
 from ui import data as D
-from ui.figures import cumulative_plot, gains_plot, images_png, spectrum_plot, tiles_figure
+from ui.figures import ABS_SCALE, cumulative_plot, gains_plot, images_png, noise_header, spectrum_plot, tiles_figure
+from ui.layout import explain, page_header
+from ui.picker import colour_bar
 from ui.state import current_view
 from ui.widgets import picker, png_download, show
 
@@ -17,13 +20,11 @@ view = current_view()
 data, stats = D.require_data(view)
 C, H, W = data.shape
 
-st.title("Principal components")
-st.markdown(
-    "The covariance of the training images, $\\Sigma = U\\,\\mathrm{diag}(\\lambda)\\,U^T$, is all the Wiener "
-    "filter knows. Each principal component (a column of $U$) is a pattern of pixels that vary together; its "
-    "eigenvalue $\\lambda_k$ is how much they vary. Denoising keeps component $k$ with gain "
-    "$\\lambda_k/(\\lambda_k+\\sigma^2)$, so the noise level decides which patterns survive, and with them how "
-    "wide the sensitivity fields are.")
+page_header("Principal components", view, data)
+explain(view, "The covariance of the training images, Σ = U diag(λ) Uᵀ, is all the Wiener filter knows. Each "
+              "principal component (a column of U) is a pattern of pixels that vary together; its eigenvalue λₖ "
+              "is how much they vary. Denoising keeps component k with gain λₖ/(λₖ+σ²), so the noise level decides "
+              "which patterns survive, and with them how wide the sensitivity fields are.")
 
 summary = stats.summary()
 cols = st.columns(5)
@@ -64,9 +65,10 @@ with left:
         st.info(f"No power-law fit: {exc}")
     show(spectrum_plot(stats.eigvals, fit_args), "spectrum", f"{view.dataset}-spectrum")
     if fit is not None:
-        st.caption(f"Eigenvalues fall as a power law, λ_k ≈ {fit.amplitude:.3g} · k^(−{fit.beta:.2f}) "
-                   f"(least squares in log-log over ranks {fit.k_min}–{fit.k_max}, R² = {fit.r2:.3f}). "
-                   "The steeper the fall, the fewer components carry the signal.")
+        how = "fall as a power law" if fit.r2 >= 0.95 else "follow a power law only roughly"
+        st.caption(f"Eigenvalues {how}, λ_k ≈ {fit.amplitude:.3g} · k^(−{fit.beta:.2f}) (least squares in "
+                   f"log-log over ranks {fit.k_min}–{fit.k_max}, R² = {fit.r2:.3f}). The steeper the fall, the "
+                   "fewer components carry the signal.")
 with right:
     st.subheader("Cumulative variance")
     marks = {q: stats.components_for(q) for q in (0.90, 0.95, 0.99)}
@@ -80,12 +82,12 @@ show(gains_plot(stats.eigvals, list(view.sigmas), view.labels), "gains", f"{view
 table = pd.DataFrame({
     "components with λ > σ²": [passing_components(stats.eigvals, s) for s in view.sigmas],
     "effective dimension tr P_σ": [f"{float(wiener_gain(stats.eigvals, s).sum()):.1f}" for s in view.sigmas],
-}, index=view.labels).T
+}, index=[" ".join(noise_header(s)) for s in view.sigmas]).T
 st.dataframe(table.astype(str), width="stretch")
 st.caption("A component passes when its signal-to-noise ratio λ/σ² exceeds 1 (gain above one half). tr P_σ, the "
            "sum of the gains, is how many dimensions the Wiener filter keeps. Few components pass at high noise, "
-           "and each is spread over the image: the sensitivity fields are broad. At low noise nearly all pass, "
-           "P_σ approaches the identity and the fields shrink to the pixel.")
+           "and each is spread over the image: the sensitivity fields are broad. "
+           + rank_claim(effective_rank(stats.eigvals), stats.d, stats.n).text)
 
 
 # ---------------------------------------------------------------- correlation map of a clicked pixel
@@ -96,17 +98,24 @@ def correlation_section():
     if C > 1:
         channel = st.segmented_control("Channel", list(range(C)), default=0, key="corr_channel",
                                        format_func=lambda c: "RGB"[c] if C == 3 else str(c), required=True)
+    def correlation_map(p):
+        return correlation_row(stats, p, channel)[channel]  # with the same channel of every other pixel
+
+    def bar(p):
+        m = correlation_map(p)
+        return colour_bar(ABS_SCALE, float(m.min()), float(m.max()), "correlation (from its lowest to its highest)")
+
     left, right = st.columns([1, 1.2], gap="medium")
     with left:
-        pixel = picker(lambda p: correlation_row(stats, p, channel).mean(0), data.shape, kind="signed",
-                       key="corr_picker", title=lambda p: f"Correlation with pixel (row {p[0]}, col {p[1]})",
-                       filename=f"{view.dataset}-correlation")
+        pixel = picker(correlation_map, data.shape, kind="range", key="corr_picker", size=360, bar=bar,
+                       title=lambda p: f"Correlation with pixel (row {p[0]}, col {p[1]})")
     corr = correlation_row(stats, pixel, channel)
     with right:
         st.caption(f"Pixel (row {pixel[0]}, col {pixel[1]})")
         st.markdown(
-            "Click a pixel: the map shows its correlation with every other pixel across the training set "
-            "(red: brighter together, blue: one brighter when the other is darker). This row of the covariance "
+            "Click a pixel: the map shows its correlation with every other pixel across the training set, "
+            "coloured from the lowest value in the map (dark) to the highest (bright) so that its contrast shows "
+            "even when every value is high; the bar gives the values. This row of the covariance "
             "is where the Wiener filter's field of that pixel comes from at high noise, when only the leading "
             "components pass. The pixel is shared with the Sensitivity page.")
         near = corr[channel].copy()

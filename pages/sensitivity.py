@@ -1,16 +1,25 @@
-"""Sensitivity: which input pixels does a denoiser's output pixel listen to, at each noise level?"""
+"""Sensitivity: which input pixels does a denoiser's output pixel listen to, at each noise level?
+
+First screen (1280x720 and up): the clickable image on the left, the field grid (noise levels as columns) on
+the right, sized to the width the browser reports. Below: what the numbers say (sentences computed from them),
+the locality curve, the table, downloads and the trained-linear-denoiser experiment.
+"""
+
+import io
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from locality_core.claims import effective_rank, field_claims
 from locality_core.fields import Field, cosine_similarity, locality_sizes, wiener_field
 from locality_core.wiener import passing_components
 from ui import data as D
-from ui.figures import grid_png, locality_plot, map_grid
+from ui.figures import CONTRASTS, SCALES, grid_png, locality_plot, map_grid, noise_header
+from ui.layout import explain, page_header, split_widths
 from ui.linear import linear_fit_section
 from ui.state import current_view
-from ui.widgets import PREVIEW_N, mask_maps, model_maps, picker, png_download, preview_maps, show
+from ui.widgets import PREVIEW_N, file_download, mask_maps, model_maps, picker, png_download, preview_maps, show
 
 view = current_view()
 data, stats = D.require_data(view)
@@ -19,53 +28,53 @@ data_key = (view.dataset, view.params_json, "")
 analytical = D.optional_module("analytical")
 patches = D.optional_module("patches")
 
-st.title("Sensitivity fields")
-st.markdown(
-    "Click a pixel of the image. Each map shows how strongly that **output** pixel of a denoiser depends on "
-    "every **input** pixel at one noise level: the Jacobian row $\\partial D(x,\\sigma)_m/\\partial x$. "
-    "The Wiener filter's field is exact and follows from the data's covariance alone; if the trained UNet's "
-    "field looks the same, its locality comes from the data statistics, not from the convolutions.")
+page_header("Sensitivity fields", view, data)
+picker_width, grid_width = split_widths()
 
-controls = st.columns([1.3, 0.9, 1, 1, 1.1])
+controls = st.columns([1.35, 0.75, 0.8, 0.8, 0.95, 0.8, 0.9], vertical_alignment="center")
+flat_mean = float(stats.mean.std()) < 0.02  # natural patches, random fields: a uniform square shows nothing
 background = controls[0].segmented_control(
-    "Picture to click on", ["mean image", "test image"], default="mean image", key="bg", bind="query-params",
-    required=True)
+    "Picture to click on", ["mean image", "test image"], default="test image" if flat_mean else "mean image",
+    key="bg", bind="query-params", required=True, label_visibility="collapsed")
 image_index = 0
 if background == "test image":
     image_index = int(controls[1].number_input("Test image #", 0, len(data.test) - 1, 0, key="img",
-                                               bind="query-params"))
-signed = controls[2].toggle("Signed fields", key="signed", bind="query-params",
+                                               bind="query-params", label_visibility="collapsed",
+                                               help="Index of the test image to click on."))
+signed = controls[2].toggle("Signed", key="signed", bind="query-params",
                             help="Off: mean |J| (where the pixel listens). On: mean J with its sign "
                                  "(positive red, negative blue).")
-use_unet = controls[3].toggle("UNet row", value=True, key="unet", bind="query-params",
-                              help="Jacobians of the trained network at 32 noisy test images per noise level. The "
-                                   "first time, a quick view from 4 images appears at once and the full average "
-                                   "replaces it after a few seconds; then cached.")
-use_mask = controls[4].toggle("Analytical masks", value=analytical is not None, key="masks", bind="query-params",
+use_unet = controls[3].toggle("UNet", value=True, key="unet", bind="query-params",
+                              help="Jacobians of the trained network at 32 noisy test images per noise level; "
+                                   f"a first view from {PREVIEW_N} images appears at once.")
+use_mask = controls[4].toggle("Analytical", value=analytical is not None, key="masks", bind="query-params",
                               disabled=analytical is None,
                               help="The paper's analytical denoiser: each output pixel averages training images "
                                    "over its own neighbourhood, read off the Wiener matrix by a threshold.")
-use_patch = controls[4].toggle("ELS patches", value=patches is not None, key="els", bind="query-params",
+use_patch = controls[5].toggle("ELS", value=patches is not None, key="els", bind="query-params",
                                disabled=patches is None,
                                help="Kamb & Ganguli's patch machine: each output pixel is built from the P x P "
                                     "patch around it, P growing with noise (their calibrated schedule).")
-theta, threshold = None, "global"
-if use_mask and analytical is not None:
-    with st.popover("Mask threshold", icon=":material/tune:"):
-        threshold = st.radio("Threshold relative to", ["global", "row"], key="mask_mode", bind="query-params",
-                             captions=["max |M| over the whole matrix (the paper's)",
-                                       "each row's own max |M| (robust)"])
+with controls[6].popover("Display", icon=":material/tune:"):
+    scale = st.radio("Colour scale", list(SCALES), format_func=SCALES.get, key="scale", bind="query-params",
+                     help="Fields differ in magnitude by orders across noise levels; 'each map' shows their shapes, "
+                          "'per column' compares the rows of one noise level, 'per row' one denoiser across noise.")
+    contrast = st.radio("Contrast", list(CONTRASTS), format_func=CONTRASTS.get, key="contrast",
+                        bind="query-params")
+    threshold, theta = "global", None
+    if analytical is not None:
+        threshold = st.radio("Analytical mask threshold relative to", ["global", "row"], key="mask_mode",
+                             bind="query-params", captions=["max |M| over the whole matrix (the paper's)",
+                                                            "each row's own max |M| (robust)"])
         theta = st.number_input("θ", 1e-4, 0.5, float(analytical.default_theta(data.shape)), format="%.4f",
                                 key="theta", bind="query-params",
                                 help="Input n is in the neighbourhood of output m when |M[n, m]| ≥ θ max|M|, "
                                      "M = P_σ with each row divided by its diagonal.")
-        st.caption("The global maximum of |M| comes from nearly constant border pixels whose tiny variance blows "
-                   "their rows up, so the paper's global threshold is fragile; the table below shows max |M| at "
-                   "each noise level.")
 mode = "signed" if signed else "abs"
 bg_image = stats.mean.reshape(C, H, W) if background == "mean image" else data.test[image_index].numpy()
 unet_ok, unet_message = D.denoiser_status("unet", data)
 precision = D.field_precision()
+rank = effective_rank(stats.eigvals)
 
 
 def els_patches(pixel: tuple[int, int]) -> tuple[np.ndarray, list[int], str]:
@@ -78,71 +87,107 @@ def els_patches(pixel: tuple[int, int]) -> tuple[np.ndarray, list[int], str]:
     return maps, sizes, schedule.source
 
 
-def agreement_table(wiener: Field, unet: Field | None, masks, patch_sizes) -> pd.DataFrame:
-    """Per noise level: components passing, 50 % squares, the UNet-Wiener cosine, mask sizes."""
-    table = {"components with λ > σ²": [str(passing_components(stats.eigvals, s)) for s in view.sigmas],
-             "Wiener 50 % square (px)": [str(k) for k in locality_sizes(wiener)[:, 0]]}
+def field_table(wiener: Field, unet: Field | None, cosines, masks, patch_sizes) -> pd.DataFrame:
+    """Per noise level (columns): components passing, 50 % squares, the UNet-Wiener cosine, mask sizes."""
+    table = {"components with λ > σ²": [passing_components(stats.eigvals, s) for s in view.sigmas],
+             "Wiener 50 % square (px)": list(locality_sizes(wiener)[:, 0])}
     if unet is not None:
-        table["UNet 50 % square (px)"] = [str(k) for k in locality_sizes(unet)[:, 0]]
-        table["cos(UNet, Wiener)"] = [f"{cosine_similarity(a, b):.2f}"
-                                      for a, b in zip(unet.map(mode), wiener.map(mode))]
+        table["UNet 50 % square (px)"] = list(locality_sizes(unet)[:, 0])
+        table["cos(UNet, Wiener)"] = [f"{c:.2f}" for c in cosines]
     if masks is not None:
-        table["analytical mask: inputs"] = [str(n) for n in masks[1]]
+        table["analytical mask: inputs"] = masks[1]
         table["analytical mask: max |M|"] = [f"{m:.3g}" for m in masks[2]]
     if patch_sizes is not None:
-        table["ELS patch size P"] = [str(p) for p in patch_sizes]
-    return pd.DataFrame(table, index=list(view.labels)).T
+        table["ELS patch size P"] = patch_sizes
+    columns = [" ".join(noise_header(s)) for s in view.sigmas]
+    return pd.DataFrame(table, index=columns).T.astype(str)
 
 
-def draw(pixel, wiener: Field, unet: Field | None, masks, patch, plot_slot, grid_slot, stage: str) -> None:
-    """The locality plot, the map grid and the table; ``stage`` "preview" (few images, replaced when the full
-    UNet fields arrive) or "final"."""
+def fields_npz(pixel, rows) -> bytes:
+    """Every map of the grid with its noise levels and pixel, as a NumPy .npz (raw values, not rescaled)."""
+    buf = io.BytesIO()
+    arrays = {label.split("<br>")[0].lower().replace(" ", "_"): np.asarray(maps) for label, maps, _ in rows}
+    np.savez_compressed(buf, sigmas=np.asarray(view.sigmas), pixel=np.asarray(pixel), **arrays)
+    return buf.getvalue()
+
+
+def grid_rows(wiener: Field, unet: Field | None, masks, patch, stage: str) -> list:
     rows = [("Wiener<br>" + ("P<sub>σ</sub> row" if signed else "|P<sub>σ</sub> row|"), wiener.map(mode), mode)]
+    if unet is not None:
+        rows.append(("UNet<br>" + ("mean J" if signed else "mean |J|") + (f" ({PREVIEW_N} img)" if stage == "preview"
+                                                                          else ""), unet.map(mode), mode))
+    if masks is not None:
+        rows.append(("Analytical<br>mask", masks[0], "mask"))
+    if patch is not None:
+        rows.append(("ELS<br>patch", patch[0], "mask"))
+    return rows
+
+
+def draw_grid(pixel, wiener: Field, unet: Field | None, masks, patch, slot, stage: str) -> list:
+    cosines = None if unet is None else [cosine_similarity(a, b) for a, b in zip(unet.map("abs"), wiener.map("abs"))]
+    titles = [noise_header(s) + ([f"cos {c:.2f}"] if cosines else []) for s, c in
+              zip(view.sigmas, cosines or [None] * len(view.sigmas))]
+    rows = grid_rows(wiener, unet, masks, patch, stage)
+    with slot.container():
+        if stage == "preview":
+            st.caption(f":material/hourglass_top: UNet row from {PREVIEW_N} noisy images per noise level; the "
+                       "32-image average replaces it in a few seconds (then cached).")
+        show(map_grid(rows, titles, pixel=pixel, page_width=grid_width, scale=scale, contrast=contrast),
+             "field_grid" + ("" if stage == "final" else "_preview"),
+             f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}")
+    return cosines
+
+
+def details(pixel, wiener: Field, unet: Field | None, cosines, masks, patch) -> None:
+    """Below the first screen: findings, locality curve, table, downloads."""
     sizes = {"wiener": locality_sizes(wiener)}
     if unet is not None:
-        n_label = f"<br>({PREVIEW_N} images)" if stage == "preview" else ""
-        rows.append(("UNet<br>" + ("mean J" if signed else "mean |J|") + n_label, unet.map(mode), mode))
         sizes["unet"] = locality_sizes(unet)
-    if masks is not None:
-        rows.append((f"Analytical<br>mask (θ={masks[3]:.3g})", masks[0], "mask"))
-    if patch is not None:
-        rows.append(("ELS patch", patch[0], "mask"))
-    suffix = "" if stage == "final" else "_preview"
-    name = f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}"
-    with plot_slot.container():
-        show(locality_plot(list(view.sigmas), sizes, titles={"wiener": "Wiener", "unet": "UNet"},
-                           image_side=max(H, W), height=360),
-             "locality_plot" + suffix, f"{view.dataset}-locality-r{pixel[0]}c{pixel[1]}")
-    table = agreement_table(wiener, unet, masks, None if patch is None else patch[1])
-    titles = [lab.replace(" (", "<br>(") for lab in view.labels]
-    if unet is not None:
-        titles = [f"{t}<br>cos {c}" for t, c in zip(titles, table.loc["cos(UNet, Wiener)"])]
-    with grid_slot.container():
-        if stage == "preview":
-            st.caption(f":material/hourglass_top: First view: UNet fields from {PREVIEW_N} noisy images per noise "
-                       f"level. Averaging over 32 follows (progress above); it replaces this view and is cached.")
-        show(map_grid(rows, titles, pixel=pixel), "field_grid" + suffix, name)
-        st.dataframe(table, width="stretch")
-        notes = []
-        if unet is not None:
-            notes.append("cos: cosine similarity of the UNet and Wiener maps in each column (1 = same shape).")
-            if precision == "bfloat16":
-                notes.append("UNet Jacobians are computed with bfloat16 matrix products, which this CPU runs "
-                             "natively (3-5x faster; maps within cosine 0.999 of float32, tested).")
+    claims = field_claims(list(view.sigmas), sizes["wiener"][:, 0], rank=rank, d=stats.d, n_train=stats.n,
+                          unet_sizes=None if unet is None else sizes["unet"][:, 0], cosines=cosines)
+    explain(view, "Each map shows how strongly the chosen **output** pixel of a denoiser depends on every "
+                  "**input** pixel at one noise level (the Jacobian row ∂D(x, σ)ₘ/∂x, averaged over noisy test "
+                  "images). The Wiener filter's field follows from the data's covariance alone; where the trained "
+                  "UNet's field looks the same, its locality comes from the data, not from the convolutions.")
+    left, right = st.columns([1.2, 1], gap="medium")
+    with right:
+        st.markdown(f"**What the numbers say** (pixel row {pixel[0]}, col {pixel[1]})")
+        st.markdown("\n".join(f"- {c.text}" for c in claims), help="Each sentence is computed from the numbers "
+                    "on this page for this data set and pixel.")
+        scale_text = SCALES[scale] + ("" if contrast == "linear" else ", square-root contrast")
+        st.caption(f"Colours: {scale_text}; signed maps are symmetric around 0. Hover a map for raw values. "
+                   "**How local?** The curve shows the side of the smallest centred square holding 50 / 75 / 95 % "
+                   "of a field's absolute mass (capped at the image).")
+        if unet is not None and precision == "bfloat16":
+            st.caption("UNet Jacobians use bfloat16 matrix products, which this CPU runs natively (maps within "
+                       "cosine 0.999 of float32, tested).")
         if patch is not None:
-            notes.append(f"ELS patch sizes from the schedule: {patch[2]}.")
-        if notes:
-            st.caption(" ".join(notes))
-        if stage == "final":
-            png_download("Download the maps (PNG)", lambda: grid_png(rows, titles, pixel=pixel, title=(
-                f"{view.dataset}: pixel (row {pixel[0]}, col {pixel[1]})")), f"{name}.png", key="grid_png")
+            st.caption(f"ELS patch sizes from the schedule: {patch[2]}.")
+        if masks is not None:
+            st.caption(f"Analytical mask: θ = {masks[3]:.3g} ({threshold} threshold). A mask that fills the image "
+                       "means every input pixel is in the neighbourhood at that noise level.")
+    with left:
+        show(locality_plot(list(view.sigmas), sizes, titles={"wiener": "Wiener", "unet": "UNet"},
+                           image_side=max(H, W), height=340), "locality_plot",
+             f"{view.dataset}-locality-r{pixel[0]}c{pixel[1]}")
+    st.dataframe(field_table(wiener, unet, cosines, masks, None if patch is None else patch[1]), width="stretch")
+    rows = grid_rows(wiener, unet, masks, patch, "final")
+    titles = [" ".join(noise_header(s)) for s in view.sigmas]
+    name = f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}"
+    a, b = st.columns(2)
+    with a:
+        png_download("Download the maps (PNG)", lambda: grid_png(rows, titles, pixel=pixel, title=(
+            f"{view.dataset}: pixel (row {pixel[0]}, col {pixel[1]})")), f"{name}.png", key="grid_png")
+    with b:
+        file_download("Download the raw fields (.npz)", lambda: fields_npz(pixel, rows), f"{name}.npz",
+                      "application/octet-stream", key="grid_npz")
 
 
 @st.fragment
 def pixel_and_maps():
-    left, right = st.columns([1, 1.5], gap="medium")
+    left, right = st.columns([picker_width, grid_width], gap="small")
     with left:
-        pixel = picker(bg_image, data.shape, title="Click a pixel", filename=f"{view.dataset}-picker")
+        pixel = picker(bg_image, data.shape, size=picker_width)
     with D.single_thread_blas():
         wiener = wiener_field(stats, pixel, view.sigmas)
     masks = patch = None
@@ -154,30 +199,24 @@ def pixel_and_maps():
     except (*D.USER_ERRORS, ValueError) as exc:
         D.show_error(exc, "Masks")
     with right:
-        st.subheader(f"Pixel (row {pixel[0]}, col {pixel[1]})")
-        st.caption(f"Pixel (row {pixel[0]}, col {pixel[1]}) of the {H}x{W} images of {view.dataset}: its "
-                   f"fields at {len(view.sigmas)} noise levels below, high noise on the left.")
-        plot_slot = st.empty()
-        st.caption("**How local?** The smallest centred square holding 50 %, 75 % or 95 % of a field's absolute "
-                   "mass. At high noise only a few principal components survive denoising and each spreads over "
-                   "the image; at low noise almost all pass and the field collapses onto the pixel itself.")
+        progress_slot = st.empty()
+        grid_slot = st.empty()
         if use_unet and not unet_ok:
             st.info(f"UNet row not shown: {unet_message}", icon=":material/model_training:")
-    progress_slot = st.empty()
-    grid_slot = st.empty()
     unet = None
     if use_unet and unet_ok:
         try:
             preview = preview_maps("unet", data, data_key, pixel, view.sigmas, view.seed, precision=precision)
             if preview is not None:
-                draw(pixel, wiener, Field(pixel, view.sigmas, *preview), masks, patch, plot_slot, grid_slot,
-                     "preview")
+                draw_grid(pixel, wiener, Field(pixel, view.sigmas, *preview), masks, patch, grid_slot, "preview")
             abs_m, signed_m = model_maps("unet", "UNet", data, data_key, pixel, view.sigmas, view.seed,
                                          precision=precision, slot=progress_slot)
             unet = Field(pixel, view.sigmas, abs_m, signed_m)
         except D.USER_ERRORS as exc:
-            D.show_error(exc, "UNet")
-    draw(pixel, wiener, unet, masks, patch, plot_slot, grid_slot, "final")
+            with right:
+                D.show_error(exc, "UNet")
+    cosines = draw_grid(pixel, wiener, unet, masks, patch, grid_slot, "final")
+    details(pixel, wiener, unet, cosines, masks, patch)
 
 
 pixel_and_maps()

@@ -1,5 +1,7 @@
 """Your own data: import a .zip of images as a data set, then explore it on every page."""
 
+import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from ui.state import View, current_view
 
 SIZES = [16, 24, 28, 32, 48, 64]
 MAX_UPLOAD_MB = st.get_option("server.maxUploadSize")
+READ_ONLY = os.environ.get("LOCALITY_READ_ONLY", "").strip() not in ("", "0")
+OWN = "own_imports"  # session state: the names this session imported, the only ones it may replace or delete
 
 view = current_view()
 st.title("Your own data")
@@ -41,42 +45,68 @@ def _use(name: str) -> None:
 
 
 def _delete(name: str) -> None:
+    if READ_ONLY or name not in st.session_state.get(OWN, set()):
+        st.session_state["delete_error"] = (f"{PREFIX}{name} was not imported in this session, so it cannot be "
+                                            "deleted from here.")
+        return
     try:
         delete_user_dataset(name)
+        st.session_state[OWN].discard(name)
     except DatasetError as exc:
         st.session_state["delete_error"] = str(exc)
     if st.session_state.get("dataset") == PREFIX + name:
         st.session_state["dataset"] = default_dataset_name()
 
 
-with st.container(border=True):
-    upload = st.file_uploader("Images (.zip)", type=["zip"], key="zip")
-    c1, c2, c3 = st.columns(3)
-    name = c1.text_input("Name", "my-images", max_chars=64, key="import_name",
-                         help=f"Letters, digits, '-' and '_'. Appears as `{PREFIX}<name>` in the data set list.")
-    side = c2.selectbox("Size (pixels)", SIZES, index=SIZES.index(28), key="import_size",
-                        help=f"At most {MAX_SIDE}; the statistics need a d x d covariance, d = channels x size²: "
-                             "64x64 colour is 12,288 dimensions.")
-    mode = c3.radio("Colour", ["L", "RGB"], format_func={"L": "grayscale", "RGB": "colour"}.get, horizontal=True,
-                    key="import_mode")
-    d = (3 if mode == "RGB" else 1) * side * side
-    st.caption(f"d = {d:,} dimensions: the statistics need about {covariance_bytes(d) / 2**30:.2g} GiB of memory.")
-    submitted = st.button("Import", icon=":material/upload:", type="primary", key="import_go")
+def import_form() -> tuple:
+    """The upload widgets; returns (upload, name, side, mode, submitted)."""
+    with st.container(border=True):
+        upload = st.file_uploader("Images (.zip)", type=["zip"], key="zip")
+        c1, c2, c3 = st.columns(3)
+        default_name = st.session_state.setdefault("default_import_name", f"my-images-{secrets.token_hex(2)}")
+        name = c1.text_input("Name", default_name, max_chars=64, key="import_name",
+                             help=f"Letters, digits, '-' and '_'. Appears as `{PREFIX}<name>` in the data set list.")
+        side = c2.selectbox("Size (pixels)", SIZES, index=SIZES.index(28), key="import_size",
+                            help=f"At most {MAX_SIDE}; the statistics need a d x d covariance, d = channels x size²: "
+                                 "64x64 colour is 12,288 dimensions.")
+        mode = c3.radio("Colour", ["L", "RGB"], format_func={"L": "grayscale", "RGB": "colour"}.get,
+                        horizontal=True, key="import_mode")
+        d = (3 if mode == "RGB" else 1) * side * side
+        st.caption(f"d = {d:,} dimensions: the statistics need about {covariance_bytes(d) / 2**30:.2g} GiB of "
+                   "memory.")
+        submitted = st.button("Import", icon=":material/upload:", type="primary", key="import_go")
+    return upload, name, side, mode, submitted
+
+
+def run_import(upload, name: str, side: int, mode: str):
+    """Import the uploaded zip; a name taken by another session is refused. Returns the report or None."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / (Path(upload.name).name or "upload.zip")
+        path.write_bytes(upload.getbuffer())
+        try:
+            with st.spinner("Reading and resizing the images…"):
+                report = import_images(path, name, size=(side, side), mode=mode,
+                                       replace=name in st.session_state[OWN])
+        except DatasetError as exc:  # name the uploaded file, never the server's temporary path
+            st.error(f"Import failed: {str(exc).replace(str(path), path.name)}", icon=":material/error:")
+            return None
+    st.session_state[OWN].add(report.name)
+    return report
+
+
+st.session_state.setdefault(OWN, set())
+if READ_ONLY:
+    st.info("This server is read-only (LOCALITY_READ_ONLY is set): uploading and deleting data sets are turned "
+            "off. Explore the data sets listed below, or run the app on your own machine to import images.",
+            icon=":material/lock:")
+    submitted = False
+else:
+    upload, name, side, mode, submitted = import_form()
 
 if submitted:
     if upload is None:
         st.warning("Choose a .zip file first.")
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / (Path(upload.name).name or "upload.zip")
-            path.write_bytes(upload.getbuffer())
-            try:
-                with st.spinner("Reading and resizing the images…"):
-                    report = import_images(path, name, size=(side, side), mode=mode)
-            except DatasetError as exc:
-                st.error(f"Import failed: {exc}", icon=":material/error:")
-                report = None
-        if report is not None:
+    elif (report := run_import(upload, name, side, mode)) is not None:
             st.success(f"Imported {report.n_train + report.n_test:,} images as `{PREFIX}{report.name}`: "
                        f"{report.n_train:,} for training, {report.n_test:,} held out, "
                        f"{'x'.join(map(str, report.shape))}.", icon=":material/check_circle:")
@@ -102,7 +132,8 @@ for n in names:
                 f"shape {meta.get('shape', '?')}, from {Path(str(meta.get('source', '?'))).name}"
                 + (f"; {len(meta['skipped'])} file(s) skipped" if meta.get("skipped") else ""))
     c2.button("Use", key=f"use_{n}", on_click=_use, args=(n,), icon=":material/arrow_forward:")
-    c3.button("Delete", key=f"del_{n}", on_click=_delete, args=(n,), icon=":material/delete:",
-              help="Removes the imported copy; your original files are not touched.")
+    if not READ_ONLY and n in st.session_state[OWN]:
+        c3.button("Delete", key=f"del_{n}", on_click=_delete, args=(n,), icon=":material/delete:",
+                  help="Removes the imported copy; your original files are not touched.")
 if "delete_error" in st.session_state:
     st.error(st.session_state.pop("delete_error"))

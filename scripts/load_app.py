@@ -41,7 +41,8 @@ def start_server(dataset: str | None) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ)
     if dataset:
         env["LOCALITY_APP_DATASET"] = dataset
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+    entry = os.environ.get("LOCALITY_APP_ENTRY", "app.py")  # serve.py: the ASGI entry point
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", entry, "--server.headless", "true",
                              "--server.port", str(port), "--server.fileWatcherType", "none"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -55,7 +56,7 @@ def start_server(dataset: str | None) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("streamlit did not start")
 
 
-async def session(browser, url: str, index: int, clicks: int, timeout_ms: int) -> dict:
+async def session(browser, url: str, index: int, clicks: int, timeout_ms: int, same_pixels: bool = False) -> dict:
     context = await browser.new_context(viewport={"width": 1600, "height": 1000})
     page = await context.new_page()
     times, errors = [], []
@@ -67,7 +68,7 @@ async def session(browser, url: str, index: int, clicks: int, timeout_ms: int) -
         await page.wait_for_selector(IDLE, timeout=timeout_ms)
         first_load = time.perf_counter() - t
         h, w = await page.eval_on_selector(PICKER, SHAPE)
-        rng = np.random.default_rng(100 + index)
+        rng = np.random.default_rng(100 if same_pixels else 100 + index)
         shown = None
         for _ in range(clicks):
             r, c = int(rng.integers(0, h)), int(rng.integers(0, w))
@@ -103,8 +104,8 @@ async def run(url: str, args) -> list[dict]:
         browser = await p.chromium.launch(executable_path=args.chromium, args=ARGS)
         try:
             query = "" if args.unet else "?unet=false"
-            return await asyncio.gather(*(session(browser, f"{url}/{query}", i, args.clicks, args.timeout * 1000)
-                                          for i in range(args.sessions)))
+            return await asyncio.gather(*(session(browser, f"{url}/{query}", i, args.clicks, args.timeout * 1000,
+                                                  args.same_pixels) for i in range(args.sessions)))
         finally:
             await browser.close()
 
@@ -116,6 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--clicks", type=int, default=8, help="clicks per session")
     parser.add_argument("--unet", action="store_true", help="keep the UNet row on (default: Wiener and masks)")
+    parser.add_argument("--same-pixels", action="store_true",
+                        help="every session clicks the same pixels (a class following the lecturer): shared results")
     parser.add_argument("--timeout", type=int, default=300, help="seconds to wait for one response")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args(argv)
@@ -124,6 +127,7 @@ def main(argv=None) -> int:
     url = args.url
     if url is None:
         proc, url = start_server(args.dataset)
+    load_before = os.getloadavg()[0]
     try:
         t = time.perf_counter()
         results = asyncio.run(run(url.rstrip("/"), args))
@@ -135,7 +139,8 @@ def main(argv=None) -> int:
     all_times = np.array([x for r in results for x in r["times"]]) * 1000
     errors = [(r["session"], e) for r in results for e in r["errors"]]
     print(f"{args.sessions} concurrent sessions, {len(all_times)} clicks in {wall:.1f} s "
-          f"({'with' if args.unet else 'without'} the UNet row), {os.cpu_count()} CPUs")
+          f"({'with' if args.unet else 'without'} the UNet row{', same pixels' if args.same_pixels else ''}), "
+          f"{os.cpu_count()} CPUs, load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after")
     if len(all_times):
         print(f"click to maps: p50 {np.percentile(all_times, 50):.0f} ms, p95 {np.percentile(all_times, 95):.0f} ms, "
               f"max {all_times.max():.0f} ms")

@@ -27,7 +27,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run"]
 SHOTS = ROOT / "docs" / "screenshots"
 LONG = 300_000  # ms: a cold start computes the data statistics (and, with a trained UNet, its fields)
-VIEWPORT = {"width": 1600, "height": 1000}
+VIEWPORT = {"width": 1280, "height": 720}  # a projector: the key figures must fit this first screen
 if str(ROOT) not in sys.path:  # the app's ui package lives beside app.py
     sys.path.insert(0, str(ROOT))
 
@@ -35,8 +35,8 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"Chromium not found at {CHROMIUM}: `apt-get install chromium`", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
-# which chart is which: the plotly charts carry their widget key in the element's class name
-PICKER = ".st-key-picker .js-plotly-plot"
+# which element is which: Streamlit gives each keyed element the class st-key-<key>
+PICKER = ".st-key-picker [data-testid=pixel-picker]"
 GRID = ".st-key-field_grid .js-plotly-plot"
 
 
@@ -115,11 +115,12 @@ def maps_ready(pg, text: str, timeout: int = LONG) -> None:
     settle(pg, text, timeout)
 
 
-def pixel_position(pg, row: int, col: int) -> tuple[float, float]:
-    """Screen position of pixel (row, col) in the picker, from plotly's own axis mapping."""
-    return pg.eval_on_selector(PICKER, """(gd, [r, c]) => {
-        const L = gd._fullLayout, box = gd.getBoundingClientRect();
-        return [box.left + L._size.l + L.xaxis.l2p(c), box.top + L._size.t + L.yaxis.l2p(r)]; }""", [row, col])
+def click_pixel(pg, row: int, col: int, size: int = 28, picker: str = PICKER) -> None:
+    """Move to pixel (row, col) of the picker (a ``size`` x ``size`` image), as a hand would, and click it."""
+    box = pg.locator(picker).bounding_box()
+    x, y = box["x"] + (col + 0.5) * box["width"] / size, box["y"] + (row + 0.5) * box["height"] / size
+    pg.mouse.move(x, y, steps=4)
+    pg.mouse.click(x, y)
 
 
 def grid_digest(pg) -> str:
@@ -128,45 +129,94 @@ def grid_digest(pg) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
-def test_click_a_pixel_then_share_the_link(server, page, browser):
-    page.goto(server + "/?unet=false")
-    maps_ready(page, "Pixel (row 14, col 14)")
-    before_digest = grid_digest(page)
-    before_png = page.locator(GRID).screenshot()
-    x, y = pixel_position(page, 7, 5)
-    page.mouse.click(x, y)
-    maps_ready(page, "Pixel (row 7, col 5)", timeout=60_000)
-    assert "row=7" in page.url and "col=5" in page.url
-    after_digest = grid_digest(page)
-    assert after_digest != before_digest, "the maps did not change after the click"
-    assert page.locator(GRID).screenshot() != before_png
+def open_sidebar(pg) -> None:
+    """The sidebar starts collapsed (the figures get the width): open it."""
+    button = pg.locator('[data-testid="stExpandSidebarButton"]')
+    if button.count():
+        button.first.click()
+        pg.wait_for_timeout(500)
 
-    # a second click on the same pixel (an empty selection) keeps the view
-    page.mouse.click(x, y)
-    settle(page)
-    assert page.get_by_text("Pixel (row 7, col 5)").first.is_visible()
 
-    # the URL reproduces the view in a fresh browser
-    context = browser.new_context(viewport=VIEWPORT)
+def header_boxes(pg) -> list[dict]:
+    """Bounding boxes of the grid's column-header lines (text with 'σ=' or 't=')."""
+    return pg.eval_on_selector_all(f"{GRID} .annotation-text tspan, {GRID} .annotation-text", """els => els
+        .filter(e => /σ=|t[=≈<]|cos /.test(e.textContent) && !e.querySelector('tspan'))
+        .map(e => { const b = e.getBoundingClientRect();
+                    return {text: e.textContent, x: b.left, y: b.top, w: b.width, h: b.height}; })""")
+
+
+def test_first_screen_click_back_and_share(server, page, browser):
+    """At 1280x720: /sensitivity is an address, the image and the whole field grid are on the first screen with
+    tiles of at least 90 px; every click counts; Back and Forward each undo one click; a copied URL reopens the
+    same view; switching pages keeps the pixel."""
+    page.goto(server + "/sensitivity?unet=false")
+    maps_ready(page, "pixel row 14, col 14")
+    assert page.url.startswith(server + "/sensitivity")  # not rewritten to "/", no "page not found"
+    assert not page.get_by_text("Page not found").count()
+    for selector in (PICKER, GRID):
+        box = page.locator(selector).bounding_box()
+        assert box["x"] >= 0 and box["y"] >= 0, selector
+        assert box["x"] + box["width"] <= VIEWPORT["width"] and box["y"] + box["height"] <= VIEWPORT["height"], \
+            f"{selector} leaves the first screen: {box}"
+    tile = page.eval_on_selector(GRID, "gd => gd._fullLayout.xaxis.l2p(28) - gd._fullLayout.xaxis.l2p(0)")
+    assert tile >= 90, f"map tiles of {tile:.0f} px"
+
+    before = grid_digest(page)
+    click_pixel(page, 7, 5)  # the first click after the page loaded
+    maps_ready(page, "pixel row 7, col 5", timeout=60_000)
+    assert "pixel=7%2C5" in page.url or "pixel=7,5" in page.url
+    first = grid_digest(page)
+    assert first != before, "the maps did not change after the click"
+    click_pixel(page, 20, 3)
+    maps_ready(page, "pixel row 20, col 3", timeout=60_000)
+    page.go_back()
+    maps_ready(page, "pixel row 7, col 5", timeout=60_000)  # one press: the previous pixel
+    page.go_forward()
+    maps_ready(page, "pixel row 20, col 3", timeout=60_000)
+    page.go_back()
+    maps_ready(page, "pixel row 7, col 5", timeout=60_000)
+
+    context = browser.new_context(viewport=VIEWPORT)  # the URL reproduces the view in a fresh browser
     other = context.new_page()
     other.goto(page.url)
-    maps_ready(other, "Pixel (row 7, col 5)")
-    assert grid_digest(other) == after_digest
+    maps_ready(other, "pixel row 7, col 5")
+    assert grid_digest(other) == first
     context.close()
+
+    open_sidebar(page)  # another page keeps the pixel
+    page.get_by_role("link", name="Principal components").click()
+    settle(page, "Correlation with pixel (row 7, col 5)")
+
+
+def test_headers_of_twelve_noise_levels_never_overlap(server, page):
+    timesteps = "&".join(f"t={t}" for t in (999, 900, 800, 700, 600, 500, 400, 300, 200, 100, 50, 0))
+    page.goto(f"{server}/sensitivity?{timesteps}")
+    maps_ready(page, "12 noise levels")
+    boxes = header_boxes(page)
+    assert len(boxes) >= 24, boxes  # two or three lines per column
+    for a in boxes:
+        for b in boxes:
+            if a is b:
+                continue
+            apart = a["x"] + a["w"] <= b["x"] + 0.5 or b["x"] + b["w"] <= a["x"] + 0.5 \
+                or a["y"] + a["h"] <= b["y"] + 0.5 or b["y"] + b["h"] <= a["y"] + 0.5
+            assert apart, f"{a['text']!r} overlaps {b['text']!r}"
+    grid = page.locator(GRID).bounding_box()
+    assert grid["x"] + grid["width"] <= VIEWPORT["width"]
 
 
 def test_switch_the_data_set(server, page):
-    page.goto(server + "/?unet=false")
-    maps_ready(page, "Pixel (row 14, col 14)")
+    page.goto(server + "/sensitivity?unet=false")
+    maps_ready(page, "pixel row 14, col 14")
+    open_sidebar(page)
     box = page.locator(".st-key-dataset")
     box.click()
     page.keyboard.type("faces")
     page.keyboard.press("Enter")
-    maps_ready(page, "25x25 images of faces")
+    maps_ready(page, "training images of 25x25")
     assert "dataset=faces" in page.url
-    x, y = pixel_position(page, 3, 20)
-    page.mouse.click(x, y)
-    maps_ready(page, "Pixel (row 3, col 20)", timeout=60_000)
+    click_pixel(page, 3, 20, size=25)
+    maps_ready(page, "pixel row 3, col 20", timeout=60_000)
 
 
 PAGE_WAITS = {  # url path -> text that shows the page has finished its computations
@@ -174,7 +224,7 @@ PAGE_WAITS = {  # url path -> text that shows the page has finished its computat
     "samples": "Trajectories",
     "components": "Which pixels vary together?",
     "jacobian": "Dimensions kept against noise",
-    "experiments": "50 % squares",
+    "experiments": "What the numbers say",
     "your_data": "Imported data sets",
 }
 
@@ -188,9 +238,8 @@ def test_screenshot_every_page(server, page, url_path):
     from ui.navigation import PAGES
 
     assert url_path in {p.url_path for p in PAGES}
-    default = next(p.url_path for p in PAGES if p.default)
     query = SAMPLE_QUERY if url_path == "samples" else ""
-    page.goto(f"{server}/{'' if url_path == default else url_path}{query}")  # the default page lives at /
+    page.goto(f"{server}/{url_path}{query}")
     if url_path == "samples":
         settle(page, "Sample")
         page.get_by_role("button", name="Sample", exact=True).click()
@@ -203,10 +252,7 @@ def test_screenshot_every_page(server, page, url_path):
         settle(page)
     page.mouse.move(0, 0)  # no hover tooltip in the screenshot
     assert not page.locator('[data-testid="stException"]').count(), "the page shows a traceback"
-    height = page.evaluate("() => document.querySelector('[data-testid=\"stMainBlockContainer\"]').scrollHeight")
-    page.set_viewport_size({"width": VIEWPORT["width"], "height": min(6000, max(VIEWPORT["height"], height + 80))})
-    page.wait_for_timeout(1500)  # plotly re-lays out to the new size
-    settle(page)
+    settle(page)  # the README shows each page's first screen at a projector's 1280x720
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{url_path}.png"))
     assert (SHOTS / f"{url_path}.png").stat().st_size > 20_000

@@ -180,6 +180,8 @@ def test_window_shares_and_locality_size():
     corner = np.ones((5, 5))
     ks, shares = window_shares(corner, (0, 0))
     assert ks[-1] == 9 and shares[-1] == 1.0  # from a corner the window must reach across the image
+    assert locality_size(corner, (0, 0), 0.95) == 5  # ... but the size reported never exceeds the image (not 9)
+    assert locality_size(corner, (0, 0), 0.95, interpolate=True) <= 5
     assert cosine_similarity(uniform, 2 * uniform) == pytest.approx(1.0)
 
 

@@ -24,11 +24,14 @@ import streamlit as st
 
 from locality_core import experiments
 from locality_core.data import Dataset, DatasetError, load_dataset
+from locality_core.data.registry import file_stamp
+from locality_core.data.user import PREFIX
 from locality_core.denoisers import DenoiserError, denoiser_cache_id
 from locality_core.denoisers import get_spec as get_denoiser_spec
 from locality_core.models import ModelError
 from locality_core.stats import DataStats, TooLargeError, get_stats
 
+from .memo import clear as memo_clear
 from .memo import memo
 from .state import View
 
@@ -87,17 +90,47 @@ def apply_transform(data: Dataset, spec: dict) -> Dataset:
     raise DatasetError(f"unknown transform {kind!r}")
 
 
+@st.cache_resource(show_spinner=False)
+def _imported_stamps() -> dict[str, tuple]:
+    """name -> file stamp of every imported data set this server has served (shared by all sessions)."""
+    return {}
+
+
+def forget_if_reimported(name: str) -> None:
+    """When ``user:<name>`` was imported again (by any session or the CLI) since this server last served it,
+    drop every in-memory result: caches keyed on the name would otherwise show the old data."""
+    if not name.startswith(PREFIX):
+        return
+    try:
+        stamp = file_stamp(name)
+    except (OSError, DatasetError):
+        return
+    seen = _imported_stamps()
+    if seen.setdefault(name, stamp) != stamp:
+        seen[name] = stamp
+        st.cache_data.clear()
+        _transformed.clear()
+        memo_clear()
+
+
 @st.cache_resource(max_entries=8, show_spinner=False)
+def _transformed(fingerprint: str, transform: str, _data: Dataset) -> Dataset:
+    return apply_transform(_data, json.loads(transform))
+
+
 def dataset(name: str, params_json: str = "{}", transform: str = "") -> Dataset:
+    """The data set (the library caches it by name, options and file stamp), transformed; transforms are
+    cached by the data's fingerprint, so a re-imported data set is never served from an old entry."""
+    forget_if_reimported(name)
     data = load_dataset(name, **json.loads(params_json))
-    return apply_transform(data, json.loads(transform)) if transform else data
+    return _transformed(data.fingerprint, transform, data) if transform else data
 
 
 def stats(name: str, params_json: str = "{}", transform: str = "",
           progress: Callable[[float, str], None] | None = None) -> DataStats:
     """Statistics (disk-cached by the library), kept in memory for the process; ``progress`` may draw."""
-    return memo("stats", (name, params_json, transform),
-                lambda: get_stats(dataset(name, params_json, transform), progress=progress))
+    data = dataset(name, params_json, transform)
+    return memo("stats", data.fingerprint, lambda: get_stats(data, progress=progress))
 
 
 def show_error(exc: BaseException, what: str = "") -> None:

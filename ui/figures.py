@@ -4,8 +4,6 @@ Glossary
     image     (C, H, W) float array in [-1, 1] (a data image, the mean image, an eigen-image)
     map       (H, W) float array (a sensitivity field, a correlation map, a mask)
     kind      how a map is coloured: "abs" (0 .. max, Magma), "signed" (-max .. max, red-blue), "mask" (0/1)
-    picker    an image with one near-transparent square marker per pixel on top: a click on a marker is what
-              streamlit reports (FACTS.md: clicks on a heatmap itself are not reported)
 
 Every map is scaled to its own maximum: fields differ in magnitude by orders across noise levels, and what
 the figures show is their shape. Hover gives the raw values.
@@ -63,106 +61,143 @@ def _square_axes(fig: go.Figure, h: int, w: int, row=None, col=None, visible: bo
 
 
 def _z_range(m: np.ndarray, kind: str) -> tuple[float, float, object]:
+    """(low, high, colour scale) of a map: "abs" 0..max, "signed" -max..max, "mask" 0/1, "range" min..max (a
+    map whose values all lie in a narrow band, such as correlations of 0.6 to 1, keeps its contrast)."""
     if kind == "mask":
         return 0.0, 1.0, MASK_SCALE
+    if kind == "range":
+        lo, hi = float(np.min(m)), float(np.max(m))
+        return lo, (hi if hi > lo else lo + 1.0), ABS_SCALE
     top = float(np.max(np.abs(m))) or 1.0
     return (-top, top, SIGNED_SCALE) if kind == "signed" else (0.0, top, ABS_SCALE)
 
 
-# ---------------------------------------------------------------- the pixel picker
-
-def pixel_picker(background: np.ndarray, pixel: tuple[int, int], *, kind: str = "image", size: int = 460,
-                 title: str = "") -> go.Figure:
-    """A clickable image: ``background`` is an image (C, H, W) in [-1, 1] (kind "image") or a map (H, W)
-    coloured by ``kind``. One near-transparent square marker per pixel reports clicks; the chosen pixel is
-    outlined."""
-    fig = go.Figure()
-    if kind == "image":
-        shown = to_display(background)
-        if shown.ndim == 2:
-            fig.add_trace(go.Heatmap(z=shown, colorscale="gray", zmin=-1, zmax=1, showscale=False, hoverinfo="skip"))
-        else:
-            fig.add_trace(go.Image(z=shown, hoverinfo="skip"))
-    else:
-        shown = np.asarray(background, dtype=np.float64)
-        zmin, zmax, scale = _z_range(shown, kind)
-        fig.add_trace(go.Heatmap(z=shown, colorscale=scale, zmin=zmin, zmax=zmax, showscale=False, hoverinfo="skip"))
-    h, w = shown.shape[:2]
-    margin = dict(l=8, r=8, t=40 if title else 8, b=8)
-    cell = (size - margin["l"] - margin["r"]) / max(h, w)
-    rows, cols = np.mgrid[0:h, 0:w]
-    marker = dict(symbol="square", size=max(2.0, 0.97 * cell), color="white", opacity=0.02, line=dict(width=0))
-    fig.add_trace(go.Scatter(
-        x=cols.ravel(), y=rows.ravel(), mode="markers", marker=marker, name="pixels", showlegend=False,
-        selected=dict(marker=dict(opacity=0.02)), unselected=dict(marker=dict(opacity=0.02)),
-        hovertemplate="row %{y}, col %{x}<extra>click to choose</extra>"))
-    r, c = pixel
-    fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5, line=dict(color=MARK, width=3))
-    _square_axes(fig, h, w)
-    fig.update_yaxes(scaleanchor="x", scaleratio=1)
-    fig.update_layout(width=size, height=int(size * h / w) + margin["t"] - margin["l"], margin=margin,
-                      title=dict(text=title, font=FONT, x=0.5, xanchor="center") if title else None,
-                      dragmode=False, clickmode="event+select", hovermode="closest", font=FONT,
-                      plot_bgcolor="white", paper_bgcolor="white")
-    return fig
-
-
 # ---------------------------------------------------------------- grids of maps
 
-def _normalised(m: np.ndarray, kind: str) -> np.ndarray:
-    """A map scaled to [0, 1] ("abs", "mask") or [-1, 1] ("signed") by its own maximum."""
-    m = np.asarray(m, dtype=np.float64)
-    if kind == "mask":
-        return (m != 0).astype(np.float64)
-    top = float(np.max(np.abs(m))) or 1.0
-    return m / top
-
-
 PAGE_WIDTH = 940  # px: the wide layout's page on a 1400 px screen; fixed-size figures are drawn at most this wide
-LABEL_CHAR_PX = 9.0  # width of one bold label character at FONT's size (about 8.8 px in Chromium screenshots)
+CHAR_EM = 0.62  # width of an average character in em (Source Sans, digits and "σ=.")
+SCALES = {"surround": "each map to its max |value| around the pixel (the pixel itself may saturate)",
+          "map": "each map to its own max |value|", "column": "one scale per column (rows comparable)",
+          "row": "one scale per row (noise levels comparable)"}
+CONTRASTS = {"linear": "linear", "sqrt": "square root (weak values visible)"}
 
 
-def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, pixel=None,
-             label_width: int = 120, page_width: int = PAGE_WIDTH, max_cell: int = 200) -> go.Figure:
-    """Rows of maps: ``rows`` = (label, maps (S, H, W), kind); one column per entry of ``col_titles``.
+def noise_header(sigma: float) -> list[str]:
+    """Two short header lines for a noise level: 't=300', 'σ=1.24' (typed levels off the grid: 't≈312')."""
+    from locality_core.schedule import sigma_to_t
 
-    ``pixel``: (row, col) outlined in every map, or a list with one (row, col) or None per row.
+    t = float(sigma_to_t(sigma))
+    t_text = f"t={t:.0f}" if abs(t - round(t)) < 0.05 and t >= 0 else (f"t≈{t:.0f}" if t >= 0 else "t<0")
+    return [t_text, f"σ={sigma:.3g}"]
+
+
+def scaled_maps(rows: list[tuple[str, np.ndarray, str]], scale: str = "map", contrast: str = "linear",
+                pixels: list | None = None) -> list[np.ndarray]:
+    """Each row's maps (S, H, W) divided by the chosen maximum |value| (``SCALES``), clipped to [-1, 1] ([0, 1]
+    for "abs" and masks), then square-rooted with their sign for ``contrast="sqrt"``. Signed maps stay symmetric
+    around 0 in every mode. "surround" leaves out each row's pixel (``pixels``): at low noise a field is a
+    spike on the pixel, and scaled by the spike everything around it would be white."""
+    if scale not in SCALES or contrast not in CONTRASTS:
+        raise ValueError(f"unknown scale {scale!r} or contrast {contrast!r}")
+    tops = {}
+    fields = [np.abs(np.asarray(m, np.float64)) for _, m, kind in rows if kind != "mask"]
+    if scale == "column" and fields:
+        tops["column"] = np.max([f.reshape(len(f), -1).max(1) for f in fields], axis=0)  # (S,)
+    out = []
+    for i, (_, maps, kind) in enumerate(rows):
+        maps = np.asarray(maps, np.float64)
+        if kind == "mask":
+            out.append((maps != 0).astype(np.float64))
+            continue
+        per_map = np.abs(maps).reshape(len(maps), -1).max(1)
+        if scale == "surround":
+            around = np.abs(maps).copy()
+            if pixels is not None and pixels[i] is not None:
+                around[:, pixels[i][0], pixels[i][1]] = 0.0
+            per_map = around.reshape(len(maps), -1).max(1)
+        top = {"map": per_map, "surround": per_map, "row": np.full(len(maps), per_map.max()),
+               "column": tops.get("column")}[scale]
+        z = np.clip(maps / np.where(top > 0, top, 1.0)[:, None, None], -1.0, 1.0)
+        out.append(np.sign(z) * np.sqrt(np.abs(z)) if contrast == "sqrt" else z)
+    return out
+
+
+def _colorbar(kind: str, scale: str, contrast: str, length: int) -> dict:
+    """A horizontal colour bar under the grid, ticks in units of the scale's maximum."""
+    fractions = [0, 0.1, 0.5, 1] if contrast == "sqrt" else [0, 0.5, 1]
+    pos = [np.sqrt(f) if contrast == "sqrt" else f for f in fractions]
+    labels = ["0"] + [f"{f:g}" for f in fractions[1:-1]] + ["max"]
+    if kind == "signed":
+        pos = [-p for p in pos[:0:-1]] + pos
+        labels = ["−" + lab for lab in labels[:0:-1]] + labels
+    title = {"map": "× map's max", "surround": "× max around the pixel", "column": "× column's max",
+             "row": "× row's max"}[scale]
+    return dict(orientation="h", x=1.0, xanchor="right", y=0, yanchor="top", ypad=4, len=length, lenmode="pixels",
+                thickness=10, tickvals=pos, ticktext=labels, tickfont=dict(size=12),
+                title=dict(text=title + (" (√ contrast)" if contrast == "sqrt" else ""), side="right",
+                           font=dict(size=12)), outlinewidth=0)
+
+
+def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list, *, pixel=None, page_width: int = PAGE_WIDTH,
+             max_cell: int = 200, scale: str = "surround", contrast: str = "linear", colorbar: bool = True
+             ) -> go.Figure:
+    """Rows of maps: ``rows`` = (label, maps (S, H, W), kind); one column per entry of ``col_titles`` (a string
+    with <br> line breaks, or a list of lines).
+
+    ``pixel``: (row, col) outlined in every map, or a list with one (row, col) or None per row. ``page_width``: the
+    figure's width in px (the space the page has); the maps get the rest after the row labels, at most
+    ``max_cell`` px each. Header lines are sized to fit their column, so they never run into each other.
 
     Drawn as one heatmap per row on a single pair of axes, maps separated by transparent gaps: a click on the
-    Sensitivity page redraws it in a few milliseconds (subplots cost a third of a second to build). Each map is
-    scaled to its own maximum; hover shows the raw value and the pixel.
+    Sensitivity page redraws it in a few milliseconds (subplots cost a third of a second to build). Colours
+    follow ``scale`` and ``contrast`` (see `scaled_maps`), shown by a colour bar; hover gives raw values.
     """
     n_rows, n_cols = len(rows), len(col_titles)
     h, w = rows[0][1].shape[-2:]
-    longest = max(len(re.sub(r"<[^>]+>", "", line)) for label, _, _ in rows for line in label.split("<br>"))
-    label_width = max(label_width, int(LABEL_CHAR_PX * longest) + 14)  # bold labels, right-aligned: never clipped
-    gap = max(1, round(0.08 * max(h, w)))
-    width_px = min(page_width, label_width + n_cols * max_cell)
+    titles = [t if isinstance(t, list) else t.split("<br>") for t in col_titles]
+    label_lines = max(len(label.split("<br>")) for label, _, _ in rows)
+    label_width = 16 + 18 * label_lines  # labels stand rotated beside their row: the maps get the width
+    gap = max(1, round(0.04 * max(h, w)))
     step_x, step_y = w + gap, h + gap
     full_w, full_h = n_cols * step_x - gap, n_rows * step_y - gap
+    zoom = min(max_cell / max(h, w), (page_width - label_width - 6) / full_w)  # screen pixels per map pixel
+    cell_px = zoom * step_x
+    longest = max(len(line) for lines in titles for line in lines)
+    head_font = int(np.clip((cell_px - 6) / (CHAR_EM * longest), 9, 15))
+    label_chars = max(len(re.sub(r"<[^>]+>", "", line)) for label, _, _ in rows for line in label.split("<br>"))
+    label_font = int(np.clip((zoom * h - 4) / (0.6 * label_chars), 9, 14))  # rotated: fits its row's height
+    per_row = pixel if isinstance(pixel, list) else [pixel] * n_rows
+    z_rows = scaled_maps(rows, scale, contrast, per_row)
     traces, notes, shapes = [], [], []
-    for i, (label, maps, kind) in enumerate(rows):
+    bar_kind = next((kind for _, _, kind in rows if kind != "mask"), None)
+    for i, ((label, maps, kind), scaled) in enumerate(zip(rows, z_rows)):
         z = np.full((full_h, full_w), np.nan, dtype=np.float32)  # float32: half the bytes sent per click
         raw = np.full((full_h, full_w), np.nan, dtype=np.float32)
         for j in range(n_cols):
             y0, x0 = i * step_y, j * step_x
-            z[y0:y0 + h, x0:x0 + w] = _normalised(maps[j], kind)
+            z[y0:y0 + h, x0:x0 + w] = scaled[j]
             raw[y0:y0 + h, x0:x0 + w] = maps[j]
         zmin, zmax = (-1.0, 1.0) if kind == "signed" else (0.0, 1.0)
-        scale = {"signed": SIGNED_SCALE, "mask": MASK_SCALE}.get(kind, ABS_SCALE)
+        colours = {"signed": SIGNED_SCALE, "mask": MASK_SCALE}.get(kind, ABS_SCALE)
         plain = label.replace("<br>", " ")
         if kind == "mask":  # 0/1: the heatmap's own value says it all, no raw values to send
             hover = dict(hovertemplate=f"{plain}<br>%{{z:.0f}}<extra></extra>")
         else:
             hover = dict(customdata=raw, hovertemplate=f"{plain}<br>%{{customdata:.3g}}<extra></extra>")
-        traces.append(go.Heatmap(z=z, zmin=zmin, zmax=zmax, colorscale=scale, showscale=False, hoverongaps=False,
-                                 name=plain, **hover))
-        notes.append(dict(text=f"<b>{label}</b>", xref="paper", yref="y", x=0, xanchor="right", xshift=-6,
-                          y=i * step_y + (h - 1) / 2, yanchor="middle", align="right", showarrow=False))
-    for j, title in enumerate(col_titles):
-        notes.append(dict(text=title, xref="x", yref="paper", x=j * step_x + (w - 1) / 2, y=1, yanchor="bottom",
-                          showarrow=False))
-    per_row = pixel if isinstance(pixel, list) else [pixel] * n_rows
+        bar = colorbar and kind == bar_kind and i == next(k for k, r in enumerate(rows) if r[2] == bar_kind)
+        traces.append(go.Heatmap(z=z, zmin=zmin, zmax=zmax, colorscale=colours, showscale=bool(bar),
+                                 colorbar=_colorbar(kind, scale, contrast, int(min(360, 0.45 * page_width)))
+                                 if bar else None, hoverongaps=False, name=plain, **hover))
+        notes.append(dict(text=f"<b>{label}</b>", xref="paper", yref="y", x=0, xanchor="right", xshift=-4,
+                          y=i * step_y + (h - 1) / 2, yanchor="middle", textangle=-90, showarrow=False,
+                          font=dict(size=label_font)))
+    for j, lines in enumerate(titles):
+        notes.append(dict(text="<br>".join(lines), xref="x", yref="paper", x=j * step_x + (w - 1) / 2, y=1,
+                          yanchor="bottom", showarrow=False, font=dict(size=head_font)))
+    if colorbar and any(kind == "mask" for _, _, kind in rows):
+        notes.append(dict(text=f"<span style='color:{MASK_SCALE[-1][1]}'>■</span> inside the mask or patch",
+                          xref="paper", yref="paper", x=0, y=0, xanchor="left", yanchor="top", yshift=-6,
+                          showarrow=False, font=dict(size=12)))
     for i, p in enumerate(per_row):  # an outline around the pixel in every map, leaving its value visible
         if p is not None:
             r, c = p
@@ -172,13 +207,12 @@ def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, 
     fig = go.Figure(traces, layout=dict(annotations=notes, shapes=shapes))
     _square_axes(fig, full_h, full_w)
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
-    title_lines = max(t.count("<br>") for t in col_titles) + 1
-    top = 14 + 20 * title_lines
+    top = 10 + round(1.25 * head_font) * max(len(lines) for lines in titles)
+    bottom = 48 if colorbar else 6
     # a fixed size (`show` draws it at its own width), its plot area shaped like the maps: no blank bands
-    zoom = (width_px - label_width - 6) / full_w  # screen pixels per map pixel
-    fig.update_layout(width=int(width_px), height=round(zoom * full_h) + top + 6,
-                      margin=dict(l=label_width, r=6, t=top, b=6),
-                      font=FONT, plot_bgcolor="white", paper_bgcolor="white", dragmode=False, hovermode="closest")
+    fig.update_layout(width=int(round(zoom * full_w) + label_width + 6), height=round(zoom * full_h) + top + bottom,
+                      margin=dict(l=label_width, r=6, t=top, b=bottom), font=FONT, plot_bgcolor="white",
+                      paper_bgcolor="white", dragmode=False, hovermode="closest")
     return fig
 
 
@@ -195,10 +229,12 @@ def locality_plot(sigmas: list[float], sizes: dict[str, np.ndarray], levels=(0.5
                 line=dict(color=MODEL_COLOURS.get(name, None), dash=LEVEL_DASH.get(q, "solid"), width=3),
                 marker=dict(size=8), hovertemplate="σ=%{x:.3g}: %{y} px square<extra>%{fullData.name}</extra>"))
     fig.update_xaxes(type="log", title="noise level σ (high noise on the left)", autorange="reversed", dtick=1)
-    fig.update_yaxes(title="square size k (pixels)", rangemode="tozero")
-    if image_side:
-        fig.add_hline(y=image_side, line=dict(color="gray", dash="dot"),
-                      annotation_text="whole image", annotation_position="top left")
+    fig.update_yaxes(title="square size k (pixels)", rangemode="tozero", automargin=True)
+    if image_side:  # sizes are capped at the image side: the axis ends there, its last tick says so
+        fig.add_hline(y=image_side, line=dict(color="gray", dash="dot"))
+        ticks = [v for v in np.linspace(0, image_side, 5).round().astype(int)[:-1]] + [image_side]
+        fig.update_yaxes(range=[0, image_side * 1.04], tickvals=ticks,
+                         ticktext=[str(v) for v in ticks[:-1]] + [f"{image_side} (image)"])
     fig.update_layout(height=height, font=FONT, margin=dict(l=60, r=20, t=30, b=50),
                       legend=dict(orientation="v", x=1.01, y=1), plot_bgcolor="white", paper_bgcolor="white")
     fig.update_xaxes(showgrid=True, gridcolor="#e5e5e5")
@@ -392,10 +428,11 @@ def spectrum_plot(eigvals: np.ndarray, fit: tuple[float, float, int, int] | None
         fig.add_trace(go.Scatter(x=kk, y=amplitude * kk ** (-beta), mode="lines", name=f"fit ∝ k<sup>−{beta:.2f}</sup>",
                                  line=dict(width=3, dash="dash", color="#d62728")))
     fig.update_xaxes(type="log", title="component k", showgrid=True, gridcolor="#e5e5e5", dtick=1)
-    fig.update_yaxes(type="log", title="variance λ<sub>k</sub>", showgrid=True, gridcolor="#e5e5e5",
-                     exponentformat="power")
-    fig.update_layout(height=380, font=FONT, margin=dict(l=60, r=20, t=20, b=50), plot_bgcolor="white",
-                      paper_bgcolor="white", legend=dict(x=0.98, xanchor="right", y=0.98))
+    fig.update_yaxes(type="log", title=dict(text="variance λ<sub>k</sub>", standoff=12), showgrid=True,
+                     gridcolor="#e5e5e5", exponentformat="power", automargin=True)
+    # the legend above the plot: inside it, it covered the start of the curve on some data sets
+    fig.update_layout(height=400, font=FONT, margin=dict(l=70, r=20, t=50, b=50), plot_bgcolor="white",
+                      paper_bgcolor="white", legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"))
     return fig
 
 

@@ -69,12 +69,14 @@ def linear_fit_section(view: View, data: Dataset, stats: DataStats, data_key: tu
     show(line_plot(steps_rec, {"‖A − P_σ‖ / ‖P_σ‖": err}, x_title="Adam step", y_title="relative distance to P_σ",
                    log_y=True, height=320), "lin_curve", f"{view.dataset}-linear-fit-curve")
     st.caption(f"After {int(steps_rec[-1])} steps the trained A is {err[-1]:.1%} away from P_σ (Frobenius norm).")
-    k = st.slider("Iteration", 0, len(steps_rec) - 1, len(steps_rec) - 1, key="lin_iter",
-                  format="%d", help="Recorded iterations of the fit.")
+    steps_list = [int(v) for v in steps_rec]
+    step = st.select_slider("Gradient step", steps_list, value=steps_list[-1], key="lin_step", bind="query-params",
+                            help="The steps at which the fit was recorded; the figure shows the trained A there.")
+    k = steps_list.index(int(step))
     fields = result["fields"].sum(axis=(1, 2))  # (K, H, W), channels summed
     target = result["target"].sum(axis=(0, 1))
     maps = np.stack([fields[k], target])
     show(map_grid([("row of A<br>/ row of P<sub>σ</sub>", maps, "signed")],
-                  [f"trained A, step {int(steps_rec[k])}", "P<sub>σ</sub> (closed form)"], pixel=pixel,
-                  max_cell=220, label_width=150),
+                  [f"trained A, step {steps_list[k]}", "P<sub>σ</sub> (closed form)"], pixel=pixel,
+                  max_cell=220),
          "lin_fields", f"{view.dataset}-linear-fit-fields")

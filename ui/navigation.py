@@ -29,6 +29,16 @@ PAGES: list[PageEntry] = [
 ]
 
 
+HOME = "home"  # the hidden page at "/" (see build_pages)
+
+
 def build_pages() -> list:
-    """The st.Page objects of `PAGES` (paths relative to app.py)."""
-    return [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url_path, default=p.default) for p in PAGES]
+    """The st.Page objects of `PAGES` (paths relative to app.py), and the first page once more, hidden, at "/".
+
+    Streamlit serves its default page at "/" only: were Sensitivity the default, a link to /sensitivity would be
+    "not found" and rewritten to "/". So every page keeps its own address, and "/" shows the first page too."""
+    pages = [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url_path) for p in PAGES]
+    first = next(p for p in PAGES if p.default)
+    home = st.Page(first.path, title=first.title, icon=first.icon, url_path=HOME, default=True,
+                   visibility="hidden")
+    return [home] + pages

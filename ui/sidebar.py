@@ -115,4 +115,7 @@ def render_sidebar() -> View:
         device = st.selectbox("Torch device", devices, key="device", bind="query-params",
                               help="Where the Samples page runs its denoisers ('cuda' is offered when a GPU is "
                                    "present). Sensitivity fields and Jacobians are computed on the CPU and cached.")
-    return View(name, params, tuple(sigmas), seed, device)
+        present = st.toggle("Presentation mode", key="present", bind="query-params",
+                            help="For a projector: explanations hidden, larger text. It is part of the URL, so a "
+                                 "prepared link opens in it.")
+    return View(name, params, tuple(sigmas), seed, device, present)

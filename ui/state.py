@@ -3,8 +3,9 @@
 Glossary
     URL keys    every widget that defines the view is bound to a query parameter (``bind="query-params"``)
                 under its key: ``dataset``, ``ds_<param>`` (data set options), ``t`` (timesteps), ``sigma``
-                (typed noise levels), ``seed``, ``device``, ``row``, ``col`` (the pixel), ``img`` (background
-                image), ``signed``; the page is the URL path. A shared link reproduces the view.
+                (typed noise levels), ``seed``, ``device``, ``present`` (presentation mode), ``row``, ``col``
+                (the pixel), ``img`` (background image), ``signed``, and each page's own controls; the page is
+                the URL path. A shared link reproduces the view.
     View        the sidebar's choices, resolved: data set name and options, noise levels (sigma, high to low),
                 seed, torch device. app.py stores it in session state; pages read it with `current_view()`.
     $LOCALITY_APP_DATASET  the default data set, optionally with options: ``grf:n_train=2000,n_test=200``
@@ -38,6 +39,7 @@ class View:
     sigmas: tuple[float, ...]
     seed: int
     device: str
+    present: bool = False  # presentation mode: explanations hidden, larger text
 
     @property
     def params_json(self) -> str:
@@ -144,27 +146,30 @@ def default_pixel(shape: tuple[int, int, int]) -> tuple[int, int]:
     return h // 2, w // 2
 
 
-def clamp_pixel_state(shape: tuple[int, int, int]) -> None:
-    """Keep ``row``/``col`` in session state inside an image of ``shape`` (after a data set switch)."""
-    _, h, w = shape
-    for key, size in (("row", h), ("col", w)):
-        value = st.session_state.get(key)
-        if isinstance(value, (int, float)) and not 0 <= value < size:
-            st.session_state[key] = int(min(max(value, 0), size - 1))
+PIXEL_URL_KEY = "pixel"  # ?pixel=ROW,COL: one query parameter, so that a click is one step of the history
+PIXEL_STORE = "_pixel"   # the pixel in plain session state: it outlives pages that draw no pixel widget
 
 
-def pixel_from_selection(selection, shape: tuple[int, int, int]) -> tuple[int, int] | None:
-    """The clicked pixel from a plotly selection event; None for an empty selection (a repeat or double click)."""
+def parse_pixel(text, shape: tuple[int, int, int]) -> tuple[int, int] | None:
+    """``"5,9"`` -> (5, 9), clamped to an image of ``shape``; None for anything else."""
     try:
-        points = selection["selection"]["points"]
-    except (KeyError, TypeError):
+        r, c = (int(float(v)) for v in str(text).replace(";", ",").split(","))
+    except (TypeError, ValueError):
         return None
-    if not points:
-        return None
-    point = points[0]
-    try:
-        col, row = int(round(float(point["x"]))), int(round(float(point["y"])))
-    except (KeyError, TypeError, ValueError):
-        return None
+    return clamp_pixel((r, c), shape)
+
+
+def clamp_pixel(pixel: tuple[int, int], shape: tuple[int, int, int]) -> tuple[int, int]:
     _, h, w = shape
-    return (row, col) if 0 <= row < h and 0 <= col < w else None
+    return int(min(max(pixel[0], 0), h - 1)), int(min(max(pixel[1], 0), w - 1))
+
+
+def stored_pixel(shape: tuple[int, int, int]) -> tuple[int, int]:
+    """The pixel of this session, clamped to ``shape``: the last one chosen on any page, else a link's
+    ``?row=..&col=..`` (the older form of ``?pixel=..``), else the image centre."""
+    pixel = st.session_state.get(PIXEL_STORE)
+    if pixel is None and "row" in st.query_params and "col" in st.query_params:
+        pixel = parse_pixel(f"{st.query_params['row']},{st.query_params['col']}", shape)
+        for key in ("row", "col"):  # now carried by ?pixel=
+            del st.query_params[key]
+    return clamp_pixel(pixel, shape) if pixel is not None else default_pixel(shape)

@@ -10,49 +10,64 @@ import streamlit as st
 from locality_core.data import Dataset
 
 from . import data as D
-from .figures import pixel_picker, plotly_config
-from .state import clamp_pixel_state, default_pixel, pixel_from_selection
+from .figures import plotly_config
+from .picker import pixel_picker
+from .state import PIXEL_STORE, PIXEL_URL_KEY, default_pixel, parse_pixel, stored_pixel
 
 
 def pixel_inputs(shape: tuple[int, int, int]) -> tuple[int, int]:
-    """Row and column inputs bound to the URL (``?row=..&col=..``); the picker's clicks set them."""
+    """The pixel: one hidden text input bound to the URL (``?pixel=ROW,COL``, one history step per change) and
+    row / column inputs that set it. The picker's clicks set it too; `stored_pixel` keeps it across pages."""
     _, h, w = shape
-    clamp_pixel_state(shape)
+    pixel = stored_pixel(shape)
+    current = st.session_state.get(PIXEL_URL_KEY, st.query_params.get(PIXEL_URL_KEY))  # widget, else a link
+    if parse_pixel(current, shape) is None:
+        st.session_state[PIXEL_URL_KEY] = f"{pixel[0]},{pixel[1]}"
     r0, c0 = default_pixel(shape)
+    with st.container(key="pixel_url"):  # hidden by ui.layout.CSS: it is the URL's copy of the pixel
+        # the image centre is the default, left out of the URL; Back to an address without ?pixel= restores it
+        text = st.text_input("Pixel", f"{r0},{c0}", key=PIXEL_URL_KEY, bind="query-params",
+                             label_visibility="collapsed")
+    pixel = parse_pixel(text, shape) or pixel
+    st.session_state[PIXEL_STORE] = pixel
+    st.session_state["row"], st.session_state["col"] = pixel
+
+    def typed():
+        st.session_state[PIXEL_URL_KEY] = f"{st.session_state['row']},{st.session_state['col']}"
+
     a, b = st.columns(2)
-    row = a.number_input("Row", 0, h - 1, r0, step=1, key="row", bind="query-params")
-    col = b.number_input("Column", 0, w - 1, c0, step=1, key="col", bind="query-params")
-    return int(row), int(col)
+    a.number_input("Row", 0, h - 1, step=1, key="row", on_change=typed)
+    b.number_input("Column", 0, w - 1, step=1, key="col", on_change=typed)
+    return pixel
 
 
 def current_pixel(shape: tuple[int, int, int]) -> tuple[int, int]:
-    """The pixel in session state (before its inputs are drawn), clamped to the image."""
-    clamp_pixel_state(shape)
-    r0, c0 = default_pixel(shape)
-    return int(st.session_state.get("row", r0)), int(st.session_state.get("col", c0))
+    """The session's pixel (before or without its inputs), clamped to the image."""
+    return stored_pixel(shape)
 
 
 def picker(background, shape: tuple[int, int, int], *, key: str = "picker", kind: str = "image", title="",
-           size: int = 440, filename: str = "picker") -> tuple[int, int]:
+           size: int = 300, bar=None) -> tuple[int, int]:
     """A clickable image above row/column inputs; returns the chosen pixel.
 
-    ``background`` and ``title`` may be functions of the pixel (a correlation map of the chosen pixel). The
-    inputs are created first (they read a shared link's ``?row=..&col=..``), the image is drawn above them.
-    A click sets ``row``/``col`` in session state, and so the URL; an empty selection (a second click on the
-    same pixel, a double click) is ignored.
+    ``background``, ``title`` and ``bar`` (a colour bar, `ui.picker.colour_bar`) may be functions of the pixel
+    (a correlation map of the chosen pixel). The
+    inputs are created first (they read a shared link's ``?pixel=..``), the image is drawn above them. A click
+    sets the pixel, and so the URL (one step of the browser's history).
     """
-    def on_click():
-        pixel = pixel_from_selection(st.session_state.get(key), shape)
-        if pixel is not None:
-            st.session_state["row"], st.session_state["col"] = pixel
+    def on_pick(pixel: tuple[int, int]) -> None:
+        st.session_state[PIXEL_URL_KEY] = f"{pixel[0]},{pixel[1]}"
+        st.session_state[PIXEL_STORE] = pixel
 
     chart = st.container()
     pixel = pixel_inputs(shape)
     image = background(pixel) if callable(background) else background
     text = title(pixel) if callable(title) else title
     with chart:
-        st.plotly_chart(pixel_picker(image, pixel, kind=kind, title=text, size=size), key=key, on_select=on_click,
-                        selection_mode="points", config=plotly_config(filename), width="content", theme=None)
+        if text:
+            st.markdown(f"**{text}**")
+        pixel_picker(image, shape, pixel, key=key, on_pick=on_pick, kind=kind, width=size,
+                     bar=bar(pixel) if callable(bar) else bar)
     return pixel
 
 
@@ -116,6 +131,8 @@ def show(fig, key: str, filename: str) -> None:
     A figure that sets its own width (equal-aspect image grids, whose height is computed for that width) is
     shown at it; others stretch to the page."""
     width = "content" if fig.layout.width else "stretch"
+    # the toolbar stands upright at the right edge: across the top it covered titles and column headers on hover
+    fig.update_layout(modebar=dict(orientation="v", bgcolor="rgba(255, 255, 255, 0.8)"))
     st.plotly_chart(fig, key=key, width=width, theme=None, config=plotly_config(filename))
 
 
@@ -150,5 +167,10 @@ def mask_maps(data_key: tuple[str, str, str], pixel: tuple[int, int], sigmas: tu
 
 def png_download(label: str, build: Callable[[], bytes], filename: str, key: str) -> None:
     """A download button whose PNG is built only when clicked."""
-    st.download_button(label, data=build, file_name=filename, mime="image/png", key=key,
-                       icon=":material/download:", on_click="ignore")
+    file_download(label, build, filename, "image/png", key)
+
+
+def file_download(label: str, build: Callable[[], bytes], filename: str, mime: str, key: str) -> None:
+    """A download button whose file is built only when clicked."""
+    st.download_button(label, data=build, file_name=filename, mime=mime, key=key, icon=":material/download:",
+                       on_click="ignore")

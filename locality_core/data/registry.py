@@ -206,14 +206,55 @@ def load_dataset(name: str, **params) -> Dataset:
         raise DatasetError(f"data set {name!r} takes no parameter(s) {sorted(unknown)}; "
                            f"it takes {sorted(spec.params) or 'none'}.")
     merged = {k: tuple(v) if isinstance(v, list) else v for k, v in {**spec.params, **params}.items()}
-    return _load_cached(name, tuple(sorted(merged.items())), _stamp(name))
+    check_size(name, merged)
+    return _load_cached(name, tuple(sorted(merged.items())), file_stamp(name))
 
 
-def _stamp(name: str) -> tuple | None:
-    """Changes when an imported data set's file changes, so a re-import is not served from the cache."""
+BYTES_PER_VALUE = 10  # uint8 patches, their float32 copy, and the concatenations while building
+
+
+def _image_count(name: str, params: dict) -> int | None:
+    """An upper bound on the images a parametrised data set builds (train + test), or None when fixed."""
+    try:
+        if name == "natural-patches":
+            return len(natural.TRAIN_PHOTOS) * int(params["max_per_photo"]) + \
+                len(natural.TEST_PHOTOS) * int(params["max_per_test_photo"])
+        if name == "grf":
+            return int(params["n_train"]) + int(params["n_test"])
+        if name == "textures":
+            return sum(textures.texture_counts(max(1, int(params["stride"]))))
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"data set {name!r}: the options {params} are not all numbers ({exc}); fix them or "
+                           "reset them in the sidebar.") from None
+    return None
+
+
+def check_size(name: str, params: dict) -> None:
+    """Refuse options whose data set would not fit in memory, before building it (DatasetError)."""
+    from ..stats import available_memory
+
+    n = _image_count(name, params)
+    spec = REGISTRY.get(name)
+    if n is None or spec is None or spec.shape is None:
+        return
+    if n < 1:
+        raise DatasetError(f"data set {name!r} with options {params} holds no images; use positive counts.")
+    need, have = n * int(np.prod(spec.shape)) * BYTES_PER_VALUE, available_memory()
+    if need > have:
+        raise DatasetError(f"data set {name!r} with these options would hold up to {n:,} images and need about "
+                           f"{need / 2**30:.1f} GiB of memory, but {have / 2**30:.1f} GiB are available; use "
+                           "smaller counts or a larger stride.")
+
+
+def file_stamp(name: str) -> tuple | None:
+    """Changes when an imported data set's file changes, so a re-import is not served from a cache; None for
+    the registered data sets. DatasetError when an imported one is missing."""
     if not name.startswith(user.PREFIX):
         return None
-    stat = user.dataset_path(name[len(user.PREFIX):]).stat()
+    try:
+        stat = user.dataset_path(name[len(user.PREFIX):]).stat()
+    except FileNotFoundError:
+        raise user.missing(name[len(user.PREFIX):]) from None
     return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 

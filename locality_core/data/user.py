@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import tempfile
 import warnings
 import zipfile
 import zlib
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..locks import owned_lock
 from .base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
 from .download import data_home
 
@@ -237,8 +239,10 @@ def _entries(source: Path) -> tuple[list[Entry], zipfile.ZipFile | None]:
 
 
 def import_images(source: str | Path, name: str, size: tuple[int, int] | None = None, mode: str = "L", *,
-                  max_images: int = MAX_IMAGES, max_total_bytes: int = MAX_TOTAL_BYTES) -> ImportReport:
-    """Import the images of a folder or .zip as the data set ``user:<name>`` (replacing one of that name)."""
+                  max_images: int = MAX_IMAGES, max_total_bytes: int = MAX_TOTAL_BYTES,
+                  replace: bool = True) -> ImportReport:
+    """Import the images of a folder or .zip as the data set ``user:<name>`` (replacing one of that name
+    unless ``replace=False``)."""
     validate_name(name)
     size = _validate_args(mode, size)
     source = Path(source).expanduser().resolve()
@@ -260,7 +264,7 @@ def import_images(source: str | Path, name: str, size: tuple[int, int] | None = 
     meta = {"name": name, "source": str(source), "mode": mode, "size": list(train.shape[2:]),
             "shape": list(train.shape[1:]), "n_train": len(train), "n_test": len(test),
             "skipped": [list(s) for s in skipped]}
-    path = save(name, train, test, train_names, test_names, meta)
+    path = save(name, train, test, train_names, test_names, meta, replace=replace)
     return ImportReport(name, path, str(source), tuple(train.shape[1:]), len(train), len(test), skipped)
 
 
@@ -271,24 +275,38 @@ def to_nchw(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def _write_atomic(path: Path, write: Callable) -> None:
-    tmp = path.with_name(path.name + ".part")
+    """Write through a temporary file of a unique name in the same folder, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def name_lock(name: str):
+    """The lock that serialises writing, deleting and reading the files of ``user:<name>`` across processes."""
+    return owned_lock(data_home() / ".locks", "user:" + validate_name(name), what=f"importing {PREFIX}{name}")
 
 
 def save(name: str, train: np.ndarray, test: np.ndarray, train_names: list[str], test_names: list[str],
-         meta: dict) -> Path:
-    """Write ``<name>.npz`` (uint8 train/test (N, C, H, W), file names) and ``<name>.json``; returns the npz."""
+         meta: dict, *, replace: bool = True) -> Path:
+    """Write ``<name>.npz`` (uint8 train/test (N, C, H, W), file names) and ``<name>.json``; returns the npz.
+
+    Both files are written under the name's lock, so concurrent imports of one name end with the npz and json
+    of the same import. ``replace=False`` refuses a name that is taken.
+    """
     path = dataset_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"train": train, "test": test, "train_files": np.array(train_names, dtype=str),
               "test_files": np.array(test_names, dtype=str)}
-    _write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
-    _write_atomic(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    with name_lock(name):
+        if not replace and path.exists():
+            raise DatasetError(f"a data set named {PREFIX}{name} exists already; choose another name, or replace "
+                               "it on purpose (`locality import --force`).")
+        _write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+        _write_atomic(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return path
 
 
@@ -311,17 +329,17 @@ def metadata(name: str) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _missing(name: str) -> DatasetError:
+def missing(name: str) -> DatasetError:
     known = ", ".join(PREFIX + n for n in list_user_datasets()) or "none"
     return DatasetError(f"no imported data set {PREFIX}{name} in {user_dir()}; imported data sets: {known}. "
-                        "Import images with `locality import FOLDER_OR_ZIP NAME`.")
+                        "Import images with `locality import NAME FOLDER_OR_ZIP`.")
 
 
 def read_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (N, C, H, W) train and test of an imported data set; DatasetError when missing or corrupt."""
     path = dataset_path(name)
     if not path.is_file():
-        raise _missing(name)
+        raise missing(name)
     try:
         with np.load(path, allow_pickle=False) as npz:
             train, test = npz["train"], npz["test"]
@@ -338,9 +356,10 @@ def read_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_user_dataset(name: str) -> Dataset:
-    """An imported data set, (C, H, W) as imported, in [-1, 1]."""
-    train, test = read_arrays(name)
-    meta = metadata(name)
+    """An imported data set, (C, H, W) as imported, in [-1, 1]; arrays and metadata of one and the same import."""
+    with name_lock(name):
+        train, test = read_arrays(name)
+        meta = metadata(name)
     c, h, w = train.shape[1:]
     return Dataset(
         name=PREFIX + name, train=to_signed_unit(train), test=to_signed_unit(test),
@@ -354,7 +373,7 @@ def load_user_dataset(name: str) -> Dataset:
 def user_spec(name: str) -> DatasetSpec:
     """The registry entry of an imported data set; DatasetError when there is none of that name."""
     if not dataset_path(name).is_file():
-        raise _missing(name)
+        raise missing(name)
     meta = metadata(name)
     shape = tuple(meta["shape"]) if isinstance(meta.get("shape"), list) and len(meta["shape"]) == 3 else None
     source = meta.get("source", "?")
@@ -367,7 +386,8 @@ def user_spec(name: str) -> DatasetSpec:
 def delete_user_dataset(name: str) -> None:
     """Remove an imported data set (its npz and json). The original images are not touched."""
     path = dataset_path(name)
-    if not path.is_file():
-        raise _missing(name)
-    path.unlink()
-    path.with_suffix(".json").unlink(missing_ok=True)
+    with name_lock(name):
+        if not path.is_file():
+            raise missing(name)
+        path.unlink()
+        path.with_suffix(".json").unlink(missing_ok=True)

@@ -1,0 +1,141 @@
+"""Inter-process locks that survive their owner's death: one lock file per name, held with ``flock``.
+
+Glossary
+    lock file   ``<folder>/<sha256 of the name>.lock``; while held it records its owner as JSON
+    owner       {"pid", "host", "started", "heartbeat", "what"}; ``heartbeat`` is refreshed every
+                ``heartbeat_s`` by a daemon thread of the owning process
+    dead owner  the kernel drops an ``flock`` when its process exits, SIGKILL included: the next waiter
+                gets the lock at once and reports the previous owner it took over from
+    stale owner the lock is held but the recorded heartbeat is older than ``stale_s`` (a hung process, or a
+                holder on another host of a network file system): the waiter unlinks the lock file, so
+                the next holder locks a fresh file, and says so
+
+A waiter calls ``notify`` (default: a line on stderr) once when it starts waiting, and once when it takes a
+lock over. POSIX only (``fcntl``), like the rest of the project's deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+HEARTBEAT_S = 10.0
+STALE_S = 120.0
+POLL_S = 0.05
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def lock_path(folder: str | Path, name: str) -> Path:
+    return Path(folder) / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".lock")
+
+
+def read_owner(path: Path) -> dict:
+    """The owner recorded in a lock file; {} when there is none or it is unreadable."""
+    try:
+        owner = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _describe(owner: dict) -> str:
+    if not owner:
+        return "an unknown process"
+    age = time.time() - float(owner.get("heartbeat", owner.get("started", time.time())))
+    return (f"pid {owner.get('pid')} on {owner.get('host')} ({owner.get('what', 'a computation')}, "
+            f"last heartbeat {age:.0f} s ago)")
+
+
+def _stale(owner: dict, stale_s: float) -> bool:
+    beat = owner.get("heartbeat")
+    return isinstance(beat, (int, float)) and time.time() - beat > stale_s
+
+
+def _try_lock(path: Path) -> int | None:
+    """An open, exclusively locked descriptor of ``path`` (still the file at ``path``), or None."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    try:  # the file may have been unlinked by a waiter that broke a stale lock: then lock the new one
+        same = os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _write_owner(fd: int, owner: dict) -> None:
+    data = json.dumps(owner).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+
+
+def _heartbeat(fd: int, owner: dict, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        owner["heartbeat"] = time.time()
+        with contextlib.suppress(OSError):
+            _write_owner(fd, owner)
+
+
+def _acquire(path: Path, what: str, stale_s: float, notify: Callable[[str], None]) -> tuple[int, dict]:
+    waited = False
+    while True:
+        fd = _try_lock(path)
+        if fd is not None:
+            previous = read_owner(path)
+            if previous.get("pid") is not None:  # a record left behind: its owner died holding the lock
+                notify(f"note: took over the lock {path.name} from {_describe(previous)}, which has exited.")
+            return fd, previous
+        previous = read_owner(path)
+        if _stale(previous, stale_s):
+            notify(f"note: breaking the lock {path.name} of {_describe(previous)}: no heartbeat for more "
+                   f"than {stale_s:.0f} s.")
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        if not waited:
+            notify(f"note: waiting for {_describe(previous)} to finish {what} (lock {path}).")
+            waited = True
+        time.sleep(POLL_S)
+
+
+@contextlib.contextmanager
+def owned_lock(folder: str | Path, name: str, what: str = "", *, stale_s: float = STALE_S,
+               heartbeat_s: float = HEARTBEAT_S, notify: Callable[[str], None] = _stderr) -> Iterator[Path]:
+    """Hold the lock ``name`` in ``folder`` (created if needed) for the duration of the ``with`` block."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = lock_path(folder, name)
+    fd, _ = _acquire(path, what or name, stale_s, notify)
+    now = time.time()
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": now, "heartbeat": now, "what": what or name}
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(fd, owner, stop, heartbeat_s), daemon=True)
+    try:
+        _write_owner(fd, owner)
+        beat.start()
+        yield path
+    finally:
+        stop.set()
+        if beat.is_alive():
+            beat.join()
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # a clean release leaves no owner record behind
+        os.close(fd)

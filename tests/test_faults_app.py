@@ -1,0 +1,163 @@
+"""Faults of the app on a shared server: other sessions' imports, read-only deployments, unknown addresses."""
+
+from __future__ import annotations
+
+import io
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from locality_core.data import user  # noqa: E402
+from ui import deep_paths, not_found  # noqa: E402
+
+PAGE = "pages/your_data.py"
+
+
+@pytest.fixture(autouse=True)
+def app_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALITY_APP_DATASET", "grf:n_train=600,n_test=64")
+    monkeypatch.setenv("LOCALITY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LOCALITY_OFFLINE", "1")
+    monkeypatch.delenv("LOCALITY_READ_ONLY", raising=False)
+
+
+def zip_of_images(n: int = 12, side: int = 8) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(n):
+            png = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(png, format="PNG")
+            zf.writestr(f"{i}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def import_elsewhere(tmp_path: Path, name: str) -> None:
+    """An import by another session (or the CLI)."""
+    archive = tmp_path / f"{name}.zip"
+    archive.write_bytes(zip_of_images())
+    user.import_images(archive, name)
+
+
+def your_data() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    at.switch_page(PAGE).run()
+    return at
+
+
+def upload(at: AppTest, name: str) -> AppTest:
+    at.file_uploader[0].set_value((f"{name}.zip", zip_of_images(), "application/zip"))
+    at.text_input(key="import_name").set_value(name)
+    at.selectbox(key="import_size").set_value(16)
+    return at.button(key="import_go").click().run()
+
+
+def button_keys(at: AppTest) -> set[str]:
+    return {b.key for b in at.button}
+
+
+def test_a_session_deletes_only_what_it_imported(tmp_path):
+    import_elsewhere(tmp_path, "theirs")
+    at = your_data()
+    assert "del_theirs" not in button_keys(at) and "use_theirs" in button_keys(at)
+    upload(at, "mine")
+    assert not at.exception and "del_mine" in button_keys(at)
+    at.button(key="del_mine").click().run()
+    assert user.list_user_datasets() == ["theirs"]
+
+
+def test_a_session_cannot_overwrite_another_sessions_import(tmp_path):
+    import_elsewhere(tmp_path, "theirs")
+    at = upload(your_data(), "theirs")
+    assert any("exists already" in e.value for e in at.error)
+    assert user.read_arrays("theirs")[0].shape[2:] == (8, 8)  # untouched
+
+
+def test_sessions_propose_different_default_names():
+    first, second = your_data(), your_data()
+    assert first.text_input(key="import_name").value != second.text_input(key="import_name").value
+
+
+def test_read_only_turns_uploads_and_deletion_off(tmp_path, monkeypatch):
+    import_elsewhere(tmp_path, "shown")
+    monkeypatch.setenv("LOCALITY_READ_ONLY", "1")
+    at = your_data()
+    assert not at.exception and not at.get("file_uploader")
+    assert any("read-only" in i.value for i in at.info)
+    keys = button_keys(at)
+    assert "use_shown" in keys and not any(k and k.startswith("del_") for k in keys) and "import_go" not in keys
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("http://h:1/nothing", "nothing"), ("http://h:1", None), ("http://h:1/", None), ("http://h:1/components", None),
+    ("http://h:1/sensitivity", None)])
+def test_unknown_path(monkeypatch, url, expected):
+    monkeypatch.setattr(not_found.st, "context", types.SimpleNamespace(url=url))
+    assert not_found.unknown_path() == expected
+
+
+@pytest.mark.parametrize(("path", "target"), [
+    ("/a/b/c", "/a"), ("/components/x", "/components"), ("/nothing", None), ("/", None),
+    ("/_stcore/health", None), ("/static/js/index.js", None), ("/media/abc.png", None)])
+def test_deep_paths_redirect_to_one_segment(path, target):
+    assert deep_paths.redirect_target(path) == target
+
+
+def test_page_relative_streamlit_routes_are_served_at_the_root():
+    assert deep_paths.strip_page_prefix("/components/_stcore/stream") == "/_stcore/stream"
+    assert deep_paths.strip_page_prefix("/app1/components/_stcore/stream", "app1") == "/app1/_stcore/stream"
+    assert deep_paths.strip_page_prefix("/_stcore/stream") is None
+    assert deep_paths.strip_page_prefix("/a/b/c") is None
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Chromium not found at /usr/bin/chromium")
+def test_unknown_addresses_show_page_not_found_in_a_browser(monkeypatch):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from load_app import ARGS, start_server
+
+    monkeypatch.setenv("LOCALITY_APP_ENTRY", "serve.py")
+    proc, url = start_server("grf:n_train=600,n_test=64")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            for path, shown in [("/nothing", "/nothing"), ("/a/b/c", "/a")]:
+                page = browser.new_page()
+                page.goto(url + path)
+                page.get_by_text("Page not found").wait_for(timeout=60_000)
+                assert f"There is no page at {shown}" in page.inner_text("body")
+                page.close()
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_memory_bomb_url_options_show_a_message_and_build_nothing():
+    from locality_core.data import natural
+
+    if not natural.availability()[0]:
+        pytest.skip(natural.availability()[1])
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    for key, value in {"dataset": "natural-patches", "natural-patches.stride": "1",
+                       "natural-patches.max_per_photo": "200000"}.items():
+        at.query_params[key] = value
+    at.run()
+    at.switch_page("pages/components.py").run()
+    assert not at.exception
+    assert any("GiB of memory" in e.value for e in at.error)

@@ -1,0 +1,174 @@
+"""Faults of the disk cache and its locks: damaged files, read-only folders, owners killed mid-computation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fault_helpers import import_tiny
+
+from locality_core import locks
+from locality_core.cache import ArrayCache, encode
+
+ROOT = Path(__file__).resolve().parent.parent
+VALUE = {"x": np.arange(6.0)}
+
+
+def _warm(folder: Path) -> None:
+    ArrayCache(folder).set("k", VALUE)
+
+
+def _scribble(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.write(os.urandom(4096))
+
+
+@pytest.mark.parametrize("db", ["values", "locks"])
+def test_damaged_sqlite_file_is_moved_aside(tmp_path, db):
+    _warm(tmp_path)
+    ArrayCache(tmp_path).get_or_compute("cold", lambda: VALUE)  # leaves something in locks/ as well
+    old_locks = tmp_path / "locks" / "cache.db"  # the lock database of earlier versions, if any
+    old_locks.write_bytes(b"SQLite format 3\0" + bytes(8192))
+    _scribble(tmp_path / db / "cache.db")
+    warnings = []
+    cache = ArrayCache(tmp_path, warn=warnings.append)
+    assert cache.get_or_compute("k", lambda: {"x": np.ones(2)})["x"].sum() > 0
+    assert not cache.memory_only
+    if db == "values":
+        assert len(warnings) == 1 and "damaged" in warnings[0] and "cache.db" in warnings[0]
+        assert list((tmp_path / "values").glob("cache.db.damaged-*"))
+    assert ArrayCache(tmp_path, warn=warnings.append).get("k") is not None  # healed for the next process
+
+
+def _read_only_as_root(monkeypatch) -> None:
+    """Root ignores file modes: make sqlite answer as it does for everyone else on a read-only folder."""
+    import sqlite3
+
+    import locality_core.cache as cache_module
+
+    def refuse(*args, **kwargs):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(cache_module.diskcache, "Cache", refuse)
+
+
+def test_read_only_warm_cache_falls_back_to_memory(tmp_path, monkeypatch):
+    _warm(tmp_path / "c")
+    if os.geteuid() == 0:
+        _read_only_as_root(monkeypatch)
+    for p in [tmp_path / "c", *(tmp_path / "c").rglob("*")]:
+        p.chmod(0o500 if p.is_dir() else 0o400)
+    try:
+        warnings = []
+        cache = ArrayCache(tmp_path / "c", warn=warnings.append)
+        assert cache.get_or_compute("new", lambda: {"y": np.ones(3)})["y"].sum() == 3
+        assert cache.get_or_compute("k", lambda: VALUE)["x"][-1] == 5
+        assert len(warnings) == 1 and "memory" in warnings[0]
+    finally:
+        for p in [tmp_path / "c", *(tmp_path / "c").rglob("*")]:
+            p.chmod(0o700)
+
+
+def test_values_path_that_is_a_file_falls_back_to_memory(tmp_path):
+    (tmp_path / "values").write_text("not a folder")
+    warnings = []
+    cache = ArrayCache(tmp_path, warn=warnings.append)
+    assert cache.memory_only and cache.get_or_compute("k", lambda: VALUE)["x"][-1] == 5
+    assert len(warnings) == 1 and str(tmp_path) in warnings[0]
+
+
+def test_existing_shared_folder_keeps_its_mode(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    ArrayCache(shared).set("k", VALUE)
+    assert shared.stat().st_mode & 0o777 == 0o775
+
+
+def test_tampered_entry_with_a_valid_checksum_is_served(tmp_path):
+    """The documented limit: the checksum catches damage, not deliberate rewriting by someone with write access."""
+    cache = ArrayCache(tmp_path)
+    cache.set("k", VALUE)
+    cache._values.set("k", encode({"x": np.zeros(6)}))  # what an attacker with write access could do
+    assert cache.get("k")["x"].sum() == 0
+
+
+def test_stale_heartbeat_is_taken_over(tmp_path):
+    path = locks.lock_path(tmp_path, "name")
+    notes = []
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from locality_core import locks\n"
+        "with locks.owned_lock(sys.argv[1], 'name', heartbeat_s=3600):\n"
+        "    print('held', flush=True); time.sleep(60)\n"), str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        owner = json.loads(path.read_text())
+        owner["heartbeat"] -= 1000  # as if the holder hung long ago
+        path.write_text(json.dumps(owner))
+        start = time.time()
+        with locks.owned_lock(tmp_path, "name", stale_s=100, notify=notes.append):
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert time.time() - start < 5
+        assert any("breaking" in n and str(holder.pid) in n for n in notes)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+SLOW_PRECOMPUTE = """
+import pathlib, sys, time
+import locality_core.stats as stats
+def slow(*args, **kwargs):
+    pathlib.Path(sys.argv[1]).write_text("started")
+    time.sleep(120)
+stats.compute_stats = slow
+from locality_core.cli import main
+main(["precompute", "user:tiny"])
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_precompute_then_a_rerun_finishes(tmp_path, monkeypatch, sig):
+    env = {**os.environ, "LOCALITY_CACHE_DIR": str(tmp_path / "cache"), "LOCALITY_DATA_DIR": str(tmp_path / "data"),
+           "OMP_NUM_THREADS": "1"}
+    monkeypatch.setenv("LOCALITY_DATA_DIR", env["LOCALITY_DATA_DIR"])
+    import_tiny(tmp_path / "data", side=6)
+    started = tmp_path / "started"
+    victim = subprocess.Popen([sys.executable, "-c", SLOW_PRECOMPUTE, str(started)], cwd=ROOT, env=env,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    assert started.exists(), "the precompute did not start"
+    victim.send_signal(sig)
+    victim.wait(30)
+    rerun = subprocess.run([sys.executable, "-m", "locality_core", "precompute", "user:tiny"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "statistics cached" in rerun.stdout
+    if sig == signal.SIGKILL:
+        assert "took over" in rerun.stderr
+
+
+def test_concurrent_threads_compute_a_shared_result_once(tmp_path):
+    """Sessions of one server are threads: the same expensive result is computed once and shared."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ArrayCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        time.sleep(0.3)
+        return {"v": np.arange(3.0)}
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: cache.get_or_compute("same-pixel", compute), range(6)))
+    assert len(calls) == 1 and all(r["v"][-1] == 2 for r in results)

@@ -1,0 +1,82 @@
+"""Bad CLI values and data set options: one line on stderr, exit status 2, nothing computed or written."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from locality_core import validate as V
+from locality_core.cli import main
+from locality_core.data import DatasetError, load_dataset
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse refuses before any command runs
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+BAD = [
+    ("field", "mnist-5k", "--pixel", "3,3", "--sigmas", "nan"),
+    ("field", "mnist-5k", "--pixel", "3,3", "--sigmas", "inf"),
+    ("field", "mnist-5k", "--pixel", "3,3", "--sigmas", "1e308"),
+    ("field", "mnist-5k", "--pixel", "3,3", "--sigmas", ","),
+    ("field", "mnist-5k", "--pixel", "3,3", "--n", "0"),
+    ("field", "mnist-5k", "--pixel", "3,3", "--out", "/proc/x.png"),
+    ("field", "mnist-5k", "--pixel", "3,3", "--out", "/no/such/folder/x.png"),
+    ("field", "mnist-5k", "--pixel", "3,3", "--out", "map.txt"),
+    ("field", "mnist-5k", "--pixel", "3,3", "--denoiser", "nonsense"),
+    ("basis", "mnist-5k", "--sigma", "-1"),
+    ("basis", "mnist-5k", "--top", "0"),
+    ("eval", "mnist-5k", "--denoiser", ","),
+    ("eval", "mnist-5k", "--denoiser", "wiener", "--n", "0"),
+    ("eval", "mnist-5k", "--denoiser", "wiener", "--n", "-3"),
+    ("stats", "mnist-5k", "--top", "-3"),
+    ("sample", "mnist-5k", "--batch", "0"),
+    ("sample", "mnist-5k", "--n", "0"),
+    ("sample", "mnist-5k", "--out", "/proc/grid.png"),
+    ("compare", "mnist-5k", "--steps", "0"),
+    ("train", "mnist-5k", "--steps", "0"),
+    ("train", "mnist-5k", "--steps", "-1"),
+    ("import", "x", "/no/such/folder"),
+]
+
+
+@pytest.mark.parametrize("argv", BAD, ids=lambda a: " ".join(a))
+def test_bad_values_are_one_line_and_exit_2(capsys, argv):
+    code, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_out_that_is_a_folder_or_unwritable(capsys, tmp_path):
+    code, err = run(capsys, "field", "mnist-5k", "--pixel", "3,3", "--out", str(tmp_path))
+    assert code == 2 and "must end in" in err
+    (tmp_path / "dir.png").mkdir()
+    code, err = run(capsys, "field", "mnist-5k", "--pixel", "3,3", "--out", str(tmp_path / "dir.png"))
+    assert code == 2 and "is a folder" in err
+
+
+def test_pixel_outside_the_image(capsys):
+    code, err = run(capsys, "field", "mnist-5k", "--pixel", "28,0")
+    assert code == 2 and "outside the 28x28 image" in err
+
+
+def test_good_values_pass():
+    assert V.sigma_list("60, 3.4,0.1") == [60.0, 3.4, 0.1]
+    assert V.count("3", "--n") == 3 and V.pixel((27, 0), (1, 28, 28)) == (27, 0)
+    assert V.names("wiener, unet", ["wiener", "unet"]) == ["wiener", "unet"]
+
+
+def test_memory_bomb_options_are_refused_before_building():
+    start = time.time()
+    with pytest.raises(DatasetError, match="GiB of memory"):
+        load_dataset("natural-patches", stride=1, max_per_photo=200_000)
+    with pytest.raises(DatasetError, match="GiB of memory"):
+        load_dataset("grf", n_train=10**9)
+    with pytest.raises(DatasetError, match="not all numbers"):
+        load_dataset("grf", n_train="many")
+    assert time.time() - start < 2

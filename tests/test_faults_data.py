@@ -1,0 +1,106 @@
+"""Faults of imported data sets: concurrent imports of one name, re-imports seen at once, the import command."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fault_helpers import write_images
+
+from locality_core.data import DatasetError, user
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUNDS = 20
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALITY_DATA_DIR", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _importer(src: str, mode: str, home: str, errors: str) -> None:
+    os.environ["LOCALITY_DATA_DIR"] = home
+    for _ in range(ROUNDS):
+        try:
+            user.import_images(src, "shared", mode=mode)
+            data = user.load_user_dataset("shared")  # arrays and metadata of one import, whatever the others do
+            from_rgb = Path(data.params["source"]).name == "rgb"
+            assert data.train.shape[1] == (3 if from_rgb else 1), f"npz and json of different imports: {data}"
+        except Exception as exc:  # reported to the parent: any failure of any round
+            with open(errors, "a") as f:
+                f.write(f"{type(exc).__name__}: {exc}\n")
+
+
+def test_three_processes_importing_one_name_never_collide(tmp_path, home):
+    sources = [(write_images(tmp_path / "gray", 12, 6, "L", 0), "L"), (write_images(tmp_path / "rgb", 14, 6, "RGB", 1),
+               "RGB"), (write_images(tmp_path / "gray2", 16, 6, "L", 2), "L")]
+    errors = tmp_path / "errors.txt"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_importer, args=(str(src), mode, str(home), str(errors))) for src, mode in sources]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    assert not errors.exists(), errors.read_text()
+    train, test = user.read_arrays("shared")  # readable, and the json describes this very npz
+    meta = user.metadata("shared")
+    assert list(train.shape[1:]) == meta["shape"] and len(train) == meta["n_train"] and len(test) == meta["n_test"]
+    assert not list((home / "user").glob("*.part"))
+
+
+def test_replace_false_refuses_a_taken_name(tmp_path, home):
+    src = write_images(tmp_path / "a", 12, 6, "L", 0)
+    user.import_images(src, "mine")
+    with pytest.raises(DatasetError, match="exists already"):
+        user.import_images(src, "mine", replace=False)
+
+
+def test_missing_message_names_a_command_that_exists(home):
+    with pytest.raises(DatasetError, match="locality import NAME FOLDER_OR_ZIP") as info:
+        user.read_arrays("nothing")
+    assert "Import images with" in str(info.value)
+
+
+def _cli(*args, home: Path):
+    env = {**os.environ, "LOCALITY_DATA_DIR": str(home), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "locality_core", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_import_command(tmp_path, home):
+    src = write_images(tmp_path / "imgs", 12, 8, "RGB", 0)
+    done = _cli("import", "cli-set", str(src), "--mode", "RGB", "--size", "4,4", home=home)
+    assert done.returncode == 0, done.stderr
+    assert "user:cli-set" in done.stdout
+    assert user.read_arrays("cli-set")[0].shape[1:] == (3, 4, 4)
+    again = _cli("import", "cli-set", str(src), home=home)
+    assert again.returncode == 2 and "exists already" in again.stderr and "Traceback" not in again.stderr
+    assert _cli("import", "cli-set", str(src), "--force", home=home).returncode == 0
+    bad = _cli("import", "x", str(tmp_path / "nowhere"), home=home)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_reimport_shows_new_data_in_the_app_at_once(tmp_path, home):
+    import streamlit as st
+
+    from ui import data as D
+
+    calls = []
+
+    @st.cache_data
+    def by_name(name: str) -> int:  # a page-level cache keyed on the name, as the pages' are
+        calls.append(name)
+        return D.dataset(name).d
+
+    user.import_images(write_images(tmp_path / "g", 18, 28, "L", 0), "re")
+    assert D.stats("user:re").mean.size == 784 and by_name("user:re") == 784
+    user.import_images(write_images(tmp_path / "c", 23, 28, "RGB", 1), "re", mode="RGB")
+    assert len(D.dataset("user:re").train) + len(D.dataset("user:re").test) == 23
+    assert D.stats("user:re").mean.size == 2352
+    assert by_name("user:re") == 2352 and len(calls) == 2
