@@ -253,3 +253,49 @@ def precompute(dataset: Dataset | str, progress: Progress | None = None, *, kind
 
         out[kind] = table(dataset, kind, sizes, cache=cache, progress=report)
     return out
+
+
+# ---------------------------------------------------------------- words from the numbers
+
+SAME_COSINE, SIMILAR_COSINE = 0.9, 0.7   # A-B cosine: "nearly the same image", "similar images"
+COPY_REL = 0.5        # dist_own below half the typical distance between neighbouring training images: a copy
+NEW_VS_HELDOUT = 0.8  # dist_own at least 0.8 x that of held-out images to the same subset: a new image
+KNOWS_TRAINING = 1.5  # held-out MSE at least 1.5 x the training MSE: the denoiser knows its training images
+
+
+def describe(row: dict, t: int = 300) -> list[str]:
+    """Sentences about one row, each read off its numbers with the thresholds above (none is assumed)."""
+    n, cos = row["n"], row["cosine"]
+    alike = ("nearly the same image" if cos >= SAME_COSINE else "similar images" if cos >= SIMILAR_COSINE
+             else "different images")
+    out = [f"At N = {n:,} the A and B samples from the same noise are {alike}: mean cosine similarity {cos:.2f} "
+           f"(1 = identical; thresholds {SIMILAR_COSINE} and {SAME_COSINE})."]
+    rel, vs = row["dist_own_rel"], row["dist_own_vs_heldout"]
+    where = (f"a copy of one of its training images ({rel:.2f} of the typical distance {row['train_nn']:.2f} between "
+             "neighbouring training images)" if rel < COPY_REL else
+             f"as far from its training images as new test images are ({vs:.2f} of their distance "
+             f"{row['heldout_nn']:.2f}): a new image" if vs >= NEW_VS_HELDOUT else
+             f"between a copy and a new image ({vs:.2f} of the distance {row['heldout_nn']:.2f} of test images to "
+             "the same training images)")
+    out.append(f"A sample lies on average {row['dist_own']:.2f} from the nearest image of its own subset, {where}; "
+               f"it lies {row['dist_other']:.2f} from the other subset.")
+    train, test = row[f"train_mse_t{t}"], row[f"heldout_mse_t{t}"]
+    knows = ("denoises its own training images better than new ones: it knows them" if test >= KNOWS_TRAINING * train
+             else "denoises new images about as well as its training images")
+    out.append(f"At t = {t} each denoiser {knows} (MSE {train:.4f} on training, {test:.4f} on held-out images).")
+    return out
+
+
+def trend(rows: list[dict], key: str) -> str:
+    """'rises from a at N = .. to b at N = ..' plus where it is not monotone, for a value in ``rows``."""
+    if len(rows) < 2:
+        return f"{key} is {rows[0][key]:.3g} at N = {rows[0]['n']:,}" if rows else "no rows"
+    values = [r[key] for r in rows]
+    up = values[-1] >= values[0]
+    breaks = [rows[i + 1]["n"] for i in range(len(values) - 1) if (values[i + 1] >= values[i]) != up
+              and values[i + 1] != values[i]]
+    text = (f"{'rises' if up else 'falls'} from {values[0]:.3g} at N = {rows[0]['n']:,} to {values[-1]:.3g} at "
+            f"N = {rows[-1]['n']:,}")
+    if breaks:
+        return text + ", not monotonically: it turns back at N = " + ", ".join(f"{n:,}" for n in breaks)
+    return text + ", monotonically"
