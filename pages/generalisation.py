@@ -18,9 +18,8 @@ data, _ = D.require_data(view)
 
 st.title("Memorisation to generalisation")
 st.markdown(
-    "Two denoisers of the same kind, built from two **disjoint** sets A and B of N training images, start from the "
-    "same noise. A denoiser that memorises reproduces its own training images, so A and B differ; one that "
-    "generalises draws new images, and A and B agree. Move N and compare each sample with its nearest training image.")
+    "Two denoisers built from **disjoint** sets A and B of N training images start from the same noise. Memorising, "
+    "each copies its own training images and A and B differ; generalising, both draw the same new image.")
 
 sizes = G.family_sizes(data)
 if not sizes:
@@ -52,13 +51,13 @@ if ready:
 def pair(kind: str, key: str) -> None:
     sides = {s: G.side(data, kind, n, s) for s in "AB"}
     nearest = {s: training_subset(data, n, s).train[sides[s]["own_idx"]].numpy() for s in "AB"}
-    fig, images, titles = F.pair_figure(sides, nearest, columns=4)
+    fig, images, titles = F.pair_figure(sides, nearest, columns=5, tile_px=60)
     show(fig, key, f"{data.name}-generalisation-{kind}-n{n}")
     row = next(r for r in tables[kind] if r["n"] == n)
     st.caption(" ".join(G.describe(row)))
     from ui.figures import images_png
 
-    png_download("PNG", lambda: images_png(images, titles, columns=4), f"{data.name}-{kind}-n{n}.png", f"{key}_png")
+    png_download("PNG", lambda: images_png(images, titles, columns=5), f"{data.name}-{kind}-n{n}.png", f"{key}_png")
 
 
 left, right = st.columns(2)
@@ -66,7 +65,7 @@ with left:
     st.markdown("**Networks** trained on A (rows 1-2) and on B (rows 3-4)")
     pair("unet", "gen_pair_unet")
 with right:
-    st.markdown("**Analytical denoiser** (Lukoianov et al.) built from A and from B")
+    st.markdown("**Analytical denoiser** (Lukoianov et al.) from A and from B")
     if n in ready:
         pair("analytical", "gen_pair_analytical")
     elif run_button("Compute the analytical version", "gen_analytical_go", False,

@@ -245,3 +245,27 @@ def test_page_shows_pairs_curves_and_numbers(app_env, tiny):
     shared = run_page(query={"gen_n": "16", "gen_t": "500"})  # a shared link restores N and t
     assert shared.select_slider(key="gen_n").value == 16 and shared.radio(key="gen_t").value == 500
     assert "N = 16" in page_text(shared) and "t = 500" in page_text(shared)
+
+
+def _row(**kw) -> dict:
+    base = {"n": 10, "cosine": 0.2, "dist_own": 0.5, "dist_own_rel": 0.1, "dist_own_vs_heldout": 0.05,
+            "train_nn": 5.0, "heldout_nn": 10.0, "dist_other": 9.0, "train_mse_t300": 0.001, "heldout_mse_t300": 0.1}
+    return {**base, **kw}
+
+
+def test_describe_reads_every_claim_off_the_numbers():
+    memorising = " ".join(G.describe(_row()))
+    assert "different images" in memorising and "a copy" in memorising and "it knows them" in memorising
+    general = " ".join(G.describe(_row(n=30000, cosine=0.95, dist_own=9.0, dist_own_rel=1.8, dist_own_vs_heldout=0.9,
+                                       train_mse_t300=0.05, heldout_mse_t300=0.051)))
+    assert "nearly the same image" in general and "a new image" in general and "about as well" in general
+    between = " ".join(G.describe(_row(cosine=0.8, dist_own_rel=0.7, dist_own_vs_heldout=0.5)))
+    assert "similar images" in between and "between a copy and a new image" in between
+
+
+def test_trend_says_where_a_curve_is_not_monotone():
+    rows = [{"n": n, "c": c} for n, c in ((10, 0.1), (100, 0.5), (1000, 0.4), (10000, 0.9))]
+    assert G.trend(rows, "c") == ("rises from 0.1 at N = 10 to 0.9 at N = 10,000, not monotonically: it turns back "
+                                  "at N = 1,000")
+    assert G.trend(rows[:2], "c").endswith("monotonically") and "not monotonically" not in G.trend(rows[:2], "c")
+    assert G.trend([{"n": 5, "c": 1.0}, {"n": 50, "c": 0.5}], "c").startswith("falls")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from .figures import FONT, MODEL_COLOURS, tiles_figure
+from .figures import MODEL_COLOURS, tiles_figure
 
 KIND_TITLES = {"unet": "networks", "analytical": "analytical"}
 KIND_COLOURS = {"unet": MODEL_COLOURS["unet"], "analytical": MODEL_COLOURS["analytical"]}
@@ -30,12 +30,12 @@ def pair_figure(sides: dict[str, dict], nearest: dict[str, np.ndarray], columns:
 def _layout(fig: go.Figure, title: str, y_title: str, n: int | None, log_y: bool = False) -> go.Figure:
     if n is not None:
         fig.add_vline(x=n, line=dict(color="#999999", dash="dot", width=1))
-    fig.update_xaxes(title="N (training images per network)", type="log", dtick=1, showgrid=True,
-                     gridcolor="#e5e5e5")
-    fig.update_yaxes(title=y_title, type="log" if log_y else "linear", showgrid=True, gridcolor="#e5e5e5")
-    fig.update_layout(title=dict(text=title, x=0.02, xanchor="left", font=dict(size=16)), height=380, font=FONT,
-                      margin=dict(l=60, r=12, t=44, b=50), plot_bgcolor="white", paper_bgcolor="white",
-                      legend=dict(orientation="h", x=0, y=-0.28, font=dict(size=13)))
+    fig.update_xaxes(title=dict(text="N", standoff=4), type="log", dtick=1, showgrid=True, gridcolor="#e5e5e5")
+    fig.update_yaxes(title=dict(text=y_title, standoff=4), type="log" if log_y else "linear", showgrid=True,
+                     gridcolor="#e5e5e5", tickformat=".2g" if log_y else None, dtick="D2" if log_y else None)
+    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)), height=400,
+                      font=dict(size=13), margin=dict(l=56, r=10, t=36, b=10), plot_bgcolor="white",
+                      paper_bgcolor="white", legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"))
     return fig
 
 
@@ -50,7 +50,7 @@ def similarity_figure(tables: dict[str, list[dict]], n: int | None = None) -> go
     for kind, rows in tables.items():
         _trace(fig, rows, "cosine", KIND_TITLES[kind], KIND_COLOURS[kind])
     fig.update_yaxes(range=[min([0.0] + [r["cosine"] for rows in tables.values() for r in rows]) - 0.02, 1.02])
-    return _layout(fig, "A and B: same image?", "cosine similarity A vs B", n)
+    return _layout(fig, "A-B similarity of samples", "cosine A vs B", n)
 
 
 def distance_figure(tables: dict[str, list[dict]], n: int | None = None) -> go.Figure:
@@ -61,9 +61,9 @@ def distance_figure(tables: dict[str, list[dict]], n: int | None = None) -> go.F
     rows = next(iter(tables.values()))
     _trace(fig, rows, "heldout_nn", "test images", "#555555", dash="dot")
     fig.add_hline(y=rows[0]["train_nn"], line=dict(color="#999999", dash="dash", width=1),
-                  annotation_text="typical neighbour distance", annotation_position="bottom right",
+                  annotation_text="typical neighbour distance", annotation_position="top left",
                   annotation_font=dict(size=12, color="#555555"))
-    return _layout(fig, "Distance to the nearest training image", "L2 distance (pixels in [-1, 1])", n)
+    return _layout(fig, "Nearest own training image", "L2 distance", n)
 
 
 def mse_figure(tables: dict[str, list[dict]], t: int, n: int | None = None) -> go.Figure:
@@ -72,4 +72,4 @@ def mse_figure(tables: dict[str, list[dict]], t: int, n: int | None = None) -> g
     for kind, rows in tables.items():
         _trace(fig, rows, f"train_mse_t{t}", f"{KIND_TITLES[kind]}: training", KIND_COLOURS[kind])
         _trace(fig, rows, f"heldout_mse_t{t}", f"{KIND_TITLES[kind]}: held-out", KIND_COLOURS[kind], dash="dash")
-    return _layout(fig, f"Denoising error at t = {t}", "MSE per pixel", n, log_y=True)
+    return _layout(fig, f"Denoising error, t = {t}", "MSE per pixel", n, log_y=True)
