@@ -28,6 +28,9 @@ def _cmd_generalisation(args) -> int:
     if args.json:
         print(json.dumps({"dataset": dataset.name, **result}, indent=2))
         return 0
+    if args.markdown:
+        print(markdown(result))
+        return 0
     for kind, rows in result.items():
         print(f"\n{kind}: A and B built from disjoint subsets of N images, {G.N_SAMPLES} samples from the same noise"
               f" (DDIM {G.STEPS} steps); distances L2 on pixels in [-1, 1]; typical nearest-neighbour distance "
@@ -38,10 +41,29 @@ def _cmd_generalisation(args) -> int:
     return 0
 
 
+MARKDOWN = (("cosine", "A-B cosine", "{:.3f}"), ("mse_ab", "A-B MSE", "{:.4f}"),
+            ("dist_own", "to own subset: mean (max)", None), ("dist_own_rel", "/ typical neighbour distance", "{:.2f}"),
+            ("dist_other", "to other subset", "{:.2f}"), ("heldout_nn", "test images to subset", "{:.2f}"),
+            ("train_mse_t300", "train MSE t=300", "{:.4f}"), ("heldout_mse_t300", "held-out MSE t=300", "{:.4f}"))
+
+
+def markdown(result: dict[str, list[dict]]) -> str:
+    """The README's table: one row per denoiser kind and N."""
+    head = "| denoiser | N | " + " | ".join(title for _, title, _ in MARKDOWN) + " |"
+    lines = [head, "|" + " --- |" * (2 + len(MARKDOWN))]
+    for kind, rows in result.items():
+        for r in rows:
+            cells = [f"{r['dist_own']:.2f} ({r['dist_own_max']:.2f})" if fmt is None else fmt.format(r[key])
+                     for key, _, fmt in MARKDOWN]
+            lines.append(f"| {kind} | {r['n']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def add_command(subparsers) -> None:
     p = subparsers.add_parser("generalisation", help="memorisation to generalisation: subset networks A vs B per N")
     p.add_argument("dataset")
     p.add_argument("--json", action="store_true", help="print JSON: {unet: [row per N], analytical: [...]}")
+    p.add_argument("--markdown", action="store_true", help="print the README's markdown table")
     p.add_argument("--no-analytical", action="store_true",
                    help="networks only (the analytical denoiser at N = 30,000 takes minutes on a CPU)")
     p.set_defaults(func=_cmd_generalisation)

@@ -193,6 +193,10 @@ def test_cli_json_one_row_per_n(tiny, model_dir, tmp_path, monkeypatch, capsys):
     out = json.loads(capsys.readouterr().out)
     assert [r["n"] for r in out["unet"]] == [4] and "analytical" not in out
     assert {"cosine", "mse_ab", "dist_own", "dist_other", "train_nn", "heldout_mse_t100"} <= set(out["unet"][0])
+    assert main(["generalisation", "grf", "--markdown", "--no-analytical"]) == 0  # from the cache now
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| denoiser | N |") and table[2].startswith("| unet | 4 | ")
+    assert len(table) == 3 and table[2].count("|") == table[0].count("|")
 
 
 @pytest.fixture
