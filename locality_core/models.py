@@ -119,8 +119,10 @@ def subset_family(name: str) -> list[int]:
 
 def how_to_train_subsets(name: str, n: int | None = None, split: str | None = None) -> str:
     which = "networks nN-A and nN-B" if n is None else f"network n{n}-{split}"
-    return (f"No {which} trained on a subset of {name!r}: train them with `bash {TRAIN_SUBSETS}` (or `locality train "
-            f"{name} --subset N --split A|B --base 16`); they are saved to {user_model_dir(name) / SUBSETS}.")
+    where = user_model_dir(name) / SUBSETS
+    return (f"No {which} trained on subsets of {name!r} here. Train them with `locality train {name} --subset N "
+            f"--split A|B --base 16` (saved to {where}/nN-S), or the whole family of fashion-mnist with `bash "
+            f"{TRAIN_SUBSETS}`, then copy its runs/subsets/nN-S folders there.")
 
 
 def load_subset_unet(dataset: Dataset, n: int, split: str) -> EDMDenoiser:

@@ -23,8 +23,8 @@ st.markdown(
 
 sizes = G.family_sizes(data)
 if not sizes:
-    st.info(f"This page waits for networks trained on disjoint subsets of {data.name!r}. "
-            + how_to_train_subsets(data.name), icon=":material/model_training:")
+    st.info("This page waits for networks trained on disjoint subsets. " + how_to_train_subsets(data.name),
+            icon=":material/model_training:")
     st.stop()
 
 

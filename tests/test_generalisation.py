@@ -234,6 +234,16 @@ def test_page_without_networks_says_what_it_waits_for(app_env):
     assert "train_subsets.sh" in page_text(at)
 
 
+def test_page_with_one_pair_of_networks(app_env, tiny):
+    for s in "AB":
+        save_subset_net(app_env, tiny, 4, s)
+    at = run_page()
+    assert "N = 4" in page_text(at)
+    assert at.button(key="gen_analytical_go")  # the analytical version waits for a click, saying so
+    at.button(key="gen_analytical_go").click().run()
+    assert not at.exception and any("gen_pair_analytical" in el.proto.id for el in at.get("plotly_chart"))
+
+
 def test_page_shows_pairs_curves_and_numbers(app_env, tiny):
     for n in SIZES:
         for s in "AB":
