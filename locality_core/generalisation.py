@@ -273,8 +273,9 @@ def describe(row: dict, t: int = 300) -> list[str]:
     rel, vs = row["dist_own_rel"], row["dist_own_vs_heldout"]
     where = (f"a copy of one of its training images ({rel:.2f} of the typical distance {row['train_nn']:.2f} between "
              "neighbouring training images)" if rel < COPY_REL else
-             f"as far from its training images as new test images are ({vs:.2f} of their distance "
-             f"{row['heldout_nn']:.2f}): a new image" if vs >= NEW_VS_HELDOUT else
+             f"{'farther from' if vs >= 1 else 'nearly as far from'} its training images "
+             f"{'than' if vs >= 1 else 'as'} new test images are ({vs:.2f} of their distance {row['heldout_nn']:.2f}): "
+             "a new image" if vs >= NEW_VS_HELDOUT else
              f"between a copy and a new image ({vs:.2f} of the distance {row['heldout_nn']:.2f} of test images to "
              "the same training images)")
     out.append(f"A sample lies on average {row['dist_own']:.2f} from the nearest image of its own subset, {where}; "
