@@ -36,7 +36,7 @@ from .evaluate import heldout_mse
 from .metrics import nearest_training
 from .sampling import initial_noise, sample_ddim
 from .schedule import ddim_sigmas, t_to_sigma
-from .subsets import training_subset
+from .subsets import subset_fingerprint, subset_indices, training_subset
 
 SIZES = (10, 100, 1000, 10000, 30000)
 KINDS = ("unet", "analytical")
@@ -152,8 +152,13 @@ def side_id(dataset: Dataset, kind: str, n: int, split: str) -> str:
             raise ModelError(how_to_train_subsets(dataset.name, n, split))
         return f"unet-{_file_digest(path)}"
     if kind == "analytical":
-        return f"analytical-global-default-{training_subset(dataset, n, split).fingerprint}"
+        return f"analytical-global-default-{subset_fingerprint(dataset, n, split)}"
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def subset_images(dataset: Dataset, n: int, split: str, idx: np.ndarray) -> torch.Tensor:
+    """Training images ``idx`` (indices into subset (n, split), e.g. a side's own_idx) without copying the subset."""
+    return dataset.train[subset_indices(len(dataset.train), n, split)[torch.as_tensor(idx)]]
 
 
 def build_denoiser(dataset: Dataset, kind: str, n: int, split: str):

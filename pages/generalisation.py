@@ -7,7 +7,6 @@ import streamlit as st
 
 from locality_core import generalisation as G
 from locality_core.models import find_subset_weights, how_to_train_subsets
-from locality_core.subsets import training_subset
 from ui import data as D
 from ui import generalisation as F
 from ui.state import current_view
@@ -50,7 +49,7 @@ if ready:
 
 def pair(kind: str, key: str) -> None:
     sides = {s: G.side(data, kind, n, s) for s in "AB"}
-    nearest = {s: training_subset(data, n, s).train[sides[s]["own_idx"]].numpy() for s in "AB"}
+    nearest = {s: G.subset_images(data, n, s, sides[s]["own_idx"]).numpy() for s in "AB"}
     fig, images, titles = F.pair_figure(sides, nearest, columns=5, tile_px=60)
     show(fig, key, f"{data.name}-generalisation-{kind}-n{n}")
     row = next(r for r in tables[kind] if r["n"] == n)

@@ -283,3 +283,15 @@ def test_trend_says_where_a_curve_is_not_monotone():
                                   "at N = 1,000")
     assert G.trend(rows[:2], "c").endswith("monotonically") and "not monotonically" not in G.trend(rows[:2], "c")
     assert G.trend([{"n": 5, "c": 1.0}, {"n": 50, "c": 0.5}], "c").startswith("falls")
+
+
+def test_subset_images_index_the_subset(tiny):
+    idx = np.array([3, 0, 7])
+    assert torch.equal(G.subset_images(tiny, 8, "B", idx), training_subset(tiny, 8, "B").train[idx])
+
+
+def test_subset_fingerprint_without_the_images(tiny):
+    from locality_core.subsets import subset_fingerprint
+
+    assert subset_fingerprint(tiny, 8, "A") == training_subset(tiny, 8, "A").fingerprint
+    assert subset_fingerprint(tiny, 8, "A") != subset_fingerprint(tiny, 8, "B")
