@@ -50,7 +50,7 @@ if ready:
 def pair(kind: str, key: str) -> None:
     sides = {s: G.side(data, kind, n, s) for s in "AB"}
     nearest = {s: G.subset_images(data, n, s, sides[s]["own_idx"]).numpy() for s in "AB"}
-    fig, images, titles = F.pair_figure(sides, nearest, columns=5, tile_px=60)
+    fig, images, titles = F.pair_figure(sides, nearest, columns=5, tile_px=56)
     show(fig, key, f"{data.name}-generalisation-{kind}-n{n}")
     row = next(r for r in tables[kind] if r["n"] == n)
     st.caption(" ".join(G.describe(row)))
@@ -61,10 +61,10 @@ def pair(kind: str, key: str) -> None:
 
 left, right = st.columns(2)
 with left:
-    st.markdown("**Networks** trained on A (rows 1-2) and on B (rows 3-4)")
+    st.markdown("**Networks** (each sample above its nearest training image)")
     pair("unet", "gen_pair_unet")
 with right:
-    st.markdown("**Analytical denoiser** (Lukoianov et al.) from A and from B")
+    st.markdown("**Analytical denoiser** (Lukoianov et al.), the same way")
     if n in ready:
         pair("analytical", "gen_pair_analytical")
     elif run_button("Compute the analytical version", "gen_analytical_go", False,
