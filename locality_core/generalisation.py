@@ -293,7 +293,7 @@ def describe(row: dict, t: int = 300) -> list[str]:
 
 
 def trend(rows: list[dict], key: str) -> str:
-    """'rises from a at N = .. to b at N = ..' plus where it is not monotone, for a value in ``rows``."""
+    """'rises from a at N = .. to b at N = ..' plus the N where it moves the other way, for a value in ``rows``."""
     if len(rows) < 2:
         return f"{key} is {rows[0][key]:.3g} at N = {rows[0]['n']:,}" if rows else "no rows"
     values = [r[key] for r in rows]
@@ -303,5 +303,6 @@ def trend(rows: list[dict], key: str) -> str:
     text = (f"{'rises' if up else 'falls'} from {values[0]:.3g} at N = {rows[0]['n']:,} to {values[-1]:.3g} at "
             f"N = {rows[-1]['n']:,}")
     if breaks:
-        return text + ", not monotonically: it turns back at N = " + ", ".join(f"{n:,}" for n in breaks)
+        back = "falls" if up else "rises"
+        return text + f", not monotonically: it {back} at N = " + ", ".join(f"{n:,}" for n in breaks)
     return text + ", monotonically"

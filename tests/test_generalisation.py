@@ -279,8 +279,8 @@ def test_describe_reads_every_claim_off_the_numbers():
 
 def test_trend_says_where_a_curve_is_not_monotone():
     rows = [{"n": n, "c": c} for n, c in ((10, 0.1), (100, 0.5), (1000, 0.4), (10000, 0.9))]
-    assert G.trend(rows, "c") == ("rises from 0.1 at N = 10 to 0.9 at N = 10,000, not monotonically: it turns back "
-                                  "at N = 1,000")
+    assert G.trend(rows, "c") == ("rises from 0.1 at N = 10 to 0.9 at N = 10,000, not monotonically: it falls at "
+                                  "N = 1,000")
     assert G.trend(rows[:2], "c").endswith("monotonically") and "not monotonically" not in G.trend(rows[:2], "c")
     assert G.trend([{"n": 5, "c": 1.0}, {"n": 50, "c": 0.5}], "c").startswith("falls")
 
