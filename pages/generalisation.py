@@ -9,6 +9,7 @@ from locality_core import generalisation as G
 from locality_core.models import find_subset_weights, how_to_train_subsets
 from ui import data as D
 from ui import generalisation as F
+from ui.figures import images_png
 from ui.state import current_view
 from ui.widgets import png_download, run_button, show
 
@@ -54,8 +55,6 @@ def pair(kind: str, key: str) -> None:
     show(fig, key, f"{data.name}-generalisation-{kind}-n{n}")
     row = next(r for r in tables[kind] if r["n"] == n)
     st.caption(" ".join(G.describe(row)))
-    from ui.figures import images_png
-
     png_download("PNG", lambda: images_png(images, titles, columns=5), f"{data.name}-{kind}-n{n}.png", f"{key}_png")
 
 
