@@ -295,7 +295,7 @@ def describe(row: dict, t: int = 300) -> list[str]:
 def trend(rows: list[dict], key: str) -> str:
     """'rises from a at N = .. to b at N = ..' plus the N where it moves the other way, for a value in ``rows``."""
     if len(rows) < 2:
-        return f"{key} is {rows[0][key]:.3g} at N = {rows[0]['n']:,}" if rows else "no rows"
+        return f"is {rows[0][key]:.3g} at N = {rows[0]['n']:,} (one N so far)" if rows else "has no value yet"
     values = [r[key] for r in rows]
     up = values[-1] >= values[0]
     breaks = [rows[i + 1]["n"] for i in range(len(values) - 1) if (values[i + 1] >= values[i]) != up

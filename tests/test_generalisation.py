@@ -283,6 +283,7 @@ def test_trend_says_where_a_curve_is_not_monotone():
                                   "N = 1,000")
     assert G.trend(rows[:2], "c").endswith("monotonically") and "not monotonically" not in G.trend(rows[:2], "c")
     assert G.trend([{"n": 5, "c": 1.0}, {"n": 50, "c": 0.5}], "c").startswith("falls")
+    assert G.trend(rows[:1], "c") == "is 0.1 at N = 10 (one N so far)"
 
 
 def test_subset_images_index_the_subset(tiny):

@@ -31,8 +31,9 @@ def _layout(fig: go.Figure, title: str, y_title: str, n: int | None, log_y: bool
     if n is not None:
         fig.add_vline(x=n, line=dict(color="#999999", dash="dot", width=1))
     fig.update_xaxes(title=dict(text="N", standoff=4), type="log", dtick=1, showgrid=True, gridcolor="#e5e5e5")
-    fig.update_yaxes(title=dict(text=y_title, standoff=4), type="log" if log_y else "linear", showgrid=True,
-                     gridcolor="#e5e5e5", tickformat=".2g" if log_y else None, dtick="D2" if log_y else None)
+    fig.update_yaxes(title=dict(text=y_title, standoff=8), automargin=True, type="log" if log_y else "linear",
+                     showgrid=True, gridcolor="#e5e5e5", tickformat=".2g" if log_y else None,
+                     dtick="D2" if log_y else None)
     fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)), height=400,
                       font=dict(size=13), margin=dict(l=56, r=10, t=36, b=10), plot_bgcolor="white",
                       paper_bgcolor="white", legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"))
