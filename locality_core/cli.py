@@ -11,6 +11,7 @@
     locality sample DATASET --denoisers unet,analytical,wiener,optimal,els --n 8 --out grid.png
     locality compare DATASET [--json]       agreement of every denoiser with the UNet
     locality calibrate DATASET              fit the LS/ELS patch-size schedule to the UNet
+    locality generalisation DATASET [--json]  subset networks A vs B per N (memorisation to generalisation)
 """
 
 from __future__ import annotations
@@ -350,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_sampling import add_commands  # sample, compare, calibrate
 
     add_commands(sub)
+    from .cli_generalisation import add_command as add_generalisation
+
+    add_generalisation(sub)
     return parser
 
 

@@ -161,3 +161,53 @@ def load_unet(dataset: Dataset) -> EDMDenoiser:
     if path is None:
         raise ModelError(how_to_train(dataset.name))
     return load_weights(path, dataset)
+
+
+# ---------------------------------------------------------------- networks trained on disjoint subsets
+
+SUBSETS = "subsets"
+TRAIN_SUBSETS = "scripts/train_subsets.sh"
+
+
+def subset_dirs(name: str) -> list[Path]:
+    """Folders holding a data set's subset networks, ``<model dir>/subsets/nN-S/``, in `model_dirs` order."""
+    return [d / SUBSETS for d in model_dirs(name)]
+
+
+def find_subset_weights(name: str, n: int, split: str) -> Path | None:
+    from .subsets import subset_tag
+
+    for d in subset_dirs(name):
+        if (d / subset_tag(n, split) / WEIGHTS).is_file():
+            return d / subset_tag(n, split) / WEIGHTS
+    return None
+
+
+def subset_family(name: str) -> list[int]:
+    """Subset sizes N (ascending) for which both the A and the B network of ``name`` are found."""
+    sizes = set()
+    for d in subset_dirs(name):
+        for weights in d.glob(f"n*-A/{WEIGHTS}"):
+            n = weights.parent.name[1:-2]
+            if n.isdigit() and find_subset_weights(name, int(n), "B") is not None:
+                sizes.add(int(n))
+    return sorted(sizes)
+
+
+def how_to_train_subsets(name: str, n: int | None = None, split: str | None = None) -> str:
+    which = "networks nN-A and nN-B" if n is None else f"network n{n}-{split}"
+    where = user_model_dir(name) / SUBSETS
+    return (f"No {which} trained on subsets of {name!r} here. Train them with `locality train {name} --subset N "
+            f"--split A|B --base 16` (saved to {where}/nN-S), or the whole family of fashion-mnist with `bash "
+            f"{TRAIN_SUBSETS}`, then copy its runs/subsets/nN-S folders there.")
+
+
+def load_subset_unet(dataset: Dataset, n: int, split: str) -> EDMDenoiser:
+    """The network trained on subset ``split`` of ``n`` images of ``dataset`` (the full data set); weights
+    trained on any other subset are refused (the subset's fingerprint names N, split and the indices' hash)."""
+    from .subsets import training_subset
+
+    path = find_subset_weights(dataset.name, n, split)
+    if path is None:
+        raise ModelError(how_to_train_subsets(dataset.name, n, split))
+    return load_weights(path, training_subset(dataset, n, split))

@@ -45,13 +45,24 @@ def training_subset(dataset: Dataset, n: int, split: str, seed: int = SUBSET_SEE
     """``dataset`` restricted to the N training images of one split (test split unchanged)."""
     idx = subset_indices(len(dataset.train), n, split, seed)
     digest = indices_digest(idx)
+    fingerprint = _fingerprint(dataset.fingerprint, n, split, seed, digest)
     labels = dataset.train_labels[idx] if dataset.train_labels is not None else None
     params = {**dataset.params, "subset": n, "split": split, "subset_seed": seed, "indices_sha256": digest}
     return replace(
         dataset, train=dataset.train[idx].contiguous(), train_labels=labels, params=params,
-        fingerprint=f"{dataset.fingerprint}:subset-{n}-{split}-seed{seed}-{digest[:16]}",
+        fingerprint=fingerprint,
         description=f"{dataset.description}; training subset {split} of {n:,} images (permutation seed {seed})",
     )
+
+
+def _fingerprint(base: str, n: int, split: str, seed: int, digest: str) -> str:
+    return f"{base}:subset-{n}-{split}-seed{seed}-{digest[:16]}"
+
+
+def subset_fingerprint(dataset: Dataset, n: int, split: str, seed: int = SUBSET_SEED) -> str:
+    """`training_subset(dataset, n, split, seed).fingerprint` without copying the subset's images."""
+    idx = subset_indices(len(dataset.train), n, split, seed)
+    return _fingerprint(dataset.fingerprint, n, split, seed, indices_digest(idx))
 
 
 def subset_tag(n: int, split: str) -> str:

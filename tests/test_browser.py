@@ -225,6 +225,7 @@ PAGE_WAITS = {  # url path -> text that shows the page has finished its computat
     "components": "Which pixels vary together?",
     "jacobian": "Dimensions kept against noise",
     "experiments": "What the numbers say",
+    "generalisation": "start from the same noise",  # in both states: subset networks shipped, or what it waits for
     "your_data": "Imported data sets",
 }
 

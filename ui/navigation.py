@@ -24,6 +24,7 @@ PAGES: list[PageEntry] = [
     PageEntry("pages/samples.py", "Samples", ":material/auto_awesome:", "samples"),
     PageEntry("pages/components.py", "Principal components", ":material/stacked_line_chart:", "components"),
     PageEntry("pages/jacobian.py", "Jacobian basis", ":material/grid_view:", "jacobian"),
+    PageEntry("pages/generalisation.py", "Memorisation to generalisation", ":material/compare:", "generalisation"),
     PageEntry("pages/experiments.py", "Locality follows the data", ":material/science:", "experiments"),
     PageEntry("pages/your_data.py", "Your own data", ":material/upload:", "your_data"),
 ]
