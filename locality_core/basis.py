@@ -13,6 +13,7 @@ Glossary
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,10 +125,10 @@ def denoiser_basis(dataset, name: str, image_index: int, sigma: float, *, seed: 
     """Basis of registered denoiser ``name`` at test image ``image_index`` plus noise from ``seed``.
 
     Returns the basis and the noisy image y (C, H, W). Wiener is exact and instant; others are cached on
-    disk by (data, denoiser id, image, sigma, seed).
+    disk by (data, denoiser id, image, sigma, seed), with the time the Jacobian took (`last_basis_seconds`).
     """
     from .cache import default_cache
-    from .denoisers import denoiser_cache_id, get_denoiser
+    from .denoisers import get_denoiser
     from .stats import get_stats
 
     if not 0 <= image_index < len(dataset.test):
@@ -138,11 +139,45 @@ def denoiser_basis(dataset, name: str, image_index: int, sigma: float, *, seed: 
     if name == "wiener":
         return wiener_basis(get_stats(dataset), sigma), y.numpy()
     cache = cache or default_cache()
-    key = cache.make_key("basis", dataset.fingerprint, denoiser_cache_id(name, dataset), image_index,
-                         f"{float(sigma):.6g}", seed)
 
     def compute():
-        return {"J": full_jacobian(get_denoiser(name, dataset), y, sigma).double().numpy()}
+        start = time.perf_counter()
+        b = basis_from_jacobian(full_jacobian(get_denoiser(name, dataset), y, sigma).double().numpy(), sigma,
+                                dataset.shape)
+        cache.set(_timing_key(cache, dataset, name), {"seconds": np.array(time.perf_counter() - start)})
+        return {"eigvals": b.eigvals, "eigvecs": b.eigvecs.astype(np.float32), "trace": np.array(b.trace),
+                "asymmetry": np.array(b.asymmetry)}
 
-    J = cache.get_or_compute(key, compute)["J"]
-    return basis_from_jacobian(J, sigma, dataset.shape), y.numpy()
+    a = cache.get_or_compute(_basis_key(cache, dataset, name, image_index, sigma, seed), compute)
+    return JacobianBasis(float(sigma), a["eigvals"], a["eigvecs"], float(a["trace"]), float(a["asymmetry"]),
+                         tuple(dataset.shape)), y.numpy()
+
+
+def _basis_key(cache, dataset, name: str, image_index: int, sigma: float, seed: int) -> str:
+    from .denoisers import denoiser_cache_id
+
+    # the eigendecomposition is stored (eigenvectors in float32), not J: no eigh on a cache hit
+    return cache.make_key("basis-eig", dataset.fingerprint, denoiser_cache_id(name, dataset), image_index,
+                          f"{float(sigma):.6g}", seed)
+
+
+def _timing_key(cache, dataset, name: str) -> str:
+    from .denoisers import denoiser_cache_id
+
+    return cache.make_key("timing-basis", dataset.fingerprint, denoiser_cache_id(name, dataset))
+
+
+def basis_is_cached(dataset, name: str, image_index: int, sigma: float, *, seed: int = 0, cache=None) -> bool:
+    """Whether `denoiser_basis` with these arguments reads the disk cache (Wiener: always, it is closed-form)."""
+    from .cache import default_cache
+
+    cache = cache or default_cache()
+    return name == "wiener" or _basis_key(cache, dataset, name, image_index, sigma, seed) in cache
+
+
+def last_basis_seconds(dataset, name: str, cache=None) -> float | None:
+    """How long the last full Jacobian of ``name`` on ``dataset`` took here (measured), or None."""
+    from .cache import default_cache
+
+    hit = (cache or default_cache()).get(_timing_key(cache or default_cache(), dataset, name))
+    return None if hit is None else float(hit["seconds"])
