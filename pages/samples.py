@@ -65,7 +65,7 @@ for name in names:
     key = S.run_key(data_key, name, n, steps, view.seed, view.device)
     with slots[name].container():
         if not S.is_cached(key):
-            st.caption(f"**{specs[name].title}**: sampling {n} images through {steps} DDIM steps…")
+            st.caption(S.wait_text(view.dataset, name, n, steps))
         bar = st.empty()
         try:
             results[name] = S.sample(key, progress=lambda f, text, bar=bar: bar.progress(min(max(f, 0.0), 1.0),

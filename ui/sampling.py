@@ -36,6 +36,17 @@ def is_cached(key: tuple) -> bool:
     return cached("samples", key) or trajectory_is_cached(D.dataset(*data_key), name, n, steps, seed)
 
 
+def wait_text(dataset: str, name: str, n: int, steps: int) -> str:
+    """What the page waits for: the warm-up computing these very samples (with its time), or our own run."""
+    from locality_core import warmup
+
+    busy = warmup.waiting_text(dataset, "samples-fast" if name in FAST else "samples-slow")
+    if busy and name in warmup.DEFAULTS.sample_denoisers:
+        return f"**{name}**: {busy}"
+    pace = "a second or two" if name in FAST else "seconds to minutes on a CPU: progress and time left below"
+    return f"**{name}**: sampling {n} images through {steps} DDIM steps ({pace})…"
+
+
 def sample(key: tuple, progress: Callable[[float, str], None] | None = None) -> dict:
     """{"x": (S, n, C, H, W), "x0_hat": (S, n, C, H, W), "device": str} of one denoiser, numpy float32.
 
