@@ -8,8 +8,9 @@ Glossary
                ``TASKS.append(("fashion-mnist", "memorisation"))`` after ``register_task("memorisation", fn)``
     DEFAULTS   the default view of each page (noise levels, seed, sample count, image, pixel): the pages read
                them from here, so the warm-up and the pages cannot drift apart
-    status     ``warmup.json`` in the cache folder: the task running now, when it started, and how long each
-               finished task took (measured): pages turn it into "waits for X, about N s"
+    status     ``warmup.json`` in the cache folder, shared by every warm-up process under a file lock: the task
+               each one runs now and when it started, how long each finished task took (measured), errors;
+               pages turn it into "waits for X, running N s, took M s last time"
 
 Each entry is computed through `ArrayCache.get_or_compute`, which locks the key across threads and processes:
 two servers, or a server and a CLI run, never compute the same entry twice (the second waits and reads it).
@@ -217,19 +218,76 @@ def status_path():
 
 
 def read_status() -> dict:
-    """{"current": {"dataset", "task", "step", "started"} or None, "durations": {"dataset/task": s}, "done": [...]}."""
+    """{"running": {pid: {"dataset", "task", "step", "started"}}, "durations": {"dataset/task": s}, "done": [...],
+    "errors": {...}}; running entries of processes that have ended are dropped."""
     try:
-        return json.loads(status_path().read_text())
+        status = json.loads(status_path().read_text())
     except (OSError, ValueError):
-        return {"current": None, "durations": {}, "done": []}
+        status = {}
+    status.setdefault("durations", {})
+    status.setdefault("done", [])
+    status.setdefault("errors", {})
+    status["running"] = {pid: r for pid, r in status.get("running", {}).items() if _alive(int(pid))}
+    return status
 
 
-def _write_status(status: dict) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _update_status(change: Callable[[dict], None]) -> None:
+    """Read, change and write the status under a file lock: several warm-ups (two servers, a CLI run) share it."""
+    import fcntl
+
     path = status_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(status))
-    os.replace(tmp, path)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        status = read_status()
+        change(status)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, path)
+
+
+def _run_one(name: str, task: str, loaded: dict, stop_on_error: bool) -> float:
+    from .data import load_dataset
+
+    pid, start, started = str(os.getpid()), time.perf_counter(), time.time()
+
+    def progress(step: str) -> None:
+        _update_status(lambda s: s["running"].update({pid: {"dataset": name, "task": task, "step": step,
+                                                            "started": started}}))
+
+    error = None
+    try:
+        progress("starting")
+        if name not in loaded:
+            loaded[name] = load_dataset(name)
+        REGISTRY[task](loaded[name], progress)
+    except Exception as exc:  # one unavailable data set or denoiser must not stop the warm-up of the rest
+        if stop_on_error:
+            raise
+        error = f"{type(exc).__name__}: {exc}"
+    seconds = time.perf_counter() - start
+
+    def finish(s: dict) -> None:
+        s["running"].pop(pid, None)
+        s["durations"][f"{name}/{task}"] = seconds
+        s["done"] = sorted(set(s["done"]) | {f"{name}/{task}"})
+        if error:
+            s["errors"][f"{name}/{task}"] = error
+        else:
+            s["errors"].pop(f"{name}/{task}", None)
+
+    _update_status(finish)
+    return seconds
 
 
 def run(entries: list[tuple[str, str]] | None = None, *, datasets: dict | None = None,
@@ -237,49 +295,28 @@ def run(entries: list[tuple[str, str]] | None = None, *, datasets: dict | None =
     """Run ``entries`` (default: every task of `tasks()`) in order; returns seconds per "dataset/task".
 
     ``datasets`` maps names to already loaded `Dataset` objects (other options than the defaults, tests); the
-    others are loaded with their default options, as the app's sidebar opens them.
-
-    A data set that cannot be loaded, or a task that fails, is skipped (and reported in the status) unless
-    ``stop_on_error``."""
-    from .data import load_dataset
-
+    others are loaded with their default options, as the app's sidebar opens them. A data set that cannot be
+    loaded, or a task that fails, is skipped (its error kept in the status) unless ``stop_on_error``.
+    """
     entries = tasks() if entries is None else entries
-    status, times, loaded = read_status(), {}, dict(datasets or {})
+    loaded, times = dict(datasets or {}), {}
     for name, task in entries:
         if on_task is not None:
             on_task(name, task)
-        start, started = time.perf_counter(), time.time()
-
-        def progress(step: str, name=name, task=task, started=started) -> None:
-            status["current"] = {"dataset": name, "task": task, "step": step, "started": started}
-            _write_status(status)
-
-        try:
-            progress("starting")
-            if name not in loaded:
-                loaded[name] = load_dataset(name)
-            REGISTRY[task](loaded[name], progress)
-        except Exception as exc:  # one unavailable data set or denoiser must not stop the warm-up of the rest
-            if stop_on_error:
-                raise
-            status.setdefault("errors", {})[f"{name}/{task}"] = f"{type(exc).__name__}: {exc}"
-        times[f"{name}/{task}"] = time.perf_counter() - start
-        status["durations"][f"{name}/{task}"] = times[f"{name}/{task}"]
-        status["done"] = sorted(set(status.get("done", [])) | {f"{name}/{task}"})
-        status["current"] = None
-        _write_status(status)
+        times[f"{name}/{task}"] = _run_one(name, task, loaded, stop_on_error)
     return times
 
 
 def waiting_text(dataset: str, task: str) -> str | None:
-    """What a page waits for when the warm-up is busy with ``dataset``'s ``task``, with a rough time; else None."""
-    current = read_status().get("current")
-    if not current or current.get("dataset") != dataset or current.get("task") != task:
+    """What a page waits for when a warm-up is busy with ``dataset``'s ``task``, with a rough time; else None."""
+    status = read_status()
+    running = [r for r in status["running"].values() if r.get("dataset") == dataset and r.get("task") == task]
+    if not running:
         return None
-    elapsed = time.time() - float(current.get("started", time.time()))
-    past = read_status().get("durations", {}).get(f"{dataset}/{task}")
+    elapsed = time.time() - float(running[0].get("started", time.time()))
+    past = status["durations"].get(f"{dataset}/{task}")
     eta = f"; it took {past:.0f} s last time" if past else ""
-    return (f"The warm-up is computing this view now ({current.get('step', task)}; running for {elapsed:.0f} s"
+    return (f"The warm-up is computing this view now ({running[0].get('step', task)}; running for {elapsed:.0f} s"
             f"{eta}). It appears here when it is done.")
 
 

@@ -44,7 +44,7 @@ def test_warmup_runs_every_task_and_records_its_time(tiny):
     data, times = tiny
     assert list(times) == [f"grf/{task}" for task in warmup.TASK_ORDER]
     status = warmup.read_status()
-    assert status["current"] is None and set(times) <= set(status["durations"])
+    assert not status["running"] and set(times) <= set(status["durations"]) and not status["errors"]
     assert warmup.waiting_text("grf", "jacobian") is None  # nothing running: no wait to announce
     assert last_basis_seconds(data, "unet") > 0
 
@@ -109,3 +109,19 @@ def test_a_failing_task_does_not_stop_the_others(tiny, monkeypatch):
     times = warmup.run([("grf", "broken"), ("grf", "stats")], datasets={"grf": data})
     assert list(times) == ["grf/broken", "grf/stats"]
     assert "no such model" in warmup.read_status()["errors"]["grf/broken"]
+
+
+def test_a_page_hears_what_the_warmup_is_computing_and_for_how_long(tiny, monkeypatch):
+    data, _ = tiny
+    heard = []
+
+    def slow(dataset, progress):
+        progress("UNet field at pixel (14, 14)")
+        heard.append(warmup.waiting_text("grf", "sensitivity"))
+        heard.append(warmup.waiting_text("grf", "samples-slow"))  # another view: not waiting on the warm-up
+
+    monkeypatch.setitem(warmup.REGISTRY, "sensitivity", slow)
+    warmup.run([("grf", "sensitivity")], datasets={"grf": data})
+    assert "UNet field at pixel (14, 14)" in heard[0] and "took" in heard[0]  # measured by the first warm-up
+    assert heard[1] is None
+    assert warmup.waiting_text("grf", "sensitivity") is None  # done
