@@ -338,8 +338,22 @@ def run_with_bar(entries: list[tuple[str, str]] | None = None) -> dict[str, floa
     return times
 
 
+def exit_with_parent(pid: int, every: float = 5.0) -> None:
+    """End this process (a server's background warm-up) once process ``pid`` (the server) has ended."""
+    import threading
+
+    def watch():
+        while _alive(pid) and os.getppid() == pid:
+            time.sleep(every)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="warmup-parent-watch").start()
+
+
 if __name__ == "__main__":  # the app's background warm-up: every data set, in priority order, on one thread
     import torch
 
+    if os.environ.get("LOCALITY_WARMUP_PARENT", "").isdigit():
+        exit_with_parent(int(os.environ["LOCALITY_WARMUP_PARENT"]))
     torch.set_num_threads(1)
     run_with_bar()

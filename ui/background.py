@@ -8,21 +8,14 @@ a second server and a CLI run from computing the same entry twice. $LOCALITY_WAR
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
 import streamlit as st
 
 
-def _lower_priority_and_follow_parent() -> None:
+def _lower_priority() -> None:
     os.nice(19)
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: end with the server
-    except (OSError, AttributeError):
-        pass
 
 
 @st.cache_resource(show_spinner=False)
@@ -33,8 +26,10 @@ def start_warmup() -> subprocess.Popen | None:
 
     log_dir = default_cache_dir()
     log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # the child watches this process and ends with it (PR_SET_PDEATHSIG would follow the script thread that
+    # started it, which ends with the first rerun)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LOCALITY_WARMUP_PARENT": str(os.getpid())}
     with open(log_dir / "warmup.log", "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "locality_core.warmup"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_lower_priority_and_follow_parent)
+                                preexec_fn=_lower_priority)
