@@ -136,8 +136,7 @@ if name is not None and status[name][0]:
         bar.empty()
         trace[name] = values
     else:
-        with st.spinner(f"Estimating tr J of {name} at {len(view.sigmas)} noise levels ({J.PROBES} random probes "
-                        "each, one batched pass)…"):
+        with st.spinner(J.estimate_wait_text(data, name, len(view.sigmas))):
             est, err = J.trace_estimates(data_key, name, D.denoiser_id(name, data), image_index,
                                          tuple(view.sigmas), view.seed)
         trace[f"{name} (estimate)"], errors[f"{name} (estimate)"] = list(est), list(err)

@@ -39,6 +39,15 @@ def basis_wait_text(data, name: str, sigma: float, dataset: str, task: str) -> s
             f"after one forward pass, {eta}; cached afterwards…")
 
 
+def estimate_wait_text(data, name: str, n_sigmas: int) -> str:
+    """The spinner of the tr J estimate: what it computes, and its time scaled from the last full Jacobian."""
+    d = int(np.prod(data.shape))
+    last = B.last_basis_seconds(data, name)
+    eta = "" if last is None else f", about {max(1, round(last * PROBES * n_sigmas / d))} s"
+    return (f"Estimating tr J of {name} at {n_sigmas} noise levels ({PROBES} random probes each, "
+            f"{PROBES * n_sigmas} vector-Jacobian products in one batched pass{eta})…")
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def trace_estimates(data_key: tuple[str, str, str], name: str, model_id: str, image_index: int,
                     sigmas: tuple[float, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
