@@ -276,8 +276,10 @@ def test_components_pages_through_eigen_images():
     assert "Pixel (row 14, col 14)" in texts(at)
 
 
-def test_jacobian_page_shows_the_unet_basis_without_a_click():
-    at = run_page("pages/jacobian.py")
+def test_jacobian_page_shows_the_unet_basis_without_a_click(monkeypatch, tmp_path):
+    # cold: no basis on disk (an earlier run, a warm-up) nor in the process's memo (other tests' seed)
+    monkeypatch.setenv("LOCALITY_CACHE_DIR", str(tmp_path))
+    at = run_page("pages/jacobian.py", query={"seed": "4242"})
     assert_clean(at)
     # no button before the basis (from the warm-up, or computed at once); only the optional exact tr J curve
     assert [b.key for b in at.button] == ["jb_all"]
