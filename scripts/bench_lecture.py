@@ -103,14 +103,16 @@ def interactive_rows(name: str) -> list[tuple[str, float, float | None]]:
     return rows
 
 
-def lecture_table(names: list[str], threads: int = 2, cache_dir: str | None = None) -> dict[str, list]:
-    """{data set: [(what, wall s, CPU s, target or None)]}; the cache is a fresh folder unless ``cache_dir``."""
+def lecture_table(names: list[str], threads: int = 2, cache_dir: str | None = None, warm: bool = True
+                  ) -> dict[str, list]:
+    """{data set: [(what, wall s, CPU s, target or None)]}; the cache is a fresh folder unless ``cache_dir``;
+    ``warm=False`` skips the warm-up rows (views timed on whatever ``cache_dir`` holds)."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["LOCALITY_CACHE_DIR"] = cache_dir or tmp
         os.environ["LOCALITY_WARMUP"] = "0"  # the AppTest runs must not start a second warm-up
         for name in names:
-            out[name] = warmup_rows(name, threads) + page_rows(name) + interactive_rows(name)
+            out[name] = (warmup_rows(name, threads) if warm else []) + page_rows(name) + interactive_rows(name)
     return out
 
 
@@ -128,8 +130,9 @@ def main(argv=None) -> int:
     parser.add_argument("datasets", nargs="*", default=["fashion-mnist", "natural-patches"])
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the warm-up (default 2)")
     parser.add_argument("--cache", help="an existing cache folder (default: a fresh one, so the warm-up is cold)")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up rows (use with --cache)")
     args = parser.parse_args(argv)
-    print_table(lecture_table(args.datasets, args.threads, args.cache))
+    print_table(lecture_table(args.datasets, args.threads, args.cache, warm=not args.no_warmup))
     return 0
 
 
