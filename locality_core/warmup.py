@@ -54,7 +54,8 @@ class Defaults:
 
 DEFAULTS = Defaults()
 FIRST_DATASETS = ("fashion-mnist", "natural-patches")
-TASK_ORDER = ("stats", "jacobian", "sensitivity", "experiments", "samples-fast", "trace", "samples-slow",
+# the landing page (Sensitivity) first, then the cheap default views, then the long ones
+TASK_ORDER = ("stats", "sensitivity", "samples-fast", "jacobian", "experiments", "trace", "samples-slow",
               "field-grid")
 REGISTRY: dict[str, Callable] = {}
 
