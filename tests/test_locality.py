@@ -45,6 +45,12 @@ def test_full_jacobian_of_wiener_is_P_and_basis_matches_pca():
     np.testing.assert_allclose(overlap, 1.0, atol=1e-8)
 
 
+def tiny_unet():
+    unet = EDMDenoiser(UNetConfig(channels=1, image_size=8, base=8, mults=(1, 2), blocks=1, emb_dim=16, groups=4))
+    torch.nn.init.normal_(unet.net.conv_out.weight, std=0.05)  # untrained, but not c_skip times the identity
+    return unet
+
+
 def _no_fallback(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("full_jacobian fell back to one copy per row")
@@ -62,13 +68,25 @@ def test_batched_jacobian_of_wiener_is_P_sigma_in_float64(monkeypatch):
 
 def test_batched_jacobian_of_a_unet_equals_one_copy_per_row(monkeypatch):
     torch.manual_seed(0)
-    unet = EDMDenoiser(UNetConfig(channels=1, image_size=8, base=8, mults=(1, 2), blocks=1, emb_dim=16, groups=4))
+    unet = tiny_unet()
     unet = unet.eval()  # float32: its sigma embedding is float32 by design
     y = torch.randn(1, 8, 8)
     reference = jacobian_by_copies(unet, y, 0.8, batch=64).numpy()
-    assert np.abs(reference).max() > 1e-3  # a real, non-trivial Jacobian
+    off_diagonal = reference - np.diag(np.diag(reference))
+    assert np.abs(off_diagonal).max() > 1e-3  # a real Jacobian, not a multiple of the identity
     _no_fallback(monkeypatch)
     np.testing.assert_allclose(full_jacobian(unet, y, 0.8, batch=13).numpy(), reference, atol=2e-5)
+
+
+def test_bfloat16_jacobian_is_close_to_float32():
+    torch.manual_seed(0)
+    unet = tiny_unet()
+    unet.eval()
+    y = torch.randn(1, 8, 8)
+    exact = full_jacobian(unet, y, 0.8)
+    low = full_jacobian(unet, y, 0.8, precision="bfloat16")
+    assert low.dtype == torch.float32 and not torch.equal(low, exact)  # really computed in bfloat16
+    assert float((low - exact).norm() / exact.norm()) < 0.05
 
 
 def test_trace_estimate_is_within_its_stated_error_of_the_exact_trace():

@@ -17,12 +17,13 @@ from .state import noise_label
 PROBES = 32  # random probes per noise level of the tr J estimate
 
 
-def timed_basis(data, name: str, image_index: int, sigma: float, seed: int) -> B.JacobianBasis:
-    return B.denoiser_basis(data, name, image_index, sigma, seed=seed)[0]
+def model_basis(data, name: str, image_index: int, sigma: float, seed: int) -> B.JacobianBasis:
+    """The basis the warm-up precomputes: same arguments, same precision (`ui.data.field_precision`)."""
+    return B.denoiser_basis(data, name, image_index, sigma, seed=seed, precision=D.field_precision())[0]
 
 
 def basis_is_cached(data, name: str, image_index: int, sigma: float, seed: int) -> bool:
-    return B.basis_is_cached(data, name, image_index, sigma, seed=seed)
+    return B.basis_is_cached(data, name, image_index, sigma, seed=seed, precision=D.field_precision())
 
 
 def basis_wait_text(data, name: str, sigma: float, dataset: str, task: str) -> str:
@@ -36,7 +37,7 @@ def basis_wait_text(data, name: str, sigma: float, dataset: str, task: str) -> s
     eta = (f"about {last:.0f} s, as measured last time" if last is not None else
            f"roughly {max(2, round(d / 120))} s on 2 CPU cores")
     return (f"Full Jacobian of {name} at {noise_label(sigma)}: {d:,} vector-Jacobian products in batches of 128 "
-            f"after one forward pass, {eta}; cached afterwards…")
+            f"after one forward pass ({D.field_precision()}), {eta}; cached afterwards…")
 
 
 def estimate_wait_text(data, name: str, n_sigmas: int) -> str:
