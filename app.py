@@ -6,6 +6,7 @@ shared sidebar (data set, noise levels, seed, device), whose choices live in the
 
 import streamlit as st
 
+from ui.background import start_warmup
 from ui.data import configure_threads
 from ui.layout import apply_css
 from ui.navigation import build_pages
@@ -19,6 +20,7 @@ st.set_page_config(page_title="Locality Explorer", page_icon=":material/grid_on:
                                         "denoisers look at (Lukoianov et al., NeurIPS 2025)."})
 
 configure_threads()
+start_warmup()  # once per server process: every page's default view, computed in the background
 page = st.navigation(build_pages())
 if (missing := unknown_path()) is not None:
     page_not_found(missing)

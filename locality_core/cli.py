@@ -2,7 +2,7 @@
 
     locality datasets                       what is registered and available here
     locality import NAME FOLDER_OR_ZIP [--size H,W] [--mode L|RGB] [--force]
-    locality precompute DATASET             statistics (and everything cached per data set)
+    locality precompute DATASET [--all]     statistics (--all: every page's default view too)
     locality stats DATASET [--json]         top eigenvalues, trace, components for 90/95/99 %
     locality field DATASET --denoiser NAME --pixel R,C --sigmas S1,S2 --out F.npy|F.png
     locality train DATASET [--steps N] [--resume]
@@ -111,6 +111,11 @@ def _cmd_precompute(args) -> int:
     from . import distributed
 
     dataset = _load(args.dataset)
+    if args.all:
+        from .warmup import run_with_bar, tasks
+
+        times = run_with_bar(tasks([dataset.name]))
+        print("\n".join(f"{entry:<40} {seconds:8.1f} s" for entry, seconds in times.items()))
     stats = distributed.dataset_stats(dataset) if args.distributed else _stats(dataset)
     if distributed.is_leader():
         print(f"{dataset!r}: statistics cached (trace {stats.trace:.2f}, "
@@ -288,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("precompute", help="compute and cache a data set's statistics")
     p.add_argument("dataset")
     p.add_argument("--distributed", action="store_true", help="under torchrun: each rank streams its shard")
+    p.add_argument("--all", action="store_true",
+                   help="also every page's default view (samples, Jacobian bases, fields, experiments)")
     p.set_defaults(func=_cmd_precompute)
 
     p = sub.add_parser("stats", help="eigenvalues, trace and components holding 90/95/99 %% of the variance")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -70,3 +71,62 @@ def sample_many(denoisers: dict[str, Callable], n: int, seed: int, sigmas: list[
         steps.close()
         out[name] = torch.cat(batches)
     return out
+
+
+# ---------------------------------------------------------------- cached trajectories (the Samples page, the warm-up)
+
+def _on_device(denoiser, device: str):
+    """(denoiser on ``device``, device used): a copy for a torch module off the CPU, else the shared instance."""
+    if device == "cpu" or not isinstance(denoiser, torch.nn.Module):
+        return denoiser, "cpu"
+    try:
+        import copy
+
+        return copy.deepcopy(denoiser).to(device), device
+    except (RuntimeError, AssertionError, TypeError):  # no such device, or a model that cannot move
+        return denoiser, "cpu"
+
+
+def trajectory_key(cache, dataset, name: str, n: int, steps: int, seed: int) -> str:
+    from .denoisers import denoiser_cache_id
+
+    return cache.make_key("app-samples", dataset.fingerprint, denoiser_cache_id(name, dataset), name, n, steps, seed)
+
+
+def trajectory_is_cached(dataset, name: str, n: int, steps: int, seed: int, cache=None) -> bool:
+    from .cache import default_cache
+
+    cache = cache or default_cache()
+    return trajectory_key(cache, dataset, name, n, steps, seed) in cache
+
+
+def cached_trajectory(dataset, name: str, n: int, steps: int, seed: int, *, device: str = "cpu",
+                      callback: Callable[[dict], None] | None = None, cache=None) -> dict:
+    """DDIM with registered denoiser ``name`` from the shared initial noise of ``seed``, every step kept.
+
+    Returns {"x": (S, n, C, H, W), "x0_hat": (S, n, C, H, W), "device": ()} as numpy, computed once and kept in
+    the disk cache (by data fingerprint, denoiser cache id, n, steps, seed): the Samples page and the warm-up
+    read the same entry. ``callback`` sees each step (dict(step, sigma, t, x, x0_hat)) while computing.
+    """
+    from .cache import default_cache
+    from .denoisers import get_denoiser
+    from .schedule import ddim_sigmas
+
+    cache = cache or default_cache()
+    sigmas = ddim_sigmas(steps)
+
+    def compute():
+        z = initial_noise(n, tuple(dataset.shape), seed, sigmas[0])
+        denoiser, used = _on_device(get_denoiser(name, dataset), device)
+        xs, x0s = [], []
+
+        def keep(info):
+            xs.append(info["x"].float().cpu().numpy())
+            x0s.append(info["x0_hat"].float().cpu().numpy())
+            if callback is not None:
+                callback(info)
+
+        sample_ddim(denoiser, z.to(used), sigmas, callback=keep)
+        return {"x": np.stack(xs), "x0_hat": np.stack(x0s), "device": np.array(used)}
+
+    return cache.get_or_compute(trajectory_key(cache, dataset, name, n, steps, seed), compute)

@@ -4,8 +4,10 @@ import numpy as np
 import streamlit as st
 
 from locality_core.denoisers import list_denoisers
+from locality_core.warmup import DEFAULTS
 from locality_core.wiener import wiener_gain
 from ui import data as D
+from ui import jacobian as J
 from ui.figures import PAGE_WIDTH, images_png, line_plot, tiles_figure
 from ui.memo import cached, memo
 from ui.state import current_view, noise_label
@@ -34,35 +36,46 @@ if basis is None:
 
 models = [s for s in list_denoisers() if not s.linear]
 status = {s.name: D.denoiser_status(s.name, data) for s in models}
-c1, c2, c3 = st.columns([1, 1.2, 1.2])
-image_index = int(c1.number_input("Test image #", 0, len(data.test) - 1, 0, key="img", bind="query-params"))
-sigma = c2.selectbox("Noise level", list(view.sigmas), index=min(4, len(view.sigmas) - 1), format_func=noise_label,
-                     key="jb_sigma")
 names = [s.name for s in models]
-name = c3.selectbox("Denoiser", names, format_func=lambda n: f"{n}" + ("" if status[n][0] else " (not available)"),
-                    key="jb_model") if names else None
+default_name = next((n for n in names if status[n][0]), names[0] if names else None)
+labels = list(view.labels)
+c1, c2, c3 = st.columns([1, 1.2, 1.2])
+image_index = int(c1.number_input("Test image #", 0, len(data.test) - 1, DEFAULTS.jacobian_image, key="img",
+                                  bind="query-params"))
+label = c2.selectbox("Noise level", labels, index=labels.index(noise_label(DEFAULTS.jacobian_sigma(view.sigmas))),
+                     key="jb_sigma", bind="query-params")
+sigma = view.sigmas[labels.index(label)]
+name = c3.selectbox("Denoiser", names, index=names.index(default_name) if names else 0, key="jb_model",
+                    bind="query-params", format_func=lambda n: n + ("" if status[n][0] else " (not available)")
+                    ) if names else None
 
 wiener_b, y = basis.denoiser_basis(data, "wiener", image_index, sigma, seed=view.seed)
 x0 = data.test[image_index].numpy()
+d = C * H * W
 
 
 def model_basis(model: str, s: float):
     key = (data_key, model, D.denoiser_id(model, data), image_index, float(s), view.seed)
-    return key, lambda: memo("jacobian_basis", key, lambda: basis.denoiser_basis(
-        D.dataset(*data_key), model, image_index, s, seed=view.seed)[0], max_entries=24)
+    return key, lambda: memo("jacobian_basis", key, lambda: J.model_basis(
+        D.dataset(*data_key), model, image_index, s, view.seed), max_entries=24)
+
+
+def on_disk(model: str, s: float) -> bool:
+    return cached("jacobian_basis", model_basis(model, s)[0]) or J.basis_is_cached(data, model, image_index, s,
+                                                                                   view.seed)
 
 
 model_b = None
 if name is not None and status[name][0]:
     key, compute = model_basis(name, sigma)
-    if run_button(f"Compute the {name} Jacobian ({C * H * W:,} backward passes)", "jb_go",
-                  cached("jacobian_basis", key)):
-        try:
-            with st.spinner(f"Full Jacobian of {name} at {noise_label(sigma)}: {C * H * W:,} vector-Jacobian "
-                            "products, a few seconds on CPU (cached afterwards)…"):
+    try:
+        if on_disk(name, sigma):
+            model_b = compute()
+        else:
+            with st.spinner(J.basis_wait_text(data, name, sigma, view.dataset, "jacobian")):
                 model_b = compute()
-        except D.USER_ERRORS as exc:
-            D.show_error(exc, name)
+    except D.USER_ERRORS as exc:
+        D.show_error(exc, name)
 elif name is not None:
     st.info(f"{name}: {status[name][1]}", icon=":material/model_training:")
 else:
@@ -79,8 +92,8 @@ with left:
     if model_b is not None:
         metrics[f"{name} tr J"] = f"{model_b.trace:.1f}"
         metrics[f"{name} asymmetry ‖J−Jᵀ‖/‖J‖"] = f"{model_b.asymmetry:.3f}"
-    for label, value in metrics.items():
-        st.metric(label, value)
+    for metric_label, value in metrics.items():
+        st.metric(metric_label, value)
 with right:
     k = np.arange(1, stats.d + 1)
     curves = {"Wiener": wiener_b.eigvals}
@@ -92,33 +105,49 @@ with right:
                "network's stay near 1 for the directions that make up the image and drop for the rest.")
 
 st.subheader(f"Top {N_VECTORS} eigenvectors")
-rows, titles = [wiener_b.eigenimages(N_VECTORS)], [f"Wiener #{i + 1}: {v:.2f}" for i, v in
-                                                    enumerate(wiener_b.eigvals[:N_VECTORS])]
-if model_b is not None:
-    rows.append(model_b.eigenimages(N_VECTORS))
-    titles += [f"{name} #{i + 1}: {v:.2f}" for i, v in enumerate(model_b.eigvals[:N_VECTORS])]
-vectors = np.concatenate(rows)
-show(tiles_figure(vectors, titles, columns=N_VECTORS), "jb_vectors", f"{view.dataset}-jacobian-eigenvectors")
-st.caption("Each eigenvector scaled to its largest |value|, titled with its eigenvalue. Wiener's are the data's "
-           "principal components whatever the image; the network's follow the contours of this image.")
+rows = [("Wiener", wiener_b)] + ([(name, model_b)] if model_b is not None else [])
+vectors, titles = [], []
+for row_name, b in rows:
+    st.markdown(f"**{row_name}**: eigenvector number and eigenvalue above each")
+    row_titles = [f"#{i + 1}: {v:.2f}" for i, v in enumerate(b.eigvals[:N_VECTORS])]
+    show(tiles_figure(b.eigenimages(N_VECTORS), row_titles, columns=N_VECTORS), f"jb_vectors_{row_name}",
+         f"{view.dataset}-jacobian-eigenvectors-{row_name}")
+    vectors.append(b.eigenimages(N_VECTORS))
+    titles += [f"{row_name} {t.split(':')[0]}" for t in row_titles]
+vectors = np.concatenate(vectors)
+st.caption("Each eigenvector scaled to its largest |value|. Wiener's are the data's principal components whatever "
+           "the image; the network's follow the contours of this image.")
 png_download("Download the eigenvectors (PNG)", lambda: images_png(
-    list(vectors / np.abs(vectors).reshape(len(vectors), -1).max(1)[:, None, None, None]),
-    [t.split(":")[0] for t in titles], columns=N_VECTORS), f"{view.dataset}-jacobian-eigenvectors.png", key="jb_png")
+    list(vectors / np.abs(vectors).reshape(len(vectors), -1).max(1)[:, None, None, None]), titles,
+    columns=N_VECTORS), f"{view.dataset}-jacobian-eigenvectors.png", key="jb_png")
 
 st.subheader("Dimensions kept against noise: tr J")
 trace = {"Wiener": [float(wiener_gain(stats.eigvals, s).sum()) for s in view.sigmas]}
+errors = {}
 if name is not None and status[name][0]:
-    keys = [model_basis(name, s) for s in view.sigmas]
-    done = all(cached("jacobian_basis", k) for k, _ in keys)
-    if run_button(f"Compute tr J of {name} at all {len(view.sigmas)} noise levels", "jb_all", done):
+    done = [on_disk(name, s) for s in view.sigmas]
+    if all(done) or run_button(f"Exact tr J of {name} at the {done.count(False)} other noise levels (a full "
+                               "Jacobian each)", "jb_all", False):
         bar = st.progress(0.0)
         values = []
-        for i, ((_, compute), s) in enumerate(zip(keys, view.sigmas)):
-            bar.progress(i / len(keys), text=f"{name}: full Jacobian at {noise_label(s)} ({i + 1}/{len(keys)})")
-            values.append(compute().trace)
+        for i, s in enumerate(view.sigmas):
+            bar.progress(i / len(view.sigmas), text=J.basis_wait_text(data, name, s, view.dataset, "trace"))
+            values.append(model_basis(name, s)[1]().trace)
         bar.empty()
         trace[name] = values
-show(line_plot(list(view.sigmas), trace, x_title="noise level σ", y_title="tr J (dimensions kept)", log_x=True,
-               log_y=True, markers=True, height=360), "jb_trace", f"{view.dataset}-jacobian-trace")
+    else:
+        with st.spinner(J.estimate_wait_text(data, name, len(view.sigmas))):
+            est, err = J.trace_estimates(data_key, name, D.denoiser_id(name, data), image_index,
+                                         tuple(view.sigmas), view.seed)
+        trace[f"{name} (estimate)"], errors[f"{name} (estimate)"] = list(est), list(err)
+fig = line_plot(list(view.sigmas), trace, x_title="noise level σ (high noise on the left)",
+                y_title="tr J (dimensions kept)", log_x=True, log_y=True, markers=True, height=360)
+J.add_error_bars(fig, errors)
+fig.update_xaxes(autorange="reversed")
+show(fig, "jb_trace", f"{view.dataset}-jacobian-trace")
+note = (" Network Jacobians in bfloat16, which this CPU runs natively (2-3x faster; eigenvalues within about "
+        "0.3 % of float32)." if D.field_precision() == "bfloat16" and name is not None else "")
+note += (f" The {name} curve is a Hutchinson estimate (mean of vᵀJv over {J.PROBES} random ±1 probes v; error bars: "
+        "one standard error), not the exact trace: the button above computes the exact one." if errors else "")
 st.caption(f"At test image #{image_index}. High noise keeps few dimensions, low noise nearly all {stats.d:,}. The "
-           "Wiener filter's count is the same for every image; a network's depends on the image.")
+           "Wiener filter's count is the same for every image; a network's depends on the image." + note)

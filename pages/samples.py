@@ -6,13 +6,15 @@ import streamlit as st
 import torch
 
 from locality_core.denoisers import list_denoisers
+from locality_core.schedule import ddim_sigmas
+from locality_core.warmup import DEFAULTS
 from ui import data as D
 from ui import sampling as S
 from ui.figures import images_png, tiles_figure
 from ui.state import current_view, noise_label
-from ui.widgets import png_download, run_button, show
+from ui.widgets import png_download, show
 
-PREFERRED = ("unet", "analytical", "wiener", "optimal")
+PREFERRED = DEFAULTS.sample_denoisers  # what the warm-up samples ahead of time
 
 view = current_view()
 data, stats = D.require_data(view)
@@ -42,46 +44,52 @@ if D.optional_module("sampling") is None:
 c1, c2, c3, c4 = st.columns([2.2, 0.8, 0.8, 0.9])
 names = c1.multiselect("Denoisers", available, default=[n for n in PREFERRED if n in available], key="models",
                        bind="query-params", help="; ".join(f"{n}: {specs[n].title}" for n in available))
-n = int(c2.selectbox("Samples", [4, 8, 16], index=1, key="n", bind="query-params"))
-steps = int(c3.selectbox("DDIM steps", [10, 20, 50], index=0, key="steps", bind="query-params",
-                         help="10 is the papers' reference sampler (t = 900, 800, ..., 0)."))
+n = int(c2.selectbox("Samples", [4, 8, 16], index=[4, 8, 16].index(DEFAULTS.sample_n), key="n", bind="query-params"))
+steps = int(c3.selectbox("DDIM steps", [10, 20, 50], index=[10, 20, 50].index(DEFAULTS.sample_steps), key="steps",
+                         bind="query-params", help="10 is the papers' reference sampler (t = 900, 800, ..., 0)."))
 c4.caption(f"Seed {view.seed}, device {view.device} (sidebar). The same seed gives the same initial noise.")
 if not names:
     st.info("Choose at least one denoiser.")
     st.stop()
 
-key = S.run_key(data_key, tuple(names), n, steps, view.seed, view.device)
-if not run_button("Sample", "sample_go", S.is_cached(key), type="primary",
-                  note="Analytical, optimal and patch machines compare the noisy image with every training image at "
-                       "every step: on a CPU that takes seconds to minutes per denoiser (progress below)."):
-    st.stop()
-bar = st.empty()
-try:
-    result = S.sample(key, progress=lambda f, text: bar.progress(min(max(f, 0.0), 1.0), text=text))
-except D.USER_ERRORS as exc:
-    D.show_error(exc, "Sampling")
-    st.stop()
-finally:
-    bar.empty()
-
-sigmas = result["sigmas"]
-finals = {name: result["x0_hat"][name][-1] for name in names}
-moved = [name for name in names if result["devices"][name] != view.device]
-if moved:
-    st.caption(f"Ran on cpu instead of {view.device}: {', '.join(moved)}.")
-
 # ---------------------------------------------------------------- final samples and nearest training images
 st.subheader("Samples and their nearest training images")
-images, titles = [], []
-for name in names:
-    idx, dist = S.nearest(data_key, finals[name])
-    images += list(finals[name]) + list(data.train[idx].numpy())
-    titles += [f"{name} #{i}" for i in range(n)] + [f"nearest: L2 {d:.1f}" for d in dist]
-columns = min(n, 8)  # 16 samples: two rows of samples, then two rows of their nearest images
-show(tiles_figure(np.stack(images), titles, columns=columns, kind="image"), "samples_grid",
-     f"{view.dataset}-samples-seed{view.seed}")
 st.caption("For each denoiser: a row of samples, then the training image nearest to each (Euclidean distance on "
-           "pixels in [-1, 1]). A distance near 0 means the sample copies a training image.")
+           "pixels in [-1, 1]). A distance near 0 means the sample copies a training image. Fast denoisers appear "
+           "first; the others fill in as they finish.")
+columns = min(n, 8)  # 16 samples: two rows of samples, then two rows of their nearest images
+names = S.order(names)
+slots = {name: st.empty() for name in names}
+results, images, titles = {}, [], []
+for name in names:
+    key = S.run_key(data_key, name, n, steps, view.seed, view.device)
+    with slots[name].container():
+        if not S.is_cached(key):
+            st.caption(S.wait_text(view.dataset, name, n, steps))
+        bar = st.empty()
+        try:
+            results[name] = S.sample(key, progress=lambda f, text, bar=bar: bar.progress(min(max(f, 0.0), 1.0),
+                                                                                          text=text))
+        except D.USER_ERRORS as exc:
+            D.show_error(exc, specs[name].title)
+            continue
+    final = results[name]["x0_hat"][-1]
+    idx, dist = S.nearest(data_key, final)
+    row_images = list(final) + list(data.train[idx].numpy())
+    row_titles = [f"#{i}" for i in range(n)] + [f"L2 {d:.1f}" for d in dist]
+    images += row_images
+    titles += [f"{name} {t}" if i < n else f"nearest: {t}" for i, t in enumerate(row_titles)]
+    with slots[name].container():
+        st.markdown(f"**{specs[name].title}**, then the nearest training images" + (
+            f" (ran on {results[name]['device']} instead of {view.device})"
+            if results[name]["device"] != view.device else ""))
+        show(tiles_figure(np.stack(row_images), row_titles, columns=columns, kind="image"), f"samples_{name}",
+             f"{view.dataset}-samples-{name}-seed{view.seed}")
+names = [name for name in names if name in results]
+if not names:
+    st.stop()
+sigmas = ddim_sigmas(steps)
+finals = {name: results[name]["x0_hat"][-1] for name in names}
 png_download("Download the samples (PNG)", lambda: images_png(images, titles, columns=columns),
              f"{view.dataset}-samples-seed{view.seed}.png", key="samples_png")
 
@@ -120,8 +128,8 @@ def trajectories():
     k = min(n, 8)
     tiles, labels = [], []
     for name in names:
-        x = result["x"][name][step][:k] / np.sqrt(1 + sigma**2)  # shown at the DDPM scale x_t
-        tiles += list(x) + list(result["x0_hat"][name][step][:k])
+        x = results[name]["x"][step][:k] / np.sqrt(1 + sigma**2)  # shown at the DDPM scale x_t
+        tiles += list(x) + list(results[name]["x0_hat"][step][:k])
         labels += [f"{name}: x" if i == 0 else "" for i in range(k)] + [f"{name}: x̂₀" if i == 0 else "" for i in
                                                                         range(k)]
     show(tiles_figure(np.stack(tiles), labels, columns=k, kind="image"), "traj_grid",

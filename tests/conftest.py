@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("LOCALITY_CACHE_DIR", str(ROOT / ".cache" / "test"))
+os.environ.setdefault("LOCALITY_WARMUP", "0")  # no background warm-up from the apps the tests run
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(

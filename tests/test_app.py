@@ -281,15 +281,33 @@ def test_components_pages_through_eigen_images():
     assert "Pixel (row 14, col 14)" in texts(at)
 
 
-def test_jacobian_basis_of_the_unet():
-    at = run_page("pages/jacobian.py")
+def test_jacobian_page_shows_the_unet_basis_without_a_click(monkeypatch, tmp_path):
+    # cold: no basis on disk (an earlier run, a warm-up) nor in the process's memo (other tests' seed)
+    monkeypatch.setenv("LOCALITY_CACHE_DIR", str(tmp_path))
+    at = run_page("pages/jacobian.py", query={"seed": "4242"})
     assert_clean(at)
-    labels = [m.label for m in at.metric]
-    assert "Wiener tr J" in labels and "unet tr J" not in labels
-    at.button(key="jb_go").click().run()
-    assert_clean(at)
+    # no button before the basis (from the warm-up, or computed at once); only the optional exact tr J curve
+    assert [b.key for b in at.button] == ["jb_all"]
     metrics = {m.label: float(m.value) for m in at.metric if "tr J" in m.label}
     assert metrics["unet tr J"] > 0 and metrics["Wiener tr J"] > 0
+    for row in ("Wiener", "unet"):
+        titles = [a["text"] for a in figure(at, f"jb_vectors_{row}")["layout"]["annotations"]]
+        assert titles[0].startswith("#1: ") and max(len(t) for t in titles) <= 9  # short: never run into each other
+    trace = figure(at, "jb_trace")
+    assert trace["layout"]["xaxis"]["autorange"] == "reversed"  # high noise on the left, as on Sensitivity
+    estimate = [t for t in trace["data"] if t["name"] == "unet (estimate)"]  # exact curve not computed yet
+    assert estimate and estimate[0]["error_y"]["visible"] and "Hutchinson estimate" in texts(at)
+    at.button(key="jb_all").click().run()
+    assert_clean(at)
+    assert [t["name"] for t in figure(at, "jb_trace")["data"]] == ["Wiener", "unet"]
+
+
+def test_jacobian_controls_live_in_the_url():
+    at = run_page("pages/jacobian.py", query={"img": "3", "jb_sigma": "t=100 (σ=0.342)"})
+    assert_clean(at)
+    assert at.number_input(key="img").value == 3
+    assert at.selectbox(key="jb_sigma").value == "t=100 (σ=0.342)"
+    assert "at t=100 (σ=0.342)" in texts(at)
 
 
 @pytest.mark.parametrize("experiment, rows", [("W pattern", 3), ("Shuffled pixels", 4), ("GRF alpha", 3)])
@@ -373,19 +391,16 @@ def test_your_data_reports_a_bad_zip():
     assert "broken.zip" in message and "/tmp" not in message and "BytesIO" not in message  # the file, by name
 
 
-def test_samples_same_noise_metrics_and_trajectories():
-    at = run_page("pages/samples.py")
+def test_samples_appear_without_a_button_with_metrics_and_trajectories():
+    at = run_page("pages/samples.py", query={"models": ["unet", "wiener"], "n": "4"})
     assert_clean(at)
-    assert at.button(key="sample_go")  # sampling waits for the button
-    at.multiselect(key="models").set_value(["unet", "wiener"])
-    at.selectbox(key="n").set_value(4)
-    at.button(key="sample_go").click().run()
-    assert_clean(at)
+    assert not at.button  # sampling starts by itself
     table = at.dataframe[-1].value
     assert list(table.index) == ["Wiener (linear)"]
     assert np.isfinite(table.to_numpy(dtype=float)).all() and (table["MSE vs UNet"] >= 0).all()
-    grid = figure(at, "samples_grid")
-    assert sum(a["text"].startswith("nearest: L2") for a in grid["layout"]["annotations"]) == 8
+    for name in ("unet", "wiener"):  # one grid per denoiser: samples, then their nearest training images
+        titles = [a["text"] for a in figure(at, f"samples_{name}")["layout"]["annotations"]]
+        assert sum(t.startswith("L2 ") for t in titles) == 4 and titles[0] == "#0"
     at.slider(key="sample_step").set_value(0).run()
     assert "Step 1 of 10, t=900" in texts(at)
 

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from locality_core.basis import full_jacobian, jacobian_basis, wiener_basis
+from locality_core import basis as basis_mod
+from locality_core.basis import full_jacobian, jacobian_basis, jacobian_by_copies, trace_estimate, wiener_basis
 from locality_core.cli import main
 from locality_core.data import load_dataset
 from locality_core.fields import locality_size, wiener_field
 from locality_core.linear_fit import fit_linear_denoiser
 from locality_core.stats import TooLargeError, compute_stats, get_stats
+from locality_core.unet import EDMDenoiser, UNetConfig
 from locality_core.wiener import WienerDenoiser
 
 
@@ -41,6 +43,61 @@ def test_full_jacobian_of_wiener_is_P_and_basis_matches_pca():
     # eigenvectors agree up to sign (eigenvalues here are distinct)
     overlap = np.abs(np.sum(numeric.eigvecs[:, :3] * exact.eigvecs[:, :3], axis=0))
     np.testing.assert_allclose(overlap, 1.0, atol=1e-8)
+
+
+def tiny_unet():
+    unet = EDMDenoiser(UNetConfig(channels=1, image_size=8, base=8, mults=(1, 2), blocks=1, emb_dim=16, groups=4))
+    torch.nn.init.normal_(unet.net.conv_out.weight, std=0.05)  # untrained, but not c_skip times the identity
+    return unet
+
+
+def _no_fallback(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("full_jacobian fell back to one copy per row")
+    monkeypatch.setattr(basis_mod, "jacobian_by_copies", refuse)
+
+
+def test_batched_jacobian_of_wiener_is_P_sigma_in_float64(monkeypatch):
+    _no_fallback(monkeypatch)  # the vmap-over-vjp path itself, not the fallback
+    stats = compute_stats(small_data())
+    w = WienerDenoiser().fit(stats)
+    for sigma in (0.1, 0.7, 5.0):
+        J = full_jacobian(w, small_data()[3].double(), sigma, batch=7).numpy()
+        np.testing.assert_allclose(J, w.P(sigma).numpy(), atol=1e-12)
+
+
+def test_batched_jacobian_of_a_unet_equals_one_copy_per_row(monkeypatch):
+    torch.manual_seed(0)
+    unet = tiny_unet()
+    unet = unet.eval()  # float32: its sigma embedding is float32 by design
+    y = torch.randn(1, 8, 8)
+    reference = jacobian_by_copies(unet, y, 0.8, batch=64).numpy()
+    off_diagonal = reference - np.diag(np.diag(reference))
+    assert np.abs(off_diagonal).max() > 1e-3  # a real Jacobian, not a multiple of the identity
+    _no_fallback(monkeypatch)
+    np.testing.assert_allclose(full_jacobian(unet, y, 0.8, batch=13).numpy(), reference, atol=2e-5)
+
+
+def test_bfloat16_jacobian_is_close_to_float32():
+    torch.manual_seed(0)
+    unet = tiny_unet()
+    unet.eval()
+    y = torch.randn(1, 8, 8)
+    exact = full_jacobian(unet, y, 0.8)
+    low = full_jacobian(unet, y, 0.8, precision="bfloat16")
+    assert low.dtype == torch.float32 and not torch.equal(low, exact)  # really computed in bfloat16
+    assert float((low - exact).norm() / exact.norm()) < 0.05
+
+
+def test_trace_estimate_is_within_its_stated_error_of_the_exact_trace():
+    stats = compute_stats(small_data())
+    w = WienerDenoiser().fit(stats)
+    sigmas = [5.0, 0.7, 0.1]
+    ys = small_data()[:3].double()
+    est, err = trace_estimate(w, ys, sigmas, probes=400, seed=1)
+    exact = np.array([np.trace(w.P(s).numpy()) for s in sigmas])
+    assert np.all(err > 0) and np.all(err < 0.2 * exact)
+    assert np.all(np.abs(est - exact) < 4 * err)
 
 
 def test_jacobian_of_a_nonsymmetric_map_reports_asymmetry():

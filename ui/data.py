@@ -205,15 +205,10 @@ def denoiser_id(name: str, data: Dataset) -> str:
 def field_precision() -> str:
     """Precision of the dashboard's network Jacobians: bfloat16 where the CPU runs it natively (3-5x faster,
     maps within cosine 0.999 of float32, see `locality_core.fields`), else float32.
-    $LOCALITY_FIELD_PRECISION overrides."""
-    import os
+    $LOCALITY_FIELD_PRECISION overrides. The warm-up precomputes fields at this precision."""
+    from locality_core.warmup import default_field_precision
 
-    from locality_core.fields import PRECISIONS, native_bfloat16
-
-    env = os.environ.get("LOCALITY_FIELD_PRECISION", "").strip()
-    if env in PRECISIONS:
-        return env
-    return "bfloat16" if native_bfloat16() else "float32"
+    return default_field_precision()
 
 
 @st.cache_data(max_entries=512, show_spinner=False)

@@ -1,86 +1,72 @@
-"""Sampling for the Samples page: every chosen denoiser from the same initial noise, trajectories kept, with a
-progress bar; results memoised by their parameters and the denoisers' cache ids, in memory and on disk."""
+"""Sampling for the Samples page: one denoiser at a time from the same initial noise, trajectories kept, each
+drawn as soon as it is done; slow ones with a progress bar and a time estimate. Results live in the library's
+disk cache (`locality_core.sampling.cached_trajectory`, the entry the warm-up fills) and in memory."""
 
 from __future__ import annotations
 
-import copy
+import time
 from collections.abc import Callable
 
 import numpy as np
 import streamlit as st
 import torch
 
-from locality_core.denoisers import get_denoiser
-from locality_core.schedule import ddim_sigmas
+from locality_core.sampling import cached_trajectory, trajectory_is_cached
 
 from . import data as D
 from .memo import cached, memo
 
-
-def _on_device(denoiser, device: str):
-    """A copy of ``denoiser`` on ``device`` ("cpu": the shared instance itself)."""
-    if device == "cpu" or not isinstance(denoiser, torch.nn.Module):
-        return denoiser, "cpu"
-    try:
-        return copy.deepcopy(denoiser).to(device), device
-    except (RuntimeError, AssertionError, TypeError):  # no such device, or a model that cannot move
-        return denoiser, "cpu"
+# denoisers that sample 8 Fashion-MNIST images in a second or two: drawn first, so the page fills quickly
+FAST = ("unet", "wiener", "optimal")
 
 
-def run_key(data_key, names: tuple[str, ...], n: int, steps: int, seed: int, device: str) -> tuple:
+def order(names: list[str]) -> list[str]:
+    """The fast denoisers first (the order the page computes them in), the others as chosen."""
+    return [n for n in names if n in FAST] + [n for n in names if n not in FAST]
+
+
+def run_key(data_key, name: str, n: int, steps: int, seed: int, device: str) -> tuple:
     data = D.dataset(*data_key)
-    return (data_key, tuple((name, D.denoiser_id(name, data)) for name in names), n, steps, seed, device)
+    return (data_key, name, D.denoiser_id(name, data), n, steps, seed, device)
 
 
 def is_cached(key: tuple) -> bool:
-    return cached("samples", key)
+    """In memory or on disk already (a key lookup, no computation)."""
+    data_key, name, _, n, steps, seed, _ = key
+    return cached("samples", key) or trajectory_is_cached(D.dataset(*data_key), name, n, steps, seed)
+
+
+def wait_text(dataset: str, name: str, n: int, steps: int) -> str:
+    """What the page waits for: the warm-up computing these very samples (with its time), or our own run."""
+    from locality_core import warmup
+
+    busy = warmup.waiting_text(dataset, "samples-fast" if name in FAST else "samples-slow")
+    if busy and name in warmup.DEFAULTS.sample_denoisers:
+        return f"**{name}**: {busy}"
+    pace = "a second or two" if name in FAST else "seconds to minutes on a CPU: progress and time left below"
+    return f"**{name}**: sampling {n} images through {steps} DDIM steps ({pace})…"
 
 
 def sample(key: tuple, progress: Callable[[float, str], None] | None = None) -> dict:
-    """{"sigmas", "x": {name: (S, n, C, H, W)}, "x0_hat": {...}, "devices": {name: device}} as numpy float32.
+    """{"x": (S, n, C, H, W), "x0_hat": (S, n, C, H, W), "device": str} of one denoiser, numpy float32.
 
-    Kept in memory, and on disk per denoiser (the library's array cache, keyed by data fingerprint, denoiser
-    cache id, n, steps, seed): samples prepared before a talk survive a restart of the app.
-    """
-    data_key, named, n, steps, seed, device = key
+    ``progress(fraction, text)`` hears each DDIM step with the time left, estimated from the steps so far."""
+    data_key, name, _, n, steps, seed, device = key
 
     def compute():
-        from locality_core.cache import default_cache
+        start = time.perf_counter()
 
-        data = D.dataset(*data_key)
-        cache = default_cache()
-        sigmas = ddim_sigmas(steps)
-        out = {"sigmas": np.array(sigmas), "x": {}, "x0_hat": {}, "devices": {}}
-        for i, (name, model_id) in enumerate(named):
-            disk_key = cache.make_key("app-samples", data.fingerprint, model_id, name, n, steps, seed)
-            arrays = cache.get_or_compute(disk_key, lambda name=name, i=i: _trajectory(
-                data, name, n, sigmas, seed, device, progress, i, len(named)))
-            out["x"][name], out["x0_hat"][name] = arrays["x"], arrays["x0_hat"]
-            out["devices"][name] = str(arrays["device"]) if "device" in arrays else "cpu"
-        return out
+        def step(info):
+            if progress is not None:
+                done = info["step"] + 1
+                left = (time.perf_counter() - start) / done * (steps - done)
+                progress(done / steps, f"{name}: step {done}/{steps} (σ={info['sigma']:.3g}), about {left:.0f} s "
+                                       "left")
 
-    return memo("samples", key, compute, max_entries=12)
+        arrays = cached_trajectory(D.dataset(*data_key), name, n, steps, seed, device=device, callback=step)
+        return {"x": arrays["x"], "x0_hat": arrays["x0_hat"], "device": str(arrays.get("device", "cpu"))}
 
-
-def _trajectory(data, name: str, n: int, sigmas: list[float], seed: int, device: str, progress, index: int,
-                count: int) -> dict:
-    """DDIM from the shared initial noise (seed) with denoiser ``name``, every step kept."""
-    from locality_core.sampling import initial_noise, sample_ddim
-
-    z = initial_noise(n, tuple(data.shape), seed, sigmas[0])
-    denoiser, used = _on_device(get_denoiser(name, data), device)
-    xs, x0s = [], []
-
-    def keep(info):
-        xs.append(info["x"].float().cpu().numpy())
-        x0s.append(info["x0_hat"].float().cpu().numpy())
-        if progress:
-            progress((index + (info["step"] + 1) / len(sigmas)) / count,
-                     f"{name}: step {info['step'] + 1}/{len(sigmas)} (t={info['t']:.0f}, σ={info['sigma']:.3g})")
-
-    with torch.no_grad():
-        sample_ddim(denoiser, z.to(used), sigmas, callback=keep)
-    return {"x": np.stack(xs), "x0_hat": np.stack(x0s), "device": np.array(used)}
+    return memo("samples", key, compute, max_entries=24)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

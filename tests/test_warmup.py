@@ -1,0 +1,127 @@
+"""The warm-up fills exactly the cache entries the pages read: after it, the pages' library calls compute nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from locality_core import warmup
+from locality_core.analytical import cached_mask
+from locality_core.basis import basis_is_cached, denoiser_basis, last_basis_seconds
+from locality_core.cache import ArrayCache
+from locality_core.data import load_dataset
+from locality_core.experiments import inject_pattern
+from locality_core.fields import denoiser_field, field_is_cached
+from locality_core.sampling import cached_trajectory, trajectory_is_cached
+from locality_core.stats import get_stats
+from locality_core.unet import EDMDenoiser, UNetConfig
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A small GRF data set, a tiny untrained UNet saved for it, and a private cache."""
+    root = tmp_path_factory.mktemp("warmup")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LOCALITY_CACHE_DIR", str(root / "cache"))
+    mp.setenv("LOCALITY_MODEL_DIR", str(root / "models"))
+    mp.setenv("LOCALITY_FIELD_PRECISION", "float32")
+    # three noise levels and a 2 x 2 grid of pixels instead of ten and 4 x 4: the same code paths, in seconds
+    mp.setattr(warmup, "DEFAULTS", warmup.Defaults(timesteps=(900, 500, 100), grid_step=14))
+    data = load_dataset("grf", n_train=300, n_test=16)
+    torch.manual_seed(0)
+    model = EDMDenoiser(UNetConfig(base=8, mults=(1, 2), blocks=1, emb_dim=16, groups=4))
+    torch.nn.init.normal_(model.net.conv_out.weight, std=0.05)
+    (root / "models" / "grf").mkdir(parents=True)
+    torch.save({"format": "locality-unet-v1", "unet_config": model.config.to_dict(), "state_dict": model.state_dict(),
+                "fingerprint": data.fingerprint, "dataset": "grf"}, root / "models" / "grf" / "unet.pt")
+    times = warmup.run([("grf", task) for task in warmup.TASK_ORDER], datasets={"grf": data}, stop_on_error=True)
+    yield data, times
+    mp.undo()
+
+
+def test_warmup_runs_every_task_and_records_its_time(tiny):
+    data, times = tiny
+    assert list(times) == [f"grf/{task}" for task in warmup.TASK_ORDER]
+    status = warmup.read_status()
+    assert not status["running"] and set(times) <= set(status["durations"]) and not status["errors"]
+    assert warmup.waiting_text("grf", "jacobian") is None  # nothing running: no wait to announce
+    assert last_basis_seconds(data, "unet") > 0
+
+
+def test_after_warmup_the_pages_library_calls_are_cache_hits(tiny, monkeypatch):
+    data, _ = tiny
+
+    def no_computing(self, key, arrays):
+        raise AssertionError(f"computed after the warm-up: {key}")
+
+    D = warmup.DEFAULTS
+    monkeypatch.setattr(ArrayCache, "set", no_computing)  # any miss would compute and store: fail instead
+    sigmas = list(D.sigmas)
+    stats = get_stats(data)
+    for sigma in sigmas:  # Jacobian page: the default basis and the tr J curve
+        assert basis_is_cached(data, "unet", D.jacobian_image, sigma, seed=D.seed)
+        basis, _ = denoiser_basis(data, "unet", D.jacobian_image, sigma, seed=D.seed)
+        assert basis.eigvecs.shape == (784, 784) and np.isfinite(basis.trace)
+    center = warmup.default_pixel(data.shape)
+    pixels = [center, (7, 7), (21, 21)]  # Sensitivity: the default pixel and the coarse grid
+    for pixel in pixels:
+        for sigma in sigmas:
+            assert field_is_cached(data, "unet", pixel, [sigma], n=D.field_n, seed=D.seed)
+            denoiser_field(data, "unet", pixel, [sigma], n=D.field_n, seed=D.seed)
+    for sigma in sigmas:
+        cached_mask(stats, sigma, None, "global")
+    modified = inject_pattern(data, strength=D.inject_strength, mask="W", seed=D.seed)  # experiments page
+    for sigma in sigmas:
+        cached_mask(get_stats(modified), sigma, None, "global")
+    for name in D.sample_denoisers:  # Samples page: every default denoiser with its trajectory
+        assert trajectory_is_cached(data, name, D.sample_n, D.sample_steps, D.seed)
+        traj = cached_trajectory(data, name, D.sample_n, D.sample_steps, D.seed)
+        assert traj["x0_hat"].shape == (D.sample_steps, D.sample_n, *data.shape)
+
+
+def test_a_new_task_is_one_line(tiny, monkeypatch):
+    data, _ = tiny
+    seen = []
+    monkeypatch.setitem(warmup.REGISTRY, "memorisation", lambda dataset, progress: seen.append(dataset.name))
+    monkeypatch.setattr(warmup, "TASKS", [("grf", "stats")])
+    warmup.TASKS.append(("grf", "memorisation"))
+    warmup.run(warmup.tasks(["grf"]), datasets={"grf": data}, stop_on_error=True)
+    assert seen == ["grf"]
+
+
+def test_default_order_puts_fashion_mnist_and_natural_patches_first(monkeypatch):
+    monkeypatch.setattr(warmup, "TASKS", [])
+    entries = warmup.tasks()
+    names = list(dict.fromkeys(name for name, _ in entries))
+    expected = [n for n in warmup.FIRST_DATASETS if n in names]
+    assert names[:len(expected)] == expected
+    assert [task for name, task in entries if name == names[0]] == list(warmup.TASK_ORDER)
+
+
+def test_a_failing_task_does_not_stop_the_others(tiny, monkeypatch):
+    data, _ = tiny
+
+    def broken(dataset, progress):
+        raise RuntimeError("no such model")
+
+    monkeypatch.setitem(warmup.REGISTRY, "broken", broken)
+    times = warmup.run([("grf", "broken"), ("grf", "stats")], datasets={"grf": data})
+    assert list(times) == ["grf/broken", "grf/stats"]
+    assert "no such model" in warmup.read_status()["errors"]["grf/broken"]
+
+
+def test_a_page_hears_what_the_warmup_is_computing_and_for_how_long(tiny, monkeypatch):
+    data, _ = tiny
+    heard = []
+
+    def slow(dataset, progress):
+        progress("UNet field at pixel (14, 14)")
+        heard.append(warmup.waiting_text("grf", "sensitivity"))
+        heard.append(warmup.waiting_text("grf", "samples-slow"))  # another view: not waiting on the warm-up
+
+    monkeypatch.setitem(warmup.REGISTRY, "sensitivity", slow)
+    warmup.run([("grf", "sensitivity")], datasets={"grf": data})
+    assert "UNet field at pixel (14, 14)" in heard[0] and "took" in heard[0]  # measured by the first warm-up
+    assert heard[1] is None
+    assert warmup.waiting_text("grf", "sensitivity") is None  # done
