@@ -77,7 +77,10 @@ def default_tasks() -> list[tuple[str, str]]:
 
     names = [s.name for s in list_datasets() if not s.name.startswith("user:") and s.availability()[0]]
     ordered = [n for n in FIRST_DATASETS if n in names] + [n for n in names if n not in FIRST_DATASETS]
-    return [(name, task) for name in ordered for task in TASK_ORDER]
+    entries = [(name, task) for name in ordered for task in TASK_ORDER]
+    if "fashion-mnist" in names:  # the shipped subset family is Fashion-MNIST's: right after its cheap views
+        entries.insert(entries.index(("fashion-mnist", "trace")), ("fashion-mnist", "memorisation"))
+    return entries
 
 
 TASKS: list[tuple[str, str]] = []  # filled on first use by `tasks()`; entries appended by other pages are kept
@@ -205,6 +208,16 @@ def _samples(dataset, progress: Progress, fast: bool) -> None:
         if (name in FAST_SAMPLERS) == fast and _available(name, dataset):
             progress(f"{DEFAULTS.sample_n} {name} samples, {DEFAULTS.sample_steps} DDIM steps")
             cached_trajectory(dataset, name, DEFAULTS.sample_n, DEFAULTS.sample_steps, DEFAULTS.seed)
+
+
+@register_task("memorisation")
+def _memorisation(dataset, progress: Progress) -> None:
+    """Memorisation to generalisation: the subset networks' table (seconds; the page's default view), then the
+    analytical denoisers built from each subset (minutes at N = 30,000; the page offers them behind a button
+    until they are cached)."""
+    from .generalisation import precompute
+
+    precompute(dataset, progress=lambda fraction, text: progress(f"memorisation: {text}"))
 
 
 FAST_SAMPLERS = ("unet", "wiener", "optimal")

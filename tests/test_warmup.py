@@ -83,9 +83,9 @@ def test_after_warmup_the_pages_library_calls_are_cache_hits(tiny, monkeypatch):
 def test_a_new_task_is_one_line(tiny, monkeypatch):
     data, _ = tiny
     seen = []
-    monkeypatch.setitem(warmup.REGISTRY, "memorisation", lambda dataset, progress: seen.append(dataset.name))
+    monkeypatch.setitem(warmup.REGISTRY, "a-new-view", lambda dataset, progress: seen.append(dataset.name))
     monkeypatch.setattr(warmup, "TASKS", [("grf", "stats")])
-    warmup.TASKS.append(("grf", "memorisation"))
+    warmup.TASKS.append(("grf", "a-new-view"))
     warmup.run(warmup.tasks(["grf"]), datasets={"grf": data}, stop_on_error=True)
     assert seen == ["grf"]
 
@@ -96,7 +96,11 @@ def test_default_order_puts_fashion_mnist_and_natural_patches_first(monkeypatch)
     names = list(dict.fromkeys(name for name, _ in entries))
     expected = [n for n in warmup.FIRST_DATASETS if n in names]
     assert names[:len(expected)] == expected
-    assert [task for name, task in entries if name == names[0]] == list(warmup.TASK_ORDER)
+    first = [task for name, task in entries if name == names[0]]
+    if names[0] == "fashion-mnist":  # its subset family's page, before the long tasks
+        assert first.index("memorisation") == first.index("trace") - 1
+        first.remove("memorisation")
+    assert first == list(warmup.TASK_ORDER)
 
 
 def test_a_failing_task_does_not_stop_the_others(tiny, monkeypatch):
