@@ -87,26 +87,29 @@ def _on_device(denoiser, device: str):
         return denoiser, "cpu"
 
 
-def trajectory_key(cache, dataset, name: str, n: int, steps: int, seed: int) -> str:
+def trajectory_key(cache, dataset, name: str, n: int, steps: int, seed: int, options: dict | None = None) -> str:
     from .denoisers import denoiser_cache_id
 
-    return cache.make_key("app-samples", dataset.fingerprint, denoiser_cache_id(name, dataset), name, n, steps, seed)
+    return cache.make_key("app-samples", dataset.fingerprint, denoiser_cache_id(name, dataset, **(options or {})),
+                          name, n, steps, seed)
 
 
-def trajectory_is_cached(dataset, name: str, n: int, steps: int, seed: int, cache=None) -> bool:
+def trajectory_is_cached(dataset, name: str, n: int, steps: int, seed: int, cache=None,
+                         options: dict | None = None) -> bool:
     from .cache import default_cache
 
     cache = cache or default_cache()
-    return trajectory_key(cache, dataset, name, n, steps, seed) in cache
+    return trajectory_key(cache, dataset, name, n, steps, seed, options) in cache
 
 
 def cached_trajectory(dataset, name: str, n: int, steps: int, seed: int, *, device: str = "cpu",
-                      callback: Callable[[dict], None] | None = None, cache=None) -> dict:
+                      callback: Callable[[dict], None] | None = None, cache=None, options: dict | None = None) -> dict:
     """DDIM with registered denoiser ``name`` from the shared initial noise of ``seed``, every step kept.
 
     Returns {"x": (S, n, C, H, W), "x0_hat": (S, n, C, H, W), "device": ()} as numpy, computed once and kept in
-    the disk cache (by data fingerprint, denoiser cache id, n, steps, seed): the Samples page and the warm-up
-    read the same entry. ``callback`` sees each step (dict(step, sigma, t, x, x0_hat)) while computing.
+    the disk cache (by data fingerprint, denoiser cache id with its ``options``, n, steps, seed): the Samples page
+    and the warm-up read the same entry. ``callback`` sees each step (dict(step, sigma, t, x, x0_hat)) while
+    computing.
     """
     from .cache import default_cache
     from .denoisers import get_denoiser
@@ -117,7 +120,7 @@ def cached_trajectory(dataset, name: str, n: int, steps: int, seed: int, *, devi
 
     def compute():
         z = initial_noise(n, tuple(dataset.shape), seed, sigmas[0])
-        denoiser, used = _on_device(get_denoiser(name, dataset), device)
+        denoiser, used = _on_device(get_denoiser(name, dataset, **(options or {})), device)
         xs, x0s = [], []
 
         def keep(info):
@@ -129,4 +132,4 @@ def cached_trajectory(dataset, name: str, n: int, steps: int, seed: int, *, devi
         sample_ddim(denoiser, z.to(used), sigmas, callback=keep)
         return {"x": np.stack(xs), "x0_hat": np.stack(x0s), "device": np.array(used)}
 
-    return cache.get_or_compute(trajectory_key(cache, dataset, name, n, steps, seed), compute)
+    return cache.get_or_compute(trajectory_key(cache, dataset, name, n, steps, seed, options), compute)

@@ -47,7 +47,20 @@ names = c1.multiselect("Denoisers", available, default=[n for n in PREFERRED if 
 n = int(c2.selectbox("Samples", [4, 8, 16], index=[4, 8, 16].index(DEFAULTS.sample_n), key="n", bind="query-params"))
 steps = int(c3.selectbox("DDIM steps", [10, 20, 50], index=[10, 20, 50].index(DEFAULTS.sample_steps), key="steps",
                          bind="query-params", help="10 is the papers' reference sampler (t = 900, 800, ..., 0)."))
-c4.caption(f"Seed {view.seed}, device {view.device} (sidebar). The same seed gives the same initial noise.")
+with c4.popover("Denoiser options", icon=":material/tune:"):
+    softmax = st.radio("Analytical denoiser's softmax", ["exact", "per batch"], key="an_softmax",
+                       bind="query-params",
+                       captions=["over all N training images (the paper's formula, the default)",
+                                 "normalised within each batch of 512 training images and averaged, as the public "
+                                 "reference code does (differs by up to about 1 in pixel value at t ≤ 500)"])
+    boundary = st.radio("ELS patches at the border", ["broken", "equivariant"], key="els_boundary",
+                        bind="query-params",
+                        captions=["zero padding: a border patch knows it is at the border (Kamb & Ganguli's "
+                                  "boundary-broken variant, the default)",
+                                  "every patch compared with every patch, wherever it lies"])
+    st.caption(f"Seed {view.seed}, device {view.device} (sidebar). The same seed gives the same initial noise.")
+OPTIONS = {"analytical": {"batch_normalised": True} if softmax == "per batch" else {},
+           "els": {"boundary": boundary} if boundary != "broken" else {}}
 if not names:
     st.info("Choose at least one denoiser.")
     st.stop()
@@ -62,7 +75,7 @@ names = S.order(names)
 slots = {name: st.empty() for name in names}
 results, images, titles = {}, [], []
 for name in names:
-    key = S.run_key(data_key, name, n, steps, view.seed, view.device)
+    key = S.run_key(data_key, name, n, steps, view.seed, view.device, OPTIONS.get(name))
     with slots[name].container():
         if not S.is_cached(key):
             st.caption(S.wait_text(view.dataset, name, n, steps))
@@ -80,7 +93,9 @@ for name in names:
     images += row_images
     titles += [f"{name} {t}" if i < n else f"nearest: {t}" for i, t in enumerate(row_titles)]
     with slots[name].container():
-        st.markdown(f"**{specs[name].title}**, then the nearest training images" + (
+        variant = ", ".join(f"{k}={v}" for k, v in (OPTIONS.get(name) or {}).items())
+        st.markdown(f"**{specs[name].title}**" + (f" ({variant})" if variant else "") +
+                    ", then the nearest training images" + (
             f" (ran on {results[name]['device']} instead of {view.device})"
             if results[name]["device"] != view.device else ""))
         show(tiles_figure(np.stack(row_images), row_titles, columns=columns, kind="image"), f"samples_{name}",

@@ -224,3 +224,21 @@ def test_cli_errors_are_one_line(tiny_world, capsys, monkeypatch, tmp_path):
     assert err.startswith("error:") and "locality train" in err and "Traceback" not in err
     assert _run(["sample", "no-such-dataset"]) == 2
     assert _run(["sample", data.name, "--denoisers", "nope"]) == 2
+
+
+def test_cached_trajectory_keeps_denoiser_options_apart(tmp_path):
+    """The Samples page's per-batch analytical option is its own cache entry with its own samples (the
+    reference code's per-batch softmax), and the default options share the warm-up's entry."""
+    from locality_core.cache import ArrayCache
+    from locality_core.data import load_dataset
+    from locality_core.sampling import cached_trajectory, trajectory_key
+
+    data = load_dataset("grf", n_train=600, n_test=8)
+    cache = ArrayCache(tmp_path / "cache")
+    exact_key = trajectory_key(cache, data, "analytical", 2, 3, 0)
+    assert trajectory_key(cache, data, "analytical", 2, 3, 0, {}) == exact_key
+    assert trajectory_key(cache, data, "analytical", 2, 3, 0, {"batch_normalised": True}) != exact_key
+    exact = cached_trajectory(data, "analytical", 2, 3, 0, cache=cache)
+    batched = cached_trajectory(data, "analytical", 2, 3, 0, cache=cache, options={"batch_normalised": True})
+    assert exact["x0_hat"].shape == batched["x0_hat"].shape
+    assert not np.allclose(exact["x0_hat"], batched["x0_hat"])  # 600 images: two batches of the reference's 512

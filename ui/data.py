@@ -197,9 +197,9 @@ def denoiser_status(name: str, data: Dataset) -> tuple[bool, str]:
         return False, str(exc)
 
 
-def denoiser_id(name: str, data: Dataset) -> str:
+def denoiser_id(name: str, data: Dataset, **options) -> str:
     """Changes whenever the denoiser's outputs could (weights hash, options): part of every cache key."""
-    return denoiser_cache_id(name, data)
+    return denoiser_cache_id(name, data, **options)
 
 
 def field_precision() -> str:

@@ -25,15 +25,18 @@ def order(names: list[str]) -> list[str]:
     return [n for n in names if n in FAST] + [n for n in names if n not in FAST]
 
 
-def run_key(data_key, name: str, n: int, steps: int, seed: int, device: str) -> tuple:
+def run_key(data_key, name: str, n: int, steps: int, seed: int, device: str, options: dict | None = None) -> tuple:
+    """A hashable key of one sampling run; ``options`` are the denoiser's (the registry's defaults when empty)."""
     data = D.dataset(*data_key)
-    return (data_key, name, D.denoiser_id(name, data), n, steps, seed, device)
+    options = tuple(sorted((options or {}).items()))
+    return (data_key, name, D.denoiser_id(name, data, **dict(options)), n, steps, seed, device, options)
 
 
 def is_cached(key: tuple) -> bool:
     """In memory or on disk already (a key lookup, no computation)."""
-    data_key, name, _, n, steps, seed, _ = key
-    return cached("samples", key) or trajectory_is_cached(D.dataset(*data_key), name, n, steps, seed)
+    data_key, name, _, n, steps, seed, _, options = key
+    return cached("samples", key) or trajectory_is_cached(D.dataset(*data_key), name, n, steps, seed,
+                                                          options=dict(options))
 
 
 def wait_text(dataset: str, name: str, n: int, steps: int) -> str:
@@ -51,7 +54,7 @@ def sample(key: tuple, progress: Callable[[float, str], None] | None = None) -> 
     """{"x": (S, n, C, H, W), "x0_hat": (S, n, C, H, W), "device": str} of one denoiser, numpy float32.
 
     ``progress(fraction, text)`` hears each DDIM step with the time left, estimated from the steps so far."""
-    data_key, name, _, n, steps, seed, device = key
+    data_key, name, _, n, steps, seed, device, options = key
 
     def compute():
         start = time.perf_counter()
@@ -63,7 +66,8 @@ def sample(key: tuple, progress: Callable[[float, str], None] | None = None) -> 
                 progress(done / steps, f"{name}: step {done}/{steps} (σ={info['sigma']:.3g}), about {left:.0f} s "
                                        "left")
 
-        arrays = cached_trajectory(D.dataset(*data_key), name, n, steps, seed, device=device, callback=step)
+        arrays = cached_trajectory(D.dataset(*data_key), name, n, steps, seed, device=device, callback=step,
+                                   options=dict(options))
         return {"x": arrays["x"], "x0_hat": arrays["x0_hat"], "device": str(arrays.get("device", "cpu"))}
 
     return memo("samples", key, compute, max_entries=24)
