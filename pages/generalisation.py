@@ -10,6 +10,7 @@ from locality_core.models import find_subset_weights, how_to_train_subsets
 from ui import data as D
 from ui import generalisation as F
 from ui.figures import images_png
+from ui.layout import explain
 from ui.state import current_view
 from ui.widgets import png_download, run_button, show
 
@@ -17,7 +18,7 @@ view = current_view()
 data, _ = D.require_data(view)
 
 st.title("Memorisation to generalisation")
-st.markdown(
+explain(view,
     "Two denoisers built from **disjoint** sets A and B of N training images start from the same noise. Memorising, "
     "each copies its own training images and A and B differ; generalising, both draw the same new image.")
 

@@ -9,6 +9,7 @@ from locality_core.wiener import wiener_gain
 from ui import data as D
 from ui import jacobian as J
 from ui.figures import PAGE_WIDTH, images_png, line_plot, tiles_figure
+from ui.layout import explain
 from ui.memo import cached, memo
 from ui.state import current_view, noise_label
 from ui.widgets import png_download, run_button, show
@@ -22,7 +23,7 @@ data_key = (view.dataset, view.params_json, "")
 basis = D.optional_module("basis")
 
 st.title("Jacobian basis")
-st.markdown(
+explain(view,
     "Near a noisy image $y$ any denoiser acts like a linear map: its Jacobian $J = \\partial D/\\partial y$. The "
     "eigenvectors of $(J+J^T)/2$ are the directions it keeps, and the eigenvalues how much of each (shrinkage "
     "factors, mostly between 0 and 1); their sum $\\mathrm{tr}\\,J$ counts the dimensions kept. For the Wiener "

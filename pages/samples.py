@@ -11,6 +11,7 @@ from locality_core.warmup import DEFAULTS
 from ui import data as D
 from ui import sampling as S
 from ui.figures import images_png, tiles_figure
+from ui.layout import explain
 from ui.state import current_view, noise_label
 from ui.widgets import png_download, show
 
@@ -21,7 +22,7 @@ data, stats = D.require_data(view)
 data_key = (view.dataset, view.params_json, "")
 
 st.title("Samples")
-st.markdown(
+explain(view,
     "Every denoiser here starts from the **same** pure noise and follows the same DDIM schedule (t = 900 → 0). "
     "If the paper is right, the analytical denoiser, built from the data's statistics alone, produces nearly the "
     "same images as the trained UNet, while the empirical optimal denoiser can only reproduce training images: "
