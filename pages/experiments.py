@@ -92,7 +92,7 @@ def picture() -> tuple[np.ndarray, str]:
     """What to click on: the mean image (with the W brightened for the W experiment), or a training image when
     the mean is flat (random fields have mean zero: a uniform grey square shows nothing)."""
     if kind == "inject":
-        return _with_template(), "Mean image, the W brightened"
+        return _with_template(), "Mean, W brightened"
     mean = mstats.mean.reshape(C, H, W)
     if float(mean.std()) < 0.02:
         return mdata.train[0].numpy(), "A training image"
