@@ -19,10 +19,6 @@ Glossary
                 overlap and the work drops to 3-40 % of d * d; at mid noise (t ~ 200-500 on Fashion-MNIST) the
                 supports of neighbouring columns differ (no tiling or clustering of columns found a union much
                 below d), so those steps run at the dense cost
-    group       blocks of similar row counts padded to one shape (`group_blocks`): per chunk of training
-                images a group is one gather, two batched GEMMs and one softmax pass, so a call is a few
-                large operations rather than thousands of small ones (which under CPU contention each wait
-                for a descheduled thread)
     logits      scale * sum_n B[n, m] (x0_k[n]^2 - 2 x[n] x0_k[n]), scale = -1 / (2 sigma^2): the distance
                 minus its k-independent part sum_n B[n, m] x[n]^2, which the softmax ignores. One GEMM per
                 block serves all inputs of a batch. Images are centred on the training mean first (distances
