@@ -316,13 +316,9 @@ def _group_logits(x0T: torch.Tensor, grp: BlockGroup, w_sq: torch.Tensor, w_cros
     """
     g, c = grp.cols.shape
     K = x0T.shape[1]
-    if grp.rows is None:       # every block uses all rows: one GEMM over the group's stacked weights
-        part = (w_cross.reshape(-1, w_cross.shape[2]) @ x0T).view(g, B, c, K)
-        sq = (w_sq.reshape(-1, w_sq.shape[2]) @ (x0T * x0T)).view(g, 1, c, K)
-    else:
-        rows = x0T.index_select(0, grp.rows.flatten()).view(g, -1, K)
-        part = torch.bmm(w_cross, rows).view(g, B, c, K)
-        sq = torch.bmm(w_sq, rows * rows)[:, None]
+    rows = x0T[None] if grp.rows is None else x0T.index_select(0, grp.rows.flatten()).view(g, -1, K)
+    part = torch.bmm(w_cross, rows).view(g, B, c, K)
+    sq = torch.bmm(w_sq, rows * rows)[:, None]
     grad = part.requires_grad or sq.requires_grad
     part = part + sq if grad else part.add_(sq)
     if grp.complement is None:
