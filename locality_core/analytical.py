@@ -57,8 +57,7 @@ DIAG_EPS = 1e-6
 THRESHOLD_MODES = ("global", "row")
 FLOAT64_BELOW = 1.0          # sigma below which float32 inputs are computed in float64
 REFERENCE_BATCH = 512        # the public code's batch of training images (batch-normalised variant)
-GROUP_ELEMENTS = 1 << 22     # B * chunk * padded columns: the logits of one chunk (16 MB float32, within L3)
-GROUP_SLACK = 0.75           # blocks padded together have at least this share of their group's largest row count
+BLOCK_ELEMENTS = 1 << 18     # B * chunk * block columns: one block's logits stay in cache (1 MB float32)
 MAX_BLOCKS = 64
 
 
@@ -165,19 +164,6 @@ class MaskPlan:
     tile: int
     work: int              # multiply-adds per (training image, input image) of the distance GEMMs
     nnz: int               # mask entries
-    groups: tuple[BlockGroup, ...] = ()  # the blocks as executed: a few padded batches (`group_blocks`)
-    layout: torch.Tensor | None = None   # (d,) position of output m among the groups' concatenated columns
-
-
-@dataclass(frozen=True, eq=False)
-class BlockGroup:
-    """Blocks of similar row counts padded to one shape, so that one batched GEMM per training chunk computes
-    all of their logits. Padding: repeated columns (their outputs are never read) and zero-weight rows."""
-
-    cols: torch.Tensor               # (g, c) output coordinates
-    rows: torch.Tensor | None        # (g, r) input coordinates; None: all d rows in order (no gather)
-    weight: torch.Tensor             # (g, c, r) 0/1, negated for complement blocks
-    complement: torch.Tensor | None  # (g, 1, 1, 1) 1.0 for complement blocks; None when there are none
 
 
 # cost model of a plan, in multiply-add equivalents per training image for a batch of inputs (1 to PLAN_BATCH):
@@ -254,98 +240,54 @@ def plan_mask(mask: np.ndarray, shape: tuple[int, int, int], tile: int | None = 
         work += len(cols) * len(rows)
         full |= comp
     perm = torch.cat([b.cols for b in blocks])
-    grouped = group_blocks(blocks)
-    groups = tuple(_padded_group(g, d) for g in grouped)
-    layout, offset = torch.empty(d, dtype=torch.long), 0
-    for members, grp in zip(grouped, groups, strict=True):
-        width = grp.cols.shape[1]
-        for i, b in enumerate(members):
-            layout[b.cols] = offset + i * width + torch.arange(len(b.cols))
-        offset += grp.cols.numel()
-    return MaskPlan(tuple(blocks), perm, torch.argsort(perm), full, tile, work + (d if full else 0), int(mask.sum()),
-                    groups, layout)
-
-
-def group_blocks(blocks: list[Block], slack: float = GROUP_SLACK) -> list[list[Block]]:
-    """Blocks sorted by row count, cut into groups wherever a block has fewer than ``slack`` times the rows of
-    its group's first: padding every block of a group to its largest wastes at most 1 - slack of its work."""
-    groups: list[list[Block]] = []
-    for b in sorted(blocks, key=lambda b: -len(b.rows)):
-        if groups and len(b.rows) >= slack * len(groups[-1][0].rows):
-            groups[-1].append(b)
-        else:
-            groups.append([b])
-    return groups
-
-
-def _padded_group(blocks: list[Block], d: int) -> BlockGroup:
-    c, r = max(len(b.cols) for b in blocks), max(len(b.rows) for b in blocks)
-    cols = torch.zeros(len(blocks), c, dtype=torch.long)
-    rows = torch.zeros(len(blocks), r, dtype=torch.long)
-    weight = torch.zeros(len(blocks), c, r)
-    for i, b in enumerate(blocks):
-        cols[i] = b.cols[torch.arange(c).clamp(max=len(b.cols) - 1)]   # padding repeats the last column
-        rows[i, :len(b.rows)] = b.rows
-        weight[i, :len(b.cols), :len(b.rows)] = -b.weight if b.complement else b.weight
-    complement = torch.tensor([float(b.complement) for b in blocks]).view(-1, 1, 1, 1)
-    return BlockGroup(cols, None if r == d else rows, weight,
-                      complement if any(b.complement for b in blocks) else None)
+    return MaskPlan(tuple(blocks), perm, torch.argsort(perm), full, tile, work + (d if full else 0), int(mask.sum()))
 
 
 # ---------------------------------------------------------------- the engine
 
-def _group_weights(xw: torch.Tensor, plan: MaskPlan, scale: float) -> list[torch.Tensor]:
-    """Per group the left factors of its two batched GEMMs, the softmax scale -1 / (2 sigma^2) folded in:
-    ``scale * weight`` (g, c, r) for the x0^2 term and ``-2 scale * weight * x_b[rows]`` (g, B * c, r) for the
-    cross term, so that one GEMM serves all B inputs. Flattened: [w_sq0, w_cross0, w_sq1, ...]."""
-    B, out = len(xw), []
-    for grp in plan.groups:
-        w = grp.weight.to(xw) * scale                                        # (g, c, r)
-        xr = xw[:, None, :] if grp.rows is None else xw[:, grp.rows]         # (B, g, r)
-        cross = -2.0 * w[:, None] * xr.transpose(0, 1)[:, :, None, :]        # (g, B, c, r)
-        out += [w, cross.reshape(len(w), B * w.shape[1], w.shape[2])]
+def _block_weights(xf: torch.Tensor, plan: MaskPlan, scale: float) -> list[torch.Tensor]:
+    """Per block the left factors of its two GEMMs, the softmax scale -1 / (2 sigma^2) folded in:
+    ``scale * weight`` (c, r) for the x0^2 term and ``-2 scale * weight * x_b[rows]`` (B * c, r) for the cross
+    term, so that one GEMM serves all B inputs. Flattened: [w_sq0, w_cross0, w_sq1, ...]."""
+    out = []
+    for b in plan.blocks:
+        w = b.weight.to(xf) * scale
+        out += [w, (-2.0 * w[None] * xf[:, None, b.rows]).reshape(len(xf) * len(b.cols), len(b.rows))]
     return out
 
 
-def _group_logits(x0T: torch.Tensor, grp: BlockGroup, w_sq: torch.Tensor, w_cross: torch.Tensor,
+def _block_logits(x0T: torch.Tensor, x0T_sq: torch.Tensor, blk: Block, w_sq: torch.Tensor, w_cross: torch.Tensor,
                   full: torch.Tensor | None, B: int) -> torch.Tensor:
-    """(g, B, c, K) logits of one group's columns for a chunk x0T (d, K) of training images (transposed).
+    """(B, c, K) logits of one block's columns for a chunk x0T (d, K) of training images (transposed).
 
     logit = scale * sum_rows weight * (x0^2 - 2 x x0): the squared distance minus its k-independent part
-    sum x^2, which the softmax ignores. Complement blocks (negated weights): plus the full distance ``full``.
+    sum x^2, which the softmax ignores. Complement blocks: scale * full distance minus the complement.
     """
-    g, c = grp.cols.shape
-    K = x0T.shape[1]
-    rows = x0T[None] if grp.rows is None else x0T.index_select(0, grp.rows.flatten()).view(g, -1, K)
-    part = torch.bmm(w_cross, rows).view(g, B, c, K)
-    sq = torch.bmm(w_sq, rows * rows)[:, None]
-    grad = part.requires_grad or sq.requires_grad
-    part = part + sq if grad else part.add_(sq)
-    if grp.complement is None:
-        return part
-    comp = grp.complement.to(part) * full[None, :, None, :]
-    return part + comp if grad else part.add_(comp)
+    d, K = x0T.shape
+    c, r = len(blk.cols), len(blk.rows)
+    if r == 0:
+        part = x0T.new_zeros(B, c, K)
+    else:
+        g, g_sq = (x0T, x0T_sq) if r == d else (x0T.index_select(0, blk.rows), x0T_sq.index_select(0, blk.rows))
+        part = (w_cross @ g).view(B, c, K)
+        sq = (w_sq @ g_sq)[None]
+        part = part + sq if part.requires_grad else part.add_(sq)
+    return full[:, None, :] - part if blk.complement else part
 
 
 def _chunk_size(plan: MaskPlan, B: int, N: int, chunk_size: int | None, batch_normalised: bool) -> int:
+    widest = max(len(b.cols) for b in plan.blocks)
     if batch_normalised:
         return REFERENCE_BATCH
-    columns = sum(grp.cols.numel() for grp in plan.groups)
-    return chunk_size or int(min(max(N, 1), max(256, GROUP_ELEMENTS // (B * columns))))
+    return chunk_size or int(min(max(N, 1), max(256, BLOCK_ELEMENTS // (B * widest))))
 
 
-def _assemble(plan: MaskPlan, parts: list[torch.Tensor]) -> torch.Tensor:
-    """(B, d) in output order from one (g, B, c) tensor per group."""
-    flat = torch.cat([p.transpose(0, 1).reshape(p.shape[1], -1) for p in parts], dim=1)
-    return flat.index_select(1, plan.layout)
-
-
-def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, chunk_size: int,
+def _chunk_block_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, chunk_size: int,
                         centre: torch.Tensor | None) -> Iterator[list[SoftmaxState]]:
-    """Per chunk of ``chunk_size`` training images, the softmax state (each field (g, B, c)) of every group
-    of ``plan``: one gather, two batched GEMMs and one softmax pass per group and chunk.
-    Each chunk is transposed once so that groups gather contiguous rows. Under autograd each chunk is
-    checkpointed.
+    """Per chunk of ``chunk_size`` training images, the softmax state of every block of ``plan`` (plan order).
+
+    Each chunk is transposed once so that blocks gather contiguous rows; each block's logits go straight into
+    its streaming softmax while they are in cache. Under autograd each chunk is checkpointed.
     """
     B, d = x.shape
     dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
@@ -356,20 +298,21 @@ def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
     def chunk_states(xf: torch.Tensor, start: int, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         values = train[start:start + chunk_size].T.to(device=xf.device, dtype=x.dtype).contiguous()  # (d, K)
         x0T = values.to(dtype) - centre[:, None]
-        full = scale * ((x0T * x0T).sum(0)[None] - 2.0 * (xf @ x0T)) if plan.needs_full else None  # (B, K)
+        x0T_sq = x0T * x0T
+        full = scale * (x0T_sq.sum(0)[None] - 2.0 * (xf @ x0T)) if plan.needs_full else None  # (B, K)
         states = []
-        for i, grp in enumerate(plan.groups):
-            logits = _group_logits(x0T, grp, weights[2 * i], weights[2 * i + 1], full, B)
-            v = values.index_select(0, grp.cols.flatten()).view(len(grp.cols), 1, grp.cols.shape[1], -1)
+        for i, blk in enumerate(plan.blocks):
+            logits = _block_logits(x0T, x0T_sq, blk, weights[2 * i], weights[2 * i + 1], full, B)
+            v = values.index_select(0, blk.cols)
             if dtype == x.dtype:
-                states += softmax_state(logits, v, dim=3, inplace=True)
+                states += softmax_state(logits, v, dim=2, inplace=True)
             else:  # float64 logits of float32 inputs: shift by the max in float64, exponentiate in float32
-                m = logits.amax(dim=3)
-                st = softmax_state((logits - m[..., None]).to(x.dtype), v, dim=3, inplace=True)
+                m = logits.amax(dim=2)
+                st = softmax_state((logits - m[..., None]).to(x.dtype), v, dim=2, inplace=True)
                 states += (m, st.s, st.acc)
         return tuple(states)
 
-    weights = _group_weights(xw, plan, scale)
+    weights = _block_weights(xw, plan, scale)
     grad = torch.is_grad_enabled() and x.requires_grad
     for start in range(0, len(train), chunk_size):
         if grad:
@@ -387,12 +330,12 @@ def masked_softmax_state(x: torch.Tensor, sigma: float, train: torch.Tensor, pla
     B, d = x.shape
     chunk_size = _chunk_size(plan, B, len(train), chunk_size, False)
     total = None
-    for states in _chunk_group_states(x, sigma, train, plan, chunk_size, centre):
+    for states in _chunk_block_states(x, sigma, train, plan, chunk_size, centre):
         total = states if total is None else [merge_states(a, b) for a, b in zip(total, states, strict=True)]
     if total is None:
         m_dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
         return empty_state((B, d), (B, d), dtype=x.dtype, m_dtype=m_dtype, device=x.device)
-    return SoftmaxState(*(_assemble(plan, list(parts)) for parts in zip(*total, strict=True)))
+    return SoftmaxState(*(torch.cat(parts, dim=1)[:, plan.inverse] for parts in zip(*total, strict=True)))
 
 
 def masked_softmax_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, *,
@@ -414,9 +357,9 @@ def masked_softmax_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, p
     if shard_merge is not None:
         raise ValueError("the batch-normalised variant is not available on a sharded training set")
     chunk_size = _chunk_size(plan, len(x), len(train), chunk_size, True)
-    results = [_assemble(plan, [finish(s) for s in states])
-               for states in _chunk_group_states(x, sigma, train, plan, chunk_size, centre)]
-    return torch.stack(results).mean(0).to(x.dtype)
+    results = [torch.cat([finish(s) for s in states], dim=1)
+               for states in _chunk_block_states(x, sigma, train, plan, chunk_size, centre)]
+    return torch.stack(results).mean(0)[:, plan.inverse].to(x.dtype)
 
 
 def analytical_dense(x: torch.Tensor, sigma: float, train: torch.Tensor, mask: np.ndarray | torch.Tensor, *,
