@@ -110,9 +110,13 @@ def size_gap_claim(sigmas: list[float], wiener: list[float], other: list[float],
 
 
 def field_claims(sigmas: list[float], wiener_sizes, *, rank: int, d: int, n_train: int,
-                 unet_sizes=None, cosines=None) -> list[Claim]:
+                 unet_sizes=None, cosines=None, constant_pixel: bool = False) -> list[Claim]:
     """Every finding the Sensitivity page states about one pixel's fields (sizes: 50 % squares, high σ first)."""
-    claims = [trend_claim(sigmas, wiener_sizes)]
+    if constant_pixel:  # no variance at all (a constant border): every field of it is zero, sizes mean nothing
+        return [Claim("constant-pixel", "This pixel has the same value in every training image: the Wiener filter "
+                                        "outputs the mean there whatever the input, so its field is zero. Choose "
+                                        "another pixel.", {})]
+    claims = [trend_claim(sigmas, wiener_sizes)] if len(sigmas) > 1 else []  # a trend needs two noise levels
     if len(sigmas) > 1 and (claims[0].kind != "shrinks" or rank < d):
         claims.append(rank_claim(rank, d, n_train))
     if cosines is not None:
@@ -164,6 +168,10 @@ def pattern_share_claim(share_original: float, share_modified: float, on_pattern
     if not on_pattern:
         return Claim("off-pattern", f"This pixel is off the {name}; click a pixel on it (brightened in the "
                                     f"picture) to see fields take the {name}'s shape.", facts)
+    if abs(share_modified - share_original) < 0.005:
+        return Claim("pattern-same", f"At the highest noise level shown, {share_modified:.1%} of this pixel's field "
+                                     f"lies on the {name} in the modified data, about the same as in the original "
+                                     f"({share_original:.1%}).", facts)
     verb = "more" if share_modified > share_original else "less"
     return Claim("pattern-share", f"At the highest noise level shown, {share_modified:.0%} of this pixel's field "
                                   f"lies on the {name} in the modified data, against {share_original:.0%} in the "

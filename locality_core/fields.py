@@ -143,21 +143,34 @@ def window_shares(field_map: np.ndarray, pixel: tuple[int, int]) -> tuple[np.nda
     return ks, (shares / total if total > 0 else np.ones_like(shares))
 
 
+def inside_side(k: int, pixel: tuple[int, int], shape: tuple[int, int]) -> float:
+    """Side of the square with as many pixels as the part of the centred k x k square inside an image of
+    ``shape`` (H, W): k itself away from the border, less near it, the image's side when it covers the image.
+    It grows with k until the square covers the image, so wider fields keep larger sizes near the border too."""
+    (h, w), (r, c), half = shape, pixel, k // 2
+    rows = min(r + half, h - 1) - max(0, r - half) + 1
+    cols = min(c + half, w - 1) - max(0, c - half) + 1
+    side = float(np.sqrt(rows * cols))
+    return int(side) if side.is_integer() else round(side, 1)
+
+
 def locality_size(field_map: np.ndarray, pixel: tuple[int, int], level: float, interpolate: bool = False
                   ) -> int | float:
-    """Smallest odd k whose centred k x k square holds ``level`` of the map's absolute mass, capped at the image
-    side (from a corner pixel the square must reach across the image, but only the image's pixels count).
+    """Size of the smallest centred odd k x k square holding ``level`` of the map's absolute mass, counted inside
+    the image (`inside_side`): from a corner pixel the square must reach across the image, but only the image's
+    pixels count, so a size never exceeds the image and still tells a wider field from a narrower one.
 
-    ``interpolate``: a continuous side length instead, linear in the share between consecutive odd k
-    (1 when the pixel alone holds ``level``); it separates fields that the integer size ties.
+    ``interpolate``: a continuous size instead, linear in the share between consecutive odd k (1 when the pixel
+    alone holds ``level``); it separates fields that the integer size ties.
     """
     ks, shares = window_shares(field_map, pixel)
-    side = max(np.shape(field_map))  # a square centred near the border reaches past it: report what lies inside
+    shape = np.shape(field_map)
     i = int(np.searchsorted(shares, level - 1e-12))
     if not interpolate or i == 0:
-        return int(min(ks[i], side))
+        return inside_side(int(ks[i]), pixel, shape)
     lo, hi = shares[i - 1], shares[i]
-    return float(min(ks[i - 1] + (ks[i] - ks[i - 1]) * (level - lo) / (hi - lo), side))
+    a, b = inside_side(int(ks[i - 1]), pixel, shape), inside_side(int(ks[i]), pixel, shape)
+    return float(a + (b - a) * (level - lo) / (hi - lo))
 
 
 def locality_sizes(field: Field, levels=LOCALITY_LEVELS) -> np.ndarray:

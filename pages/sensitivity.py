@@ -143,8 +143,10 @@ def details(pixel, wiener: Field, unet: Field | None, cosines, masks, patch) -> 
     sizes = {"wiener": locality_sizes(wiener)}
     if unet is not None:
         sizes["unet"] = locality_sizes(unet)
+    variance = np.diag(stats.cov).reshape(C, H, W)[:, pixel[0], pixel[1]]
     claims = field_claims(list(view.sigmas), sizes["wiener"][:, 0], rank=rank, d=stats.d, n_train=stats.n,
-                          unet_sizes=None if unet is None else sizes["unet"][:, 0], cosines=cosines)
+                          unet_sizes=None if unet is None else sizes["unet"][:, 0], cosines=cosines,
+                          constant_pixel=not np.any(variance > 0))
     explain(view, "Each map shows how strongly the chosen **output** pixel of a denoiser depends on every "
                   "**input** pixel at one noise level (the Jacobian row ∂D(x, σ)ₘ/∂x, averaged over noisy test "
                   "images). The Wiener filter's field follows from the data's covariance alone; where the trained "

@@ -66,6 +66,12 @@ def test_field_claims_explain_rank_only_where_it_matters():
     assert kinds == ["grows", "rank-deficient", "disagree", "size-gap"]
 
 
+def test_no_trend_from_one_level_and_nothing_about_a_constant_pixel():
+    assert [c.kind for c in field_claims([1.24], [9], rank=784, d=784, n_train=60_000)] == []
+    assert [c.kind for c in field_claims(SIGMAS, [1, 1, 1, 1], rank=700, d=784, n_train=60_000,
+                                         constant_pixel=True)] == ["constant-pixel"]
+
+
 def test_comparison_mask_fill_and_pattern_share():
     assert comparison_claim(SIGMAS, [5, 3, 1, 1], [9, 7, 3, 2], "α = 2", "α = 4").kind == "wider-everywhere"
     mixed = comparison_claim(SIGMAS, [5, 3, 15, 1], [9, 7, 5, 1], "α = 2", "α = 4")
@@ -74,6 +80,7 @@ def test_comparison_mask_fill_and_pattern_share():
     assert mask_fill_claim(SIGMAS, [784, 760, 300, 1], 784).facts["filled"] == [0, 1]
     assert pattern_share_claim(0.1, 0.6, True).kind == "pattern-share"
     assert pattern_share_claim(0.1, 0.6, False).kind == "off-pattern"
+    assert pattern_share_claim(0.3004, 0.3001, True).kind == "pattern-same"  # not "less" for equal shares
 
 
 # ---------------------------------------------------------------- the pages, every registered data set
@@ -114,6 +121,11 @@ def _run(app_test, query: dict, page: str | None = None):
     return at
 
 
+def view_sigmas(table) -> list[float]:
+    """The noise levels of the page's table, from its column headers ('t=300 σ=1.24')."""
+    return [float(col.split("σ=")[1]) for col in table.columns]
+
+
 def _bullets(at) -> list[str]:
     return [line[2:] for m in at.markdown for line in m.value.splitlines() if line.startswith("- ")]
 
@@ -125,10 +137,17 @@ def _numbers(text: str) -> list[float]:
 @pytest.mark.parametrize("name", available_datasets())
 def test_every_claim_on_the_sensitivity_page_matches_its_numbers(app_test, name):
     """The sentences under the field grid, checked against the page's own table and the statistics."""
+    for pixel in ((1, 2), None):  # near a corner (sizes counted inside the image), then the centre
+        _check_sensitivity_claims(app_test, name, pixel)
+
+
+def _check_sensitivity_claims(app_test, name: str, pixel) -> None:
     from locality_core.data import load_dataset
     from locality_core.stats import get_stats
 
-    at = _run(app_test, {"dataset": name, "pixel": "1,2"})
+    at = _run(app_test, {"dataset": name, **({"pixel": f"{pixel[0]},{pixel[1]}"} if pixel else {})})
+    c, h, w = load_dataset(name).shape
+    pixel = pixel or (h // 2, w // 2)
     table = at.dataframe[0].value
     wiener = [float(v) for v in table.loc["Wiener 50 % square (px)"]]
     side = max(load_dataset(name).shape[1:])
@@ -150,6 +169,8 @@ def test_every_claim_on_the_sensitivity_page_matches_its_numbers(app_test, name)
         elif "does not shrink overall" in text:
             first, between = _numbers(text.split("square is")[1])[0], _numbers(text.split(", and ")[1])[0]
             assert wiener[0] == wiener[-1] == first and between in wiener and len(set(wiener)) > 1
+        elif "same value in every training image" in text:
+            assert not np.any(np.diag(stats.cov).reshape(c, h, w)[:, pixel[0], pixel[1]] > 0)
         elif "has rank" in text:
             stated = int(text.split("has rank ")[1].split(" ")[0].replace(",", ""))
             assert stated == rank < stats.d
@@ -166,7 +187,9 @@ def test_every_claim_on_the_sensitivity_page_matches_its_numbers(app_test, name)
         elif "is the wider one" in text:
             unet = [float(v) for v in table.loc["UNet 50 % square (px)"]]
             px = [float(v) for v in re.findall(r"(\d+(?:\.\d+)?) px", text)]  # UNet's, then Wiener's
-            assert px[0] in unet and px[-1] in wiener
+            i = int(np.argmin([abs(s - float(text.split("σ = ")[1].split(" ")[0])) for s in view_sigmas(table)]))
+            assert (px[0], px[-1]) == (unet[i], wiener[i])
+            assert (text.split(" the ")[1].split(" field")[0] == "Wiener") == (wiener[i] > unet[i])
         else:
             raise AssertionError(f"a finding this test does not know how to check: {text!r}")
 

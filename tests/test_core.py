@@ -180,8 +180,13 @@ def test_window_shares_and_locality_size():
     corner = np.ones((5, 5))
     ks, shares = window_shares(corner, (0, 0))
     assert ks[-1] == 9 and shares[-1] == 1.0  # from a corner the window must reach across the image
-    assert locality_size(corner, (0, 0), 0.95) == 5  # ... but the size reported never exceeds the image (not 9)
-    assert locality_size(corner, (0, 0), 0.95, interpolate=True) <= 5
+    # ... but only the pixels inside the image count: k = 7 holds 16/25 >= 50 % with 4 x 4 pixels inside
+    assert locality_size(corner, (0, 0), 0.5) == 4
+    assert locality_size(corner, (0, 0), 0.95) == 5 and locality_size(corner, (0, 0), 0.95, interpolate=True) <= 5
+    wide, narrow = np.ones((28, 28)), np.zeros((28, 28))  # near the border a wider field still reads wider
+    narrow[:21, :21] = 1.0
+    assert 28 >= locality_size(wide, (0, 0), 0.5) > locality_size(narrow, (0, 0), 0.5)
+    assert locality_size(uniform, (4, 4), 0.5) == 7  # away from the border: k itself
     assert cosine_similarity(uniform, 2 * uniform) == pytest.approx(1.0)
 
 

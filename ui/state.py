@@ -154,7 +154,7 @@ def parse_pixel(text, shape: tuple[int, int, int]) -> tuple[int, int] | None:
     """``"5,9"`` -> (5, 9), clamped to an image of ``shape``; None for anything else."""
     try:
         r, c = (int(float(v)) for v in str(text).replace(";", ",").split(","))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: ?pixel=1e999,3
         return None
     return clamp_pixel((r, c), shape)
 
