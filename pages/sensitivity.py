@@ -178,7 +178,8 @@ def details(pixel, wiener: Field, unet: Field | None, cosines, masks, patch) -> 
     name = f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}"
     a, b = st.columns(2)
     with a:
-        png_download("Download the maps (PNG)", lambda: grid_png(rows, titles, pixel=pixel, title=(
+        png_download("Download the maps (PNG)", lambda: grid_png(rows, titles, pixel=pixel, scale=scale,
+                                                                 contrast=contrast, title=(
             f"{view.dataset}: pixel (row {pixel[0]}, col {pixel[1]})")), f"{name}.png", key="grid_png")
     with b:
         file_download("Download the raw fields (.npz)", lambda: fields_npz(pixel, rows), f"{name}.npz",

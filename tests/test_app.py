@@ -419,6 +419,13 @@ def test_png_downloads_are_real_images():
                    ["t=900<br>(σ=60.8)"] * 3, pixel=(2, 3), title="title")
     img = Image.open(io.BytesIO(png))
     assert img.format == "PNG" and img.width > 3 * 12 and img.height > 2 * 10
+    # coloured like the grid on screen: scaled around the pixel, a spike on it does not darken the rest
+    spike = np.full((1, 10, 12), 0.1)
+    spike[0, 2, 3] = 100.0
+    def off_pixel(scale):  # the tile's pixel (5, 8): no title, one PNG pixel per map pixel, tiles from (190, 70)
+        png = grid_png([("f", spike, "abs")], ["t"], pixel=(2, 3), cell=12, scale=scale)
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), float)[70 + 5, 190 + 8].sum()
+    assert off_pixel("surround") > 600 > 60 > off_pixel("map")  # bright (the surround's max) against black
     tiles = images_png([np.zeros((3, 10, 10)), np.ones((3, 10, 10))], ["a", "b"])
     assert Image.open(io.BytesIO(tiles)).mode == "RGB"
     assert "<" not in _plain("P<sub>σ</sub> <b>row</b>")

@@ -313,38 +313,50 @@ def _plain(text: str) -> str:
 
 
 def grid_png(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, pixel=None, title: str = "",
-             cell: int = 168) -> bytes:
-    """The same grid as `map_grid`, as a crisp PNG (nearest-neighbour upscaling), for slides."""
+             cell: int = 168, scale: str = "surround", contrast: str = "linear") -> bytes:
+    """The same grid as `map_grid`, coloured by the same ``scale`` and ``contrast`` (`scaled_maps`), as a crisp
+    PNG (nearest-neighbour upscaling), for slides; the scale is named under the title."""
     n_rows, n_cols = len(rows), len(col_titles)
     h, w = rows[0][1].shape[-2:]
-    scale = max(1, cell // max(h, w))
-    cw, ch = w * scale, h * scale
-    pad, left, top = 8, 190, 70 + (34 if title else 0)
+    zoom = max(1, cell // max(h, w))
+    cw, ch = w * zoom, h * zoom
+    pad, left, top = 8, 190, 70 + (58 if title else 0)
     img = Image.new("RGB", (left + n_cols * (cw + pad), top + n_rows * (ch + pad)), "white")
     draw = ImageDraw.Draw(img)
     font, small = _font(22), _font(17)
     if title:
         draw.text((pad, 6), _plain(title), fill="black", font=font)
+        draw.text((pad, 34), _plain("colours: " + SCALES[scale] + ("" if contrast == "linear" else ", √ contrast")),
+                  fill="#555555", font=small)
     for j, text in enumerate(col_titles):
         for k, line in enumerate(_plain(text).split("<br>")):
             draw.text((left + j * (cw + pad), top - 62 + 22 * k), line, fill="black", font=small)
     per_row = pixel if isinstance(pixel, list) else [pixel] * n_rows
-    for i, (label, maps, kind) in enumerate(rows):
+    scaled = scaled_maps(rows, scale, contrast, per_row)
+    for i, (label, _, kind) in enumerate(rows):
         y = top + i * (ch + pad)
         lines = _plain(label).split("<br>")
         for k, line in enumerate(lines):
             draw.text((pad, y + ch // 2 - 12 + 22 * (k - (len(lines) - 1) / 2)), line, fill="black", font=small)
         for j in range(n_cols):
-            tile = Image.fromarray(colour_map(maps[j], kind)).resize((cw, ch), Image.Resampling.NEAREST)
+            tile = Image.fromarray(_colour_scaled(scaled[i][j], kind)).resize((cw, ch), Image.Resampling.NEAREST)
             x = left + j * (cw + pad)
             img.paste(tile, (x, y))
             if per_row[i] is not None:
                 r, c = per_row[i]
-                draw.rectangle([x + c * scale, y + r * scale, x + (c + 1) * scale - 1, y + (r + 1) * scale - 1],
-                               outline=MARK, width=max(1, scale // 3))
+                draw.rectangle([x + c * zoom, y + r * zoom, x + (c + 1) * zoom - 1, y + (r + 1) * zoom - 1],
+                               outline=MARK, width=max(1, zoom // 3))
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def _colour_scaled(z: np.ndarray, kind: str) -> np.ndarray:
+    """A map already scaled to [-1, 1] ("signed") or [0, 1] -> (H, W, 3) uint8 in the figures' colours."""
+    lo, lut = (-1.0, _lut(SIGNED_SCALE)) if kind == "signed" else (0.0, _lut(MASK_SCALE if kind == "mask"
+                                                                              else ABS_SCALE))
+    idx = np.clip((np.asarray(z, float) - lo) / (1.0 - lo) * 255, 0, 255).astype(np.uint8)
+    return lut[idx]
 
 
 def images_png(images: list[np.ndarray], titles: list[str], *, cell: int = 168, columns: int | None = None) -> bytes:
