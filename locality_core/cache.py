@@ -122,10 +122,17 @@ def _damaged(exc: BaseException) -> bool:
     return type(exc) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text
 
 
-def _make_private_dir(directory: Path) -> None:
-    """Create ``directory`` readable by its owner only; an existing folder keeps its mode (it may be shared)."""
+def _make_private_dir(directory: Path, warn: Callable[[str], None] = _warn) -> None:
+    """Create ``directory`` readable by its owner only. An existing folder keeps its mode (it may be shared on
+    purpose), with a warning when anyone else may write to it: whoever can write the cache can plant wrong
+    numbers in it (never code: entries are not unpickled)."""
     if not directory.is_dir():
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return
+    mode = directory.stat().st_mode
+    if mode & 0o022 and not mode & 0o1000:  # group- or world-writable, and not sticky like /tmp
+        warn(f"warning: the cache folder {directory} is writable by other users, who could store wrong results "
+             f"in it; `chmod go-w {directory}` unless it is shared on purpose.")
 
 
 def open_values(folder: Path, size_limit: int, warn: Callable[[str], None] = _warn) -> diskcache.Cache:
@@ -162,9 +169,9 @@ class ArrayCache:
         self._warn = warn
         self._thread_locks: dict[str, threading.Lock] = {}
         try:
-            _make_private_dir(self.directory)
+            _make_private_dir(self.directory, warn)
             self._lock_dir = self.directory / "locks"
-            self._lock_dir.mkdir(exist_ok=True)
+            self._lock_dir.mkdir(mode=0o700, exist_ok=True)
             self._values = open_values(self.directory / "values", size_limit, warn)
         except (OSError, sqlite3.Error) as exc:
             self._fall_back(exc)

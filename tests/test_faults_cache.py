@@ -88,8 +88,16 @@ def test_existing_shared_folder_keeps_its_mode(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o775)
-    ArrayCache(shared).set("k", VALUE)
+    warnings = []
+    ArrayCache(shared, warn=warnings.append).set("k", VALUE)
     assert shared.stat().st_mode & 0o777 == 0o775
+    assert len(warnings) == 1 and "writable by other users" in warnings[0]  # said, not silently used
+    assert (shared / "locks").stat().st_mode & 0o077 == 0
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    warnings.clear()
+    ArrayCache(private, warn=warnings.append).set("k", VALUE)
+    assert warnings == []
 
 
 def test_tampered_entry_with_a_valid_checksum_is_served(tmp_path):

@@ -61,6 +61,29 @@ def test_replace_false_refuses_a_taken_name(tmp_path, home):
         user.import_images(src, "mine", replace=False)
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_an_import_reads_from_a_read_only_data_folder(tmp_path, home):
+    """A read-only mount (a container, a class server's prepared data): nothing to lock against, nothing lost."""
+    src = write_images(tmp_path / "a", 12, 6, "L", 0)
+    user.import_images(src, "mine")
+    folders = [home, *(p for p in home.rglob("*") if p.is_dir())]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        assert user.load_user_dataset("mine").train.shape[1:] == (1, 6, 6)
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+
+
+def test_reading_takes_no_lock_where_nobody_can_write(tmp_path, home, monkeypatch):
+    src = write_images(tmp_path / "a", 12, 6, "L", 0)
+    user.import_images(src, "mine")
+    monkeypatch.setattr(user.os, "access", lambda path, how: False)  # as root cannot simulate read-only
+    monkeypatch.setattr(user, "name_lock", lambda name: (_ for _ in ()).throw(AssertionError("locked")))
+    assert user.load_user_dataset("mine").train.shape[1:] == (1, 6, 6)
+
+
 def test_missing_message_names_a_command_that_exists(home):
     with pytest.raises(DatasetError, match="locality import NAME FOLDER_OR_ZIP") as info:
         user.read_arrays("nothing")

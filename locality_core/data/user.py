@@ -17,6 +17,7 @@ one image (``Image.MAX_IMAGE_PIXELS``, left as it is), no ``..`` or absolute pat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -355,9 +356,17 @@ def read_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     return train, test
 
 
+def _reading_lock(name: str):
+    """The name's lock, or none where nobody can write (a read-only data folder, e.g. a read-only mount in a
+    container): there is no import to wait for, and no lock file could be made."""
+    folder = dataset_path(name).parent
+    return name_lock(name) if os.access(data_home(), os.W_OK) and os.access(folder, os.W_OK) \
+        else contextlib.nullcontext()
+
+
 def load_user_dataset(name: str) -> Dataset:
     """An imported data set, (C, H, W) as imported, in [-1, 1]; arrays and metadata of one and the same import."""
-    with name_lock(name):
+    with _reading_lock(name):
         train, test = read_arrays(name)
         meta = metadata(name)
     c, h, w = train.shape[1:]
