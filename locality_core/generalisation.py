@@ -297,7 +297,10 @@ def trend(rows: list[dict], key: str) -> str:
     if len(rows) < 2:
         return f"is {rows[0][key]:.3g} at N = {rows[0]['n']:,} (one N so far)" if rows else "has no value yet"
     values = [r[key] for r in rows]
-    up = values[-1] >= values[0]
+    if f"{values[-1]:.3g}" == f"{values[0]:.3g}":  # equal as printed: neither "rises" nor "falls"
+        return (f"is about the same at N = {rows[0]['n']:,} and N = {rows[-1]['n']:,} ({values[0]:.3g}), "
+                f"between {min(values):.3g} and {max(values):.3g} in between")
+    up = values[-1] > values[0]
     breaks = [rows[i + 1]["n"] for i in range(len(values) - 1) if (values[i + 1] >= values[i]) != up
               and values[i + 1] != values[i]]
     text = (f"{'rises' if up else 'falls'} from {values[0]:.3g} at N = {rows[0]['n']:,} to {values[-1]:.3g} at "

@@ -284,6 +284,8 @@ def test_trend_says_where_a_curve_is_not_monotone():
     assert G.trend(rows[:2], "c").endswith("monotonically") and "not monotonically" not in G.trend(rows[:2], "c")
     assert G.trend([{"n": 5, "c": 1.0}, {"n": 50, "c": 0.5}], "c").startswith("falls")
     assert G.trend(rows[:1], "c") == "is 0.1 at N = 10 (one N so far)"
+    same = G.trend([{"n": 10, "c": 0.9641}, {"n": 100, "c": 0.5}, {"n": 1000, "c": 0.9638}], "c")
+    assert same.startswith("is about the same") and "rises" not in same and "falls" not in same
 
 
 def test_subset_images_index_the_subset(tiny):
