@@ -26,11 +26,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
-PICKER, GRID = ".st-key-picker .js-plotly-plot", ".st-key-field_grid .js-plotly-plot"
+PICKER, GRID = ".st-key-picker [data-testid=pixel-picker]", ".st-key-field_grid .js-plotly-plot"
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
-POSITION = """(gd, [r, c]) => { const L = gd._fullLayout, b = gd.getBoundingClientRect();
-    return [b.left + L._size.l + L.xaxis.l2p(c), b.top + L._size.t + L.yaxis.l2p(r)]; }"""
-SHAPE = "gd => [Math.round(gd._fullLayout.yaxis.range[0] + 0.5), Math.round(gd._fullLayout.xaxis.range[1] + 0.5)]"
+# the picker is an image with one PNG pixel per image pixel: its natural size is the image's (H, W)
+SHAPE = "el => { const img = el.querySelector('img'); return [img.naturalHeight, img.naturalWidth]; }"
 FIRST_SHAPE = "gd => JSON.stringify(gd.layout.shapes && gd.layout.shapes[0])"
 
 
@@ -75,10 +74,11 @@ async def session(browser, url: str, index: int, clicks: int, timeout_ms: int, s
             if (r, c) == shown:
                 continue
             before = await page.eval_on_selector(GRID, FIRST_SHAPE)
-            x, y = await page.eval_on_selector(PICKER, POSITION, [r, c])
+            box = await page.locator(PICKER).bounding_box()
+            x, y = box["x"] + (c + 0.5) * box["width"] / w, box["y"] + (r + 0.5) * box["height"] / h
             t = time.perf_counter()
             await page.mouse.click(x, y)
-            await page.get_by_text(f"Pixel (row {r}, col {c})").first.wait_for(timeout=timeout_ms)
+            await page.get_by_text(f"pixel row {r}, col {c}").first.wait_for(timeout=timeout_ms)
             await page.wait_for_function(
                 "([sel, before]) => { const gd = document.querySelector(sel); return gd && "
                 "JSON.stringify(gd.layout.shapes && gd.layout.shapes[0]) !== before; }",
