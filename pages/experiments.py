@@ -8,7 +8,7 @@ from locality_core.experiments import unpermute_map, w_template
 from locality_core.fields import locality_sizes, wiener_field
 from locality_core.models import find_weights
 from ui import data as D
-from ui.figures import grid_png, map_grid, noise_header, tiles_figure
+from ui.figures import grid_png, is_flat, map_grid, noise_header, tiles_figure
 from ui.layout import explain, split_widths
 from ui.state import View, current_view
 from ui.widgets import mask_maps, picker, png_download, show
@@ -94,7 +94,7 @@ def picture() -> tuple[np.ndarray, str]:
     if kind == "inject":
         return _with_template(), "Mean, W brightened"
     mean = mstats.mean.reshape(C, H, W)
-    if float(mean.std()) < 0.02:
+    if is_flat(mean):
         return mdata.train[0].numpy(), "A training image"
     return mean, "Mean image"
 

@@ -15,7 +15,7 @@ from locality_core.claims import effective_rank, field_claims
 from locality_core.fields import Field, cosine_similarity, locality_sizes, wiener_field
 from locality_core.wiener import passing_components
 from ui import data as D
-from ui.figures import CONTRASTS, SCALES, grid_png, locality_plot, map_grid, noise_header
+from ui.figures import CONTRASTS, SCALES, grid_png, is_flat, locality_plot, map_grid, noise_header
 from ui.layout import explain, page_header, split_widths
 from ui.linear import linear_fit_section
 from ui.state import current_view
@@ -32,7 +32,7 @@ page_header("Sensitivity fields", view, data)
 picker_width, grid_width = split_widths()
 
 controls = st.columns([1.35, 0.75, 0.8, 0.8, 0.95, 0.8, 0.9], vertical_alignment="center")
-flat_mean = float(stats.mean.std()) < 0.02  # natural patches, random fields: a uniform square shows nothing
+flat_mean = is_flat(stats.mean)  # natural patches, random fields: a uniform square shows nothing to click on
 background = controls[0].segmented_control(
     "Picture to click on", ["mean image", "test image"], default="test image" if flat_mean else "mean image",
     key="bg", bind="query-params", required=True, label_visibility="collapsed")

@@ -44,6 +44,13 @@ def plotly_config(filename: str) -> dict:
             "toImageButtonOptions": {"format": "png", "filename": filename, "scale": 3}}
 
 
+FLAT_STD = 0.02  # a mean image this uniform (natural patches, random fields) shows nothing to click on
+
+
+def is_flat(image: np.ndarray) -> bool:
+    return float(np.std(image)) < FLAT_STD
+
+
 def to_display(image: np.ndarray) -> np.ndarray:
     """(C, H, W) in [-1, 1] -> (H, W) float for grayscale, (H, W, 3) uint8 for colour."""
     image = np.asarray(image, dtype=np.float64)
@@ -268,11 +275,15 @@ def _lut(scale) -> np.ndarray:
     return np.stack([np.interp(t, pos, rgb[:, k]) for k in range(3)], 1).round().astype(np.uint8)
 
 
-def colour_map(m: np.ndarray, kind: str) -> np.ndarray:
-    """(H, W) map -> (H, W, 3) uint8, coloured like the plotly figures."""
-    zmin, zmax, scale = _z_range(m, kind)
-    idx = np.clip((np.asarray(m, float) - zmin) / (zmax - zmin or 1.0) * 255, 0, 255).astype(np.uint8)
+def _paint(values: np.ndarray, lo: float, hi: float, scale) -> np.ndarray:
+    """Values from ``lo`` to ``hi`` -> (H, W, 3) uint8 through a plotly colour scale (clipped at both ends)."""
+    idx = np.clip((np.asarray(values, float) - lo) / (hi - lo or 1.0) * 255, 0, 255).astype(np.uint8)
     return _lut(scale)[idx]
+
+
+def colour_map(m: np.ndarray, kind: str) -> np.ndarray:
+    """(H, W) map -> (H, W, 3) uint8, coloured like the plotly figures (its range from `_z_range`)."""
+    return _paint(m, *_z_range(m, kind))
 
 
 def _font_path() -> str | None:
@@ -352,11 +363,11 @@ def grid_png(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, 
 
 
 def _colour_scaled(z: np.ndarray, kind: str) -> np.ndarray:
-    """A map already scaled to [-1, 1] ("signed") or [0, 1] -> (H, W, 3) uint8 in the figures' colours."""
-    lo, lut = (-1.0, _lut(SIGNED_SCALE)) if kind == "signed" else (0.0, _lut(MASK_SCALE if kind == "mask"
-                                                                              else ABS_SCALE))
-    idx = np.clip((np.asarray(z, float) - lo) / (1.0 - lo) * 255, 0, 255).astype(np.uint8)
-    return lut[idx]
+    """A map already scaled to [-1, 1] ("signed") or [0, 1] (`scaled_maps`) -> (H, W, 3) uint8, as `map_grid`
+    colours it."""
+    if kind == "signed":
+        return _paint(z, -1.0, 1.0, SIGNED_SCALE)
+    return _paint(z, 0.0, 1.0, MASK_SCALE if kind == "mask" else ABS_SCALE)
 
 
 def images_png(images: list[np.ndarray], titles: list[str], *, cell: int = 168, columns: int | None = None) -> bytes:

@@ -22,6 +22,7 @@ import numpy as np
 import streamlit as st
 
 from locality_core.schedule import REFERENCE_TIMESTEPS, T_DEFAULT, format_noise_level, t_to_sigma
+from locality_core.warmup import default_pixel  # the warm-up fills this pixel's fields ahead
 
 ENV_DATASET = "LOCALITY_APP_DATASET"
 VIEW_KEY = "_view"
@@ -140,11 +141,6 @@ def noise_label(sigma: float) -> str:
 
 
 # ---------------------------------------------------------------- the pixel
-
-def default_pixel(shape: tuple[int, int, int]) -> tuple[int, int]:
-    _, h, w = shape
-    return h // 2, w // 2
-
 
 PIXEL_URL_KEY = "pixel"  # ?pixel=ROW,COL: one query parameter, so that a click is one step of the history
 PIXEL_STORE = "_pixel"   # the pixel in plain session state: it outlives pages that draw no pixel widget
