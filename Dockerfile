@@ -29,7 +29,7 @@ COPY --chown=1000:1000 ui ./ui
 COPY --chown=1000:1000 pages ./pages
 COPY --chown=1000:1000 assets ./assets
 COPY --chown=1000:1000 .streamlit ./.streamlit
-COPY --chown=1000:1000 app.py ./
+COPY --chown=1000:1000 app.py serve.py ./
 USER 1000:1000
 
 # Every page's default view on Fashion-MNIST and natural-patches (statistics, samples with trajectories, Jacobian
@@ -41,4 +41,5 @@ RUN python -m locality_core precompute fashion-mnist --all \
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://localhost:8501/_stcore/health', timeout=4)"]
-ENTRYPOINT ["streamlit", "run", "app.py", "--server.port=8501", "--server.address=0.0.0.0"]
+# serve.py is app.py plus the "page not found" for deep addresses such as /a/b/c (ui/deep_paths.py).
+ENTRYPOINT ["streamlit", "run", "serve.py", "--server.port=8501", "--server.address=0.0.0.0"]
