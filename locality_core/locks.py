@@ -9,6 +9,9 @@ Glossary
     stale owner the lock is held but the recorded heartbeat is older than ``stale_s`` (a hung process, or a
                 holder on another host of a network file system): the waiter unlinks the lock file, so
                 the next holder locks a fresh file, and says so
+    break guard ``<hash>.break``, held (briefly, never by a computation) while a waiter re-reads a stale owner
+                and unlinks: two waiters that both saw the same stale owner break it once, and the second
+                never unlinks the fresh file the first one has just locked
 
 A waiter calls ``notify`` (default: a line on stderr) once when it starts waiting, and once when it takes a
 lock over. POSIX only (``fcntl``), like the rest of the project's deployment.
@@ -94,6 +97,23 @@ def _heartbeat(fd: int, owner: dict, stop: threading.Event, every: float) -> Non
             _write_owner(fd, owner)
 
 
+def _break_stale(path: Path, stale_s: float, notify: Callable[[str], None]) -> bool:
+    """Unlink ``path`` if its owner is (still) stale, under the break guard; True when this call broke it."""
+    guard = os.open(path.with_suffix(".break"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        owner = read_owner(path)  # again, under the guard: another waiter may have broken and re-taken it
+        if not _stale(owner, stale_s):
+            return False
+        notify(f"note: breaking the lock {path.name} of {_describe(owner)}: no heartbeat for more "
+               f"than {stale_s:.0f} s.")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return True
+    finally:
+        os.close(guard)  # closing drops the flock
+
+
 def _acquire(path: Path, what: str, stale_s: float, notify: Callable[[str], None]) -> tuple[int, dict]:
     waited = False
     while True:
@@ -105,10 +125,7 @@ def _acquire(path: Path, what: str, stale_s: float, notify: Callable[[str], None
             return fd, previous
         previous = read_owner(path)
         if _stale(previous, stale_s):
-            notify(f"note: breaking the lock {path.name} of {_describe(previous)}: no heartbeat for more "
-                   f"than {stale_s:.0f} s.")
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _break_stale(path, stale_s, notify)
             continue
         if not waited:
             notify(f"note: waiting for {_describe(previous)} to finish {what} (lock {path}).")

@@ -130,6 +130,27 @@ def test_stale_heartbeat_is_taken_over(tmp_path):
         holder.wait()
 
 
+def test_two_waiters_break_a_stale_lock_once(tmp_path):
+    """Both waiters read the same stale owner; the first breaks the lock and takes a fresh file. The second must
+    then find a live owner and leave that file alone (unlinking it would let two processes hold the lock)."""
+    path = locks.lock_path(tmp_path, "name")
+    path.write_text(json.dumps({"pid": 1, "host": "h", "started": 0.0, "heartbeat": time.time() - 1000}))
+    seen_by_second = locks.read_owner(path)
+    notes = []
+    assert locks._break_stale(path, 100, notes.append)  # the first waiter breaks it ...
+    fd = locks._try_lock(path)  # ... locks a fresh file and records itself
+    assert fd is not None
+    locks._write_owner(fd, {"pid": os.getpid(), "heartbeat": time.time()})
+    inode = os.stat(path).st_ino
+    try:
+        assert locks._stale(seen_by_second, 100)  # what the second waiter read before the first broke it
+        assert not locks._break_stale(path, 100, notes.append)
+        assert os.stat(path).st_ino == inode and locks._try_lock(path) is None
+        assert sum("breaking" in n for n in notes) == 1
+    finally:
+        os.close(fd)
+
+
 SLOW_PRECOMPUTE = """
 import pathlib, sys, time
 import locality_core.stats as stats
