@@ -20,6 +20,10 @@ Glossary
     by_sigma    for denoisers that work one noise level at a time: the batch grouped by level
     sigma_key   sigma rounded to 6 significant digits: float32 and float64 copies of one level are one level
 
+Example
+    den = LSDenoiser(patch_size=3).fit(load_dataset("fashion-mnist"))   # or .fit(Dataset.from_tensor(train))
+    x0_hat = den(x, torch.tensor([0.1, 1.0]))                           # one sigma per image of x (2, 1, 28, 28)
+
 Rules every denoiser keeps: no ``torch.no_grad`` inside (Jacobians go through it; samplers and entry points
 decide); batch elements never mix (one backward pass gives one Jacobian row per image); device and dtype come
 from x, never chosen inside forward.
