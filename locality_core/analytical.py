@@ -42,15 +42,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .cache import ArrayCache, default_cache
 from .data import Dataset
-from .optimal import ShardMerge, SoftmaxState, empty_state, finish, merge_states, softmax_state
+from .denoiser import Denoiser, by_sigma, sigma_key, stats_of
 from .schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS
-from .stats import DataStats, compute_stats, get_stats, mean_float64
-from .unet import by_sigma
+from .softmax import ShardMerge, SoftmaxState, empty_state, finish, merge_states, softmax_state
+from .stats import DataStats, compute_stats, mean_float64
 from .wiener import wiener_matrix
 
 DIAG_EPS = 1e-6
@@ -74,11 +73,6 @@ def default_theta(shape: tuple[int, int, int]) -> float:
         return 0.005
     frac = min(1.0, max(0.0, math.log2(math.sqrt(h * w) / 32)))
     return 0.05 * (0.02 / 0.05) ** frac
-
-
-def sigma_key(sigma: float) -> float:
-    """sigma rounded to 6 significant digits: float32 and float64 copies of one noise level share a mask."""
-    return float(f"{float(sigma):.6g}")
 
 
 def normalised_wiener(stats: DataStats, sigma: float) -> np.ndarray:
@@ -388,13 +382,16 @@ def analytical_dense(x: torch.Tensor, sigma: float, train: torch.Tensor, mask: n
     return out.view_as(x)
 
 
-class MaskedSoftmaxDenoiser(nn.Module):
+class MaskedSoftmaxDenoiser(Denoiser):
     """D(x, sigma)[m] = softmax-weighted mean of x0_k[m] with distances over column m of ``mask_fn(sigma)``.
 
     The engine of the analytical denoiser (masks from the data) and of any other mask (the LS machine's square
     masks give `patches.LSDenoiser`, which computes them faster by box sums). ``mask_fn(sigma) -> (d, d)`` bool
-    numpy array. Fit with ``.fit(train (N, C, H, W))``.
+    numpy array. ``.fit(dataset)`` keeps its training images. Learned (buffers): train_ (N, d) the training
+    images (a view, no copy), mean_ (d,) float64 their mean (the centre of the distances).
     """
+
+    learned = ("train_", "mean_")
 
     def __init__(self, mask_fn: Callable[[float], np.ndarray], *, chunk_size: int | None = None,
                  batch_normalised: bool = False, max_plans: int = 32):
@@ -407,7 +404,8 @@ class MaskedSoftmaxDenoiser(nn.Module):
         self.shape: tuple[int, int, int] | None = None
         self._plans: dict[tuple[float, int], MaskPlan] = {}
 
-    def fit(self, train: torch.Tensor) -> MaskedSoftmaxDenoiser:
+    def fit(self, dataset: Dataset) -> MaskedSoftmaxDenoiser:
+        train = dataset.train
         self.shape = tuple(train.shape[1:])
         self.train_ = train.flatten(1)        # (N, d), a view: no copy of the training set
         self.mean_ = mean_float64(self.train_)  # (d,) centring: smaller terms, less round-off
@@ -424,8 +422,7 @@ class MaskedSoftmaxDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W), sigma scalar or (B,) -> x0_hat (B, C, H, W); inputs grouped by noise level."""
-        if self.shape is None:
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call .fit(...) first")
+        self.check_fitted()
 
         def denoise(xs: torch.Tensor, sigma: float) -> torch.Tensor:
             return masked_softmax_denoise(xs.flatten(1), sigma, self.train_, self.plan_for(sigma, len(xs)),
@@ -439,8 +436,10 @@ class MaskedSoftmaxDenoiser(nn.Module):
 class AnalyticalDenoiser(MaskedSoftmaxDenoiser):
     """The paper's denoiser. ``AnalyticalDenoiser(theta=None, threshold="global").fit(dataset)``.
 
-    ``fit`` also accepts a training tensor (N, C, H, W) (statistics computed from it, masks not cached on
-    disk) or a pair (train tensor, DataStats).
+    Masks come from the data set's statistics (`denoiser.stats_of`: a tensor data set without given statistics
+    gets them computed from its images, and its masks are not cached on disk). Learned: as
+    `MaskedSoftmaxDenoiser`, plus stats_ (DataStats, float64 numpy: the masks' source, not a buffer: masks are
+    computed in float64 whatever the module's dtype) and theta_.
     """
 
     def __init__(self, theta: float | None = None, threshold: str = "global", *, batch_normalised: bool = False,
@@ -450,15 +449,10 @@ class AnalyticalDenoiser(MaskedSoftmaxDenoiser):
         super().__init__(self._mask, chunk_size=chunk_size, batch_normalised=batch_normalised)
         self.theta, self.threshold, self.cache = theta, threshold, cache
 
-    def fit(self, data: Dataset | torch.Tensor | tuple[torch.Tensor, DataStats]) -> AnalyticalDenoiser:
-        if isinstance(data, Dataset):
-            train, self.stats_ = data.train, get_stats(data)
-        elif isinstance(data, tuple):
-            train, self.stats_ = data
-        else:
-            train, self.stats_ = data, compute_stats(data)
+    def fit(self, dataset: Dataset) -> AnalyticalDenoiser:
+        self.stats_ = stats_of(dataset)
         self.theta_ = default_theta(self.stats_.shape) if self.theta is None else float(self.theta)
-        return super().fit(train)
+        return super().fit(dataset)
 
     def _mask(self, sigma: float) -> np.ndarray:
         return cached_mask(self.stats_, sigma, self.theta_, self.threshold, cache=self.cache)[0]
@@ -478,8 +472,9 @@ def per_batch_difference(dataset: Dataset, *, n_train: int = 10_000, n: int = 8,
     sigmas = list(REFERENCE_SIGMAS if sigmas is None else sigmas)
     train = dataset.train[:n_train]
     stats = stats or compute_stats(train, fingerprint=f"{dataset.fingerprint}:first-{len(train)}")
-    exact = AnalyticalDenoiser(theta).fit((train, stats))
-    batched = AnalyticalDenoiser(theta, batch_normalised=True).fit((train, stats))
+    data = Dataset.from_tensor(train, stats=stats)
+    exact = AnalyticalDenoiser(theta).fit(data)
+    batched = AnalyticalDenoiser(theta, batch_normalised=True).fit(data)
     x0 = dataset.test[:n]
     generator = torch.Generator().manual_seed(seed)
     rows = []

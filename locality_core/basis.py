@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .denoiser import LinearDenoiser
 from .stats import DataStats
 from .wiener import wiener_gain
 
@@ -128,25 +129,31 @@ def wiener_basis(stats: DataStats, sigma: float) -> JacobianBasis:
     return JacobianBasis(float(sigma), gains, stats.eigvecs, float(gains.sum()), 0.0, tuple(stats.shape))
 
 
+def linear_basis(denoiser: LinearDenoiser, sigma: float) -> JacobianBasis:
+    """Closed-form basis of any linear denoiser (`wiener_basis` generalised): its Jacobian is the same at every
+    image."""
+    vals, vecs, asymmetry = denoiser.jacobian_eigh(sigma)
+    return JacobianBasis(float(sigma), vals, vecs, float(vals.sum()), asymmetry, tuple(denoiser.shape))
+
+
 def denoiser_basis(dataset, name: str, image_index: int, sigma: float, *, seed: int = 0, cache=None,
                    precision: str = "float32") -> tuple[JacobianBasis, np.ndarray]:
     """Basis of registered denoiser ``name`` at test image ``image_index`` plus noise from ``seed``.
 
-    Returns the basis and the noisy image y (C, H, W). Wiener is exact and instant; others are cached on
-    disk by (data, denoiser id, image, sigma, seed, precision), with the time the Jacobian took
+    Returns the basis and the noisy image y (C, H, W). Linear ones (Wiener) are exact and instant; others are cached
+    on disk by (data, denoiser id, image, sigma, seed, precision), with the time the Jacobian took
     (`last_basis_seconds`). ``precision``: see `full_jacobian`.
     """
     from .cache import default_cache
-    from .denoisers import get_denoiser
-    from .stats import get_stats
+    from .denoisers import get_denoiser, get_spec
 
     if not 0 <= image_index < len(dataset.test):
         raise ValueError(f"image index {image_index} is outside the test set (0..{len(dataset.test) - 1})")
     x0 = dataset.test[image_index]
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     y = x0 + float(sigma) * noise
-    if name == "wiener":
-        return wiener_basis(get_stats(dataset), sigma), y.numpy()
+    if get_spec(name).linear:
+        return linear_basis(get_denoiser(name, dataset), sigma), y.numpy()
     cache = cache or default_cache()
 
     def compute():
@@ -179,11 +186,12 @@ def _timing_key(cache, dataset, name: str) -> str:
 
 def basis_is_cached(dataset, name: str, image_index: int, sigma: float, *, seed: int = 0, cache=None,
                     precision: str = "float32") -> bool:
-    """Whether `denoiser_basis` with these arguments reads the disk cache (Wiener: always, it is closed-form)."""
+    """Whether `denoiser_basis` with these arguments reads the disk cache (linear ones: always, closed form)."""
     from .cache import default_cache
+    from .denoisers import get_spec
 
     cache = cache or default_cache()
-    return name == "wiener" or _basis_key(cache, dataset, name, image_index, sigma, seed, precision) in cache
+    return get_spec(name).linear or _basis_key(cache, dataset, name, image_index, sigma, seed, precision) in cache
 
 
 def last_basis_seconds(dataset, name: str, cache=None) -> float | None:

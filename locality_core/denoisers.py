@@ -188,7 +188,7 @@ def _patch_cache_id(dataset: Dataset, kind: str, schedule: str = "auto", patch_s
 def _build_ls(dataset: Dataset, schedule: str = "auto", patch_size: int | None = None):
     from .patches import LSDenoiser, resolve_schedule
 
-    return LSDenoiser(resolve_schedule(dataset, "ls", schedule), patch_size).fit(dataset.train)
+    return LSDenoiser(resolve_schedule(dataset, "ls", schedule), patch_size).fit(dataset)
 
 
 def _build_els(dataset: Dataset, schedule: str = "auto", patch_size: int | None = None, n_train: int | None = 2000,
@@ -198,7 +198,7 @@ def _build_els(dataset: Dataset, schedule: str = "auto", patch_size: int | None 
     if boundary not in ("broken", "equivariant"):
         raise DenoiserError(f"ELS boundary must be 'broken' or 'equivariant', got {boundary!r}")
     return ELSDenoiser(resolve_schedule(dataset, "els", schedule), patch_size, n_train=n_train,
-                       broken=boundary == "broken", seed=seed).fit(dataset.train)
+                       broken=boundary == "broken", seed=seed).fit(dataset)
 
 
 register(DenoiserSpec(

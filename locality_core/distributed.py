@@ -9,9 +9,9 @@ Glossary
     Moments       stats.Moments (n, mean, m2) of a shard. Over ranks (`all_reduce_moments`): every rank's
                   (n, mean) gathered, then one all_reduce SUM of m2 + n (mean - mu)(mean - mu)^T, the pairwise
                   merge `stats.merge_moments` of all shards at once
-    SoftmaxState  optimal.SoftmaxState (m, s, acc) of a shard's candidates. Over ranks (`all_merge_states`):
-                  all_reduce MAX of m, each rank rescales its s and acc to that max (`optimal.rescaled`), then
-                  one all_reduce SUM each: the log-sum-exp merge `optimal.merge_states` of all shards at once
+    SoftmaxState  softmax.SoftmaxState (m, s, acc) of a shard's candidates. Over ranks (`all_merge_states`):
+                  all_reduce MAX of m, each rank rescales its s and acc to that max (`softmax.rescaled`), then
+                  one all_reduce SUM each: the log-sum-exp merge `softmax.merge_states` of all shards at once
     shard_merge   the hook of the optimal, analytical and LS denoisers: their state over the local shard goes
                   through it before `finish`. `shard_denoiser` fits a denoiser on a shard and sets it
 
@@ -32,7 +32,7 @@ from torch import nn
 
 from .cache import ArrayCache, default_cache
 from .data import Dataset
-from .optimal import SoftmaxState, rescaled
+from .softmax import SoftmaxState, rescaled
 from .stats import DataStats, Moments, check_fits, covariance, data_moments, eigendecomposition, stats_arrays
 
 
@@ -176,11 +176,12 @@ def shard_denoiser(denoiser: nn.Module, shard: torch.Tensor, *, stats: DataStats
     if getattr(denoiser, "batch_normalised", False):
         raise ValueError("the batch-normalised variant is not available on a sharded training set")
     if isinstance(denoiser, AnalyticalDenoiser):
-        denoiser.fit((shard, stats if stats is not None else sharded_stats(shard, group=group)))
+        stats = stats if stats is not None else sharded_stats(shard, group=group)
+        denoiser.fit(Dataset.from_tensor(shard, stats=stats))
     elif isinstance(denoiser, OptimalDenoiser | MaskedSoftmaxDenoiser | LSDenoiser):
         if getattr(denoiser, "top_k", None) is not None:
             raise ValueError("top_k is not available on a sharded training set")
-        denoiser.fit(shard)
+        denoiser.fit(Dataset.from_tensor(shard))
     else:
         raise TypeError(f"{type(denoiser).__name__} cannot be sharded (optimal, analytical and LS can)")
     if hasattr(denoiser, "mean_"):

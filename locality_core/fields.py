@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .denoiser import LinearDenoiser
 from .stats import DataStats
 from .wiener import wiener_rows
 
@@ -88,6 +89,15 @@ def wiener_field(stats: DataStats, pixel: tuple[int, int], sigmas: list[float]) 
     r, col = check_pixel(pixel, stats.shape)
     indices = [ch * h * w + r * w + col for ch in range(c)]
     rows = wiener_rows(stats, indices, list(sigmas)).reshape(len(sigmas), c, c, h, w)
+    return Field((r, col), tuple(float(s) for s in sigmas), np.abs(rows), rows)
+
+
+def linear_field(denoiser: LinearDenoiser, pixel: tuple[int, int], sigmas: list[float]) -> Field:
+    """Closed-form field of any linear denoiser (`wiener_field` generalised): rows of its Jacobian, float64."""
+    c, h, w = denoiser.shape
+    r, col = check_pixel(pixel, denoiser.shape)
+    indices = [ch * h * w + r * w + col for ch in range(c)]
+    rows = denoiser.jacobian_rows(indices, list(sigmas)).reshape(len(sigmas), c, c, h, w)
     return Field((r, col), tuple(float(s) for s in sigmas), np.abs(rows), rows)
 
 
@@ -200,17 +210,17 @@ def denoiser_field(dataset, name: str, pixel: tuple[int, int], sigmas: list[floa
                    precision: str = "float32", cache=None, **options) -> Field:
     """Field of registered denoiser ``name`` on ``dataset``, cached on disk.
 
-    Wiener: closed form (exact, instant). Others: autograd over the first ``n`` test images with noise from
-    ``seed``, cached by (data fingerprint, denoiser id incl. weights hash, pixel, sigmas, n, seed, precision).
+    Linear ones (Wiener): closed form (exact, instant). Others: autograd over the first ``n`` test images with
+    noise from ``seed``, cached by (data fingerprint, denoiser id incl. weights hash, pixel, sigmas, n, seed,
+    precision).
     """
     from .cache import default_cache
-    from .denoisers import get_denoiser
-    from .stats import get_stats
+    from .denoisers import get_denoiser, get_spec
 
     pixel = check_pixel(pixel, dataset.shape)
     sigmas = [float(s) for s in sigmas]
-    if name == "wiener" and not options:
-        return wiener_field(get_stats(dataset), pixel, sigmas)
+    if get_spec(name).linear and not options:
+        return linear_field(get_denoiser(name, dataset), pixel, sigmas)
     cache = cache or default_cache()
     key = _field_key(cache, dataset, name, pixel, sigmas, n, seed, precision, options)
 
@@ -226,10 +236,11 @@ def denoiser_field(dataset, name: str, pixel: tuple[int, int], sigmas: list[floa
 
 def field_is_cached(dataset, name: str, pixel: tuple[int, int], sigmas: list[float], *, n: int = 32, seed: int = 0,
                     precision: str = "float32", cache=None, **options) -> bool:
-    """Whether `denoiser_field` with these arguments would come from the disk cache (Wiener: always)."""
+    """Whether `denoiser_field` with these arguments would come from the disk cache (linear ones: always)."""
     from .cache import default_cache
+    from .denoisers import get_spec
 
-    if name == "wiener" and not options:
+    if get_spec(name).linear and not options:
         return True
     cache = cache or default_cache()
     pixel = check_pixel(pixel, dataset.shape)

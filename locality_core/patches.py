@@ -42,9 +42,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .data import Dataset
-from .optimal import ShardMerge, SoftmaxState, empty_state, exp_shifted, finish, merge_states
+from .denoiser import Denoiser, by_sigma
+from .softmax import ShardMerge, SoftmaxState, empty_state, exp_shifted, finish, merge_all, merge_states
 from .stats import mean_float64
-from .unet import by_sigma
 
 KAMB_SCHEDULES: dict[str, tuple[int, ...]] = {
     "fashion-mnist": (3, 3, 5, 5, 7, 7, 7, 9, 11, 11, 11, 13, 15, 15, 21, 23, 25, 25, 25, 25),
@@ -234,23 +234,20 @@ def ls_state(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
     (P x P, all channels, zero outside); the output is the weighted mean of the x0_k[:, m]. The same formula as
     `MaskedSoftmaxDenoiser` with `square_mask`, computed as box sums of (x - x0_k)^2 (`box_sum`): d (H + W)
     multiply-adds per training image and input in dense GEMMs, instead of up to d^2 in the mask engine.
-    Training images stream in chunks (exact streaming softmax, chunk states merged in float64). Under
-    autograd spans of GRAD_SPAN images are checkpointed.
+    Training images stream in chunks (`_ls_chunk_state`; exact streaming softmax, chunk states merged in
+    float64). Under autograd spans of GRAD_SPAN images are checkpointed.
 
     Precision: images are centred on ``centre`` (C, H, W) (the training mean is a good choice). Below
     LS_EXPANDED_ABOVE the terms are (x - x0)^2, exact for near neighbours, which decide a low-noise softmax
     (float64 below LS_FLOAT64_BELOW). Above it, where noise makes every (x - x0)^2 large but the softmax only
     sees differences between training images, they are (x - x0)^2 - (x - centre)^2 = x0c (x0c - 2 xc),
-    k-independent terms dropped: an order of magnitude smaller, so float32 round-off is too.
+    k-independent terms dropped: an order of magnitude smaller, so float32 round-off is too (`_ls_terms`).
     """
     if patch < 1 or patch % 2 == 0:
         raise ValueError(f"patch size must be odd and positive, got {patch}")
     B, C, H, W = x.shape
-    dtype = torch.float64 if x.dtype == torch.float32 and sigma < LS_FLOAT64_BELOW else x.dtype
-    centre = torch.zeros((C, H, W), dtype=dtype, device=x.device) if centre is None else \
-        centre.to(x.device, dtype).view(C, H, W)
-    expanded = sigma >= LS_EXPANDED_ABOVE
-    xw = (x.to(dtype) - centre) * (2.0 if expanded else 1.0)
+    centre, expanded = _ls_work_centre(x, sigma, centre), sigma >= LS_EXPANDED_ABOVE
+    xw = (x.to(centre.dtype) - centre) * (2.0 if expanded else 1.0)
     scale = -1.0 / (2.0 * sigma**2)
     per_chunk = chunk_size or max(8, BOX_ELEMENTS // (B * C * H * W))
     grad = torch.is_grad_enabled() and x.requires_grad
@@ -258,40 +255,61 @@ def ls_state(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
     # state per span, not per chunk (the Jacobian of 256 inputs at N = 60,000 would keep 7,500 states)
     span = max(per_chunk, GRAD_SPAN) if grad else max(1, len(train))
 
-    def chunk_state(start: int, xq: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x0 = train[start:start + per_chunk].to(device=x.device)                          # (K, C, H, W)
-        x0c = x0.to(dtype) - centre
-        terms = x0c[None] - xq[:, None]                                                   # (B, K, C, H, W)
-        if expanded:                                            # xq = 2 xc: x0c (x0c - 2 xc)
-            terms = terms.mul_(x0c[None]) if not grad else terms * x0c[None]
-        else:
-            terms = terms.square_() if not grad else terms * terms
-        logits = box_sum(terms.sum(2) if C > 1 else terms.squeeze(2), patch, scale).view(B, len(x0), H * W)
-        m = logits.amax(dim=1)                                                             # (B, HW)
-        if dtype != x.dtype:  # float64 logits: shift by the max in float64, exponentiate in float32
-            logits = (logits - m[:, None]).to(x.dtype)
-        p = exp_shifted(logits, m[:, None] if dtype == x.dtype else 0.0, inplace=not grad)
-        values = x0.to(x.dtype).view(len(x0), C, H * W)
-        acc = (p[:, :, None] * values[None]).sum(1) if C > 1 else (p * values[:, 0]).sum(1)[:, None]
-        return m, p.sum(1), acc.transpose(1, 2)                                            # acc (B, HW, C)
-
     def span_state(start: int, xq: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        total = None
-        for first in range(start, min(start + span, len(train)), per_chunk):
-            state = SoftmaxState(*(t.double() for t in chunk_state(first, xq)))  # float64 sums: no round-off
-            total = state if total is None else merge_states(total, state)       # growing with N
-        return tuple(total)
+        chunks = (_ls_chunk_state(train[first:first + per_chunk].to(device=x.device), xq, centre, patch, scale,
+                                  x.dtype, expanded=expanded, grad=grad)
+                  for first in range(start, min(start + span, len(train)), per_chunk))
+        return tuple(merge_all(SoftmaxState(*(t.double() for t in st)) for st in chunks))  # float64: no round-off
 
-    total = None
-    for start in range(0, len(train), span):
-        flat = checkpoint(span_state, start, xw, use_reentrant=False) if grad else span_state(start, xw)
-        total = SoftmaxState(*flat) if total is None else merge_states(total, SoftmaxState(*flat))
+    spans = (checkpoint(span_state, start, xw, use_reentrant=False) if grad else span_state(start, xw)
+             for start in range(0, len(train), span))
+    total = merge_all(SoftmaxState(*flat) for flat in spans)
     return total if total is not None else empty_state((B, H * W), (B, H * W, C), dtype=torch.float64,
                                                        device=x.device)
 
 
-class LSDenoiser(nn.Module):
-    """LS machine on all training images: ``LSDenoiser(schedule).fit(train)``, or a fixed ``patch_size``."""
+def _ls_work_centre(x: torch.Tensor, sigma: float, centre: torch.Tensor | None) -> torch.Tensor:
+    """The centre (C, H, W) in the LS work dtype at ``sigma`` (float64 for float32 inputs below
+    LS_FLOAT64_BELOW, else x's) on x's device; zeros when None."""
+    C, H, W = x.shape[1:]
+    dtype = torch.float64 if x.dtype == torch.float32 and sigma < LS_FLOAT64_BELOW else x.dtype
+    if centre is None:
+        return torch.zeros((C, H, W), dtype=dtype, device=x.device)
+    return centre.to(x.device, dtype).view(C, H, W)
+
+
+def _ls_terms(xq: torch.Tensor, x0c: torch.Tensor, *, expanded: bool, grad: bool) -> torch.Tensor:
+    """(B, K, C, H, W) per-pixel terms whose box sums are the distances (up to k-independent terms) of queries
+    xq (B, C, H, W) to centred training images x0c (K, C, H, W): (x0c - xc)^2 with xq = xc, or, ``expanded``,
+    x0c (x0c - 2 xc) with xq = 2 xc. Computed in place unless under autograd (``grad``)."""
+    terms = x0c[None] - xq[:, None]
+    if expanded:
+        return terms.mul_(x0c[None]) if not grad else terms * x0c[None]
+    return terms.square_() if not grad else terms * terms
+
+
+def _ls_chunk_state(x0: torch.Tensor, xq: torch.Tensor, centre: torch.Tensor, patch: int, scale: float,
+                    out_dtype: torch.dtype, *, expanded: bool, grad: bool) -> tuple[torch.Tensor, ...]:
+    """(m, s) (B, H*W) and acc (B, H*W, C): the LS softmax state of one chunk x0 (K, C, H, W) of training images
+    for queries xq (B, C, H, W) (`_ls_terms`). Logits in the work dtype (``centre``'s), weights and sums in
+    ``out_dtype`` (x's); float64 logits of float32 inputs are shifted by their max before the cast."""
+    B, (K, C, H, W), dtype = len(xq), x0.shape, centre.dtype
+    terms = _ls_terms(xq, x0.to(dtype) - centre, expanded=expanded, grad=grad)
+    logits = box_sum(terms.sum(2) if C > 1 else terms.squeeze(2), patch, scale).view(B, K, H * W)
+    m = logits.amax(dim=1)                                                             # (B, HW)
+    if dtype != out_dtype:  # float64 logits: shift by the max in float64, exponentiate in float32
+        logits = (logits - m[:, None]).to(out_dtype)
+    p = exp_shifted(logits, m[:, None] if dtype == out_dtype else 0.0, inplace=not grad)
+    values = x0.to(out_dtype).view(K, C, H * W)
+    acc = (p[:, :, None] * values[None]).sum(1) if C > 1 else (p * values[:, 0]).sum(1)[:, None]
+    return m, p.sum(1), acc.transpose(1, 2)                                            # acc (B, HW, C)
+
+
+class LSDenoiser(Denoiser):
+    """LS machine on all training images: ``LSDenoiser(schedule).fit(dataset)``, or a fixed ``patch_size``.
+    Learned (buffers): train_ (N, C, H, W) the training images (no copy), mean_ (C, H, W) float64 their mean."""
+
+    learned = ("train_", "mean_")
 
     def __init__(self, schedule: PatchSchedule | None = None, patch_size: int | None = None, *,
                  chunk_size: int | None = None):
@@ -299,21 +317,19 @@ class LSDenoiser(nn.Module):
         if schedule is None and patch_size is None:
             raise ValueError("give a schedule or a patch_size")
         self.schedule, self.patch_size, self.chunk_size = schedule, patch_size, chunk_size
-        self.train_: torch.Tensor | None = None
         self.shard_merge: ShardMerge | None = None  # set by `distributed.shard_denoiser`
 
     def size_for(self, sigma: float) -> int:
         return int(self.patch_size) if self.patch_size is not None else self.schedule.size_for(sigma)
 
-    def fit(self, train: torch.Tensor) -> LSDenoiser:
-        self.train_ = train
-        self.mean_ = mean_float64(train)  # (C, H, W) centring: smaller terms, less round-off
+    def fit(self, dataset: Dataset) -> LSDenoiser:
+        self.train_ = dataset.train
+        self.mean_ = mean_float64(dataset.train)  # (C, H, W) centring: smaller terms, less round-off
         return self
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W), sigma scalar or (B,) -> x0_hat (B, C, H, W); inputs grouped by noise level."""
-        if self.train_ is None:
-            raise RuntimeError("LSDenoiser is not fitted: call .fit(train) first")
+        self.check_fitted()
         return by_sigma(x, sigma, lambda xs, s: ls_denoise(xs, s, self.train_, self.size_for(s),
                                                              chunk_size=self.chunk_size, centre=self.mean_,
                                                              shard_merge=self.shard_merge))
@@ -408,8 +424,11 @@ def els_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, 
     return values[:, :, torch.argsort(positions)].view(B, C, H, W)
 
 
-class ELSDenoiser(nn.Module):
-    """ELS machine on a random subset of ``n_train`` training images (None = all). Fit with ``.fit(train)``."""
+class ELSDenoiser(Denoiser):
+    """ELS machine on a random subset of ``n_train`` training images (None = all): ``.fit(dataset)``.
+    Learned (buffer): train_ (n, C, H, W) the subset."""
+
+    learned = ("train_",)
 
     def __init__(self, schedule: PatchSchedule | None = None, patch_size: int | None = None, *,
                  n_train: int | None = ELS_TRAIN, broken: bool = True, seed: int = 0):
@@ -418,12 +437,12 @@ class ELSDenoiser(nn.Module):
             raise ValueError("give a schedule or a patch_size")
         self.schedule, self.patch_size = schedule, patch_size
         self.n_train, self.broken, self.seed = n_train, broken, seed
-        self.train_: torch.Tensor | None = None
 
     def size_for(self, sigma: float) -> int:
         return int(self.patch_size) if self.patch_size is not None else self.schedule.size_for(sigma)
 
-    def fit(self, train: torch.Tensor) -> ELSDenoiser:
+    def fit(self, dataset: Dataset) -> ELSDenoiser:
+        train = dataset.train
         if self.n_train is not None and self.n_train < len(train):
             pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))[:self.n_train]
             train = train[torch.sort(pick).values]
@@ -432,8 +451,7 @@ class ELSDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W), sigma scalar or (B,) -> x0_hat (B, C, H, W)."""
-        if self.train_ is None:
-            raise RuntimeError("ELSDenoiser is not fitted: call .fit(train) first")
+        self.check_fitted()
         return by_sigma(x, sigma, lambda xs, s: els_denoise(xs, s, self.train_, self.size_for(s),
                                                              broken=self.broken))
 
@@ -454,9 +472,9 @@ def image_scores(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
 def machine(kind: str, train: torch.Tensor, patch: int, **options) -> nn.Module:
     """An LS or ELS machine with a fixed patch size, fitted to ``train``."""
     if kind == "ls":
-        return LSDenoiser(patch_size=patch).fit(train)
+        return LSDenoiser(patch_size=patch).fit(Dataset.from_tensor(train))
     if kind == "els":
-        return ELSDenoiser(patch_size=patch, **options).fit(train)
+        return ELSDenoiser(patch_size=patch, **options).fit(Dataset.from_tensor(train))
     raise ValueError(f"kind must be 'ls' or 'els', got {kind!r}")
 
 

@@ -50,7 +50,7 @@ def training_subset(dataset: Dataset, n: int, split: str, seed: int = SUBSET_SEE
     params = {**dataset.params, "subset": n, "split": split, "subset_seed": seed, "indices_sha256": digest}
     return replace(
         dataset, train=dataset.train[idx].contiguous(), train_labels=labels, params=params,
-        fingerprint=fingerprint,
+        fingerprint=fingerprint, stats=None,  # statistics given with the images are not the subset's
         description=f"{dataset.description}; training subset {split} of {n:,} images (permutation seed {seed})",
     )
 

@@ -16,12 +16,13 @@ backward pass through a batch gives one Jacobian row per sample.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .denoiser import Denoiser, as_batch_sigma
 
 
 @dataclass(frozen=True)
@@ -146,34 +147,10 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def as_batch_sigma(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A scalar or (B,) sigma as a (B,) tensor on x's device and dtype."""
-    s = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
-    if s.ndim == 0:
-        s = s.expand(x.shape[0])
-    if s.shape != (x.shape[0],):
-        raise ValueError(f"sigma must be a scalar or of shape ({x.shape[0]},), got {tuple(s.shape)}")
-    return s
-
-
-def by_sigma(x: torch.Tensor, sigma: float | torch.Tensor,
-             denoise: Callable[[torch.Tensor, float], torch.Tensor], key: Callable[[float], float] = float
-             ) -> torch.Tensor:
-    """``denoise(x_group, level)`` applied to the inputs of each distinct noise level ``key(sigma_b)``, the
-    results in the input order: for denoisers that work one noise level at a time. No inputs, no calls."""
-    if len(x) == 0:
-        return x.clone()
-    levels = [key(s) for s in as_batch_sigma(sigma, x).tolist()]
-    outs, order = [], []
-    for level in dict.fromkeys(levels):
-        idx = [i for i, v in enumerate(levels) if v == level]
-        outs.append(denoise(x[idx], level))
-        order += idx
-    return outs[0] if len(outs) == 1 else torch.cat(outs)[torch.argsort(torch.tensor(order))]
-
-
-class EDMDenoiser(nn.Module):
-    """D(x, sigma) -> x0_hat with EDM preconditioning around the per-pixel data mean."""
+class EDMDenoiser(Denoiser):
+    """D(x, sigma) -> x0_hat with EDM preconditioning around the per-pixel data mean. Trained by `train.py` (no
+    fit); the weights are parameters and ``mean`` a buffer, so ``.to()`` moves them. The network runs in float32
+    (its parameters' dtype) whatever x's dtype; the preconditioning and the output are in x's dtype."""
 
     def __init__(self, config: UNetConfig, mean: torch.Tensor | None = None):
         super().__init__()
@@ -195,7 +172,8 @@ class EDMDenoiser(nn.Module):
         c_skip, c_out, c_in, c_noise = (c.to(x.dtype) for c in self.preconditioning(sigma))
         xc = x - self.mean.to(x.dtype)
         view = (-1, 1, 1, 1)
-        f = self.net((c_in.view(view) * xc).to(torch.float32), c_noise.to(torch.float32)).to(x.dtype)
+        net_dtype = self.net.conv_in.weight.dtype  # float32 unless the module was cast (``.double()``)
+        f = self.net((c_in.view(view) * xc).to(net_dtype), c_noise.to(net_dtype)).to(x.dtype)
         return self.mean.to(x.dtype) + c_skip.view(view) * xc + c_out.view(view) * f
 
     def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from .data import Dataset
-from .stats import DataStats, compute_stats, get_stats
-from .unet import as_batch_sigma
+from .denoiser import LinearDenoiser, as_batch_sigma, stats_of
+from .stats import DataStats
 
 
 def wiener_gain(eigvals: np.ndarray | torch.Tensor, sigma: float) -> np.ndarray | torch.Tensor:
@@ -32,8 +31,12 @@ def wiener_matrix(eigvecs: np.ndarray, eigvals: np.ndarray, sigma: float) -> np.
 
 def wiener_rows(stats: DataStats, indices: list[int], sigmas: list[float]) -> np.ndarray:
     """Rows ``indices`` of P_sigma for each sigma: (S, len(indices), d), float64, without forming P."""
-    u_rows = stats.eigvecs[indices]  # (k, d)
-    return np.stack([(u_rows * wiener_gain(stats.eigvals, s)) @ stats.eigvecs.T for s in sigmas])
+    return _rows(stats.eigvecs, stats.eigvals, indices, sigmas)
+
+
+def _rows(eigvecs: np.ndarray, eigvals: np.ndarray, indices: list[int], sigmas: list[float]) -> np.ndarray:
+    u_rows = eigvecs[indices]  # (k, d)
+    return np.stack([(u_rows * wiener_gain(eigvals, s)) @ eigvecs.T for s in sigmas])
 
 
 def passing_components(eigvals: np.ndarray, sigma: float) -> int:
@@ -41,56 +44,75 @@ def passing_components(eigvals: np.ndarray, sigma: float) -> int:
     return int((np.asarray(eigvals) > sigma**2).sum())
 
 
-class WienerDenoiser(nn.Module):
-    """D(x, sigma) = mu + P_sigma (x - mu). Fit with ``WienerDenoiser().fit(dataset_or_stats)``."""
+class WienerDenoiser(LinearDenoiser):
+    """D(x, sigma) = mu + P_sigma (x - mu). ``WienerDenoiser().fit(dataset)`` (its statistics, see
+    `denoiser.stats_of`), or ``WienerDenoiser.from_stats(stats)`` for a Gaussian prior given by its statistics.
+    Learned (float64 buffers): mean_ (d,), eigvals_ (d,), eigvecs_ (d, d)."""
+
+    learned = ("mean_", "eigvals_", "eigvecs_")
 
     def __init__(self):
         super().__init__()
         self.shape: tuple[int, int, int] | None = None
-        for name in ("mean_", "eigvals_", "eigvecs_"):
-            self.register_buffer(name, torch.empty(0, dtype=torch.float64))
+        self._cast: tuple | None = None  # ((dtype, device), buffers, their casts)
 
-    def fit(self, data: Dataset | DataStats | torch.Tensor) -> WienerDenoiser:
-        """``data``: a Dataset (cached statistics), DataStats, or a tensor (N, C, H, W) of training images."""
-        if isinstance(data, Dataset):
-            stats = get_stats(data)
-        elif isinstance(data, DataStats):
-            stats = data
-        else:
-            stats = compute_stats(data)
+    def fit(self, dataset: Dataset) -> WienerDenoiser:
+        return self._set(stats_of(dataset))
+
+    @classmethod
+    def from_stats(cls, stats: DataStats) -> WienerDenoiser:
+        """The posterior mean under N(stats.mean, stats.cov): a fitted denoiser without a data set."""
+        return cls()._set(stats)
+
+    def _set(self, stats: DataStats) -> WienerDenoiser:
         self.shape = tuple(stats.shape)
         self.mean_ = torch.from_numpy(stats.mean)
         self.eigvals_ = torch.from_numpy(stats.eigvals)
         self.eigvecs_ = torch.from_numpy(stats.eigvecs)
-        self._cast: dict = {}
+        self._cast = None
         return self
 
-    def _check_fitted(self) -> None:
-        if self.shape is None:
-            raise RuntimeError("WienerDenoiser is not fitted: call .fit(data) first")
-
     def gain(self, sigma: float) -> torch.Tensor:
-        """(d,) float64 shrinkage factors at ``sigma``."""
-        self._check_fitted()
+        """(d,) shrinkage factors at ``sigma``, in the buffers' dtype (float64)."""
+        self.check_fitted()
         return wiener_gain(self.eigvals_, float(sigma))
 
     def P(self, sigma: float) -> torch.Tensor:
-        """(d, d) float64 denoising matrix at ``sigma``."""
-        self._check_fitted()
+        """(d, d) denoising matrix at ``sigma``, in the buffers' dtype (float64)."""
+        self.check_fitted()
         return (self.eigvecs_ * self.gain(sigma)) @ self.eigvecs_.T
 
+    def jacobian_rows(self, indices: list[int], sigmas: list[float]) -> np.ndarray:
+        """Rows ``indices`` of P_sigma for each sigma: (S, len(indices), d), float64 (`wiener_rows`)."""
+        self.check_fitted()
+        return _rows(_numpy64(self.eigvecs_), _numpy64(self.eigvals_), indices, list(sigmas))
+
+    def jacobian_eigh(self, sigma: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """P_sigma is symmetric with the data's principal components as eigenvectors: (gains, U, 0)."""
+        self.check_fitted()
+        eigvecs, eigvals = _numpy64(self.eigvecs_), _numpy64(self.eigvals_)
+        return wiener_gain(eigvals, sigma), eigvecs, 0.0
+
     def _buffers_as(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        key = (x.dtype, x.device)
-        if key not in self._cast:
-            self._cast[key] = tuple(b.to(device=x.device, dtype=x.dtype) for b in
-                                    (self.mean_, self.eigvals_, self.eigvecs_))
-        return self._cast[key]
+        """The buffers in x's dtype and device, cast once per (dtype, device) and buffers (``.to()`` replaces
+        the buffers, and so invalidates the casts)."""
+        buffers = (self.mean_, self.eigvals_, self.eigvecs_)
+        hit = self._cast is not None and self._cast[0] == (x.dtype, x.device) and \
+            all(a is b for a, b in zip(self._cast[1], buffers, strict=True))
+        if not hit:
+            self._cast = ((x.dtype, x.device), buffers, tuple(b.to(device=x.device, dtype=x.dtype) for b in buffers))
+        return self._cast[2]
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W), sigma scalar or (B,) -> x0_hat (B, C, H, W), in x's dtype and device."""
-        self._check_fitted()
+        self.check_fitted()
         mean, eigvals, eigvecs = self._buffers_as(x)
         sigma = as_batch_sigma(sigma, x)
         coeffs = (x.flatten(1) - mean) @ eigvecs                    # (B, d) principal coordinates
         gains = eigvals[None] / (eigvals[None] + sigma[:, None] ** 2)  # (B, d)
         return (mean + (coeffs * gains) @ eigvecs.T).view_as(x)
+
+
+def _numpy64(t: torch.Tensor) -> np.ndarray:
+    """A float64 numpy view of a CPU float64 buffer (the statistics' own array), else a copy."""
+    return t.detach().cpu().to(torch.float64).numpy()

@@ -28,9 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from locality_core.analytical import AnalyticalDenoiser, analytical_dense, cached_mask, per_batch_difference  # noqa: E402
-from locality_core.optimal import OptimalDenoiser, finish, merge_states, softmax_state  # noqa: E402
+from locality_core.data import Dataset  # noqa: E402
+from locality_core.optimal import OptimalDenoiser  # noqa: E402
 from locality_core.patches import ELSDenoiser, LSDenoiser, published_schedule_for, square_mask  # noqa: E402
 from locality_core.schedule import REFERENCE_SIGMAS  # noqa: E402
+from locality_core.softmax import finish, merge_states, softmax_state  # noqa: E402
 from locality_core.stats import get_stats  # noqa: E402
 from locality_core.wiener import WienerDenoiser, wiener_matrix  # noqa: E402
 
@@ -99,7 +101,7 @@ def bench_dataset(dataset, args, sigmas, peak):
                      dense_flops / t_dense / 1e9 if dense_flops and t_dense else None, note))
 
     # Wiener
-    w = WienerDenoiser().fit(stats)
+    w = WienerDenoiser.from_stats(stats)
     tf, of = run(w, xs)
     td, od = run(lambda x, s: wiener_dense(stats, x, s), xs)
     add("wiener", tf, td, 4 * d * d, 2 * d**3 / B + 2 * d * d, max_diff(of, od), note="dense forms P (d^3)")
@@ -114,8 +116,9 @@ def bench_dataset(dataset, args, sigmas, peak):
     masks = {s: cached_mask(stats, s)[0] for s in sigmas}
     sched = published_schedule_for(dataset)
     C, H, W = dataset.shape
-    makers = {"analytical": (lambda train: AnalyticalDenoiser().fit((train, stats)), masks.__getitem__),
-              "ls": (lambda train: LSDenoiser(sched).fit(train),
+    makers = {"analytical": (lambda train: AnalyticalDenoiser().fit(Dataset.from_tensor(train, stats=stats)),
+                             masks.__getitem__),
+              "ls": (lambda train: LSDenoiser(sched).fit(Dataset.from_tensor(train)),
                      lambda s: square_mask(dataset.shape, sched.size_for(s)))}
     for name, (make, mask_of) in makers.items():
         den = make(dataset.train)
@@ -144,7 +147,7 @@ def bench_dataset(dataset, args, sigmas, peak):
             f"{max_diff(o64, r64):.1e}", note=f"{note}dense timed on N={n_dense:,}, scaled")
 
     # ELS on a subset, and the UNet
-    els = ELSDenoiser(sched, n_train=args.els_n).fit(dataset.train)
+    els = ELSDenoiser(sched, n_train=args.els_n).fit(dataset)
     tf, _ = run(els, xs)
     add("els", tf, None, None, None, None, note=f"random subset of {len(els.train_):,} training images")
     unet, note = load_unet_or_random(dataset)
@@ -180,10 +183,10 @@ def bench_sampling(dataset, args):
     sched = published_schedule_for(dataset)
     stats = get_stats(dataset)
     unet, note = load_unet_or_random(dataset)
-    denoisers = {"wiener": WienerDenoiser().fit(stats), "optimal": OptimalDenoiser().fit(dataset),
-                 "analytical": AnalyticalDenoiser().fit((dataset.train, stats)),
-                 "ls": LSDenoiser(sched).fit(dataset.train),
-                 "els": ELSDenoiser(sched, n_train=args.els_n).fit(dataset.train), "unet": unet}
+    denoisers = {"wiener": WienerDenoiser.from_stats(stats), "optimal": OptimalDenoiser().fit(dataset),
+                 "analytical": AnalyticalDenoiser().fit(dataset),
+                 "ls": LSDenoiser(sched).fit(dataset),
+                 "els": ELSDenoiser(sched, n_train=args.els_n).fit(dataset), "unet": unet}
     print(f"\nsampling {args.samples} images x 10 DDIM steps on {dataset.name} (N = {len(dataset.train):,}; "
           f"ELS on a random subset of {min(args.els_n, len(dataset.train)):,} images; unet: {note})")
     for name, den in denoisers.items():

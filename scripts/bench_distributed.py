@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from locality_core import distributed  # noqa: E402
 from locality_core.analytical import AnalyticalDenoiser  # noqa: E402
-from locality_core.data import load_dataset  # noqa: E402
+from locality_core.data import Dataset, load_dataset  # noqa: E402
 from locality_core.schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS  # noqa: E402
 from locality_core.stats import compute_stats, get_stats  # noqa: E402
 
@@ -64,7 +64,7 @@ def run_measurements(train, stats, dataset, args, barrier=lambda: None, make=Non
     stats_fn = make["stats"] if make else (lambda: compute_stats(train))
     stats_fn()                                                # first touch of the pages, untimed
     out = {"stats": timed(stats_fn, barrier)}
-    den = make["den"]() if make else AnalyticalDenoiser(cache=False).fit((train, stats))
+    den = make["den"]() if make else AnalyticalDenoiser(cache=False).fit(Dataset.from_tensor(train, stats=stats))
     for sigma in sigmas_of(args.t):
         x = inputs(dataset, args.batch, sigma)
         den.plan_for(sigma, args.batch)

@@ -16,7 +16,8 @@ from locality_core.analytical import (
     mask_column,
     per_batch_difference,
 )
-from locality_core.optimal import OptimalDenoiser, optimal_denoise, softmax_average, streaming_softmax_average
+from locality_core.data import Dataset
+from locality_core.optimal import OptimalDenoiser, optimal_denoise
 from locality_core.patches import (
     ELSDenoiser,
     LSDenoiser,
@@ -29,6 +30,7 @@ from locality_core.patches import (
     square_mask,
 )
 from locality_core.schedule import REFERENCE_SIGMAS, t_to_sigma
+from locality_core.softmax import softmax_average, streaming_softmax_average
 from locality_core.stats import compute_stats
 
 
@@ -80,7 +82,7 @@ def test_streaming_softmax_per_coordinate_equals_one_shot(chunk):
     got = streaming_softmax_average(_chunks(logits, values, chunk, 1))
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
     # the candidate dimension last (the analytical engine's layout) gives the same
-    from locality_core.optimal import reduce_states, softmax_state
+    from locality_core.softmax import reduce_states, softmax_state
     states = (softmax_state(lg, v, dim=2) for lg, v in _chunks(logits.transpose(1, 2), values.T, chunk, 2))
     assert torch.allclose(reduce_states(states), want, rtol=1e-12, atol=1e-12)
 
@@ -103,7 +105,7 @@ def test_optimal_equals_brute_force(tiny, sigma):
     train, x = tiny
     want = _optimal_brute(x, sigma, train)
     assert torch.allclose(optimal_denoise(x, sigma, train, chunk_size=7), want, atol=1e-12)
-    f32 = OptimalDenoiser(chunk_size=16).fit(train.float())(x.float(), sigma)  # float64 distances inside
+    f32 = OptimalDenoiser(chunk_size=16).fit(Dataset.from_tensor(train.float()))(x.float(), sigma)  # float64 distances
     assert f32.dtype == torch.float32 and torch.allclose(f32.double(), want, atol=1e-5)
 
 
@@ -128,14 +130,14 @@ def test_optimal_per_sample_sigma(tiny):
 
 def test_all_ones_mask_equals_optimal(tiny):
     train, x = tiny
-    ones = MaskedSoftmaxDenoiser(lambda s: np.ones((36, 36), bool), chunk_size=11).fit(train)
+    ones = MaskedSoftmaxDenoiser(lambda s: np.ones((36, 36), bool), chunk_size=11).fit(Dataset.from_tensor(train))
     for sigma in (0.05, 0.7, 20.0):
         assert torch.allclose(ones(x, sigma), optimal_denoise(x, sigma, train), atol=1e-12)
 
 
 def test_ls_covering_the_image_equals_optimal(tiny):
     train, x = tiny
-    ls = LSDenoiser(patch_size=11).fit(train)            # 11 >= 2 * 6 - 1: every pixel sees the whole image
+    ls = LSDenoiser(patch_size=11).fit(Dataset.from_tensor(train))  # 11 >= 2 * 6 - 1: every pixel sees the whole image
     assert square_mask((1, 6, 6), 11).all()
     for sigma in (0.1, 2.0):
         assert torch.allclose(ls(x, sigma), optimal_denoise(x, sigma, train), atol=1e-12)
@@ -163,7 +165,8 @@ def test_ls_box_sums_equal_the_dense_square_mask_formula(shape):
             want = analytical_dense(x, sigma, train, mask)
             got = ls_denoise(x, sigma, train, patch, chunk_size=5, centre=train.mean(0))
             assert torch.allclose(got, want, atol=1e-12), (patch, sigma)
-    for den in (LSDenoiser(patch_size=3).fit(train), AnalyticalDenoiser(0.05).fit(train)):  # no inputs, no error
+    data = Dataset.from_tensor(train)
+    for den in (LSDenoiser(patch_size=3).fit(data), AnalyticalDenoiser(0.05).fit(data)):  # no inputs, no error
         assert den(x[:0], 0.5).shape == (0, *shape)
 
 
@@ -171,8 +174,8 @@ def test_ls_float32_matches_float64_on_fashion(fashion):
     """float32 LS (direct terms, float64 below sigma 0.05, expanded terms above 1) against float64, the
     reference grid, 2,000 training images: within 1e-5 (last measured 2e-6 at N = 10,000)."""
     train = fashion.train[:2000]
-    ls = LSDenoiser(kamb_schedule("fashion-mnist")).fit(train)
-    ls64 = LSDenoiser(kamb_schedule("fashion-mnist")).fit(train.double())
+    ls = LSDenoiser(kamb_schedule("fashion-mnist")).fit(Dataset.from_tensor(train))
+    ls64 = LSDenoiser(kamb_schedule("fashion-mnist")).fit(Dataset.from_tensor(train.double()))
     g = torch.Generator().manual_seed(0)
     worst = 0.0
     for sigma in REFERENCE_SIGMAS:
@@ -186,8 +189,8 @@ def test_ls_autograd_equals_the_mask_engine():
     shape = (1, 5, 5)
     train = _images(17, shape, seed=7)
     xi = _images(2, shape, seed=8)
-    ls = LSDenoiser(patch_size=3, chunk_size=4).fit(train)
-    engine = MaskedSoftmaxDenoiser(lambda s: square_mask(shape, 3), chunk_size=6).fit(train)
+    ls = LSDenoiser(patch_size=3, chunk_size=4).fit(Dataset.from_tensor(train))
+    engine = MaskedSoftmaxDenoiser(lambda s: square_mask(shape, 3), chunk_size=6).fit(Dataset.from_tensor(train))
     for sigma in (0.3, 2.0):
         ja = torch.autograd.functional.jacobian(lambda v, s=sigma: ls(v, s), xi)
         jb = torch.autograd.functional.jacobian(lambda v, s=sigma: engine(v, s), xi)
@@ -218,7 +221,7 @@ def test_ls_autograd_memory_does_not_grow_with_chunks():
 def test_fast_engine_equals_dense_formula(tiny, theta, mode):
     train, x = tiny
     stats = compute_stats(train)
-    den = AnalyticalDenoiser(theta, mode, chunk_size=13).fit((train, stats))
+    den = AnalyticalDenoiser(theta, mode, chunk_size=13).fit(Dataset.from_tensor(train, stats=stats))
     for sigma in (0.03, 0.4, 1.5, 30.0):
         mask = analytical_mask(stats, sigma, theta, mode)
         assert 0 < mask.sum() < mask.size                 # a real mask, neither empty nor full
@@ -242,7 +245,7 @@ def test_plans_for_one_input_and_for_a_batch_give_the_same_denoiser():
     train = _images(50, shape)
     x = _images(8, shape, seed=3) + 0.2 * torch.randn(8, *shape, generator=torch.Generator().manual_seed(4),
                                                       dtype=torch.float64)
-    den = MaskedSoftmaxDenoiser(lambda sigma: mask, chunk_size=11).fit(train)
+    den = MaskedSoftmaxDenoiser(lambda sigma: mask, chunk_size=11).fit(Dataset.from_tensor(train))
     want = analytical_dense(x, 0.5, train, mask)
     assert torch.allclose(den(x, 0.5), want, atol=1e-12)
     assert torch.allclose(den(x[:1], 0.5), want[:1], atol=1e-12)
@@ -254,23 +257,25 @@ def test_training_image_at_tiny_sigma_is_returned(tiny):
     tiny sigma: another image may match one pixel to 1e-3, which at sigma = 1e-3 still gets weight.)"""
     train, _ = tiny
     x = train[[4, 17]]
-    for den in (OptimalDenoiser().fit(train), AnalyticalDenoiser(0.05).fit(train), LSDenoiser(patch_size=3).fit(train)):
+    data = Dataset.from_tensor(train)
+    for den in (OptimalDenoiser().fit(data), AnalyticalDenoiser(0.05).fit(data), LSDenoiser(patch_size=3).fit(data)):
         assert torch.allclose(den(x, 1e-6), x, atol=1e-12), type(den).__name__
 
 
 def test_huge_sigma_gives_the_training_mean(tiny):
     train, x = tiny
     mean = train.mean(0, keepdim=True).expand_as(x)
-    for den in (OptimalDenoiser().fit(train), AnalyticalDenoiser(0.05).fit(train), LSDenoiser(patch_size=3).fit(train)):
+    data = Dataset.from_tensor(train)
+    for den in (OptimalDenoiser().fit(data), AnalyticalDenoiser(0.05).fit(data), LSDenoiser(patch_size=3).fit(data)):
         assert torch.allclose(den(x, 1e5), mean, atol=1e-6), type(den).__name__
     # ELS: every interior pixel averages the centres of all interior patches of all images
-    out = ELSDenoiser(patch_size=3, n_train=None).fit(train)(x, 1e5)
+    out = ELSDenoiser(patch_size=3, n_train=None).fit(Dataset.from_tensor(train))(x, 1e5)
     assert torch.allclose(out[..., 1:-1, 1:-1], train[..., 1:-1, 1:-1].mean().expand(3, 1, 4, 4), atol=1e-6)
 
 
 def test_per_sample_sigma_groups_inputs(tiny):
     train, x = tiny
-    den = AnalyticalDenoiser(0.05).fit(train)
+    den = AnalyticalDenoiser(0.05).fit(Dataset.from_tensor(train))
     sig = torch.tensor([2.0, 0.1, 2.0], dtype=torch.float64)
     single = torch.cat([den(x[i:i + 1], float(s)) for i, s in enumerate(sig)])
     assert torch.allclose(den(x, sig), single, atol=1e-12)
@@ -278,7 +283,7 @@ def test_per_sample_sigma_groups_inputs(tiny):
 
 def test_autograd_through_the_checkpointed_engine():
     train = _images(20, shape=(1, 4, 4), seed=5)
-    den = AnalyticalDenoiser(0.05, chunk_size=8).fit(train)
+    den = AnalyticalDenoiser(0.05, chunk_size=8).fit(Dataset.from_tensor(train))
     xi = _images(1, shape=(1, 4, 4), seed=6).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda v: den(v, 0.8), (xi,), eps=1e-6, atol=1e-6, fast_mode=True)
 
@@ -288,7 +293,7 @@ def test_batch_normalised_is_the_reference_variant(tiny):
     stats = compute_stats(train)
     sigma = 0.3
     mask = analytical_mask(stats, sigma, 0.05)
-    batched = AnalyticalDenoiser(0.05, batch_normalised=True).fit((train, stats))(x, sigma)
+    batched = AnalyticalDenoiser(0.05, batch_normalised=True).fit(Dataset.from_tensor(train, stats=stats))(x, sigma)
     # the public code: softmax within each batch of 512 images, batch results averaged (here one batch)
     assert torch.allclose(batched, analytical_dense(x, sigma, train, mask, batch_normalised=True), atol=1e-12)
 
@@ -330,7 +335,7 @@ def test_mask_reference_numbers_fashion(fashion_stats):
 def test_fast_analytical_matches_dense_on_fashion(fashion, fashion_stats):
     """Exact mode on real data: float32 fast engine vs the dense formula in float64, within 1e-5."""
     train = fashion.train[:2000]
-    den = AnalyticalDenoiser().fit((train, fashion_stats))
+    den = AnalyticalDenoiser().fit(Dataset.from_tensor(train, stats=fashion_stats))
     g = torch.Generator().manual_seed(0)
     worst = 0.0
     for sigma in REFERENCE_SIGMAS:
@@ -393,15 +398,17 @@ def test_els_equals_brute_force(P, broken):
 
 def test_els_without_interior_is_ls_and_covering_is_optimal(tiny):
     train, x = tiny
-    els = ELSDenoiser(patch_size=11, n_train=None).fit(train)
+    els = ELSDenoiser(patch_size=11, n_train=None).fit(Dataset.from_tensor(train))
     assert torch.allclose(els(x, 0.5), optimal_denoise(x, 0.5, train), atol=1e-12)
-    assert torch.allclose(els_denoise(x, 0.5, train, 7), LSDenoiser(patch_size=7).fit(train)(x, 0.5), atol=1e-12)
+    ls = LSDenoiser(patch_size=7).fit(Dataset.from_tensor(train))
+    assert torch.allclose(els_denoise(x, 0.5, train, 7), ls(x, 0.5), atol=1e-12)
 
 
 def test_els_subset_is_seeded(tiny):
     train, _ = tiny
-    a, b = ELSDenoiser(patch_size=3, n_train=10, seed=1).fit(train), ELSDenoiser(patch_size=3, n_train=10, seed=1)
-    assert torch.equal(a.train_, b.fit(train).train_) and len(a.train_) == 10
+    data = Dataset.from_tensor(train)
+    a, b = ELSDenoiser(patch_size=3, n_train=10, seed=1).fit(data), ELSDenoiser(patch_size=3, n_train=10, seed=1)
+    assert torch.equal(a.train_, b.fit(data).train_) and len(a.train_) == 10
 
 
 def test_kamb_schedule_mapping():
@@ -419,7 +426,7 @@ def test_calibrate_recovers_a_known_schedule(tiny):
     train, _ = tiny
     data = Dataset("tiny-calibrate", train, _images(4, seed=9), "x", "tiny")
     truth = PatchSchedule((0.05, 0.5, 5.0), (1, 3, 5))
-    reference = LSDenoiser(truth).fit(train)
+    reference = LSDenoiser(truth).fit(Dataset.from_tensor(train))
     got = calibrate(data, reference, [5.0, 0.5, 0.05], [1, 3, 5, 7], kind="ls", n=3)
     assert got.sizes == truth.sizes and got.sigmas == truth.sigmas
     assert min(got.scores[1]) == pytest.approx(0.0, abs=1e-20) and len(got.scores[0]) == 4

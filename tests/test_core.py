@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from locality_core import schedule
+from locality_core.data import Dataset
 from locality_core.fields import (
     autograd_field,
     cosine_similarity,
@@ -87,7 +88,7 @@ def test_fashion_mnist_wiener_mse_and_passing_components(fashion, fashion_stats)
     """METHODS section 10: Wiener MSE on the first 2,000 test images within 2 %, and components with SNR > 1."""
     from locality_core.evaluate import heldout_mse
 
-    wiener = WienerDenoiser().fit(fashion_stats)
+    wiener = WienerDenoiser.from_stats(fashion_stats)
     ts = [900, 700, 500, 300, 100]
     sigmas = [schedule.t_to_sigma(t) for t in ts]
     mse = heldout_mse(wiener, fashion.test[:2000], sigmas)
@@ -115,7 +116,7 @@ def test_wiener_is_the_gaussian_posterior_mean(sigma):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(5, stats.d)) * 2
     posterior = stats.mean + (x - stats.mean) @ np.linalg.solve(stats.cov + sigma**2 * np.eye(stats.d), stats.cov)
-    w = WienerDenoiser().fit(stats)
+    w = WienerDenoiser.from_stats(stats)
     out = w(torch.from_numpy(x).reshape(5, *stats.shape), sigma).reshape(5, -1).numpy()
     np.testing.assert_allclose(out, posterior, atol=1e-10)
     np.testing.assert_allclose(w.P(sigma).numpy(), wiener_matrix(stats.eigvecs, stats.eigvals, sigma), atol=1e-12)
@@ -124,7 +125,7 @@ def test_wiener_is_the_gaussian_posterior_mean(sigma):
 def test_wiener_fitted_on_samples_matches_sample_posterior():
     rng = np.random.default_rng(4)
     x0 = torch.from_numpy(rng.normal(size=(400, 1, 2, 3)) * [1.0, 0.2, 3.0] + 0.5)
-    w = WienerDenoiser().fit(x0)
+    w = WienerDenoiser().fit(Dataset.from_tensor(x0))
     flat = x0.reshape(400, -1).numpy()
     mu, cov = flat.mean(0), np.cov(flat, rowvar=False)
     y = rng.normal(size=(3, 6))
@@ -135,7 +136,7 @@ def test_wiener_fitted_on_samples_matches_sample_posterior():
 
 def test_wiener_per_sample_sigma_and_dtype():
     stats = gaussian_stats()
-    w = WienerDenoiser().fit(stats)
+    w = WienerDenoiser.from_stats(stats)
     x = torch.randn(3, *stats.shape)
     sig = torch.tensor([0.1, 1.0, 10.0])
     batch = w(x, sig)
@@ -151,7 +152,7 @@ def test_wiener_per_sample_sigma_and_dtype():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_autograd_field_of_wiener_equals_closed_form(channels):
     stats = gaussian_stats(d_side=4, channels=channels, seed=channels)
-    w = WienerDenoiser().fit(stats)
+    w = WienerDenoiser.from_stats(stats)
     sigmas = [0.1, 1.0, 5.0]
     x0 = torch.from_numpy(np.random.default_rng(0).normal(size=(6, *stats.shape)))
     auto = autograd_field(w, x0, (1, 2), sigmas, generator=torch.Generator().manual_seed(0))

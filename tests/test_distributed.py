@@ -13,8 +13,10 @@ import torch.multiprocessing as mp
 
 from locality_core import distributed
 from locality_core.analytical import AnalyticalDenoiser, masked_softmax_state, plan_mask
-from locality_core.optimal import OptimalDenoiser, finish, merge_states, optimal_state
+from locality_core.data import Dataset
+from locality_core.optimal import OptimalDenoiser, optimal_state
 from locality_core.patches import LSDenoiser, ls_state
+from locality_core.softmax import finish, merge_states
 from locality_core.stats import compute_stats, data_moments, merge_moments
 from locality_core.wiener import wiener_matrix
 
@@ -42,12 +44,13 @@ def noisy_inputs(train: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, torc
 def single_process(train: torch.Tensor) -> dict[str, torch.Tensor]:
     x, sigma = noisy_inputs(train)
     stats = compute_stats(train)
+    data = Dataset.from_tensor(train, stats=stats)
     return {"mean": torch.from_numpy(stats.mean), "cov": torch.from_numpy(stats.cov),
             "eigvals": torch.from_numpy(stats.eigvals), "wiener": torch.from_numpy(wiener_matrix(stats.eigvecs,
                                                                                                 stats.eigvals, 1.0)),
-            "optimal": OptimalDenoiser(chunk_size=5).fit(train)(x, sigma),
-            "analytical": AnalyticalDenoiser(cache=False, chunk_size=7).fit((train, stats))(x, sigma),
-            "ls": LSDenoiser(patch_size=3, chunk_size=4).fit(train)(x, sigma)}
+            "optimal": OptimalDenoiser(chunk_size=5).fit(data)(x, sigma),
+            "analytical": AnalyticalDenoiser(cache=False, chunk_size=7).fit(data)(x, sigma),
+            "ls": LSDenoiser(patch_size=3, chunk_size=4).fit(data)(x, sigma)}
 
 
 # ---------------------------------------------------------------- the merges, without processes
@@ -81,7 +84,8 @@ def test_merged_softmax_states_of_two_shards_equal_one_process(cut):
     centre = train.mean(0)
     for i, s in enumerate(SIGMAS):
         xi = x[i:i + 1]
-        plan = plan_mask(AnalyticalDenoiser(cache=False).fit((train, stats))._mask(s), SHAPE, batch=1)
+        den = AnalyticalDenoiser(cache=False).fit(Dataset.from_tensor(train, stats=stats))
+        plan = plan_mask(den._mask(s), SHAPE, batch=1)
         parts = {
             "optimal": lambda t, xi=xi, s=s: optimal_state(xi, s, t, chunk_size=4),
             "analytical": lambda t, xi=xi, s=s, plan=plan: masked_softmax_state(
@@ -97,7 +101,7 @@ def test_optimal_state_of_all_training_images_finishes_to_the_denoiser():
     train = smooth_data()
     x, sigma = noisy_inputs(train)
     out = finish(optimal_state(x, sigma, train)).view_as(x)
-    torch.testing.assert_close(out, OptimalDenoiser().fit(train)(x, sigma), atol=1e-12, rtol=0)
+    torch.testing.assert_close(out, OptimalDenoiser().fit(Dataset.from_tensor(train))(x, sigma), atol=1e-12, rtol=0)
     empty = ls_state(x[:1], 1.0, train[:0], 3)
     assert empty.m.isneginf().all() and not empty.s.any() and not empty.acc.any()
 

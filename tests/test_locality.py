@@ -31,7 +31,7 @@ def small_data(seed=0, n=400, side=4):
 def test_full_jacobian_of_wiener_is_P_and_basis_matches_pca():
     data = small_data()
     stats = compute_stats(data)
-    w = WienerDenoiser().fit(stats)
+    w = WienerDenoiser.from_stats(stats)
     y = data[0].double()
     J = full_jacobian(w, y, 0.7, batch=5).numpy()  # batch smaller than d: exercises the chunking
     np.testing.assert_allclose(J, w.P(0.7).numpy(), atol=1e-12)
@@ -60,7 +60,7 @@ def _no_fallback(monkeypatch):
 def test_batched_jacobian_of_wiener_is_P_sigma_in_float64(monkeypatch):
     _no_fallback(monkeypatch)  # the vmap-over-vjp path itself, not the fallback
     stats = compute_stats(small_data())
-    w = WienerDenoiser().fit(stats)
+    w = WienerDenoiser.from_stats(stats)
     for sigma in (0.1, 0.7, 5.0):
         J = full_jacobian(w, small_data()[3].double(), sigma, batch=7).numpy()
         np.testing.assert_allclose(J, w.P(sigma).numpy(), atol=1e-12)
@@ -91,7 +91,7 @@ def test_bfloat16_jacobian_is_close_to_float32():
 
 def test_trace_estimate_is_within_its_stated_error_of_the_exact_trace():
     stats = compute_stats(small_data())
-    w = WienerDenoiser().fit(stats)
+    w = WienerDenoiser.from_stats(stats)
     sigmas = [5.0, 0.7, 0.1]
     ys = small_data()[:3].double()
     est, err = trace_estimate(w, ys, sigmas, probes=400, seed=1)
@@ -117,7 +117,7 @@ def test_jacobian_of_a_nonsymmetric_map_reports_asymmetry():
 def test_trained_linear_denoiser_converges_on_small_data():
     data = small_data(n=2000)
     stats = compute_stats(data)
-    P = WienerDenoiser().fit(stats).P(0.5).numpy()
+    P = WienerDenoiser.from_stats(stats).P(0.5).numpy()
     fit = fit_linear_denoiser(data, 0.5, P, steps=600, batch=256, lr=1e-2, record_every=100)
     assert fit.rel_error[0] == pytest.approx(1.0)  # starts at A = 0
     assert fit.rel_error[-1] < 0.1
@@ -128,7 +128,7 @@ def test_trained_linear_denoiser_converges_on_small_data():
 @pytest.mark.slow
 def test_trained_linear_denoiser_reaches_wiener_on_fashion_mnist(fashion, fashion_stats):
     """Acceptance: within 5 % (relative Frobenius) of P(sigma = 1) on Fashion-MNIST."""
-    P = WienerDenoiser().fit(fashion_stats).P(1.0).numpy()
+    P = WienerDenoiser.from_stats(fashion_stats).P(1.0).numpy()
     fit = fit_linear_denoiser(fashion.train, 1.0, P, steps=4000, batch=512, lr=2e-3, record_every=500)
     assert fit.rel_error[-1] < 0.05, fit.rel_error
 

@@ -65,7 +65,7 @@ def test_same_input_agreement_of_a_denoiser_with_itself_and_a_worse_one():
 
     g = torch.Generator().manual_seed(2)
     data = torch.tanh(torch.randn(200, 1, 4, 4, generator=g))
-    w = WienerDenoiser().fit(compute_stats(data))
+    w = WienerDenoiser.from_stats(compute_stats(data))
     rows = same_input_agreement(w, w, data[:6], [10.0, 1.0, 0.1], seed=3)
     assert [r["sigma"] for r in rows] == [10.0, 1.0, 0.1]
     assert all(r["r2"] == pytest.approx(1.0) and r["mse"] == pytest.approx(0.0, abs=1e-12) for r in rows)
@@ -85,7 +85,7 @@ def test_agreement_table_reuses_cached_outputs(tmp_path):
     g = torch.Generator().manual_seed(5)
     images = torch.tanh(torch.randn(120, 1, 4, 4, generator=g))
     data = Dataset("toy", images[:100], images[100:], "toy-fingerprint", "toy data")
-    w = WienerDenoiser().fit(compute_stats(data.train))
+    w = WienerDenoiser.from_stats(compute_stats(data.train))
     calls = []
 
     def counted(x, s):

@@ -90,7 +90,7 @@ def test_ddim_with_the_exact_gaussian_denoiser_gives_the_predicted_covariance():
     """10 reference steps: the sampler lands exactly on the covariance its step formula predicts (and the
     mean on the data mean), within sampling error."""
     stats, n = _gaussian(), 20000
-    denoiser = WienerDenoiser().fit(stats)
+    denoiser = WienerDenoiser.from_stats(stats)
     sigmas = ddim_sigmas(10)
     samples = sample_ddim(denoiser, initial_noise(n, stats.shape, 0, sigmas[0], dtype=torch.float64), sigmas)
     mean, cov = _sample_cov(samples)
@@ -104,7 +104,7 @@ def test_ddim_with_many_steps_reproduces_the_data_covariance():
     """300 steps: the discretisation bias (about 2.5 % of each variance) is within the tolerance of five
     standard errors of 10,000 samples (7 %); the 10-step covariance above is far outside it."""
     stats, n = _gaussian(seed=1), 10000
-    denoiser = WienerDenoiser().fit(stats)
+    denoiser = WienerDenoiser.from_stats(stats)
     sigmas = karras_sigmas(300, sigma_min=0.001, sigma_max=100.0)
     predicted = _ddim_prediction(stats, sigmas)[1]
     assert np.abs(predicted - stats.cov).max() < 0.03 * stats.eigvals.max()
@@ -116,7 +116,7 @@ def test_ddim_with_many_steps_reproduces_the_data_covariance():
 
 def test_trajectories_and_shared_noise():
     stats = _gaussian()
-    w = WienerDenoiser().fit(stats)
+    w = WienerDenoiser.from_stats(stats)
     sigmas = ddim_sigmas(5)
     x = initial_noise(3, stats.shape, 7, sigmas[0])
     traj = sample_trajectories(w, x, sigmas)

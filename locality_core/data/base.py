@@ -1,7 +1,8 @@
 """What every data set is: train and test tensors in [-1, 1], a fingerprint, a description.
 
 Glossary
-    Dataset       loaded data: ``train``/``test`` float32 tensors of shape (N, C, H, W) in [-1, 1]
+    Dataset       loaded data: ``train``/``test`` float32 tensors of shape (N, C, H, W) in [-1, 1];
+                  ``Dataset.from_tensor(train)`` wraps images already in memory (no fingerprint)
     DatasetSpec   a registry entry: how to load one, whether it can be had on this machine
     fingerprint   sha256 of the pixel content and the preprocessing: the cache key of everything derived
     DatasetError  every problem a user can cause or fix (unknown name, missing files, bad images): its
@@ -36,6 +37,17 @@ class Dataset:
     class_names: tuple[str, ...] = ()
     notice: str | None = None  # shown to the user, e.g. "full MNIST not found, using the 5k subset"
     params: dict = field(default_factory=dict)
+    stats: object | None = None  # stats.DataStats given with the images (`from_tensor`); None: from ``train``
+
+    @classmethod
+    def from_tensor(cls, train: torch.Tensor, *, stats: object | None = None, test: torch.Tensor | None = None,
+                    name: str = "tensor") -> Dataset:
+        """An in-memory data set around training images ``train`` (N, C, H, W): how denoisers are fitted to a
+        tensor (a shard, a subset, a test's toy data). It has no fingerprint, so nothing derived from it is
+        cached on disk. ``stats``: the `stats.DataStats` to fit to instead of those computed from ``train``
+        (e.g. those of the whole training set, for one shard of it)."""
+        test = train[:0] if test is None else test
+        return cls(name, train, test, "", f"{len(train)} images given as a tensor", stats=stats)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -1,0 +1,137 @@
+"""The exact streaming softmax that every softmax denoiser here shares (optimal, analytical, LS, ELS).
+
+Glossary
+    candidates  the things a softmax averages over (training images, patches), K per chunk, N in all
+    logit_k     the score of candidate k; value_k what it contributes (an image, a pixel, a patch centre)
+    state       SoftmaxState(m, s, acc) of a chunk of candidates: m = max logit, s = sum exp(logit - m),
+                acc = sum exp(logit - m) * value. Two states merge exactly (rescale both to the larger max),
+                so a softmax over N candidates streams through chunks without ever holding N logits
+    finish      acc / s: the softmax-weighted average of the values
+    shard_merge a hook (`ShardMerge`) that merges one shard's state with the other shards' (torch.distributed,
+                see `distributed.all_merge_states`)
+
+Shapes: shared weights m, s (B,), acc (B, F); per coordinate (one softmax per (row, feature)) all (B, F).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import torch
+
+EXP_FLOOR = -87.0    # exp(x) for x below this takes a slow path (float32 underflow); see `exp_shifted`
+
+
+class SoftmaxState(NamedTuple):
+    """Partial softmax of some candidates. Shared weights: m, s (B,), acc (B, F); per coordinate: all (B, F)."""
+
+    m: torch.Tensor
+    s: torch.Tensor
+    acc: torch.Tensor
+
+
+ShardMerge = Callable[[SoftmaxState], SoftmaxState]  # merges one shard's state with the other shards'
+
+
+def _finite_or_zero(m: torch.Tensor) -> torch.Tensor:
+    """The max used as the exp reference: rows whose logits are all -inf get 0 (their exps are then 0, not nan)."""
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def _per_row(scale: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    return scale[..., None] if scale.ndim < acc.ndim else scale
+
+
+def exp_shifted(logits: torch.Tensor, ref: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """exp(max(logits - ref, EXP_FLOOR)). The floor keeps exp off its slow underflow path (5-10x slower below
+    -87 in float32); it turns weights below e^-87 ~ 1.6e-38 (relative to the largest, 1) into 1.6e-38, far below
+    the resolution of any sum that contains the largest."""
+    if inplace:
+        return logits.sub_(ref).clamp_(min=EXP_FLOOR).exp_()
+    return torch.exp((logits - ref).clamp(min=EXP_FLOOR))
+
+
+def softmax_state(logits: torch.Tensor, values: torch.Tensor, *, dim: int = 1, inplace: bool = False
+                  ) -> SoftmaxState:
+    """State of one chunk of K candidates; ``dim`` is the candidate dimension of ``logits``.
+
+    logits (B, K), values (K, F): one softmax per row, weights shared by the F features (matrix product).
+    logits (B, K, F) with values (K, F) (dim=1), or (B, F, K) with values (F, K) (dim=2): one softmax per
+    (row, feature), the analytical denoiser's form.
+    ``inplace``: overwrite ``logits`` (per-feature form, no autograd) to save memory traffic.
+    A softmax whose logits are all -inf gets s = acc = 0 (so `finish` gives nan, like a one-shot softmax).
+    """
+    m = logits.amax(dim=dim)
+    ref = _finite_or_zero(m).unsqueeze(dim)
+    if logits.ndim == 2:
+        p = exp_shifted(logits, ref)
+        s, acc = p.sum(1), p @ values
+    elif not inplace or (torch.is_grad_enabled() and (logits.requires_grad or values.requires_grad)):
+        p = exp_shifted(logits, ref)
+        s, acc = p.sum(dim), (p * values).sum(dim)
+    else:
+        p = exp_shifted(logits, ref, inplace=True)  # the memory-bound hot loop of the analytical denoiser
+        s = p.sum(dim)
+        acc = p.mul_(values).sum(dim)
+    empty = torch.isneginf(m)
+    if bool(empty.any()):
+        s, acc = s.masked_fill(empty, 0.0), acc.masked_fill(empty if acc.ndim == empty.ndim else empty[..., None], 0.0)
+    return SoftmaxState(m, s, acc)
+
+
+def empty_state(rows: tuple[int, ...], acc: tuple[int, ...], *, dtype: torch.dtype, m_dtype: torch.dtype | None = None,
+                device: torch.device | str = "cpu") -> SoftmaxState:
+    """The state of no candidates (m = -inf, s = acc = 0): merging it into any state changes nothing. Shapes
+    as in `SoftmaxState`: ``rows`` of m and s, ``acc`` of acc; m in ``m_dtype`` (default ``dtype``)."""
+    m = torch.full(rows, -torch.inf, dtype=m_dtype or dtype, device=device)
+    return SoftmaxState(m, torch.zeros(rows, dtype=dtype, device=device), torch.zeros(acc, dtype=dtype, device=device))
+
+
+def rescaled(state: SoftmaxState, m: torch.Tensor) -> SoftmaxState:
+    """``state`` with its sums expressed relative to ``m`` (>= state.m): s and acc times exp(state.m - m)."""
+    scale = torch.exp(state.m - _finite_or_zero(m)).to(state.s.dtype)
+    return SoftmaxState(m, state.s * scale, state.acc * _per_row(scale, state.acc))
+
+
+def merge_states(a: SoftmaxState, b: SoftmaxState) -> SoftmaxState:
+    """Exact merge: both partial sums rescaled to the larger running max."""
+    m = torch.maximum(a.m, b.m)
+    a, b = rescaled(a, m), rescaled(b, m)
+    return SoftmaxState(m, a.s + b.s, a.acc + b.acc)
+
+
+def finish(state: SoftmaxState) -> torch.Tensor:
+    """The softmax-weighted average (B, F); nan where every logit of a softmax was -inf."""
+    return state.acc / _per_row(state.s, state.acc)
+
+
+def merge_all(states: Iterable[SoftmaxState]) -> SoftmaxState | None:
+    """All states merged into one (None when there are none)."""
+    total = None
+    for state in states:
+        total = state if total is None else merge_states(total, state)
+    return total
+
+
+def reduce_states(states: Iterable[SoftmaxState]) -> torch.Tensor:
+    """Merge the states of all chunks and return the weighted average."""
+    total = merge_all(states)
+    if total is None:
+        raise ValueError("no candidates: the softmax needs at least one chunk")
+    return finish(total)
+
+
+def streaming_softmax_average(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """sum_k softmax_k(logits) values_k over all chunks of candidates, exactly (running max, rescaled sums).
+
+    ``chunks`` yields (logits, values) pairs shaped as in `softmax_state`; the result equals
+    `softmax_average` on the concatenated chunks, for any chunking.
+    """
+    return reduce_states(softmax_state(logits, values) for logits, values in chunks)
+
+
+def softmax_average(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """One-shot reference of `streaming_softmax_average` (all K candidates at once)."""
+    w = torch.softmax(logits, dim=1)
+    return w @ values if logits.ndim == 2 else (w * values).sum(1)
