@@ -145,9 +145,7 @@ def test_unavailable_data_set_is_explained_not_raised():
 
 
 def test_too_large_is_explained(monkeypatch):
-    from ui.memo import clear
-
-    clear("stats")  # statistics already in this process's memory would not be checked again
+    # checked on every call, even for statistics this process holds in memory already
     monkeypatch.setenv("LOCALITY_MAX_MEMORY_GB", "0.001")
     at = run_page(query={"dataset": "faces"})
     assert not at.exception
