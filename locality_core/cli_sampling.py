@@ -1,7 +1,8 @@
 """`locality sample`, `locality compare`, `locality calibrate`: sampling, agreement with the UNet, patch sizes.
 
 Wire into the parser with ``add_commands(subparsers)``. Every command turns the errors a user can fix (unknown
-or missing data, no trained UNet, a bad option) into one line on stderr and exit status 2.
+or missing data, no trained UNet, a bad option) into one line on stderr and exit status 2. `locality sample`
+reads and writes the same cached runs as the Samples page and the warm-up (`sampling.cached_trajectory`).
 """
 
 from __future__ import annotations
@@ -270,7 +271,8 @@ def add_commands(subparsers) -> None:
                    help="samples per denoiser (--samples under torchrun, whose own options --n abbreviates)")
     p.add_argument("--steps", type=V.arg(V.count, "--steps", 900), default=10, help="DDIM steps from t = 900")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch", type=V.arg(V.count, "--batch"), default=8)
+    p.add_argument("--batch", type=V.arg(V.count, "--batch"), default=8,
+                   help="images per denoiser call (not part of the cache key: it changes samples by round-off only)")
     p.add_argument("--out", type=V.arg(V.out_file, (".png",)), default="grid.png", help="grid image (PNG)")
     p.add_argument("--json", type=V.arg(_json_out), default=None, help="write metrics JSON here ('-' for stdout)")
     p.add_argument("--distributed", action="store_true",
