@@ -4,6 +4,19 @@ Glossary
     key       a string: what was computed, from which data (fingerprint), with which code version
     entry     a dict of named numpy arrays, stored as one ``.npz`` blob behind a sha256 header
     compute   a function returning such a dict; run at most once per key across threads and processes
+    kept      an entry asked for with ``keep=True``, also held decoded in this process's memory (`KEEP_BYTES`)
+
+The cache story. (1) Disk, owned by the library: each cached function of `locality_core` builds its key from
+its own arguments (data fingerprint, `denoisers.denoiser_cache_id`, sizes, seed), once per call, and the app,
+the CLI and the warm-up call the same functions, so what one computes is a hit for the others (`locality
+sample`, the Samples page and the warm-up share `sampling.cached_trajectory`). (2) Memory, in the library: what
+every rerun reads, the statistics (`stats.get_stats` asks for ``keep=True``, so per data fingerprint), and
+objects that are not arrays: the last data sets (`data.load_dataset`) and built denoisers
+(`denoisers.get_denoiser`). (3) The dashboard adds at most one layer over a library call and never builds a
+disk key; a module with such a layer says why at its top: st.cache_resource for objects all sessions share,
+st.cache_data for small results the library does not keep (mask columns, nearest training images, tr J
+estimates), `ui/memo.py` for results that draw their own progress or that a page asks about before computing
+(linear fits, Jacobian bases). ``on_miss`` lets a page say what it waits for, without a second key lookup.
 
 Why not diskcache's defaults: diskcache pickles values (CVE-2025-69872: whoever can write the cache folder
 runs code in the app) and its ``memoize`` lets concurrent processes compute the same cold value. Here
@@ -35,6 +48,7 @@ from .locks import owned_lock
 MAGIC = b"LXC1"
 CODE_VERSION = "1"  # bump when a cached computation changes meaning
 DEFAULT_SIZE_LIMIT = 8 * 2**30
+KEEP_BYTES = 2**30  # kept entries held in memory per process (least recently used dropped beyond it)
 
 Arrays = dict[str, np.ndarray]
 
@@ -112,6 +126,10 @@ class MemoryStore:
         return sum(len(b) for b in self._blobs.values())
 
 
+def _nbytes(arrays: Arrays) -> int:
+    return sum(a.nbytes for a in arrays.values())
+
+
 def _warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -168,6 +186,8 @@ class ArrayCache:
         self.memory_only = False
         self._warn = warn
         self._thread_locks: dict[str, threading.Lock] = {}
+        self._kept: OrderedDict[str, Arrays] = OrderedDict()
+        self._kept_lock = threading.Lock()
         try:
             _make_private_dir(self.directory, warn)
             self._lock_dir = self.directory / "locks"
@@ -205,13 +225,30 @@ class ArrayCache:
             self._values.set(key, blob)
 
     def delete(self, key: str) -> None:
+        with self._kept_lock:
+            self._kept.pop(key, None)
         try:
             self._values.delete(key)
         except Exception:
             pass
 
     def __contains__(self, key: str) -> bool:
-        return self.get(key) is not None
+        return self._recall(key) is not None or self.get(key) is not None
+
+    def _recall(self, key: str) -> Arrays | None:
+        with self._kept_lock:
+            value = self._kept.get(key)
+            if value is not None:
+                self._kept.move_to_end(key)
+            return value
+
+    def _keep(self, key: str, value: Arrays) -> Arrays:
+        with self._kept_lock:
+            self._kept[key] = value
+            self._kept.move_to_end(key)
+            while len(self._kept) > 1 and sum(_nbytes(v) for v in self._kept.values()) > KEEP_BYTES:
+                self._kept.popitem(last=False)
+        return value
 
     @contextlib.contextmanager
     def _lock(self, key: str):
@@ -233,20 +270,31 @@ class ArrayCache:
         finally:
             lock.__exit__(None, None, None)
 
-    def get_or_compute(self, key: str, compute: Callable[[], Arrays]) -> Arrays:
-        """Check, lock, check again, compute: a cold key is computed once even by concurrent processes."""
-        hit = self.get(key)
+    def get_or_compute(self, key: str, compute: Callable[[], Arrays], *, keep: bool = False,
+                       on_miss: Callable[[], None] | None = None) -> Arrays:
+        """Check, lock, check again, compute: a cold key is computed once even by concurrent processes.
+
+        ``keep``: also hold the entry in this process's memory, so that later calls read no disk (values are
+        shared, not copied: treat them as read-only). ``on_miss()`` runs once when the key is not cached,
+        before waiting for another process that may be computing it: a page can say what it waits for.
+        """
+        hit = self._recall(key) if keep else None
         if hit is not None:
             return hit
-        with self._lock(key):
-            hit = self.get(key)
-            if hit is not None:
-                return hit
-            value = {k: np.asarray(v) for k, v in compute().items()}
-            self.set(key, value)
-            return value
+        hit = self.get(key)
+        if hit is None:
+            if on_miss is not None:
+                on_miss()
+            with self._lock(key):
+                hit = self.get(key)
+                if hit is None:
+                    hit = {k: np.asarray(v) for k, v in compute().items()}
+                    self.set(key, hit)
+        return self._keep(key, hit) if keep else hit
 
     def clear(self) -> None:
+        with self._kept_lock:
+            self._kept.clear()
         self._values.clear()
 
     def volume(self) -> int:

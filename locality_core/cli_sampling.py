@@ -1,7 +1,8 @@
 """`locality sample`, `locality compare`, `locality calibrate`: sampling, agreement with the UNet, patch sizes.
 
 Wire into the parser with ``add_commands(subparsers)``. Every command turns the errors a user can fix (unknown
-or missing data, no trained UNet, a bad option) into one line on stderr and exit status 2.
+or missing data, no trained UNet, a bad option) into one line on stderr and exit status 2. `locality sample`
+reads and writes the same cached runs as the Samples page and the warm-up (`sampling.cached_trajectory`).
 """
 
 from __future__ import annotations
@@ -46,24 +47,30 @@ def _names(text: str | None, default: tuple[str, ...]) -> tuple[list[str], bool]
     return [n.strip() for n in text.split(",") if n.strip()], True
 
 
-def _denoisers(dataset, names: list[str], explicit: bool) -> dict:
-    """Build the named denoisers; an explicitly requested one that is unavailable is an error, a default one
-    is skipped with a note."""
-    from .denoisers import DenoiserError, get_denoiser, get_spec
+def _usable(dataset, names: list[str], explicit: bool) -> list[str]:
+    """The names whose denoiser is available for ``dataset``; an explicitly requested one that is not is an error,
+    a default one is skipped with a note. Nothing is built yet."""
+    from .denoisers import DenoiserError, get_spec
 
-    out = {}
+    usable = []
     for name in names:
-        spec = get_spec(name)
-        ok, message = spec.availability(dataset)
+        ok, message = get_spec(name).availability(dataset)
         if not ok and not explicit:
             print(f"note: skipping {name}: {message}", file=sys.stderr)
             continue
         if not ok:
             raise DenoiserError(f"{name}: {message}")
-        out[name] = get_denoiser(name, dataset)
-    if not out:
+        usable.append(name)
+    if not usable:
         raise DenoiserError("no denoiser available to run")
-    return out
+    return usable
+
+
+def _denoisers(dataset, names: list[str], explicit: bool) -> dict:
+    """The usable denoisers of `_usable`, built."""
+    from .denoisers import get_denoiser
+
+    return {name: get_denoiser(name, dataset) for name in _usable(dataset, names, explicit)}
 
 
 def _sharded_denoisers(dataset, names: list[str], explicit: bool) -> dict:
@@ -102,20 +109,41 @@ def sample_grid(rows: dict[str, torch.Tensor], scale: int = SCALE):
     return grid
 
 
+def _samples(dataset, names: list[str], explicit: bool, args) -> dict[str, torch.Tensor]:
+    """Final samples (n, C, H, W) per denoiser: the cached runs the Samples page reads (`cached_trajectory`), or
+    under torchrun with --distributed computed on shards, uncached (every rank must join every step)."""
+    from .distributed import is_leader
+    from .sampling import cached_trajectory, sample_many
+    from .schedule import ddim_sigmas
+
+    if args.distributed:
+        return sample_many(_sharded_denoisers(dataset, names, explicit), args.n, args.seed, ddim_sigmas(args.steps),
+                           shape=tuple(dataset.shape), batch_size=args.batch, progress=is_leader())
+    samples = {}
+    for name in _usable(dataset, names, explicit):
+        bar = tqdm(total=100, desc=f"sampling {name}", unit="%", leave=False, disable=not is_leader())
+
+        def progress(fraction: float, text: str, bar=bar) -> None:
+            bar.n = round(100 * fraction)
+            bar.set_postfix_str(text.split(": ", 1)[-1])  # refreshes the bar
+
+        run = cached_trajectory(dataset, name, args.n, args.steps, args.seed, batch_size=args.batch,
+                                progress=progress)
+        bar.close()
+        samples[name] = torch.from_numpy(run["x0_hat"][-1])
+    return samples
+
+
 def _cmd_sample(args) -> int:
     from .data import load_dataset
     from .distributed import is_leader
     from .metrics import agreement, nearest_training
-    from .sampling import sample_many
     from .schedule import ddim_sigmas
 
     dataset = load_dataset(args.dataset)
     names, explicit = _names(args.denoisers, DEFAULT_SAMPLE)
-    denoisers = _sharded_denoisers(dataset, names, explicit) if args.distributed else \
-        _denoisers(dataset, names, explicit)
+    samples = _samples(dataset, names, explicit, args)
     sigmas = ddim_sigmas(args.steps)
-    samples = sample_many(denoisers, args.n, args.seed, sigmas, shape=tuple(dataset.shape), batch_size=args.batch,
-                          progress=is_leader())
     if not is_leader():
         return 0
     report = {"dataset": dataset.name, "seed": args.seed, "n": args.n, "steps": args.steps, "sigmas": sigmas,
@@ -243,7 +271,8 @@ def add_commands(subparsers) -> None:
                    help="samples per denoiser (--samples under torchrun, whose own options --n abbreviates)")
     p.add_argument("--steps", type=V.arg(V.count, "--steps", 900), default=10, help="DDIM steps from t = 900")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch", type=V.arg(V.count, "--batch"), default=8)
+    p.add_argument("--batch", type=V.arg(V.count, "--batch"), default=8,
+                   help="images per denoiser call (not part of the cache key: it changes samples by round-off only)")
     p.add_argument("--out", type=V.arg(V.out_file, (".png",)), default="grid.png", help="grid image (PNG)")
     p.add_argument("--json", type=V.arg(_json_out), default=None, help="write metrics JSON here ('-' for stdout)")
     p.add_argument("--distributed", action="store_true",

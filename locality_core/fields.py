@@ -21,6 +21,7 @@ measured); the dashboard uses it there. Elsewhere bfloat16 is emulated and slowe
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,12 +208,13 @@ def _field_key(cache, dataset, name: str, pixel: tuple[int, int], sigmas: list[f
 
 
 def denoiser_field(dataset, name: str, pixel: tuple[int, int], sigmas: list[float], *, n: int = 32, seed: int = 0,
-                   precision: str = "float32", cache=None, **options) -> Field:
+                   precision: str = "float32", cache=None, progress: Callable[[float, str], None] | None = None,
+                   **options) -> Field:
     """Field of registered denoiser ``name`` on ``dataset``, cached on disk.
 
     Linear ones (Wiener): closed form (exact, instant). Others: autograd over the first ``n`` test images with
     noise from ``seed``, cached by (data fingerprint, denoiser id incl. weights hash, pixel, sigmas, n, seed,
-    precision).
+    precision). ``progress(0, what)`` runs when the field is not cached, before it is computed (or waited for).
     """
     from .cache import default_cache
     from .denoisers import get_denoiser, get_spec
@@ -230,7 +232,11 @@ def denoiser_field(dataset, name: str, pixel: tuple[int, int], sigmas: list[floa
                            precision=precision)
         return {"abs_mean": f.abs_mean, "signed_mean": f.signed_mean}
 
-    a = cache.get_or_compute(key, compute)
+    def on_miss():
+        if progress is not None:
+            progress(0.0, f"{name}: Jacobians of {n} noisy test images at {len(sigmas)} noise level(s)")
+
+    a = cache.get_or_compute(key, compute, on_miss=on_miss)
     return Field(pixel, tuple(sigmas), a["abs_mean"], a["signed_mean"])
 
 

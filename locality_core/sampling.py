@@ -7,6 +7,9 @@ Glossary
     initial noise   z * sqrt(1 + sigma_start^2), z ~ N(0, I): pure DDPM noise at t_start in sigma form.
                     All denoisers of a comparison start from the same z (same seed)
     callback        called after each denoiser evaluation with dict(step, sigma, t, x, x0_hat)
+    run             one sampling run of a registered denoiser (data, denoiser, n, steps, seed), every step kept,
+                    cached on disk by `cached_trajectory`: `locality sample`, the Samples page and the warm-up
+                    read and write the same entry
 """
 
 from __future__ import annotations
@@ -43,13 +46,17 @@ def sample_ddim(denoiser: Callable, x: torch.Tensor, sigmas: list[float], *,
 
 
 @torch.no_grad()
-def sample_trajectories(denoiser: Callable, x: torch.Tensor, sigmas: list[float]) -> dict[str, torch.Tensor]:
-    """DDIM keeping every step: {"x": (S, B, C, H, W) inputs, "x0_hat": (S, B, C, H, W), "sigmas": (S,)}."""
+def sample_trajectories(denoiser: Callable, x: torch.Tensor, sigmas: list[float], *,
+                        callback: Callable[[dict], None] | None = None) -> dict[str, torch.Tensor]:
+    """DDIM keeping every step: {"x": (S, B, C, H, W) inputs, "x0_hat": (S, B, C, H, W), "sigmas": (S,)};
+    ``callback`` as in `sample_ddim`."""
     xs, x0s = [], []
 
     def keep(info: dict) -> None:
         xs.append(info["x"])
         x0s.append(info["x0_hat"])
+        if callback is not None:
+            callback(info)
 
     sample_ddim(denoiser, x, sigmas, callback=keep)
     return {"x": torch.stack(xs), "x0_hat": torch.stack(x0s), "sigmas": torch.tensor([float(s) for s in sigmas])}
@@ -73,7 +80,7 @@ def sample_many(denoisers: dict[str, Callable], n: int, seed: int, sigmas: list[
     return out
 
 
-# ---------------------------------------------------------------- cached trajectories (the Samples page, the warm-up)
+# ---------------------------------------------------------------- one sampling run, cached (CLI, Samples page, warm-up)
 
 def _on_device(denoiser, device: str):
     """(denoiser on ``device``, device used): a copy for a torch module off the CPU, else the shared instance."""
@@ -87,11 +94,30 @@ def _on_device(denoiser, device: str):
         return denoiser, "cpu"
 
 
+def trajectories(denoiser: Callable, z: torch.Tensor, sigmas: list[float], *, batch_size: int = 8,
+                 callback: Callable[[dict], None] | None = None) -> dict[str, np.ndarray]:
+    """`sample_trajectories` from z (n, C, H, W) in batches of ``batch_size`` inputs, as float32 numpy:
+    {"x": (S, n, C, H, W), "x0_hat": (S, n, C, H, W)}. ``callback`` sees every step of every batch, its dict
+    with "batch" and "batches" added."""
+    batches = max(1, -(-len(z) // batch_size))
+    parts = []
+    for b in range(batches):
+        def step(info: dict, b: int = b) -> None:
+            if callback is not None:
+                callback({**info, "batch": b, "batches": batches})
+
+        out = sample_trajectories(denoiser, z[b * batch_size:(b + 1) * batch_size], sigmas, callback=step)
+        parts.append({k: out[k].float().cpu().numpy() for k in ("x", "x0_hat")})
+    return {k: np.concatenate([p[k] for p in parts], axis=1) for k in ("x", "x0_hat")}
+
+
 def trajectory_key(cache, dataset, name: str, n: int, steps: int, seed: int, options: dict | None = None) -> str:
+    """The key of one sampling run: data, denoiser (its cache id with ``options``), n, steps, seed. Not the batch
+    size nor the device: they change the samples by round-off only."""
     from .denoisers import denoiser_cache_id
 
-    return cache.make_key("app-samples", dataset.fingerprint, denoiser_cache_id(name, dataset, **(options or {})),
-                          name, n, steps, seed)
+    return cache.make_key("trajectories", dataset.fingerprint, denoiser_cache_id(name, dataset, **(options or {})),
+                          n, steps, seed)
 
 
 def trajectory_is_cached(dataset, name: str, n: int, steps: int, seed: int, cache=None,
@@ -102,14 +128,16 @@ def trajectory_is_cached(dataset, name: str, n: int, steps: int, seed: int, cach
     return trajectory_key(cache, dataset, name, n, steps, seed, options) in cache
 
 
-def cached_trajectory(dataset, name: str, n: int, steps: int, seed: int, *, device: str = "cpu",
-                      callback: Callable[[dict], None] | None = None, cache=None, options: dict | None = None) -> dict:
-    """DDIM with registered denoiser ``name`` from the shared initial noise of ``seed``, every step kept.
+def cached_trajectory(dataset, name: str, n: int, steps: int, seed: int, *, options: dict | None = None,
+                      device: str = "cpu", batch_size: int = 8, progress: Callable[[float, str], None] | None = None,
+                      cache=None) -> dict[str, np.ndarray]:
+    """DDIM with registered denoiser ``name`` (with its ``options``) from the shared initial noise of ``seed``
+    through `schedule.ddim_sigmas` (``steps``), every step kept: the one sampling run that `locality sample`, the
+    Samples page and the warm-up share, computed once and kept in the disk cache (`trajectory_key`).
 
-    Returns {"x": (S, n, C, H, W), "x0_hat": (S, n, C, H, W), "device": ()} as numpy, computed once and kept in
-    the disk cache (by data fingerprint, denoiser cache id with its ``options``, n, steps, seed): the Samples page
-    and the warm-up read the same entry. ``callback`` sees each step (dict(step, sigma, t, x, x0_hat)) while
-    computing.
+    Returns {"x": (S, n, C, H, W), "x0_hat": (S, n, C, H, W), "device": ()}, numpy float32 and the device used.
+    ``progress(fraction, text)`` hears the computation only: (0, what) as soon as the run turns out not to be
+    cached (before waiting for another process that computes it), then every DDIM step of every batch.
     """
     from .cache import default_cache
     from .denoisers import get_denoiser
@@ -118,18 +146,21 @@ def cached_trajectory(dataset, name: str, n: int, steps: int, seed: int, *, devi
     cache = cache or default_cache()
     sigmas = ddim_sigmas(steps)
 
-    def compute():
-        z = initial_noise(n, tuple(dataset.shape), seed, sigmas[0])
+    def step(info: dict) -> None:
+        if progress is not None:
+            done = info["batch"] * len(sigmas) + info["step"] + 1
+            progress(done / (info["batches"] * len(sigmas)),
+                     f"{name}: step {info['step'] + 1}/{len(sigmas)} (σ={info['sigma']:.3g})"
+                     + (f", batch {info['batch'] + 1}/{info['batches']}" if info["batches"] > 1 else ""))
+
+    def compute() -> dict[str, np.ndarray]:
         denoiser, used = _on_device(get_denoiser(name, dataset, **(options or {})), device)
-        xs, x0s = [], []
+        z = initial_noise(n, tuple(dataset.shape), seed, sigmas[0], device=used)
+        return {**trajectories(denoiser, z, sigmas, batch_size=batch_size, callback=step), "device": np.array(used)}
 
-        def keep(info):
-            xs.append(info["x"].float().cpu().numpy())
-            x0s.append(info["x0_hat"].float().cpu().numpy())
-            if callback is not None:
-                callback(info)
+    def on_miss() -> None:
+        if progress is not None:
+            progress(0.0, f"{name}: sampling {n} images through {steps} DDIM steps")
 
-        sample_ddim(denoiser, z.to(used), sigmas, callback=keep)
-        return {"x": np.stack(xs), "x0_hat": np.stack(x0s), "device": np.array(used)}
-
-    return cache.get_or_compute(trajectory_key(cache, dataset, name, n, steps, seed, options), compute)
+    return cache.get_or_compute(trajectory_key(cache, dataset, name, n, steps, seed, options), compute,
+                                on_miss=on_miss)

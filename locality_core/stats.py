@@ -1,4 +1,5 @@
-"""Data statistics: mean, covariance and its eigendecomposition, streamed, in float64, cached on disk.
+"""Data statistics: mean, covariance and its eigendecomposition, streamed, in float64, cached on disk and in
+memory.
 
 Glossary
     mu        (d,) mean image, flattened with m = c*H*W + row*W + col
@@ -205,16 +206,21 @@ def stats_arrays(s: DataStats) -> dict[str, np.ndarray]:
     return {"mean": s.mean, "cov": s.cov, "eigvals": s.eigvals, "eigvecs": s.eigvecs, "n": np.array(s.n)}
 
 
+def stats_key(cache: ArrayCache, dataset: Dataset) -> str:
+    """The cache key of ``dataset``'s statistics: its fingerprint (which changes with its images)."""
+    return cache.make_key("stats", dataset.fingerprint)
+
+
 def get_stats(dataset: Dataset, *, cache: ArrayCache | None = None,
               progress: Callable[[float, str], None] | None = None) -> DataStats:
-    """Statistics of ``dataset``, from the disk cache when present (keyed by its fingerprint)."""
+    """Statistics of ``dataset``, computed once (``progress`` hears that), then kept in this process's memory
+    per fingerprint and on disk: every page reads them on every rerun, from memory."""
     check_fits(dataset.d, dataset.shape)
     cache = cache or default_cache()
-    key = cache.make_key("stats", dataset.fingerprint)
 
     def compute():
         return stats_arrays(compute_stats(dataset.train, fingerprint=dataset.fingerprint, progress=progress))
 
-    a = cache.get_or_compute(key, compute)
+    a = cache.get_or_compute(stats_key(cache, dataset), compute, keep=True)
     return DataStats(a["mean"], a["cov"], a["eigvals"], a["eigvecs"], int(a["n"]), dataset.shape,
                      dataset.fingerprint)

@@ -85,7 +85,6 @@ data, stats = D.require_data(base_view)
 mdata, mstats = D.require_data(mod_view, transform)
 C, H, W = data.shape
 mod_key = (mod_view.dataset, mod_view.params_json, transform)
-analytical = D.optional_module("analytical")
 
 
 def picture() -> tuple[np.ndarray, str]:
@@ -118,11 +117,9 @@ def fields():
     if kind == "permute":
         rows.append(("Modified,<br>unpermuted", unpermute_map(mod.map("abs"), mdata.params["perm"]), "abs"))
         outlines.append(source)
-    masks = None
-    if analytical is not None:
-        masks = mask_maps(mod_key, pixel, view.sigmas, None, "global")
-        rows.append((f"{name_b}<br>mask", masks[0], "mask"))
-        outlines.append(pixel)
+    masks = mask_maps(mod_key, pixel, view.sigmas, None, "global")
+    rows.append((f"{name_b}<br>mask", masks[0], "mask"))
+    outlines.append(pixel)
     titles = [noise_header(s) for s in view.sigmas]
     with right:
         show(map_grid(rows, titles, pixel=outlines, page_width=grid_width), "exp_grid",
@@ -134,8 +131,7 @@ def fields():
         template = w_template(H, W) > 0
         share = [float(m[0][template].sum() / m[0].sum()) for m in (orig.map("abs"), mod.map("abs"))]
         claims.append(pattern_share_claim(share[0], share[1], bool(template[pixel])))
-    if masks is not None:
-        claims.append(mask_fill_claim(list(view.sigmas), masks[1], H * W))
+    claims.append(mask_fill_claim(list(view.sigmas), masks[1], H * W))
     st.markdown("**What the numbers say** (pixel row {}, col {})\n".format(*pixel) +
                 "\n".join(f"- {c.text}" for c in claims if c is not None))
     if kind == "permute":

@@ -1,8 +1,14 @@
-"""Jacobian basis: the denoiser's own eigen-view at one noisy image (Kadkhodaie et al.), beside the Wiener one."""
+"""Jacobian basis: the denoiser's own eigen-view at one noisy image (Kadkhodaie et al.), beside the Wiener one.
+
+The statistics come from the library's memory, the bases from its disk cache with `ui.memo` on top: a basis is
+several MB and the tr J curve reads ten per rerun, and the page asks whether one is at hand before computing it
+(to show a spinner only then), which st.cache_resource cannot answer.
+"""
 
 import numpy as np
 import streamlit as st
 
+from locality_core import basis
 from locality_core.denoisers import list_denoisers
 from locality_core.warmup import DEFAULTS
 from locality_core.wiener import wiener_gain
@@ -20,7 +26,6 @@ view = current_view()
 data, stats = D.require_data(view)
 C, H, W = data.shape
 data_key = (view.dataset, view.params_json, "")
-basis = D.optional_module("basis")
 
 st.title("Jacobian basis")
 explain(view,
@@ -30,10 +35,6 @@ explain(view,
     "filter this is exact and the same for every image: the principal components with gains "
     "$\\lambda/(\\lambda+\\sigma^2)$. A trained network adapts its basis to the image (Kadkhodaie et al., ICLR "
     "2024): the contrast between the two is the point.")
-
-if basis is None:
-    st.info("The Jacobian eigenbasis (locality_core/basis.py) is not part of this installation yet.")
-    st.stop()
 
 models = [s for s in list_denoisers() if not s.linear]
 status = {s.name: D.denoiser_status(s.name, data) for s in models}

@@ -38,10 +38,6 @@ if unavailable:
         for n in unavailable:
             st.markdown(f"**{specs[n].title}**: {status[n][1]}")
 
-if D.optional_module("sampling") is None:
-    st.info("The samplers (locality_core/sampling.py) are not part of this installation yet.")
-    st.stop()
-
 c1, c2, c3, c4 = st.columns([2.2, 0.8, 0.8, 0.9])
 names = c1.multiselect("Denoisers", available, default=[n for n in PREFERRED if n in available], key="models",
                        bind="query-params", help="; ".join(f"{n}: {specs[n].title}" for n in available))
@@ -76,14 +72,13 @@ names = S.order(names)
 slots = {name: st.empty() for name in names}
 results, images, titles = {}, [], []
 for name in names:
-    key = S.run_key(data_key, name, n, steps, view.seed, view.device, OPTIONS.get(name))
     with slots[name].container():
-        if not S.is_cached(key):
-            st.caption(S.wait_text(view.dataset, name, n, steps))
-        bar = st.empty()
+        note, bar = st.empty(), st.empty()
         try:
-            results[name] = S.sample(key, progress=lambda f, text, bar=bar: bar.progress(min(max(f, 0.0), 1.0),
-                                                                                          text=text))
+            results[name] = S.sample(data_key, name, n, steps, view.seed, view.device, OPTIONS.get(name),
+                                     on_miss=lambda name=name, note=note: note.caption(
+                                         S.wait_text(view.dataset, name, n, steps)),
+                                     progress=lambda f, text, bar=bar: bar.progress(min(max(f, 0.0), 1.0), text=text))
         except D.USER_ERRORS as exc:
             D.show_error(exc, specs[name].title)
             continue

@@ -11,22 +11,22 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from locality_core.analytical import default_theta
 from locality_core.claims import effective_rank, field_claims
 from locality_core.fields import Field, cosine_similarity, locality_sizes, wiener_field
+from locality_core.patches import resolve_schedule, square_mask
 from locality_core.wiener import passing_components
 from ui import data as D
 from ui.figures import CONTRASTS, SCALES, grid_png, is_flat, locality_plot, map_grid, noise_header
 from ui.layout import explain, page_header, split_widths
 from ui.linear import linear_fit_section
 from ui.state import current_view
-from ui.widgets import PREVIEW_N, file_download, mask_maps, model_maps, picker, png_download, preview_maps, show
+from ui.widgets import PREVIEW_N, file_download, mask_maps, model_maps, picker, png_download, preview_field, show
 
 view = current_view()
 data, stats = D.require_data(view)
 C, H, W = data.shape
 data_key = (view.dataset, view.params_json, "")
-analytical = D.optional_module("analytical")
-patches = D.optional_module("patches")
 
 page_header("Sensitivity fields", view, data)
 picker_width, grid_width = split_widths()
@@ -47,12 +47,10 @@ signed = controls[2].toggle("Signed", key="signed", bind="query-params",
 use_unet = controls[3].toggle("UNet", value=True, key="unet", bind="query-params",
                               help="Jacobians of the trained network at 32 noisy test images per noise level; "
                                    f"a first view from {PREVIEW_N} images appears at once.")
-use_mask = controls[4].toggle("Analytical", value=analytical is not None, key="masks", bind="query-params",
-                              disabled=analytical is None,
+use_mask = controls[4].toggle("Analytical", value=True, key="masks", bind="query-params",
                               help="The paper's analytical denoiser: each output pixel averages training images "
                                    "over its own neighbourhood, read off the Wiener matrix by a threshold.")
-use_patch = controls[5].toggle("ELS", value=patches is not None, key="els", bind="query-params",
-                               disabled=patches is None,
+use_patch = controls[5].toggle("ELS", value=True, key="els", bind="query-params",
                                help="Kamb & Ganguli's patch machine: each output pixel is built from the P x P "
                                     "patch around it, P growing with noise (their calibrated schedule).")
 with controls[6].popover("Display", icon=":material/tune:"):
@@ -61,15 +59,12 @@ with controls[6].popover("Display", icon=":material/tune:"):
                           "'per column' compares the rows of one noise level, 'per row' one denoiser across noise.")
     contrast = st.radio("Contrast", list(CONTRASTS), format_func=CONTRASTS.get, key="contrast",
                         bind="query-params")
-    threshold, theta = "global", None
-    if analytical is not None:
-        threshold = st.radio("Analytical mask threshold relative to", ["global", "row"], key="mask_mode",
-                             bind="query-params", captions=["max |M| over the whole matrix (the paper's)",
-                                                            "each row's own max |M| (robust)"])
-        theta = st.number_input("θ", 1e-4, 0.5, float(analytical.default_theta(data.shape)), format="%.4f",
-                                key="theta", bind="query-params",
-                                help="Input n is in the neighbourhood of output m when |M[n, m]| ≥ θ max|M|, "
-                                     "M = P_σ with each row divided by its diagonal.")
+    threshold = st.radio("Analytical mask threshold relative to", ["global", "row"], key="mask_mode",
+                         bind="query-params", captions=["max |M| over the whole matrix (the paper's)",
+                                                        "each row's own max |M| (robust)"])
+    theta = st.number_input("θ", 1e-4, 0.5, float(default_theta(data.shape)), format="%.4f", key="theta",
+                            bind="query-params", help="Input n is in the neighbourhood of output m when |M[n, m]| ≥ "
+                                                      "θ max|M|, M = P_σ with each row divided by its diagonal.")
 mode = "signed" if signed else "abs"
 bg_image = stats.mean.reshape(C, H, W) if background == "mean image" else data.test[image_index].numpy()
 unet_ok, unet_message = D.denoiser_status("unet", data)
@@ -77,14 +72,20 @@ precision = D.field_precision()
 rank = effective_rank(stats.eigvals)
 
 
+def els_square(pixel: tuple[int, int], size: int) -> np.ndarray:
+    """(H, W) 0/1: the pixel's column of the ELS machine's `patches.square_mask` (its P x P patch, clipped at the
+    border). The square is separable: rows near the pixel's row times columns near its column, each the column of
+    a one-pixel-wide image's mask, so no (d, d) mask is built per click."""
+    rows = square_mask((1, H, 1), size)[:, pixel[0]]
+    cols = square_mask((1, 1, W), size)[:, pixel[1]]
+    return np.outer(rows, cols).astype(float)
+
+
 def els_patches(pixel: tuple[int, int]) -> tuple[np.ndarray, list[int], str]:
-    """The P x P square around the pixel (clipped at the border) at each sigma, P from the ELS schedule."""
-    schedule = patches.resolve_schedule(data, "els")
+    """The ELS patch around the pixel at each sigma, P from the machine's schedule: (S, H, W) maps, sizes, source."""
+    schedule = resolve_schedule(data, "els")
     sizes = [schedule.size_for(s) for s in view.sigmas]
-    rows, cols = np.mgrid[0:H, 0:W]
-    maps = np.stack([((np.abs(rows - pixel[0]) <= p // 2) & (np.abs(cols - pixel[1]) <= p // 2)).astype(float)
-                     for p in sizes])
-    return maps, sizes, schedule.source
+    return np.stack([els_square(pixel, p) for p in sizes]), sizes, schedule.source
 
 
 def field_table(wiener: Field, unet: Field | None, cosines, masks, patch_sizes) -> pd.DataFrame:
@@ -195,9 +196,9 @@ def pixel_and_maps():
         wiener = wiener_field(stats, pixel, view.sigmas)
     masks = patch = None
     try:
-        if use_mask and analytical is not None:
+        if use_mask:
             masks = mask_maps(data_key, pixel, view.sigmas, theta, threshold)
-        if use_patch and patches is not None:
+        if use_patch:
             patch = els_patches(pixel)
     except (*D.USER_ERRORS, ValueError) as exc:
         D.show_error(exc, "Masks")
@@ -208,12 +209,14 @@ def pixel_and_maps():
             st.info(f"UNet row not shown: {unet_message}", icon=":material/model_training:")
     unet = None
     if use_unet and unet_ok:
+        def preview() -> None:  # a level of the full fields is not cached: a quick first view meanwhile
+            progress_slot.progress(0.0, text=f"UNet: a first view from {PREVIEW_N} noisy images per noise level…")
+            draw_grid(pixel, wiener, preview_field("unet", data, pixel, view.sigmas, view.seed, precision), masks,
+                      patch, grid_slot, "preview")
+
         try:
-            preview = preview_maps("unet", data, data_key, pixel, view.sigmas, view.seed, precision=precision)
-            if preview is not None:
-                draw_grid(pixel, wiener, Field(pixel, view.sigmas, *preview), masks, patch, grid_slot, "preview")
-            abs_m, signed_m = model_maps("unet", "UNet", data, data_key, pixel, view.sigmas, view.seed,
-                                         precision=precision, slot=progress_slot)
+            abs_m, signed_m = model_maps("unet", "UNet", data, pixel, view.sigmas, view.seed, precision=precision,
+                                         slot=progress_slot, on_miss=preview)
             unet = Field(pixel, view.sigmas, abs_m, signed_m)
         except D.USER_ERRORS as exc:
             with right:

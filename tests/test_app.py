@@ -145,9 +145,7 @@ def test_unavailable_data_set_is_explained_not_raised():
 
 
 def test_too_large_is_explained(monkeypatch):
-    from ui.memo import clear
-
-    clear("stats")  # statistics already in this process's memory would not be checked again
+    # checked on every call, even for statistics this process holds in memory already
     monkeypatch.setenv("LOCALITY_MAX_MEMORY_GB", "0.001")
     at = run_page(query={"dataset": "faces"})
     assert not at.exception
@@ -211,6 +209,24 @@ def test_sensitivity_cold_unet_shows_a_preview_then_the_full_fields():
     names = [t["name"] for t in figure(at, "field_grid")["data"]]
     assert any(n.startswith("UNet") and f"({PREVIEW_N} img)" not in n for n in names)
     assert "replaces it" not in texts(at)
+
+
+def test_sensitivity_builds_each_unet_field_key_once_per_click(monkeypatch):
+    """The page asks the library for each field once: no separate "is it cached?" lookup before computing."""
+    import locality_core.fields as F
+
+    built = []
+    real = F._field_key
+
+    def counting(cache, dataset, name, pixel, sigmas, *rest):
+        built.append((name, tuple(pixel), tuple(sigmas), *rest[:2]))
+        return real(cache, dataset, name, pixel, sigmas, *rest)
+
+    monkeypatch.setattr(F, "_field_key", counting)
+    at = run_page(query={"pixel": "9,4"})
+    assert_clean(at)
+    assert built and len(built) == len(set(built)), built
+    assert {n for _, _, _, n, _ in built} >= {32}
 
 
 def test_sensitivity_without_unet_says_how_to_get_it(monkeypatch, tmp_path):

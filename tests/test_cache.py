@@ -77,3 +77,33 @@ def test_concurrent_processes_compute_once(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     assert log.read_text().count("computed") == 1
     assert all((tmp_path / f"out{i}").read_text() == "42.0" for i in range(3))
+
+
+def test_kept_entries_come_from_memory_and_on_miss_hears_misses_only(tmp_path, monkeypatch):
+    cache = ArrayCache(tmp_path)
+    misses = []
+    first = cache.get_or_compute("k", lambda: {"a": np.arange(3.0)}, keep=True, on_miss=lambda: misses.append("k"))
+    assert misses == ["k"]
+    with monkeypatch.context() as m:
+        m.setattr(ArrayCache, "get", lambda self, key: pytest.fail("read the disk for a kept entry"))
+        again = cache.get_or_compute("k", lambda: pytest.fail("computed twice"), keep=True,
+                                     on_miss=lambda: misses.append("again"))
+        assert again["a"] is first["a"] and "k" in cache
+    assert misses == ["k"]
+    assert ArrayCache(tmp_path).get("k")["a"][-1] == 2  # on disk too: another process reads it there
+    cache.delete("k")  # gone from memory as well
+    assert "k" not in cache
+    assert cache.get_or_compute("k", lambda: {"a": np.zeros(1)}, keep=True)["a"].tolist() == [0.0]
+
+
+def test_statistics_are_read_from_disk_once_per_process(tmp_path, monkeypatch):
+    """Every page reads the statistics on every rerun: after the first call they come from memory."""
+    from locality_core.data import load_dataset
+    from locality_core.stats import get_stats
+
+    data = load_dataset("grf", n_train=50, n_test=4)
+    cache = ArrayCache(tmp_path)
+    first = get_stats(data, cache=cache)
+    monkeypatch.setattr(ArrayCache, "get", lambda self, key: pytest.fail("read the statistics from disk again"))
+    second = get_stats(data, cache=cache)
+    assert second.cov is first.cov and second.fingerprint == data.fingerprint

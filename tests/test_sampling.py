@@ -226,6 +226,42 @@ def test_cli_errors_are_one_line(tiny_world, capsys, monkeypatch, tmp_path):
     assert _run(["sample", data.name, "--denoisers", "nope"]) == 2
 
 
+def test_a_run_sampled_by_the_cli_is_a_hit_in_the_app_and_back(tiny_world, tmp_path, monkeypatch):
+    """`locality sample` and the Samples page share one cache entry per sampling run: whichever samples first,
+    the other reads the same samples and computes nothing."""
+    import json
+
+    pytest.importorskip("streamlit")
+    from locality_core.cache import ArrayCache
+    from locality_core.metrics import nearest_training
+    from ui import sampling as S
+
+    data, _ = tiny_world
+    monkeypatch.setenv("LOCALITY_CACHE_DIR", str(tmp_path / "cache"))  # cold
+    names, n, steps = ("wiener", "optimal"), 3, 3
+    cli = ["sample", data.name, "--denoisers", ",".join(names), "--n", str(n), "--steps", str(steps),
+           "--out", str(tmp_path / "grid.png"), "--json", str(tmp_path / "metrics.json")]
+
+    def refuse(self, key, arrays):
+        raise AssertionError(f"computed again: {key}")
+
+    assert _run(cli + ["--seed", "1"]) == 0  # the CLI samples, the app reads
+    with monkeypatch.context() as m:
+        m.setattr(ArrayCache, "set", refuse)
+        app = {name: S.sample((data.name, "{}", ""), name, n, steps, 1, "cpu") for name in names}
+    report = json.loads((tmp_path / "metrics.json").read_text())["denoisers"]
+    for name in names:
+        assert app[name]["x0_hat"].shape == (steps, n, *data.shape)
+        _, dist = nearest_training(torch.from_numpy(app[name]["x0_hat"][-1]), data.train)
+        np.testing.assert_allclose(dist.numpy(), report[name]["nearest_distance"], rtol=1e-6)
+
+    for name in names:  # the app samples, the CLI reads
+        S.sample((data.name, "{}", ""), name, n, steps, 2, "cpu")
+    with monkeypatch.context() as m:
+        m.setattr(ArrayCache, "set", refuse)
+        assert _run(cli + ["--seed", "2"]) == 0
+
+
 def test_cached_trajectory_keeps_denoiser_options_apart(tmp_path):
     """The Samples page's per-batch analytical option is its own cache entry with its own samples (the
     reference code's per-batch softmax), and the default options share the warm-up's entry."""

@@ -1,12 +1,13 @@
-"""Cached calls into locality_core, shared by every page, and the one place that turns errors into messages.
+"""Calls into locality_core shared by every page, and the one place that turns errors into messages.
 
 Glossary
     data key      (name, params_json, transform_json): a data set, its options, and an optional transform of
-                  `locality_core.experiments` as canonical JSON ({"kind": "permute"|"inject"|"class", ...});
-                  the cache key of everything derived from it
-    resource      st.cache_resource: one shared object (data sets, statistics, models), never copied
-    small result  st.cache_data: copied on every hit (maps, curves, tables); keyed on small values only
+                  `locality_core.experiments` as canonical JSON ({"kind": "permute"|"inject"|"class", ...})
     require_data  load the data set and its statistics with a progress bar, or show what went wrong and stop
+
+The library caches the data sets (by name, options and file stamp) and their statistics (in memory per
+fingerprint, and on disk); this module adds st.cache_resource only for objects that every session of the server
+shares and the library does not keep: transformed data sets, the BLAS thread controller, the imports' stamps.
 
 User-facing failures (DatasetError, DenoiserError, ModelError, TooLargeError) become st.error / st.info with
 what to do, never a traceback.
@@ -15,11 +16,9 @@ what to do, never a traceback.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 from collections.abc import Callable
 
-import numpy as np
 import streamlit as st
 
 from locality_core import experiments
@@ -32,7 +31,6 @@ from locality_core.models import ModelError
 from locality_core.stats import DataStats, TooLargeError, get_stats
 
 from .memo import clear as memo_clear
-from .memo import memo
 from .state import View
 
 USER_ERRORS = (DatasetError, DenoiserError, ModelError, TooLargeError)
@@ -128,9 +126,8 @@ def dataset(name: str, params_json: str = "{}", transform: str = "") -> Dataset:
 
 def stats(name: str, params_json: str = "{}", transform: str = "",
           progress: Callable[[float, str], None] | None = None) -> DataStats:
-    """Statistics (disk-cached by the library), kept in memory for the process; ``progress`` may draw."""
-    data = dataset(name, params_json, transform)
-    return memo("stats", data.fingerprint, lambda: get_stats(data, progress=progress))
+    """Statistics, from the library's memory after the first time; ``progress`` hears a computation and may draw."""
+    return get_stats(dataset(name, params_json, transform), progress=progress)
 
 
 def show_error(exc: BaseException, what: str = "") -> None:
@@ -174,25 +171,10 @@ def stats_with_progress(view: View, transform: str = "") -> DataStats:
 
 # ---------------------------------------------------------------- denoisers
 
-def optional_module(name: str):
-    """``locality_core.<name>`` when it exists (modules written by other work in progress), else None."""
-    try:
-        return importlib.import_module(f"locality_core.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"locality_core.{name}":
-            return None
-        raise
-
-
 def denoiser_status(name: str, data: Dataset) -> tuple[bool, str]:
     """(usable, message): whether denoiser ``name`` is registered and available for ``data``, and why not."""
     try:
-        spec = get_denoiser_spec(name)
-    except DenoiserError:
-        return False, (f"The {name!r} denoiser is not part of this installation yet (it is being added to "
-                       "locality_core); update the app to get it.")
-    try:
-        return spec.availability(data)
+        return get_denoiser_spec(name).availability(data)
     except USER_ERRORS as exc:
         return False, str(exc)
 
@@ -209,24 +191,3 @@ def field_precision() -> str:
     from locality_core.warmup import default_field_precision
 
     return default_field_precision()
-
-
-@st.cache_data(max_entries=512, show_spinner=False)
-def model_field(name: str, data_key: tuple[str, str, str], model_id: str, pixel: tuple[int, int],
-                sigmas: tuple[float, ...], n: int, seed: int, precision: str = "float32"
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(abs_mean, signed_mean) of denoiser ``name`` at ``sigmas``, each (S, C_out, C_in, H, W); disk-cached
-    below."""
-    from locality_core.fields import denoiser_field
-
-    f = denoiser_field(dataset(*data_key), name, pixel, list(sigmas), n=n, seed=seed, precision=precision)
-    return f.abs_mean, f.signed_mean
-
-
-def model_field_cached(name: str, data_key: tuple[str, str, str], pixel: tuple[int, int], sigmas: tuple[float, ...],
-                       n: int, seed: int, precision: str = "float32") -> bool:
-    """Whether every per-sigma field is on disk already (a few key lookups, no computation)."""
-    from locality_core.fields import field_is_cached
-
-    data = dataset(*data_key)
-    return all(field_is_cached(data, name, pixel, [s], n=n, seed=seed, precision=precision) for s in sigmas)

@@ -1,5 +1,6 @@
-"""The Jacobian page's cached calls: bases (disk cache below, with their measured time), honest waiting texts,
-and the batched Hutchinson estimate of tr J that stands in for the exact curve until it is computed."""
+"""The Jacobian page's calls: bases (the library's disk cache, with their measured time), honest waiting texts,
+and the batched Hutchinson estimate of tr J that stands in for the exact curve until it is computed. The
+estimate is cached here (st.cache_data) because the library does not keep it."""
 
 from __future__ import annotations
 

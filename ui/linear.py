@@ -1,5 +1,9 @@
 """The trained linear denoiser experiment (locality_core.linear_fit): Adam on E||x0 - (A x + b)||^2 converges
-to the Wiener filter P_sigma; its field of the chosen pixel approaches the closed form."""
+to the Wiener filter P_sigma; its field of the chosen pixel approaches the closed form.
+
+Fits are kept in `ui.memo` (the library does not cache them): a fit draws its own progress bar, which
+Streamlit's caches cannot replay.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import numpy as np
 import streamlit as st
 
 from locality_core.data import Dataset
+from locality_core.linear_fit import fit_linear_denoiser
 from locality_core.stats import DataStats
 from locality_core.wiener import wiener_matrix
 
@@ -23,12 +28,11 @@ def fit(data_key: tuple[str, str, str], sigma: float, pixel: tuple[int, int], st
         progress=None) -> dict:
     """The fit's curves and fields (not A itself: small results only), memoised by their parameters."""
     def compute():
-        linear_fit = D.optional_module("linear_fit")
         data = D.dataset(*data_key)
         stats = D.stats(*data_key)
         P = wiener_matrix(stats.eigvecs, stats.eigvals, sigma)
-        r = linear_fit.fit_linear_denoiser(data.train, sigma, P, pixel=pixel, steps=steps, seed=seed,
-                                           record_every=max(1, steps // 60), progress=progress)
+        r = fit_linear_denoiser(data.train, sigma, P, pixel=pixel, steps=steps, seed=seed,
+                                record_every=max(1, steps // 60), progress=progress)
         return {"steps": r.steps, "rel_error": r.rel_error, "fields": r.fields, "target": r.target_field}
 
     return memo("linear_fit", (data_key, sigma, pixel, steps, seed), compute, max_entries=16)
@@ -41,10 +45,6 @@ def linear_fit_section(view: View, data: Dataset, stats: DataStats, data_key: tu
         "descent on noisy training images and watch its matrix $A$ approach $P_\\sigma$: the field of the "
         "chosen pixel (a row of $A$) takes the closed-form shape. Locality is what the data's statistics "
         "make optimal, before any architecture enters.")
-    linear_fit = D.optional_module("linear_fit")
-    if linear_fit is None:
-        st.info("The trained linear denoiser (locality_core/linear_fit.py) is not part of this installation yet.")
-        return
     pixel = current_pixel(data.shape)
     a, b, c = st.columns([1.2, 1, 1])
     sigma = a.selectbox("Noise level", list(view.sigmas), index=len(view.sigmas) // 2, format_func=noise_label,

@@ -1,6 +1,10 @@
 """Sampling for the Samples page: one denoiser at a time from the same initial noise, trajectories kept, each
-drawn as soon as it is done; slow ones with a progress bar and a time estimate. Results live in the library's
-disk cache (`locality_core.sampling.cached_trajectory`, the entry the warm-up fills) and in memory."""
+drawn as soon as it is done; slow ones with a progress bar and a time estimate.
+
+The runs are the library's (`locality_core.sampling.cached_trajectory`): the disk entry that `locality sample`
+and the warm-up fill, read in milliseconds, so the page keeps no copy. Only the nearest training images are
+cached here (st.cache_data): the library does not keep them, and they cost a pass over the training set.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,9 @@ import numpy as np
 import streamlit as st
 import torch
 
-from locality_core.sampling import cached_trajectory, trajectory_is_cached
+from locality_core.sampling import cached_trajectory
 
 from . import data as D
-from .memo import cached, memo
 
 # denoisers that sample 8 Fashion-MNIST images in a second or two: drawn first, so the page fills quickly
 FAST = ("unet", "wiener", "optimal")
@@ -23,20 +26,6 @@ FAST = ("unet", "wiener", "optimal")
 def order(names: list[str]) -> list[str]:
     """The fast denoisers first (the order the page computes them in), the others as chosen."""
     return [n for n in names if n in FAST] + [n for n in names if n not in FAST]
-
-
-def run_key(data_key, name: str, n: int, steps: int, seed: int, device: str, options: dict | None = None) -> tuple:
-    """A hashable key of one sampling run; ``options`` are the denoiser's (the registry's defaults when empty)."""
-    data = D.dataset(*data_key)
-    options = tuple(sorted((options or {}).items()))
-    return (data_key, name, D.denoiser_id(name, data, **dict(options)), n, steps, seed, device, options)
-
-
-def is_cached(key: tuple) -> bool:
-    """In memory or on disk already (a key lookup, no computation)."""
-    data_key, name, _, n, steps, seed, _, options = key
-    return cached("samples", key) or trajectory_is_cached(D.dataset(*data_key), name, n, steps, seed,
-                                                          options=dict(options))
 
 
 def wait_text(dataset: str, name: str, n: int, steps: int) -> str:
@@ -50,27 +39,28 @@ def wait_text(dataset: str, name: str, n: int, steps: int) -> str:
     return f"**{name}**: sampling {n} images through {steps} DDIM steps ({pace})…"
 
 
-def sample(key: tuple, progress: Callable[[float, str], None] | None = None) -> dict:
+def sample(data_key: tuple[str, str, str], name: str, n: int, steps: int, seed: int, device: str,
+           options: dict | None = None, *, on_miss: Callable[[], None] | None = None,
+           progress: Callable[[float, str], None] | None = None) -> dict:
     """{"x": (S, n, C, H, W), "x0_hat": (S, n, C, H, W), "device": str} of one denoiser, numpy float32.
 
-    ``progress(fraction, text)`` hears each DDIM step with the time left, estimated from the steps so far."""
-    data_key, name, _, n, steps, seed, device, options = key
+    ``on_miss()`` runs once when the run is not cached yet (before it is computed, or waited for);
+    ``progress(fraction, text)`` then hears each DDIM step with the time left, estimated from the steps so far."""
+    start = time.perf_counter()
 
-    def compute():
-        start = time.perf_counter()
+    def hear(fraction: float, text: str) -> None:
+        nonlocal start
+        if fraction == 0.0:  # the run is not cached: say so, and time it from here
+            start = time.perf_counter()
+            if on_miss is not None:
+                on_miss()
+        elif progress is not None:
+            left = (time.perf_counter() - start) / fraction * (1.0 - fraction)
+            progress(fraction, f"{text}, about {left:.0f} s left")
 
-        def step(info):
-            if progress is not None:
-                done = info["step"] + 1
-                left = (time.perf_counter() - start) / done * (steps - done)
-                progress(done / steps, f"{name}: step {done}/{steps} (σ={info['sigma']:.3g}), about {left:.0f} s "
-                                       "left")
-
-        arrays = cached_trajectory(D.dataset(*data_key), name, n, steps, seed, device=device, callback=step,
-                                   options=dict(options))
-        return {"x": arrays["x"], "x0_hat": arrays["x0_hat"], "device": str(arrays.get("device", "cpu"))}
-
-    return memo("samples", key, compute, max_entries=24)
+    run = cached_trajectory(D.dataset(*data_key), name, n, steps, seed, options=options, device=device,
+                            progress=hear)
+    return {"x": run["x"], "x0_hat": run["x0_hat"], "device": str(run.get("device", "cpu"))}
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

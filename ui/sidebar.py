@@ -1,6 +1,7 @@
 """The shared sidebar: data set (with its options), noise levels, seed, torch device. Returns a `View`.
 
-Every widget is bound to a URL query parameter (see `ui.state`), so a link reproduces the view.
+Every widget is bound to a URL query parameter (see `ui.state`), so a link reproduces the view. Data set
+availability is cached for a minute (st.cache_data): it looks for files, and the sidebar asks on every rerun.
 """
 
 from __future__ import annotations

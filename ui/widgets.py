@@ -1,4 +1,8 @@
-"""Composite widgets shared by several pages: the pixel picker, model fields with progress, download buttons."""
+"""Composite widgets shared by several pages: the pixel picker, model fields with progress, download buttons.
+
+Model fields come straight from the library's disk cache (a few small entries per click). Analytical mask
+columns are cached here (st.cache_data): each is one column of a d x d mask that the library keeps on disk only.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from collections.abc import Callable
 import numpy as np
 import streamlit as st
 
+from locality_core.analytical import mask_column
 from locality_core.data import Dataset
+from locality_core.fields import Field, denoiser_field
 
 from . import data as D
 from .figures import plotly_config
@@ -74,40 +80,39 @@ def picker(background, shape: tuple[int, int, int], *, key: str = "picker", kind
 PREVIEW_N = 4
 
 
-def model_maps(name: str, title: str, data: Dataset, data_key: tuple[str, str, str], pixel: tuple[int, int],
-               sigmas: tuple[float, ...], seed: int, n: int = 32, precision: str = "float32",
-               slot=None) -> tuple[np.ndarray, np.ndarray]:
-    """Fields of a trained denoiser at every sigma, (S, C_out, C_in, H, W) abs and signed, with a progress bar
-    in ``slot`` (a new st.empty() by default).
+def model_maps(name: str, title: str, data: Dataset, pixel: tuple[int, int], sigmas: tuple[float, ...], seed: int,
+               n: int = 32, precision: str = "float32", slot=None,
+               on_miss: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fields of a trained denoiser at every sigma, (S, C_out, C_in, H, W) abs and signed.
 
-    Each noise level is one cached call (disk cache below, st.cache_data on top), so progress is per level.
+    Each noise level is one call into the library's disk cache (its key built once); a level that is not cached
+    shows a progress bar in ``slot`` (a new st.empty() by default) while it is computed, and before the first such
+    level ``on_miss()`` runs once (the page draws a quick preview then).
     """
-    model_id = D.denoiser_id(name, data)
     slot = st.empty() if slot is None else slot
-    abs_maps, signed_maps = [], []
-    try:
-        for i, sigma in enumerate(sigmas):
+    pending = [on_miss] if on_miss is not None else []
+
+    def hear(i: int, sigma: float) -> Callable[[float, str], None]:
+        def progress(fraction: float, text: str) -> None:
+            while pending:
+                pending.pop()()
             slot.progress(i / len(sigmas), text=f"{title}: Jacobians of {n} noisy test images at σ={sigma:.3g} "
                                                 f"({i + 1}/{len(sigmas)}; cached afterwards)")
-            a, s = D.model_field(name, data_key, model_id, pixel, (float(sigma),), n, seed, precision)
-            abs_maps.append(a[0])
-            signed_maps.append(s[0])
+        return progress
+
+    try:
+        fields = [denoiser_field(data, name, pixel, [float(s)], n=n, seed=seed, precision=precision,
+                                 progress=hear(i, float(s))) for i, s in enumerate(sigmas)]
     finally:
         slot.empty()
-    return np.stack(abs_maps), np.stack(signed_maps)
+    return np.concatenate([f.abs_mean for f in fields]), np.concatenate([f.signed_mean for f in fields])
 
 
-def preview_maps(name: str, data: Dataset, data_key: tuple[str, str, str], pixel: tuple[int, int],
-                 sigmas: tuple[float, ...], seed: int, n: int = 32, precision: str = "float32"
-                 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """A quick first view while `model_maps` is cold: the fields from ``PREVIEW_N`` noisy images per level, all
-    levels in one batched backward pass (a fraction of a second). None when the full fields are cached (or n is
-    no larger than the preview)."""
-    if n <= PREVIEW_N or D.model_field_cached(name, data_key, pixel, sigmas, n, seed, precision):
-        return None
-    model_id = D.denoiser_id(name, data)
-    return D.model_field(name, data_key, model_id, pixel, tuple(float(s) for s in sigmas), PREVIEW_N, seed,
-                         precision)
+def preview_field(name: str, data: Dataset, pixel: tuple[int, int], sigmas: tuple[float, ...], seed: int,
+                  precision: str = "float32") -> Field:
+    """A quick first view while `model_maps` computes: the fields from ``PREVIEW_N`` noisy images per level, all
+    levels in one batched backward pass (a fraction of a second), cached like the full ones."""
+    return denoiser_field(data, name, pixel, [float(s) for s in sigmas], n=PREVIEW_N, seed=seed, precision=precision)
 
 
 def run_button(label: str, key: str, done: bool, note: str = "", **kwargs) -> bool:
@@ -139,8 +144,7 @@ def show(fig, key: str, filename: str) -> None:
 @st.cache_data(max_entries=1024, show_spinner=False)
 def _mask_column(data_key: tuple[str, str, str], pixel: tuple[int, int], sigma: float, theta: float | None,
                  mode: str) -> tuple[np.ndarray, int, float, float]:
-    analytical = D.optional_module("analytical")
-    col = analytical.mask_column(D.stats(*data_key), pixel, sigma, theta, mode)
+    col = mask_column(D.stats(*data_key), pixel, sigma, theta, mode)
     return col.map, col.size, col.max_abs_m, col.theta
 
 
