@@ -50,13 +50,6 @@ def how_to_train(name: str) -> str:
             f"cores, minutes on a GPU: add --device cuda); it is saved to {user_model_dir(name)}.")
 
 
-def read_card(name: str) -> dict | None:
-    weights = find_weights(name)
-    if weights is None or not (weights.parent / CARD).is_file():
-        return None
-    return json.loads((weights.parent / CARD).read_text())
-
-
 def _short(fingerprint: str, other: str) -> str:
     """The first 12 characters of ``fingerprint``, or all of it when that prefix does not tell it from ``other``
     (a subset's fingerprint is its data set's plus a suffix)."""
