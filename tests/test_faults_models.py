@@ -14,7 +14,15 @@ import pytest
 import torch
 from fault_helpers import import_tiny
 
-from locality_core.models import ASSETS_MODELS, CARD, ModelError, file_sha256, load_weights, write_card_hash
+from locality_core.models import (
+    ASSETS_MODELS,
+    CARD,
+    ModelError,
+    file_sha256,
+    load_weights,
+    save_weights,
+    write_card_hash,
+)
 from locality_core.unet import EDMDenoiser, UNetConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +33,7 @@ def save_model(folder: Path, config: UNetConfig = TINY, state: dict | None = Non
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     state = EDMDenoiser(config).state_dict() if state is None else state
-    torch.save({"format": "locality-unet-v1", "unet_config": config.to_dict(), "state_dict": state,
-                "fingerprint": "f" * 64, "dataset": "tiny"}, folder / "unet.pt")
+    save_weights(folder / "unet.pt", config, state, fingerprint="f" * 64, dataset="tiny")
     if card:
         (folder / CARD).write_text(json.dumps({"dataset": "tiny", "unet_config": config.to_dict()}))
         write_card_hash(folder)

@@ -13,6 +13,7 @@ from locality_core.cache import ArrayCache
 from locality_core.data import load_dataset
 from locality_core.experiments import inject_pattern
 from locality_core.fields import denoiser_field, field_is_cached
+from locality_core.models import save_weights
 from locality_core.sampling import cached_trajectory, trajectory_is_cached
 from locality_core.stats import get_stats
 from locality_core.unet import EDMDenoiser, UNetConfig
@@ -33,8 +34,8 @@ def tiny(tmp_path_factory):
     model = EDMDenoiser(UNetConfig(base=8, mults=(1, 2), blocks=1, emb_dim=16, groups=4))
     torch.nn.init.normal_(model.net.conv_out.weight, std=0.05)
     (root / "models" / "grf").mkdir(parents=True)
-    torch.save({"format": "locality-unet-v1", "unet_config": model.config.to_dict(), "state_dict": model.state_dict(),
-                "fingerprint": data.fingerprint, "dataset": "grf"}, root / "models" / "grf" / "unet.pt")
+    save_weights(root / "models" / "grf" / "unet.pt", model.config, model.state_dict(), fingerprint=data.fingerprint,
+                 dataset="grf")
     times = warmup.run([("grf", task) for task in warmup.TASK_ORDER], datasets={"grf": data}, stop_on_error=True)
     yield data, times
     mp.undo()
