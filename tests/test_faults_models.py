@@ -133,6 +133,7 @@ def test_train_refuses_non_positive_steps_and_writes_nothing(tmp_path, monkeypat
     assert not list((tmp_path / "models").rglob("unet.pt"))
 
 
+@pytest.mark.slow  # 11-20 s on the shared 2-core machine
 def test_train_never_replaces_a_model_unless_forced(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALITY_DATA_DIR", str(tmp_path))
     import_tiny(tmp_path)

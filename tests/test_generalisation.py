@@ -143,6 +143,7 @@ def test_a_copying_denoiser_memorises_and_a_shared_one_generalises(tiny):
 
 # ---------------------------------------------------------------- the table, cached
 
+@pytest.mark.slow  # 11-20 s on the shared 2-core machine
 def test_table_is_computed_once_and_keyed_on_the_weights(tiny, model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(G, "N_SAMPLES", 4)
     for n in SIZES:
@@ -166,6 +167,7 @@ def test_table_is_computed_once_and_keyed_on_the_weights(tiny, model_dir, tmp_pa
     assert len(calls) == 5
 
 
+@pytest.mark.slow  # 11-20 s on the shared 2-core machine
 def test_precompute_covers_networks_and_analytical(tiny, model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(G, "N_SAMPLES", 2)
     monkeypatch.setattr(G, "N_EVAL", 4)
