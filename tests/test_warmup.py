@@ -124,8 +124,9 @@ def test_a_failing_task_does_not_stop_the_others(grf, monkeypatch):
     assert "no such model" in warmup.read_status()["errors"]["grf/broken"]
 
 
-def test_a_page_hears_what_the_warmup_is_computing_and_for_how_long(grf, monkeypatch):
-    _, data = grf
+@pytest.mark.slow  # needs the durations of the warm-up run
+def test_a_page_hears_what_the_warmup_is_computing_and_for_how_long(tiny, monkeypatch):
+    data, _ = tiny
     heard = []
 
     def slow(dataset, progress):
