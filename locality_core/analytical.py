@@ -475,12 +475,11 @@ def per_batch_difference(dataset: Dataset, *, n_train: int = 10_000, n: int = 8,
     data = Dataset.from_tensor(train, stats=stats)
     exact = AnalyticalDenoiser(theta).fit(data)
     batched = AnalyticalDenoiser(theta, batch_normalised=True).fit(data)
-    x0 = dataset.test[:n]
-    generator = torch.Generator().manual_seed(seed)
+    from .evaluate import noisy_heldout
+
     rows = []
     with torch.no_grad():
-        for i, sigma in enumerate(sigmas):
-            x = x0 + sigma * torch.randn(x0.shape, generator=generator)
+        for i, (sigma, x) in enumerate(zip(sigmas, noisy_heldout(dataset.test[:n], sigmas, seed), strict=True)):
             diff = (exact(x, sigma) - batched(x, sigma)).abs()
             t = REFERENCE_TIMESTEPS[i] if sigmas == list(REFERENCE_SIGMAS) else None
             rows.append({"t": t, "sigma": sigma, "max_abs_diff": float(diff.max()),

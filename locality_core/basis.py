@@ -146,12 +146,12 @@ def denoiser_basis(dataset, name: str, image_index: int, sigma: float, *, seed: 
     """
     from .cache import default_cache
     from .denoisers import get_denoiser, get_spec
+    from .evaluate import noisy_heldout
 
     if not 0 <= image_index < len(dataset.test):
         raise ValueError(f"image index {image_index} is outside the test set (0..{len(dataset.test) - 1})")
     x0 = dataset.test[image_index]
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    y = x0 + float(sigma) * noise
+    y = noisy_heldout(x0[None], float(sigma), seed)[0, 0]
     if get_spec(name).linear:
         return linear_basis(get_denoiser(name, dataset), sigma), y.numpy()
     cache = cache or default_cache()

@@ -95,17 +95,17 @@ def sample_grid(rows: dict[str, torch.Tensor], scale: int = SCALE):
     """A labelled PIL image: one row per entry of ``rows`` (label -> (n, C, H, W)), one column per sample."""
     from PIL import Image, ImageDraw
 
+    from .render import paste_grid
+
     first = next(iter(rows.values()))
     n, _, h, w = first.shape
     cell_h, cell_w, pad = h * scale, w * scale, 4
     grid = Image.new("RGB", (LABEL_WIDTH + n * (cell_w + pad) + pad, len(rows) * (cell_h + pad) + pad), "white")
     draw = ImageDraw.Draw(grid)
-    for i, (label, images) in enumerate(rows.items()):
-        y = pad + i * (cell_h + pad)
-        draw.text((6, y + cell_h // 2 - 6), label, fill="black")
-        for j, px in enumerate(_to_pixels(images)):
-            tile = Image.fromarray(px).resize((cell_w, cell_h), Image.NEAREST)
-            grid.paste(tile, (LABEL_WIDTH + pad + j * (cell_w + pad), y))
+    for i, label in enumerate(rows):
+        draw.text((6, pad + i * (cell_h + pad) + cell_h // 2 - 6), label, fill="black")
+    tiles = [[Image.fromarray(px) for px in _to_pixels(images)] for images in rows.values()]
+    paste_grid(grid, tiles, (LABEL_WIDTH + pad, pad), (cell_w, cell_h), pad)
     return grid
 
 

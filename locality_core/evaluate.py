@@ -2,6 +2,11 @@
 
 MSE is per pixel, on x0 in [-1, 1], over the first ``n`` test images, with noise drawn from a fixed seed
 (the same noise for every denoiser, so their numbers compare directly).
+
+Glossary
+    noisy_heldout  x0 + sigma * eps at each of S noise levels, (S, B, C, H, W): the one way noisy held-out
+                   inputs are drawn (evaluation, agreement, fields, bases, calibration, kernel comparisons)
+    grid seed      evaluation draws grid point i's noise from its own generator, seeded ``seed * 1000 + i``
 """
 
 from __future__ import annotations
@@ -16,9 +21,25 @@ EVAL_IMAGES = 2000
 EVAL_SEED = 0
 
 
-def noise_for(shape: tuple[int, ...], index: int, seed: int = EVAL_SEED) -> torch.Tensor:
-    """The evaluation noise of grid point ``index``: identical for every denoiser."""
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1000 + index))
+def noisy_heldout(x0: torch.Tensor, sigmas, seed: int | None = None, *,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """x0 (B, C, H, W), sigmas scalar or (S,) -> x0 + sigma_s * eps_s, (S, B, C, H, W), in x0's dtype.
+
+    eps (S, B, C, H, W) is ONE standard normal draw (CPU) from ``generator``, else from a fresh generator
+    seeded ``seed``, else from torch's global generator. One draw, not one per sigma: the CPU sampler fills
+    blocks of 16 values, so S draws of B*C*H*W values equal one draw of S*B*C*H*W only when B*C*H*W is a
+    multiple of 16.
+    """
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+    sig = torch.as_tensor(sigmas, dtype=x0.dtype).reshape(-1)
+    eps = torch.randn((len(sig), *x0.shape), generator=generator, dtype=x0.dtype).to(x0.device)
+    return x0 + sig.to(x0.device).view(-1, 1, 1, 1, 1) * eps
+
+
+def grid_seed(index: int, seed: int = EVAL_SEED) -> int:
+    """The seed of grid point ``index``'s evaluation noise: each sigma has its own, identical for every denoiser."""
+    return seed * 1000 + index
 
 
 @torch.no_grad()
@@ -27,11 +48,11 @@ def heldout_mse(denoiser, x0: torch.Tensor, sigmas: list[float], *, seed: int = 
     """Per-pixel MSE of ``denoiser`` on x0 (n, C, H, W) at each sigma."""
     errors = []
     for i, sigma in enumerate(tqdm(sigmas, desc=desc, disable=not progress, leave=False)):
-        noise = noise_for(tuple(x0.shape), i, seed)
+        x = noisy_heldout(x0, sigma, grid_seed(i, seed))[0]
         total = 0.0
         for start in range(0, len(x0), batch):
             xb = x0[start:start + batch]
-            x0_hat = denoiser(xb + sigma * noise[start:start + batch], sigma)
+            x0_hat = denoiser(x[start:start + batch], sigma)
             total += float((x0_hat - xb).double().pow(2).sum())
         errors.append(total / x0.numel())
     return errors

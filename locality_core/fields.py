@@ -104,11 +104,12 @@ def linear_field(denoiser: LinearDenoiser, pixel: tuple[int, int], sigmas: list[
 
 def noisy_inputs(x0: torch.Tensor, sigmas: list[float], generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x0 (n, C, H, W) -> x (S*n, C, H, W) = x0 + sigma * eps, and the matching (S*n,) sigmas."""
-    n = len(x0)
-    sig = torch.tensor(sigmas, dtype=x0.dtype).repeat_interleave(n)
-    eps = torch.randn((len(sigmas) * n, *x0.shape[1:]), generator=generator, dtype=x0.dtype)
-    return x0.repeat(len(sigmas), 1, 1, 1) + sig.view(-1, 1, 1, 1) * eps, sig
+    """x0 (n, C, H, W) -> x (S*n, C, H, W) = x0 + sigma * eps (`evaluate.noisy_heldout`, flattened), and the
+    matching (S*n,) sigmas."""
+    from .evaluate import noisy_heldout
+
+    x = noisy_heldout(x0, sigmas, generator=generator)
+    return x.flatten(0, 1), torch.tensor(sigmas, dtype=x0.dtype).repeat_interleave(len(x0))
 
 
 def jacobian_rows(denoiser, x: torch.Tensor, sigma: torch.Tensor, pixel: tuple[int, int],

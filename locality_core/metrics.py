@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .evaluate import noise_for
+from .evaluate import grid_seed, noisy_heldout
 from .schedule import sigma_to_t
 
 
@@ -55,11 +55,11 @@ def agreement(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
 @torch.no_grad()
 def same_input_outputs(denoiser: Callable, x0: torch.Tensor, sigmas: list[float], *, seed: int = 0,
                        batch_size: int = 64) -> torch.Tensor:
-    """(S, n, C, H, W): the denoiser on x0 + sigma * eps at each sigma (noise of `evaluate.noise_for`, the same
-    for every denoiser)."""
+    """(S, n, C, H, W): the denoiser on x0 + sigma * eps at each sigma (the evaluation's noise, `evaluate.grid_seed`,
+    the same for every denoiser)."""
     out = []
     for i, sigma in enumerate(sigmas):
-        x = x0 + float(sigma) * noise_for(tuple(x0.shape), i, seed).to(x0)
+        x = noisy_heldout(x0, float(sigma), grid_seed(i, seed))[0]
         out.append(torch.cat([denoiser(x[s:s + batch_size], sigma) for s in range(0, len(x), batch_size)]))
     return torch.stack(out)
 

@@ -1,4 +1,8 @@
-"""Finding and loading trained UNet weights, safely, and only for the data they were trained on.
+"""Saving, finding and loading trained UNet weights, safely, and only for the data they were trained on.
+
+The weights format (``unet.pt``, `save_weights` / `load_weights`, nothing else writes or reads it): a dict
+{"format": "locality-unet-v1", "unet_config", "state_dict", "fingerprint" (of the training data), "dataset"},
+plain tensors and builtins only, so it loads with ``torch.load(weights_only=True)``.
 
 Search order for the weights of data set NAME: ``$LOCALITY_MODEL_DIR/NAME``, the user's model folder
 (``<data home>/models/NAME``, where `locality train` writes by default), then the weights shipped in
@@ -10,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +27,7 @@ from .unet import EDMDenoiser, UNetConfig
 ASSETS_MODELS = Path(__file__).resolve().parent.parent / "assets" / "models"
 WEIGHTS = "unet.pt"
 CARD = "card.json"
+WEIGHTS_FORMAT = "locality-unet-v1"
 
 
 class ModelError(RuntimeError):
@@ -48,13 +55,6 @@ def find_weights(name: str) -> Path | None:
 def how_to_train(name: str) -> str:
     return (f"No trained UNet for {name!r}. Train one with `locality train {name}` (about 2 hours on 2 CPU "
             f"cores, minutes on a GPU: add --device cuda); it is saved to {user_model_dir(name)}.")
-
-
-def read_card(name: str) -> dict | None:
-    weights = find_weights(name)
-    if weights is None or not (weights.parent / CARD).is_file():
-        return None
-    return json.loads((weights.parent / CARD).read_text())
 
 
 def _short(fingerprint: str, other: str) -> str:
@@ -87,9 +87,7 @@ def write_card_hash(directory: str | Path) -> dict:
     card_path = directory / CARD
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     card["sha256"] = card_hashes(directory)
-    tmp = card_path.with_name(f".{CARD}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, card_path)
+    atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
     return card["sha256"]
 
 
@@ -134,6 +132,28 @@ def check_state_dict(config: UNetConfig, state: dict, path: Path) -> None:
     if bad:
         raise ModelError(f"{path} has non-finite values (NaN or infinity) in {len(bad)} tensors, e.g. {bad[0]}; "
                          "delete it and retrain.")
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to a uniquely named file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def save_weights(path: str | Path, config: UNetConfig, state_dict: dict, *, fingerprint: str, dataset: str) -> Path:
+    """Write ``path`` (unet.pt) in the weights format (module docstring), atomically; returns the path.
+
+    ``fingerprint`` and ``dataset``: the training data's fingerprint and name (`load_weights` checks the first)."""
+    path = Path(path)
+    blob = {"format": WEIGHTS_FORMAT, "unet_config": config.to_dict(), "state_dict": state_dict,
+            "fingerprint": fingerprint, "dataset": dataset}
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
+    return path
 
 
 def load_weights(path: Path, dataset: Dataset | None = None) -> EDMDenoiser:

@@ -460,12 +460,12 @@ class ELSDenoiser(Denoiser):
 
 def image_scores(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
     """(n,) per-image MSE, or cosine similarity of mean-centred images ("cosine"), of a, b (n, C, H, W)."""
-    a, b = a.flatten(1).double(), b.flatten(1).double()
+    from .metrics import mse_scores, pearson_scores
+
     if metric == "mse":
-        return (a - b).pow(2).mean(1)
+        return mse_scores(a, b)
     if metric == "cosine":
-        a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+        return pearson_scores(a, b)
     raise ValueError(f"metric must be 'mse' or 'cosine', got {metric!r}")
 
 
@@ -489,10 +489,10 @@ def calibrate(dataset: Dataset, reference: Callable, sigmas: list[float], sizes:
     the calibration table in ``scores`` (one row per sigma, one column per size). ``options`` go to the
     machine (ELS: n_train, broken, seed).
     """
-    x0 = dataset.test[:n]
-    generator = torch.Generator().manual_seed(seed)
+    from .evaluate import noisy_heldout
+
     sigmas = sorted(float(s) for s in sigmas)
-    inputs = [x0 + s * torch.randn(x0.shape, generator=generator, dtype=x0.dtype) for s in sigmas]
+    inputs = noisy_heldout(dataset.test[:n], sigmas, seed)
     targets = [reference(x, s) for x, s in zip(inputs, sigmas, strict=True)]
     table = np.zeros((len(sigmas), len(sizes)))
     for j, p in enumerate(sizes):                      # one machine at a time: each holds its training set

@@ -1,10 +1,12 @@
-"""Pillow-only figures for the CLI: maps in a colour scale, image grids, labels. No plotting library needed.
+"""Pillow-only figures: maps in a colour scale, image grids, labels. No plotting library needed.
 
 Glossary
     to_uint8_image   (C, H, W) image in [-1, 1] -> PIL image
     heat             (H, W) map -> RGB PIL image; 'abs' maps use a sequential scale from 0 to the max,
                      'signed' maps a diverging one symmetric around 0
-    labelled_grid    rows x columns of tiles with row and column labels, upscaled with nearest neighbour
+    paste_grid       the one image-grid renderer: rows of tiles, upscaled with nearest neighbour, a fixed gap
+                     apart; the CLI's figures and the app's PNG downloads (``ui.figures.grid_png``) draw with it
+    labelled_grid    `paste_grid` with row and column labels and a title
 """
 
 from __future__ import annotations
@@ -52,6 +54,19 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def paste_grid(canvas: Image.Image, tiles: list[list[Image.Image]], origin: tuple[int, int],
+               cell: tuple[int, int], pad: int) -> list[list[tuple[int, int]]]:
+    """Paste rows of ``tiles`` onto ``canvas``, each as RGB upscaled to ``cell`` (w, h) by nearest neighbour,
+    ``pad`` pixels apart, the first at ``origin`` (x, y); returns each tile's top-left corner, row by row."""
+    (x0, y0), (w, h) = origin, cell
+    corners = []
+    for i, row in enumerate(tiles):
+        corners.append([(x0 + j * (w + pad), y0 + i * (h + pad)) for j in range(len(row))])
+        for tile, xy in zip(row, corners[-1], strict=True):
+            canvas.paste(tile.convert("RGB").resize((w, h), Image.NEAREST), xy)
+    return corners
+
+
 def labelled_grid(tiles: list[list[Image.Image]], row_labels: list[str], col_labels: list[str], *,
                   scale: int = 4, title: str | None = None, pad: int = 4) -> Image.Image:
     """A grid of equally sized tiles (rows x cols), each upscaled ``scale`` times, with labels."""
@@ -71,11 +86,10 @@ def labelled_grid(tiles: list[list[Image.Image]], row_labels: list[str], col_lab
         draw.text((pad, pad), title, fill="black", font=_font(16))
     for j, label in enumerate(col_labels):
         draw.text((label_w + j * (tw + pad), top - 18), label, fill="black", font=font)
-    for i, row in enumerate(tiles):
+    for i in range(rows):
         y = top + i * (th + pad)
         draw.text((pad, y + th // 2 - 7), row_labels[i] if i < len(row_labels) else "", fill="black", font=font)
-        for j, tile in enumerate(row):
-            canvas.paste(tile.convert("RGB").resize((tw, th), Image.NEAREST), (label_w + j * (tw + pad), y))
+    paste_grid(canvas, tiles, (label_w, top), (tw, th), pad)
     return canvas
 
 

@@ -2,6 +2,8 @@
 
 Glossary
     TrainConfig    frozen description of a run (steps, batch, learning rate, noise distribution, EMA)
+    Run            what a run changes as it goes: model, EMA copy, optimiser, generator, step
+    step           `train_step`: one Adam step on a random batch (EDM loss), then the EMA update
     checkpoint     ``<out>/checkpoint.pt``: model, EMA, optimiser, step, RNG, elapsed time; written every few
                    minutes and on interruption, so ``--resume`` continues where a run stopped
     weights        ``<out>/unet.pt``: EMA weights + config + data set fingerprint (loads with weights_only=True)
@@ -16,18 +18,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import signal
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset
+from .models import atomic_write, card_hashes, save_weights
 from .unet import EDMDenoiser, UNetConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -101,19 +104,20 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` to a uniquely named file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _atomic_save(obj, path: Path) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+@dataclass
+class Run:
+    """What a training run changes as it goes, and what its checkpoint holds besides the configurations."""
+
+    model: EDMDenoiser
+    ema: EDMDenoiser
+    opt: torch.optim.Optimizer
+    gen: torch.Generator      # data indices and noise; the parameters' initialisation uses the global seed
+    step: int = 0
+    elapsed: float = 0.0      # seconds spent in earlier sessions of this run
 
 
 def train(dataset: Dataset, out_dir: str | Path, *, train_config: TrainConfig | None = None,
@@ -127,100 +131,135 @@ def train(dataset: Dataset, out_dir: str | Path, *, train_config: TrainConfig | 
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / CHECKPOINT
     dev = resolve_device(device)
-    state = None
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state["fingerprint"] != dataset.fingerprint:
-            raise ValueError(f"{ckpt_path} was trained on another version of the data "
-                             f"({state['fingerprint'][:12]} != {dataset.fingerprint[:12]}); "
-                             "start afresh without --resume")
+    state = previous_state(dataset, out_dir, resume=resume, force=force)
+    if state is not None:
         unet_config = UNetConfig.from_dict(state["unet_config"])
-        saved = TrainConfig.from_dict(state["train_config"])
-        train_config = train_config or saved
-    elif ckpt_path.exists() and not resume and not force:
-        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, --force to start afresh, or "
-                              "choose another --out.")
-    if (out_dir / WEIGHTS).exists() and not resume and not force:
-        raise FileExistsError(f"{out_dir / WEIGHTS} exists: pass --force to replace it, or choose another --out.")
+        train_config = train_config or TrainConfig.from_dict(state["train_config"])
     train_config = train_config or TrainConfig()
     if steps is not None:
         train_config = replace(train_config, steps=steps)
     if train_config.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {train_config.steps}")
     unet_config = unet_config or default_unet_config(dataset)
+    run = new_run(dataset, unet_config, train_config, dev)
+    if state is not None:
+        restore(run, state)
+    t_start = time.time()
 
+    def save() -> None:
+        save_checkpoint(run, out_dir / CHECKPOINT, dataset, unet_config, train_config, time.time() - t_start)
+
+    try:
+        run_steps(run, dataset.train.to(dev), train_config, save, progress=progress, desc=f"train {dataset.name}")
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted at step {run.step}; checkpoint saved to {out_dir / CHECKPOINT}: "
+                                "resume with --resume") from None
+    total_time = run.elapsed + (time.time() - t_start)
+    return export(run.ema, dataset, out_dir, train_config, run.step, total_time, dev, evaluate=evaluate,
+                  progress=progress)
+
+
+def previous_state(dataset: Dataset, out_dir: Path, *, resume: bool, force: bool) -> dict | None:
+    """The checkpoint to resume from (None: start afresh), after refusing to overwrite a run or a model unasked."""
+    ckpt_path, state = out_dir / CHECKPOINT, None
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state["fingerprint"] != dataset.fingerprint:
+            raise ValueError(f"{ckpt_path} was trained on another version of the data "
+                             f"({state['fingerprint'][:12]} != {dataset.fingerprint[:12]}); "
+                             "start afresh without --resume")
+    elif ckpt_path.exists() and not resume and not force:
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, --force to start afresh, or "
+                              "choose another --out.")
+    if (out_dir / WEIGHTS).exists() and not resume and not force:
+        raise FileExistsError(f"{out_dir / WEIGHTS} exists: pass --force to replace it, or choose another --out.")
+    return state
+
+
+def new_run(dataset: Dataset, unet_config: UNetConfig, train_config: TrainConfig, device: torch.device) -> Run:
+    """Model and EMA copy (initialised from ``train_config.seed``), Adam, and the run's data/noise generator."""
     torch.manual_seed(train_config.seed)  # parameter initialisation only; data and noise use `gen`
-    model = EDMDenoiser(unet_config, mean=dataset.train.mean(0)).to(dev)
-    ema = EDMDenoiser(unet_config, mean=dataset.train.mean(0)).to(dev)
+    model = EDMDenoiser(unet_config, mean=dataset.train.mean(0)).to(device)
+    ema = EDMDenoiser(unet_config, mean=dataset.train.mean(0)).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=train_config.lr)
-    gen = torch.Generator().manual_seed(train_config.seed)
-    step, elapsed = 0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
+    return Run(model, ema, opt, torch.Generator().manual_seed(train_config.seed))
 
-    def save_checkpoint():
-        _atomic_save({
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "generator": gen.get_state(), "step": step, "elapsed": elapsed + (time.time() - t_start),
-            "fingerprint": dataset.fingerprint, "dataset": dataset.name,
-            "unet_config": unet_config.to_dict(), "train_config": asdict(train_config),
-        }, ckpt_path)
 
-    data = dataset.train.to(dev)
+def restore(run: Run, state: dict) -> None:
+    """Load a checkpoint's model, EMA, optimiser, generator, step and elapsed time into ``run``."""
+    run.model.load_state_dict(state["model"])
+    run.ema.load_state_dict(state["ema"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.gen.set_state(state["generator"])
+    run.step, run.elapsed = int(state["step"]), float(state["elapsed"])
+
+
+def save_checkpoint(run: Run, path: Path, dataset: Dataset, unet_config: UNetConfig, train_config: TrainConfig,
+                    session_seconds: float) -> None:
+    _atomic_save({
+        "model": run.model.state_dict(), "ema": run.ema.state_dict(), "optimizer": run.opt.state_dict(),
+        "generator": run.gen.get_state(), "step": run.step, "elapsed": run.elapsed + session_seconds,
+        "fingerprint": dataset.fingerprint, "dataset": dataset.name,
+        "unet_config": unet_config.to_dict(), "train_config": asdict(train_config),
+    }, path)
+
+
+def train_step(run: Run, data: torch.Tensor, cfg: TrainConfig, loss_fn=None) -> float:
+    """One Adam step on a batch drawn from ``data`` (N, C, H, W), then the EMA update; returns the loss."""
+    loss_fn = loss_fn or EDMLoss()
+    dev = data.device
+    idx = torch.randint(len(data), (cfg.batch,), generator=run.gen).to(dev)
+    sigma = sample_sigmas(cfg.batch, cfg, run.gen, dev)
+    noise = torch.randn(data[idx].shape, generator=run.gen).to(dev)
+    for group in run.opt.param_groups:
+        group["lr"] = learning_rate(run.step, cfg)
+    loss = loss_fn(run.model, data[idx], sigma, noise)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+    run.opt.step()
+    update_ema(run.ema, run.model, min(cfg.ema, (1 + run.step) / (10 + run.step)))
+    run.step += 1
+    return loss.item()
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1 - decay)
+
+
+def run_steps(run: Run, data: torch.Tensor, cfg: TrainConfig, save: Callable[[], None], *, progress: bool = True,
+              desc: str = "train") -> None:
+    """Step until ``cfg.steps``, calling ``save`` every ``cfg.checkpoint_minutes`` and at the end; on Ctrl-C or
+    SIGTERM it saves too, then raises KeyboardInterrupt."""
     loss_fn = EDMLoss()
-    t_start = time.time()
-    last_save = t_start
-    interrupted = False
-
-    def on_term(signum, frame):  # a polite `kill` saves the checkpoint like Ctrl-C does
-        raise KeyboardInterrupt
-
-    old_handler = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
-    bar = tqdm(total=train_config.steps, initial=step, disable=not progress, desc=f"train {dataset.name}")
+    last_save = time.time()
+    old_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, desc=desc)
     running = None
     try:
-        while step < train_config.steps:
-            idx = torch.randint(len(data), (train_config.batch,), generator=gen).to(dev)
-            sigma = sample_sigmas(train_config.batch, train_config, gen, dev)
-            noise = torch.randn(data[idx].shape, generator=gen).to(dev)
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(step, train_config)
-            loss = loss_fn(model, data[idx], sigma, noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            decay = min(train_config.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for p_ema, p in zip(ema.parameters(), model.parameters()):
-                    p_ema.lerp_(p, 1 - decay)
-            step += 1
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        while run.step < cfg.steps:
+            loss = train_step(run, data, cfg, loss_fn)
+            running = loss if running is None else 0.98 * running + 0.02 * loss
             bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}", lr=f"{learning_rate(step, train_config):.1e}")
-            if time.time() - last_save > 60 * train_config.checkpoint_minutes:
-                save_checkpoint()
+            bar.set_postfix(loss=f"{running:.4f}", lr=f"{learning_rate(run.step, cfg):.1e}")
+            if time.time() - last_save > 60 * cfg.checkpoint_minutes:
+                save()
                 last_save = time.time()
-    except KeyboardInterrupt:
-        interrupted = True
     finally:
         bar.close()
-        save_checkpoint()
+        save()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
-    if interrupted:
-        raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved to {ckpt_path}: resume with --resume")
 
-    total_time = elapsed + (time.time() - t_start)
-    return export(ema, dataset, out_dir, train_config, step, total_time, dev, evaluate=evaluate, progress=progress)
+
+def _raise_interrupt(signum, frame):  # a polite `kill` saves the checkpoint like Ctrl-C does
+    raise KeyboardInterrupt
 
 
 def _main_thread() -> bool:
@@ -234,9 +273,7 @@ def export(ema: EDMDenoiser, dataset: Dataset, out_dir: Path, train_config: Trai
     """Write EMA weights (weights_only-loadable) and the JSON model card."""
     ema = ema.to("cpu").eval()
     weights_path = out_dir / WEIGHTS
-    _atomic_save({"format": "locality-unet-v1", "unet_config": ema.config.to_dict(),
-                  "state_dict": ema.state_dict(), "fingerprint": dataset.fingerprint,
-                  "dataset": dataset.name}, weights_path)
+    save_weights(weights_path, ema.config, ema.state_dict(), fingerprint=dataset.fingerprint, dataset=dataset.name)
     card = {
         "dataset": dataset.name, "fingerprint": dataset.fingerprint, "description": dataset.description,
         "unet_config": ema.config.to_dict(), "train_config": asdict(train_config), "steps": step,
@@ -250,10 +287,8 @@ def export(ema: EDMDenoiser, dataset: Dataset, out_dir: Path, train_config: Trai
         from .evaluate import heldout_mse_table  # imported late: only needed here
 
         card["heldout_mse"] = heldout_mse_table(dataset, {"unet": ema}, progress=progress)
-    from .models import card_hashes
-
     card["sha256"] = card_hashes(out_dir)
-    _atomic_write(out_dir / CARD, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
+    atomic_write(out_dir / CARD, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
     return weights_path
 
 

@@ -39,6 +39,7 @@ from ui.state import parse_dataset_env, parse_sigmas, resolve_sigmas  # noqa: E4
 def app_env(tmp_path_factory):
     """Tiny data set by default, a private data folder (imports) and model folder (a tiny UNet for it)."""
     from locality_core.data import load_dataset
+    from locality_core.models import save_weights
     from locality_core.unet import EDMDenoiser, UNetConfig
 
     root = tmp_path_factory.mktemp("app")
@@ -51,8 +52,8 @@ def app_env(tmp_path_factory):
     model = EDMDenoiser(UNetConfig(base=8, mults=(1, 2), blocks=1, emb_dim=16, groups=4))
     torch.nn.init.normal_(model.net.conv_out.weight, std=0.05)  # untrained, but not the identity
     (root / "models" / "grf").mkdir(parents=True)
-    torch.save({"format": "locality-unet-v1", "unet_config": model.config.to_dict(), "state_dict": model.state_dict(),
-                "fingerprint": data.fingerprint, "dataset": "grf"}, root / "models" / "grf" / "unet.pt")
+    save_weights(root / "models" / "grf" / "unet.pt", model.config, model.state_dict(), fingerprint=data.fingerprint,
+                 dataset="grf")
     yield root
     for k, v in saved.items():
         if v is None:

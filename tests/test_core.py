@@ -96,6 +96,27 @@ def test_fashion_mnist_wiener_mse_and_passing_components(fashion, fashion_stats)
     assert [passing_components(fashion_stats.eigvals, s) for s in sigmas] == [0, 0, 4, 16, 140]
 
 
+
+def test_noisy_heldout_is_one_seeded_draw_scaled_per_sigma():
+    from locality_core.evaluate import grid_seed, heldout_mse, noisy_heldout
+    from locality_core.fields import noisy_inputs
+
+    x0 = torch.tanh(torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(1)))
+    sigmas = [4.0, 0.5]
+    x = noisy_heldout(x0, sigmas, 7)
+    eps = torch.randn((2, 3, 2, 5, 5), generator=torch.Generator().manual_seed(7))
+    assert x.shape == (2, 3, 2, 5, 5) and x.dtype == x0.dtype
+    assert torch.equal(x, x0 + torch.tensor(sigmas).view(-1, 1, 1, 1, 1) * eps)
+    assert torch.equal(x, noisy_heldout(x0, sigmas, generator=torch.Generator().manual_seed(7)))
+    one = torch.randn((3, 2, 5, 5), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(noisy_heldout(x0, 0.5, 7), (x0 + 0.5 * one)[None])           # a scalar sigma: S = 1
+    flat, sig = noisy_inputs(x0, sigmas, torch.Generator().manual_seed(7))
+    assert torch.equal(flat, x.flatten(0, 1)) and sig.tolist() == [4.0] * 3 + [0.5] * 3
+    # the evaluation: grid point i has its own seed, so each sigma's noise is the same whatever the grid
+    seen = []
+    heldout_mse(lambda xb, s: seen.append(xb) or xb, x0, [1.0, 2.0], seed=3)
+    assert torch.equal(seen[1], noisy_heldout(x0, 2.0, grid_seed(1, 3))[0]) and grid_seed(1, 3) == 3001
+
 # ---------------------------------------------------------------- the Wiener denoiser
 
 def gaussian_stats(d_side=3, channels=1, seed=0) -> DataStats:

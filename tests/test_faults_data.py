@@ -96,6 +96,7 @@ def _cli(*args, home: Path):
                           text=True, timeout=120)
 
 
+@pytest.mark.slow  # 11-20 s on the shared 2-core machine
 def test_import_command(tmp_path, home):
     src = write_images(tmp_path / "imgs", 12, 8, "RGB", 0)
     done = _cli("import", "cli-set", str(src), "--mode", "RGB", "--size", "4,4", home=home)

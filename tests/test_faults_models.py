@@ -14,7 +14,15 @@ import pytest
 import torch
 from fault_helpers import import_tiny
 
-from locality_core.models import ASSETS_MODELS, CARD, ModelError, file_sha256, load_weights, write_card_hash
+from locality_core.models import (
+    ASSETS_MODELS,
+    CARD,
+    ModelError,
+    file_sha256,
+    load_weights,
+    save_weights,
+    write_card_hash,
+)
 from locality_core.unet import EDMDenoiser, UNetConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +33,7 @@ def save_model(folder: Path, config: UNetConfig = TINY, state: dict | None = Non
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     state = EDMDenoiser(config).state_dict() if state is None else state
-    torch.save({"format": "locality-unet-v1", "unet_config": config.to_dict(), "state_dict": state,
-                "fingerprint": "f" * 64, "dataset": "tiny"}, folder / "unet.pt")
+    save_weights(folder / "unet.pt", config, state, fingerprint="f" * 64, dataset="tiny")
     if card:
         (folder / CARD).write_text(json.dumps({"dataset": "tiny", "unet_config": config.to_dict()}))
         write_card_hash(folder)
@@ -126,6 +133,7 @@ def test_train_refuses_non_positive_steps_and_writes_nothing(tmp_path, monkeypat
     assert not list((tmp_path / "models").rglob("unet.pt"))
 
 
+@pytest.mark.slow  # 11-20 s on the shared 2-core machine
 def test_train_never_replaces_a_model_unless_forced(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALITY_DATA_DIR", str(tmp_path))
     import_tiny(tmp_path)

@@ -14,7 +14,7 @@ import torch
 from locality_core import generalisation as G
 from locality_core.cache import ArrayCache
 from locality_core.data import DatasetError, load_dataset
-from locality_core.models import ModelError, load_subset_unet, load_weights, subset_family
+from locality_core.models import ModelError, load_subset_unet, load_weights, save_weights, subset_family
 from locality_core.subsets import subset_indices, subset_tag, training_subset
 from locality_core.unet import EDMDenoiser, UNetConfig
 
@@ -36,8 +36,7 @@ def save_subset_net(root: Path, data, n: int, split: str, seed: int = 0) -> Path
     torch.nn.init.normal_(model.net.conv_out.weight, std=0.05)
     out = root / data.name / "subsets" / subset_tag(n, split)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": "locality-unet-v1", "unet_config": model.config.to_dict(), "state_dict": model.state_dict(),
-                "fingerprint": subset.fingerprint, "dataset": data.name}, out / "unet.pt")
+    save_weights(out / "unet.pt", model.config, model.state_dict(), fingerprint=subset.fingerprint, dataset=data.name)
     return out / "unet.pt"
 
 
@@ -144,6 +143,7 @@ def test_a_copying_denoiser_memorises_and_a_shared_one_generalises(tiny):
 
 # ---------------------------------------------------------------- the table, cached
 
+@pytest.mark.slow  # 11-20 s on the shared 2-core machine
 def test_table_is_computed_once_and_keyed_on_the_weights(tiny, model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(G, "N_SAMPLES", 4)
     for n in SIZES:
@@ -167,6 +167,7 @@ def test_table_is_computed_once_and_keyed_on_the_weights(tiny, model_dir, tmp_pa
     assert len(calls) == 5
 
 
+@pytest.mark.slow  # 11-20 s on the shared 2-core machine
 def test_precompute_covers_networks_and_analytical(tiny, model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(G, "N_SAMPLES", 2)
     monkeypatch.setattr(G, "N_EVAL", 4)

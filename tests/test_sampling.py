@@ -278,3 +278,22 @@ def test_cached_trajectory_keeps_denoiser_options_apart(tmp_path):
     batched = cached_trajectory(data, "analytical", 2, 3, 0, cache=cache, options={"batch_normalised": True})
     assert exact["x0_hat"].shape == batched["x0_hat"].shape
     assert not np.allclose(exact["x0_hat"], batched["x0_hat"])  # 600 images: two batches of the reference's 512
+
+
+def test_paste_grid_puts_each_upscaled_tile_at_its_corner():
+    """The one image-grid renderer (CLI grids, `locality sample`'s PNG, the app's PNG downloads)."""
+    from PIL import Image
+
+    from locality_core.cli_sampling import sample_grid
+    from locality_core.render import paste_grid
+
+    tiles = [[Image.fromarray(np.full((2, 3), 40 * (3 * i + j), np.uint8)) for j in range(3)] for i in range(2)]
+    canvas = Image.new("RGB", (40, 20), "white")
+    corners = paste_grid(canvas, tiles, (1, 2), (6, 4), 2)
+    assert corners == [[(1, 2), (9, 2), (17, 2)], [(1, 8), (9, 8), (17, 8)]]
+    a = np.asarray(canvas)
+    assert (a[8:12, 17:23] == 40 * 5).all() and (a[12, 17:23] == 255).all() and (a[2:6, 7:9] == 255).all()
+    images = torch.full((2, 1, 3, 3), 1.0)  # row "a" black, row "b" white, tiles 6 px and 4 px apart from x = 154
+    grid = np.asarray(sample_grid({"a": -images, "b": images}, scale=2))
+    assert (grid[4:10, 154:160] == 0).all() and (grid[4:10, 164:170] == 0).all() and (grid[4:10, 160:164] == 255).all()
+    assert (grid[14:20, 164:170] == 255).all() and grid.shape == (24, 150 + 2 * 10 + 4, 3)

@@ -13,14 +13,15 @@ from locality_core.cache import ArrayCache
 from locality_core.data import load_dataset
 from locality_core.experiments import inject_pattern
 from locality_core.fields import denoiser_field, field_is_cached
+from locality_core.models import save_weights
 from locality_core.sampling import cached_trajectory, trajectory_is_cached
 from locality_core.stats import get_stats
 from locality_core.unet import EDMDenoiser, UNetConfig
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A small GRF data set, a tiny untrained UNet saved for it, and a private cache."""
+def grf(tmp_path_factory):
+    """A small GRF data set, a private cache and model folder, small warm-up defaults: (root, data)."""
     root = tmp_path_factory.mktemp("warmup")
     mp = pytest.MonkeyPatch()
     mp.setenv("LOCALITY_CACHE_DIR", str(root / "cache"))
@@ -28,18 +29,25 @@ def tiny(tmp_path_factory):
     mp.setenv("LOCALITY_FIELD_PRECISION", "float32")
     # three noise levels and a 2 x 2 grid of pixels instead of ten and 4 x 4: the same code paths, in seconds
     mp.setattr(warmup, "DEFAULTS", warmup.Defaults(timesteps=(900, 500, 100), grid_step=14))
-    data = load_dataset("grf", n_train=300, n_test=16)
+    yield root, load_dataset("grf", n_train=300, n_test=16)
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def tiny(grf):
+    """The whole warm-up run on ``grf`` with a tiny untrained UNet saved for it (about 15 s): (data, times)."""
+    root, data = grf
     torch.manual_seed(0)
     model = EDMDenoiser(UNetConfig(base=8, mults=(1, 2), blocks=1, emb_dim=16, groups=4))
     torch.nn.init.normal_(model.net.conv_out.weight, std=0.05)
     (root / "models" / "grf").mkdir(parents=True)
-    torch.save({"format": "locality-unet-v1", "unet_config": model.config.to_dict(), "state_dict": model.state_dict(),
-                "fingerprint": data.fingerprint, "dataset": "grf"}, root / "models" / "grf" / "unet.pt")
+    save_weights(root / "models" / "grf" / "unet.pt", model.config, model.state_dict(), fingerprint=data.fingerprint,
+                 dataset="grf")
     times = warmup.run([("grf", task) for task in warmup.TASK_ORDER], datasets={"grf": data}, stop_on_error=True)
-    yield data, times
-    mp.undo()
+    return data, times
 
 
+@pytest.mark.slow  # the warm-up fixture: 15-17 s on the shared 2-core machine
 def test_warmup_runs_every_task_and_records_its_time(tiny):
     data, times = tiny
     assert list(times) == [f"grf/{task}" for task in warmup.TASK_ORDER]
@@ -49,6 +57,7 @@ def test_warmup_runs_every_task_and_records_its_time(tiny):
     assert last_basis_seconds(data, "unet") > 0
 
 
+@pytest.mark.slow
 def test_after_warmup_the_pages_library_calls_are_cache_hits(tiny, monkeypatch):
     data, _ = tiny
 
@@ -80,8 +89,8 @@ def test_after_warmup_the_pages_library_calls_are_cache_hits(tiny, monkeypatch):
         assert traj["x0_hat"].shape == (D.sample_steps, D.sample_n, *data.shape)
 
 
-def test_a_new_task_is_one_line(tiny, monkeypatch):
-    data, _ = tiny
+def test_a_new_task_is_one_line(grf, monkeypatch):
+    _, data = grf
     seen = []
     monkeypatch.setitem(warmup.REGISTRY, "a-new-view", lambda dataset, progress: seen.append(dataset.name))
     monkeypatch.setattr(warmup, "TASKS", [("grf", "stats")])
@@ -103,8 +112,8 @@ def test_default_order_puts_fashion_mnist_and_natural_patches_first(monkeypatch)
     assert first == list(warmup.TASK_ORDER)
 
 
-def test_a_failing_task_does_not_stop_the_others(tiny, monkeypatch):
-    data, _ = tiny
+def test_a_failing_task_does_not_stop_the_others(grf, monkeypatch):
+    _, data = grf
 
     def broken(dataset, progress):
         raise RuntimeError("no such model")
@@ -115,6 +124,7 @@ def test_a_failing_task_does_not_stop_the_others(tiny, monkeypatch):
     assert "no such model" in warmup.read_status()["errors"]["grf/broken"]
 
 
+@pytest.mark.slow  # needs the durations of the warm-up run
 def test_a_page_hears_what_the_warmup_is_computing_and_for_how_long(tiny, monkeypatch):
     data, _ = tiny
     heard = []

@@ -20,6 +20,8 @@ import plotly.colors as pcolors
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw, ImageFont
 
+from locality_core.render import paste_grid
+
 FONT = dict(size=15)
 
 
@@ -344,19 +346,17 @@ def grid_png(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, 
             draw.text((left + j * (cw + pad), top - 62 + 22 * k), line, fill="black", font=small)
     per_row = pixel if isinstance(pixel, list) else [pixel] * n_rows
     scaled = scaled_maps(rows, scale, contrast, per_row)
-    for i, (label, _, kind) in enumerate(rows):
+    for i, (label, _, _) in enumerate(rows):
         y = top + i * (ch + pad)
         lines = _plain(label).split("<br>")
         for k, line in enumerate(lines):
             draw.text((pad, y + ch // 2 - 12 + 22 * (k - (len(lines) - 1) / 2)), line, fill="black", font=small)
-        for j in range(n_cols):
-            tile = Image.fromarray(_colour_scaled(scaled[i][j], kind)).resize((cw, ch), Image.Resampling.NEAREST)
-            x = left + j * (cw + pad)
-            img.paste(tile, (x, y))
-            if per_row[i] is not None:
-                r, c = per_row[i]
-                draw.rectangle([x + c * zoom, y + r * zoom, x + (c + 1) * zoom - 1, y + (r + 1) * zoom - 1],
-                               outline=MARK, width=max(1, zoom // 3))
+    tiles = [[Image.fromarray(_colour_scaled(z, row[2])) for z in maps[:n_cols]] for row, maps in zip(rows, scaled)]
+    for corners, mark in zip(paste_grid(img, tiles, (left, top), (cw, ch), pad), per_row):
+        for x, y in corners if mark is not None else ():
+            r, c = mark
+            draw.rectangle([x + c * zoom, y + r * zoom, x + (c + 1) * zoom - 1, y + (r + 1) * zoom - 1],
+                           outline=MARK, width=max(1, zoom // 3))
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()

@@ -96,10 +96,6 @@ def read_split(folder: Path, batches: tuple[str, ...]) -> tuple[np.ndarray, np.n
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def batches_dir(root: Path | None = None) -> Path:
-    return Path(root or data_home() / "cifar10") / FOLDER
-
-
 def _complete(folder: Path) -> bool:
     return all((folder / b).is_file() for b in TRAIN_BATCHES + TEST_BATCHES)
 
