@@ -30,7 +30,8 @@ def pair_figure(sides: dict[str, dict], nearest: dict[str, np.ndarray], columns:
 def _layout(fig: go.Figure, title: str, y_title: str, n: int | None, log_y: bool = False) -> go.Figure:
     if n is not None:
         fig.add_vline(x=n, line=dict(color="#999999", dash="dot", width=1))
-    fig.update_xaxes(title=dict(text="N", standoff=4), type="log", dtick=1, showgrid=True, gridcolor="#e5e5e5")
+    fig.update_xaxes(title=dict(text="N", standoff=4), type="log", dtick=1, tickformat=",d", showgrid=True,
+                     gridcolor="#e5e5e5")  # 1,000 and 10,000 (the default mixes 1000 and 10k)
     fig.update_yaxes(title=dict(text=y_title, standoff=8), automargin=True, type="log" if log_y else "linear",
                      showgrid=True, gridcolor="#e5e5e5", tickformat=".2g" if log_y else None,
                      dtick="D2" if log_y else None)
