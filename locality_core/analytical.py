@@ -66,7 +66,7 @@ DIAG_EPS = 1e-6
 THRESHOLD_MODES = ("global", "row")
 FLOAT64_BELOW = 1.0          # sigma below which float32 inputs are computed in float64
 REFERENCE_BATCH = 512        # the public code's batch of training images (batch-normalised variant)
-GROUP_ELEMENTS = 1 << 20     # B * chunk * a group's padded columns: its logits stay in cache (4 MB float32)
+GROUP_ELEMENTS = 1 << 21     # B * chunk * a group's padded columns: its logits stay in L3 (8 MB float32)
 MIN_CHUNK = 64               # training images per chunk at least: fewer would be mostly per-operation overhead
 GROUP_SLACK = 0.75           # gathered blocks padded together have at least this share of their group's rows
 LOG2E = 1.0 / math.log(2.0)  # logits in base-2 units: exp2 instead of exp
@@ -282,22 +282,25 @@ class BlockGroup:
 
 
 def group_blocks(blocks: list[Block] | tuple[Block, ...], d: int, slack: float = GROUP_SLACK) -> list[list[Block]]:
-    """Blocks split by kind (over all ``d`` rows / gathered; complement or not), gathered ones sorted by row count
-    and cut wherever a block has fewer than ``slack`` times the rows of its group's first: padding every block
-    of a group to its largest wastes at most 1 - slack of its work."""
+    """Blocks split by kind (over all ``d`` rows / gathered; complement or not), gathered ones by column count
+    (edge tiles are narrower) and sorted by row count, cut wherever a block has fewer than ``slack`` times the
+    rows of its group's first: padding every block of a group to its largest wastes at most 1 - slack of its
+    work."""
     groups: list[list[Block]] = []
+    widths = sorted({len(b.cols) for b in blocks}, reverse=True)
     for all_rows in (True, False):
         for comp in (False, True):
             kind = [b for b in blocks if (len(b.rows) == d) == all_rows and b.complement == comp]
             if all_rows:
                 groups += [kind] if kind else []
                 continue
-            start = len(groups)
-            for b in sorted(kind, key=lambda b: -len(b.rows)):
-                if len(groups) > start and len(b.rows) >= slack * len(groups[-1][0].rows):
-                    groups[-1].append(b)
-                else:
-                    groups.append([b])
+            for width in widths:
+                start = len(groups)
+                for b in sorted((b for b in kind if len(b.cols) == width), key=lambda b: -len(b.rows)):
+                    if len(groups) > start and len(b.rows) >= slack * len(groups[-1][0].rows):
+                        groups[-1].append(b)
+                    else:
+                        groups.append([b])
     return groups
 
 
@@ -357,39 +360,64 @@ def _group_weights(xw: torch.Tensor, plan: MaskPlan, scale: float) -> list[tuple
     return out
 
 
-def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tensor, x0T_sq: torch.Tensor | None,
-                  e: torch.Tensor | None, full: torch.Tensor | None, B: int) -> torch.Tensor:
+class _Workspace:
+    """Buffers reused by every chunk of one call (no autograd): a fresh multi-MB tensor per chunk and step costs
+    page faults on first touch, about as much as the step itself."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.buffers = device, {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = self.buffers[name] = torch.empty(n, dtype=dtype, device=self.device)
+        return buf[:n].view(shape)
+
+
+def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tensor, e: torch.Tensor | None,
+                  full: torch.Tensor | None, B: int, ws: _Workspace | None) -> torch.Tensor:
     """(g * c, B, K) logits of one group's (padded) columns for a chunk x0T (d, K) of training images.
 
     logit = scale * sum_rows weight * (x0^2 - 2 x x0): the squared distance minus its k-independent part
     sum x^2, which the softmax ignores. ``e`` (d, B, K): the expanded terms x0^2 - 2 x x0 (None when no group
     uses them). Complement groups: the full distance ``full`` (B, K) minus the sum over the complement.
+    ``ws``: buffers to compute into (None under autograd).
     """
     g, c = grp.cols.shape
     K = x0T.shape[1]
+    shape = (g * c, B, K)
+    out = None if ws is None else ws.get("logits", shape, x0T.dtype)
     if grp.rows is None:                                                    # one GEMM over all rows
-        logits = (w[0] @ e.view(len(e), B * K)).view(g * c, B, K)
+        e2 = e.view(len(e), B * K)
+        logits = (w[0] @ e2 if out is None else torch.mm(w[0], e2, out=out.view(g * c, B * K))).view(shape)
     elif grp.rows.shape[1] == 0:
-        logits = x0T.new_zeros(g * c, B, K)
-    elif B == 1:                                                            # one gather, one batched GEMM
-        rows = e.view(-1, K).index_select(0, grp.rows.flatten()).view(g, -1, K)
-        logits = torch.bmm(w[0], rows).view(g * c, 1, K)
-    else:                                                                   # cross and square terms
-        idx = grp.rows.flatten()
-        rows, rows_sq = x0T.index_select(0, idx).view(g, -1, K), x0T_sq.index_select(0, idx).view(g, -1, K)
-        logits = torch.bmm(w[1], rows).view(g * c, B, K)
-        sq = torch.bmm(w[0], rows_sq).view(g * c, 1, K)
-        logits = logits + sq if logits.requires_grad or sq.requires_grad else logits.add_(sq)
+        logits = x0T.new_zeros(shape)
+    else:                                                                   # one gather per group and chunk
+        idx, r = grp.rows.flatten(), grp.rows.shape[1]
+        src = e.view(-1, K) if B == 1 else x0T
+        rows = src.index_select(0, idx) if ws is None else torch.index_select(
+            src, 0, idx, out=ws.get("rows", (len(idx), K), src.dtype))
+        rows = rows.view(g, r, K)
+        if B == 1:                                                          # expanded terms: one batched GEMM
+            logits = (torch.bmm(w[0], rows) if out is None else torch.bmm(w[0], rows, out=out.view(g, c, K)))
+        else:                                                               # cross and (shared) square terms
+            rows_sq = rows * rows if ws is None else torch.mul(rows, rows, out=ws.get("sq", rows.shape, rows.dtype))
+            sq = torch.bmm(w[0], rows_sq).view(g * c, 1, K)
+            logits = torch.bmm(w[1], rows) if out is None else torch.bmm(w[1], rows, out=out.view(g, c * B, K))
+            logits = logits.view(shape)
+            logits = logits + sq if logits.requires_grad or sq.requires_grad else logits.add_(sq)
+        logits = logits.view(shape)
     if not grp.complement:
         return logits
     return full - logits if logits.requires_grad or full.requires_grad else logits.neg_().add_(full)
 
 
-def _expanded_terms(x0T: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
+def _expanded_terms(x0T: torch.Tensor, xf: torch.Tensor, ws: _Workspace | None) -> torch.Tensor:
     """(d, B, K) e = x0^2 - 2 x x0 = x0 (x0 - 2 x) of a chunk x0T (d, K) and inputs xf (B, d), contiguous."""
-    if torch.is_grad_enabled() and xf.requires_grad:
+    if ws is None:
         return ((x0T[:, None, :] - 2.0 * xf.T[:, :, None]) * x0T[:, None, :]).contiguous()
-    e = x0T.new_empty(x0T.shape[0], len(xf), x0T.shape[1])
+    e = ws.get("e", (x0T.shape[0], len(xf), x0T.shape[1]), x0T.dtype)
     torch.sub(x0T[:, None, :], 2.0 * xf.T[:, :, None], out=e)
     return e.mul_(x0T[:, None, :])
 
@@ -399,23 +427,25 @@ def _finite_ref(m: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _state2(logits: torch.Tensor, values: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def _state2(logits: torch.Tensor, values: torch.Tensor, dtype: torch.dtype, ws: _Workspace | None
+            ) -> tuple[torch.Tensor, ...]:
     """(m, s, acc), each (G, B), of logits (G, B, K) in base-2 units and values (G, K): m = max_k logits,
     s = sum_k 2^(logits - m), acc = sum_k 2^(logits - m) values, the last two in ``dtype``.
 
-    In place when nothing needs gradients: a shift, (a cast), an exp2, a sum and a product-sum over the chunk,
-    which is sized to stay in cache. exp2 has no slow path for large negative arguments (exp's, below -87 in
-    float32, is 10x slower), so no clamp is needed.
+    In place when ``ws`` is given (no autograd): a max, a shift, (a cast), an exp2, a sum and a product-sum over
+    the chunk, which is sized to stay in cache. exp2 has no slow path for large negative arguments (exp's,
+    below -87 in float32, is 10x slower), so no clamp is needed.
     """
     m = logits.amax(dim=2)
     ref = _finite_ref(m)[..., None]
-    grad = logits.requires_grad or values.requires_grad
-    p = (logits - ref) if grad else logits.sub_(ref)
-    p = p.to(dtype)
-    p = torch.exp2(p) if grad else p.exp2_()
-    s = p.sum(2)
-    acc = (p * values[:, None, :] if grad else p.mul_(values[:, None, :])).sum(2)
-    return m, s, acc
+    if ws is None:
+        p = torch.exp2((logits - ref).to(dtype))
+        return m, p.sum(2), (p * values[:, None, :]).sum(2)
+    p = logits.sub_(ref)
+    if p.dtype != dtype:
+        p = ws.get("p", p.shape, dtype).copy_(p)
+    p.exp2_()
+    return m, p.sum(2), p.mul_(values[:, None, :]).sum(2)
 
 
 def _merge2(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -439,8 +469,8 @@ def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
     concatenated padded columns, m in base-2 units (logits times log2 e): per group one gather, one or two
     (batched) GEMMs and one softmax pass, all while the chunk's logits are in cache.
 
-    Each chunk is transposed once so that groups gather contiguous rows. Under autograd each chunk is
-    checkpointed.
+    Each chunk is transposed once so that groups gather contiguous rows. Without autograd every chunk computes
+    into the same buffers; under autograd each chunk is checkpointed.
     """
     B, d = x.shape
     dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
@@ -448,25 +478,32 @@ def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
     xw = x.to(dtype) - centre
     scale = -LOG2E / (2.0 * sigma**2)                       # base-2 logits: exp2 is 3x faster than exp
     need_e = any(_uses_expanded(grp, B) for grp in plan.groups)
-    need_sq = plan.needs_full or any(not _uses_expanded(grp, B) for grp in plan.groups)
+    grad = torch.is_grad_enabled() and x.requires_grad
+    ws = None if grad else _Workspace(x.device)
 
     def chunk_states(xf: torch.Tensor, start: int, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        values = train[start:start + chunk_size].T.to(device=xf.device, dtype=x.dtype).contiguous()  # (d, K)
-        x0T = values.to(dtype) - centre[:, None]
-        x0T_sq = x0T * x0T if need_sq else None
-        e = _expanded_terms(x0T, xf) if need_e else None
-        full = scale * (x0T_sq.sum(0)[None] - 2.0 * (xf @ x0T)) if plan.needs_full else None     # (B, K)
+        chunk = train[start:start + chunk_size].T                                              # (d, K)
+        if ws is None:
+            values = chunk.to(device=xf.device, dtype=x.dtype).contiguous()
+            x0T = values.to(dtype) - centre[:, None]
+        else:
+            values = ws.get("values", chunk.shape, x.dtype).copy_(chunk)
+            x0T = torch.sub(values, centre[:, None], out=ws.get("x0T", chunk.shape, dtype))
+        e = _expanded_terms(x0T, xf, ws) if need_e else None
+        full = scale * ((x0T * x0T).sum(0)[None] - 2.0 * (xf @ x0T)) if plan.needs_full else None  # (B, K)
         states, i = [], 0
         for grp, n in zip(plan.groups, counts, strict=True):
-            logits = _group_logits(grp, weights[i:i + n], x0T, x0T_sq, e, full, B)
-            states.append(_state2(logits, values.index_select(0, grp.cols.flatten()), x.dtype))
+            logits = _group_logits(grp, weights[i:i + n], x0T, e, full, B, ws)
+            idx = grp.cols.flatten()
+            v = values.index_select(0, idx) if ws is None else torch.index_select(
+                values, 0, idx, out=ws.get("v", (len(idx), values.shape[1]), values.dtype))
+            states.append(_state2(logits, v, x.dtype, ws))
             i += n
         return tuple(torch.cat(parts) for parts in zip(*states, strict=True))
 
     grouped = _group_weights(xw, plan, scale)
     counts = [len(w) for w in grouped]
-    weights = [w for ws in grouped for w in ws]
-    grad = torch.is_grad_enabled() and x.requires_grad
+    weights = [w for ws_ in grouped for w in ws_]
     for start in range(0, len(train), chunk_size):
         if grad:
             yield checkpoint(chunk_states, xw, start, *weights, use_reentrant=False)
