@@ -67,6 +67,8 @@ THRESHOLD_MODES = ("global", "row")
 FLOAT64_BELOW = 1.0          # sigma below which float32 inputs are computed in float64
 REFERENCE_BATCH = 512        # the public code's batch of training images (batch-normalised variant)
 GROUP_ELEMENTS = 1 << 21     # B * chunk * a group's padded columns: its logits stay in L3 (8 MB float32)
+THREADED_CHUNKS = 4          # chunks this many times larger with several threads: a quarter of the operations
+EXPANDED_MIN_COLUMNS = 128   # groups over all rows this wide use the expanded terms (see `_uses_expanded`)
 MIN_CHUNK = 64               # training images per chunk at least: fewer would be mostly per-operation overhead
 GROUP_SLACK = 0.75           # gathered blocks padded together have at least this share of their group's rows
 LOG2E = 1.0 / math.log(2.0)  # logits in base-2 units: exp2 instead of exp
@@ -335,8 +337,10 @@ def _group_layout(grouped: list[list[Block]], groups: list[BlockGroup], d: int) 
 
 def _uses_expanded(grp: BlockGroup, B: int) -> bool:
     """Whether a group's logits come from one GEMM with the expanded terms e = x0^2 - 2 x x0 of all inputs
-    (groups over all rows, and any group for one input) rather than from the cross and square GEMMs."""
-    return grp.rows is None or B == 1
+    (any group for one input; wide groups over all rows) rather than from the cross and square GEMMs. A
+    narrow group over all rows keeps the cross form, whose GEMM has B times as many rows (a GEMM of few rows
+    runs far below peak)."""
+    return B == 1 or (grp.rows is None and grp.cols.numel() >= EXPANDED_MIN_COLUMNS)
 
 
 def _group_weights(xw: torch.Tensor, plan: MaskPlan, scale: float) -> list[tuple[torch.Tensor, ...]]:
@@ -349,13 +353,14 @@ def _group_weights(xw: torch.Tensor, plan: MaskPlan, scale: float) -> list[tuple
     B, out = len(xw), []
     for grp in plan.groups:
         w = grp.weight.to(xw) * scale                                          # (g, c, r)
-        if grp.rows is None:
-            out.append((w.reshape(-1, w.shape[2]),))
-        elif _uses_expanded(grp, B):
-            out.append((w,))
+        if _uses_expanded(grp, B):
+            out.append((w.reshape(-1, w.shape[2]) if grp.rows is None else w,))
+            continue
+        xr = (xw[None] if grp.rows is None else xw[:, grp.rows].permute(1, 0, 2))  # (g or 1, B, r)
+        cross = -2.0 * w[:, :, None, :] * xr[:, None, :, :]                     # (g, c, B, r)
+        if grp.rows is None:                                                    # one GEMM over all rows
+            out.append((w.reshape(-1, w.shape[2]), cross.reshape(-1, w.shape[2])))
         else:
-            xr = xw[:, grp.rows].permute(1, 0, 2)                               # (g, B, r)
-            cross = -2.0 * w[:, :, None, :] * xr[:, None, :, :]                 # (g, c, B, r)
             out.append((w, cross.reshape(len(w), w.shape[1] * B, w.shape[2])))
     return out
 
@@ -375,22 +380,27 @@ class _Workspace:
         return buf[:n].view(shape)
 
 
-def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tensor, e: torch.Tensor | None,
-                  full: torch.Tensor | None, B: int, ws: _Workspace | None) -> torch.Tensor:
+def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tensor, x0T_sq: torch.Tensor | None,
+                  e: torch.Tensor | None, full: torch.Tensor | None, B: int, ws: _Workspace | None) -> torch.Tensor:
     """(g * c, B, K) logits of one group's (padded) columns for a chunk x0T (d, K) of training images.
 
     logit = scale * sum_rows weight * (x0^2 - 2 x x0): the squared distance minus its k-independent part
     sum x^2, which the softmax ignores. ``e`` (d, B, K): the expanded terms x0^2 - 2 x x0 (None when no group
-    uses them). Complement groups: the full distance ``full`` (B, K) minus the sum over the complement.
-    ``ws``: buffers to compute into (None under autograd).
+    uses them); ``x0T_sq`` (d, K) squares (None when no group over all rows uses the cross form). Complement
+    groups: the full distance ``full`` (B, K) minus the sum over the complement. ``ws``: buffers to compute
+    into (None under autograd).
     """
     g, c = grp.cols.shape
     K = x0T.shape[1]
     shape = (g * c, B, K)
     out = None if ws is None else ws.get("logits", shape, x0T.dtype)
-    if grp.rows is None:                                                    # one GEMM over all rows
+    if grp.rows is None and len(w) == 1:                                    # one GEMM over all rows
         e2 = e.view(len(e), B * K)
         logits = (w[0] @ e2 if out is None else torch.mm(w[0], e2, out=out.view(g * c, B * K))).view(shape)
+    elif grp.rows is None:                                                  # cross and (shared) square terms
+        sq = (w[0] @ x0T_sq).view(g * c, 1, K)
+        logits = (w[1] @ x0T if out is None else torch.mm(w[1], x0T, out=out.view(g * c * B, K))).view(shape)
+        logits = logits + sq if logits.requires_grad or sq.requires_grad else logits.add_(sq)
     elif grp.rows.shape[1] == 0:
         logits = x0T.new_zeros(shape)
     else:                                                                   # one gather per group and chunk
@@ -457,10 +467,13 @@ def _merge2(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[t
 
 
 def _chunk_size(plan: MaskPlan, B: int, N: int, chunk_size: int | None, batch_normalised: bool) -> int:
+    """Training images per chunk: the widest group's logits within GROUP_ELEMENTS, times THREADED_CHUNKS with
+    several torch threads (each operation ends in a wait for every thread: fewer, larger ones)."""
     if batch_normalised:
         return REFERENCE_BATCH
     widest = max(grp.cols.numel() for grp in plan.groups)
-    return chunk_size or int(min(max(N, 1), max(MIN_CHUNK, GROUP_ELEMENTS // (B * widest))))
+    budget = GROUP_ELEMENTS * (THREADED_CHUNKS if torch.get_num_threads() > 1 else 1)
+    return chunk_size or int(min(max(N, 1), max(MIN_CHUNK, budget // (B * widest))))
 
 
 def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, chunk_size: int,
@@ -478,6 +491,7 @@ def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
     xw = x.to(dtype) - centre
     scale = -LOG2E / (2.0 * sigma**2)                       # base-2 logits: exp2 is 3x faster than exp
     need_e = any(_uses_expanded(grp, B) for grp in plan.groups)
+    need_sq = any(grp.rows is None and not _uses_expanded(grp, B) for grp in plan.groups)
     grad = torch.is_grad_enabled() and x.requires_grad
     ws = None if grad else _Workspace(x.device)
 
@@ -490,10 +504,15 @@ def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
             values = ws.get("values", chunk.shape, x.dtype).copy_(chunk)
             x0T = torch.sub(values, centre[:, None], out=ws.get("x0T", chunk.shape, dtype))
         e = _expanded_terms(x0T, xf, ws) if need_e else None
-        full = scale * ((x0T * x0T).sum(0)[None] - 2.0 * (xf @ x0T)) if plan.needs_full else None  # (B, K)
+        x0T_sq = None if not need_sq else x0T * x0T if ws is None else torch.mul(
+            x0T, x0T, out=ws.get("x0T_sq", x0T.shape, x0T.dtype))
+        if plan.needs_full:                                                                    # (B, K)
+            full = scale * ((x0T * x0T if x0T_sq is None else x0T_sq).sum(0)[None] - 2.0 * (xf @ x0T))
+        else:
+            full = None
         states, i = [], 0
         for grp, n in zip(plan.groups, counts, strict=True):
-            logits = _group_logits(grp, weights[i:i + n], x0T, e, full, B, ws)
+            logits = _group_logits(grp, weights[i:i + n], x0T, x0T_sq, e, full, B, ws)
             idx = grp.cols.flatten()
             v = values.index_select(0, idx) if ws is None else torch.index_select(
                 values, 0, idx, out=ws.get("v", (len(idx), values.shape[1]), values.dtype))

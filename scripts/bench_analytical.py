@@ -170,8 +170,8 @@ def reference_compute(x: torch.Tensor, sigma: float, train: torch.Tensor, mask: 
     return out / len(batches)
 
 
-def matmul_gflops() -> float:
-    a, b = torch.randn(8192, 784), torch.randn(784, 784)
+def matmul_gflops(dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(8192, 784, dtype=dtype), torch.randn(784, 784, dtype=dtype)
     a @ b
     times = []
     for _ in range(5):
@@ -218,12 +218,60 @@ def load() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
+def setup(fashion, stats, train, B: int, ts: list[int], sigmas: dict, centre: torch.Tensor) -> tuple[dict, dict]:
+    """Inputs, plans and the three engines for calls of B inputs."""
+    g = torch.Generator().manual_seed(0)
+    clean = fashion.test[:B]
+    xs = {t: (clean + s * torch.randn(clean.shape, generator=g)).flatten(1) for t, s in sigmas.items()}
+    masks = {t: cached_mask(stats, s)[0] for t, s in sigmas.items()}
+    plans = {t: plan_mask(masks[t], tuple(fashion.shape), batch=B) for t in ts}
+    maskf = {t: torch.from_numpy(masks[t]).float() for t in ts}
+    engines = {
+        "new": lambda t: masked_softmax_denoise(xs[t], sigmas[t], train, plans[t], centre=centre),
+        "old": lambda t: old_denoise(xs[t], sigmas[t], train, plans[t], centre),
+        "reference": lambda t: reference_compute(xs[t], sigmas[t], train, maskf[t]),
+    }
+    return engines, {"plans": plans, "masks": masks}
+
+
+def table(engines, info, ts, sigmas, B, args, scale) -> None:
+    """One table: per image per step (scaled to --scale-to), engines alternated, median of the repeats."""
+    peak32, peak64 = matmul_gflops(), matmul_gflops(torch.float64)
+    times = {(e, t): [] for e in engines for t in ts}
+    with torch.no_grad():
+        for name in engines:                                  # warm-up (allocator, thread pool)
+            engines[name](ts[-1])
+        for rep in range(args.repeats):
+            order = list(engines)[rep % 3:] + list(engines)[:rep % 3]
+            for t in ts:
+                for name in order:
+                    times[name, t].append(timed(lambda n=name, t=t: engines[n](t)) * scale / B)
+    r = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n{torch.get_num_threads()} thread(s), {B} input(s) per call, load average {load()}; plain GEMM "
+          f"8192x784 @ 784x784: {peak32:.0f} GFLOP/s float32, {peak64:.0f} float64")
+    print(f"{'t':>4} {'new s':>8} {'old s':>8} {'ref s':>8} {'floor s':>8} {'ref/new':>8} {'new/floor':>9} "
+          f"{'old/new':>8}")
+    tot = dict.fromkeys(("new", "old", "reference", "floor"), 0.0)
+    for t in ts:
+        peak = peak64 if sigmas[t] < FLOAT64_BELOW else peak32   # float64 distances below FLOAT64_BELOW
+        row = {"new": r["new", t], "old": r["old", t], "reference": r["reference", t],
+               "floor": plan_flop(info["plans"][t], args.scale_to, B) / (peak * 1e9)}
+        for k in tot:
+            tot[k] += row[k]
+        print(f"{t:>4} {row['new']:>8.3f} {row['old']:>8.3f} {row['reference']:>8.3f} {row['floor']:>8.3f} "
+              f"{row['reference'] / row['new']:>8.2f} {row['new'] / row['floor']:>9.2f} "
+              f"{row['old'] / row['new']:>8.2f}")
+    print(f"{'sum':>4} {tot['new']:>8.3f} {tot['old']:>8.3f} {tot['reference']:>8.3f} {tot['floor']:>8.3f} "
+          f"{tot['reference'] / tot['new']:>8.2f} {tot['new'] / tot['floor']:>9.2f} "
+          f"{tot['old'] / tot['new']:>8.2f}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: N = 2,000, 1 repeat, contention at t = 0 only")
     p.add_argument("--n", type=int, default=6000, help="training images the engines run on")
     p.add_argument("--scale-to", type=int, default=60_000, help="times are scaled linearly to this N")
-    p.add_argument("--batch", type=int, default=8, help="noisy inputs per call")
+    p.add_argument("--batch", default="8,1", help="noisy inputs per call (tables for each; contention: the first)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--t", default="900,500,100,0", help="noise levels (timesteps)")
     p.add_argument("--threads", default="1,2")
@@ -237,69 +285,36 @@ def main(argv=None) -> int:
     stats = get_stats(fashion)
     train = fashion.train[:args.n].flatten(1).contiguous()
     centre = mean_float64(train)
-    N, B, d, scale = len(train), args.batch, train.shape[1], args.scale_to / len(train)
+    N, d, scale = len(train), train.shape[1], args.scale_to / len(train)
+    batches = [int(v) for v in args.batch.split(",")]
     ts = [int(t) for t in args.t.split(",")]
     sigmas = {t: REFERENCE_SIGMAS[REFERENCE_TIMESTEPS.index(t)] for t in ts}
-    g = torch.Generator().manual_seed(0)
-    clean = fashion.test[:B]
-    xs = {t: (clean + s * torch.randn(clean.shape, generator=g)).flatten(1) for t, s in sigmas.items()}
-    masks = {t: cached_mask(stats, s)[0] for t, s in sigmas.items()}
-    plans = {t: plan_mask(masks[t], tuple(fashion.shape), batch=B) for t in ts}
-    maskf = {t: torch.from_numpy(masks[t]).float() for t in ts}
-    engines = {
-        "new": lambda t: masked_softmax_denoise(xs[t], sigmas[t], train, plans[t], centre=centre),
-        "old": lambda t: old_denoise(xs[t], sigmas[t], train, plans[t], centre),
-        "reference": lambda t: reference_compute(xs[t], sigmas[t], train, maskf[t]),
-    }
-    print(f"torch {torch.__version__}; Fashion-MNIST, engines on N = {N:,} training images, times scaled to "
-          f"N = {args.scale_to:,}; {B} inputs per call; load average {load()}")
-    worst = 0.0
-    with torch.no_grad():
-        for t in ts:                                          # new = old, to float32 round-off
-            worst = max(worst, float((engines["new"](t) - engines["old"](t)).abs().max()))
-    print(f"max |new - old| over the noise levels: {worst:.1e}")
-    for t in ts:
-        plan = plans[t]
-        kinds = [("all rows" if grp.rows is None else "gathered") + (" complement" if grp.complement else "")
-                 for grp in plan.groups]
-        padded = executed_flop(plan, N, B) / plan_flop(plan, N, B)
-        print(f"  t = {t}: sigma {sigmas[t]:.4g}, mask {masks[t].mean():.1%} full, {len(plan.blocks)} blocks of "
-              f"{plan.tile}x{plan.tile} in {len(plan.groups)} groups ({', '.join(kinds)}); plan work "
-              f"{plan.work / d**2:.0%} of d^2, executed (padding, expanded terms) {padded:.2f}x the plan's FLOP")
+    setups = {B: setup(fashion, stats, train, B, ts, sigmas, centre) for B in batches}
+    print(f"torch {torch.__version__}; Fashion-MNIST, engines on N = {N:,} training images, times per image per "
+          f"step scaled to N = {args.scale_to:,}; load average {load()}")
+    for B, (engines, info) in setups.items():
+        with torch.no_grad():                                 # new = old, to float32 round-off
+            worst = max(float((engines["new"](t) - engines["old"](t)).abs().max()) for t in ts)
+        print(f"{B} input(s) per call: max |new - old| over the noise levels {worst:.1e}")
+        for t in ts:
+            plan = info["plans"][t]
+            kinds = [("all rows" if grp.rows is None else "gathered") + (" complement" if grp.complement else "")
+                     for grp in plan.groups]
+            padded = executed_flop(plan, N, B) / plan_flop(plan, N, B)
+            print(f"  t = {t}: sigma {sigmas[t]:.4g}, mask {info['masks'][t].mean():.1%} full, {len(plan.blocks)} "
+                  f"blocks of {plan.tile}x{plan.tile} in {len(plan.groups)} groups ({', '.join(sorted(set(kinds)))}); "
+                  f"plan work {plan.work / d**2:.0%} of d^2; executed {padded:.2f}x the plan's FLOP")
 
-    results: dict[int, dict] = {}
     for threads in [int(v) for v in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        peak = matmul_gflops()
-        times = {(e, t): [] for e in engines for t in ts}
-        with torch.no_grad():
-            for name in engines:                              # warm-up (allocator, plans, thread pool)
-                engines[name](ts[-1])
-            for rep in range(args.repeats):
-                order = list(engines)[rep % 3:] + list(engines)[:rep % 3]
-                for t in ts:
-                    for name in order:
-                        times[name, t].append(timed(lambda n=name, t=t: engines[n](t)) * scale / B)
-        results[threads] = {k: statistics.median(v) for k, v in times.items()}
-        print(f"\n{threads} thread(s), load average {load()}, plain GEMM 8192x784 @ 784x784: {peak:.0f} GFLOP/s")
-        print(f"{'t':>4} {'new s':>8} {'old s':>8} {'ref s':>8} {'floor s':>8} {'ref/new':>8} {'new/floor':>9} "
-              f"{'old/new':>8}")
-        tot = dict.fromkeys(("new", "old", "reference", "floor"), 0.0)
-        for t in ts:
-            r = results[threads]
-            floor = plan_flop(plans[t], args.scale_to, B) / (peak * 1e9)
-            row = {"new": r["new", t], "old": r["old", t], "reference": r["reference", t], "floor": floor}
-            for k in tot:
-                tot[k] += row[k]
-            print(f"{t:>4} {row['new']:>8.3f} {row['old']:>8.3f} {row['reference']:>8.3f} {floor:>8.3f} "
-                  f"{row['reference'] / row['new']:>8.2f} {row['new'] / floor:>9.2f} {row['old'] / row['new']:>8.2f}")
-        print(f"{'sum':>4} {tot['new']:>8.3f} {tot['old']:>8.3f} {tot['reference']:>8.3f} {tot['floor']:>8.3f} "
-              f"{tot['reference'] / tot['new']:>8.2f} {tot['new'] / tot['floor']:>9.2f} "
-              f"{tot['old'] / tot['new']:>8.2f}")
+        for B, (engines, info) in setups.items():
+            table(engines, info, ts, sigmas, B, args, scale)
 
     if args.no_contention:
         return 0
     torch.set_num_threads(2)
+    B = batches[0]
+    engines = setups[B][0]
     cts = [ts[-1]] if args.quick else ts
     alone = {e: [] for e in engines}
     beside = {e: [] for e in engines}
@@ -313,8 +328,8 @@ def main(argv=None) -> int:
                     beside[name].append(sum(timed(lambda n=name, t=t: engines[n](t)) for t in cts))
                 finally:
                     stop(proc)
-    print(f"\ncontention: 2 threads, t = {', '.join(map(str, cts))} per round, alone and beside one busy-loop "
-          f"process (alternated), load average {load()}")
+    print(f"\ncontention: 2 threads, {B} inputs per call, t = {', '.join(map(str, cts))} per round, alone and "
+          f"beside one busy-loop process (alternated), load average {load()}")
     print(f"{'engine':>10} {'alone s':>8} {'beside s':>9} {'ratio':>6}")
     for name in engines:
         a, b = statistics.median(alone[name]) * scale / B, statistics.median(beside[name]) * scale / B

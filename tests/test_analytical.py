@@ -443,11 +443,16 @@ def _mixed_mask():
 
 @pytest.mark.parametrize("slack", [0.0, 0.75, 1.0])
 @pytest.mark.parametrize("batch", [1, 8])
-def test_grouped_engine_equals_dense_formula_for_every_block_kind(slack, batch):
+@pytest.mark.parametrize("expanded_min", [128, 1])
+def test_grouped_engine_equals_dense_formula_for_every_block_kind(slack, batch, expanded_min, monkeypatch):
     """Padding is neutral: any grouping (slack 0: gathered blocks of one kind and width padded into one group; 1:
     one group per distinct row count) gives the dense formula in float64, for one input and for eight, exactly
-    (1e-12), at low, middle and high noise, with chunks that do not divide N."""
+    (1e-12), at low, middle and high noise, with chunks that do not divide N; groups over all rows in the cross
+    form (narrow groups) and in the expanded form (``EXPANDED_MIN_COLUMNS`` = 1)."""
+    from locality_core import analytical
     from locality_core.analytical import masked_softmax_denoise, plan_mask
+
+    monkeypatch.setattr(analytical, "EXPANDED_MIN_COLUMNS", expanded_min)
 
     shape, mask = (1, 10, 10), _mixed_mask()
     plan = plan_mask(mask, shape, tile=4, batch=batch, slack=slack)
