@@ -67,7 +67,7 @@ THRESHOLD_MODES = ("global", "row")
 FLOAT64_BELOW = 1.0          # sigma below which float32 inputs are computed in float64
 REFERENCE_BATCH = 512        # the public code's batch of training images (batch-normalised variant)
 GROUP_ELEMENTS = 1 << 21     # B * chunk * a group's padded columns: its logits stay in L3 (8 MB float32)
-THREADED_CHUNKS = 4          # chunks this many times larger with several threads: a quarter of the operations
+THREADED_CHUNKS = 2          # chunks this many times larger with several threads: half the operations
 EXPANDED_MIN_COLUMNS = 128   # groups over all rows this wide use the expanded terms (see `_uses_expanded`)
 MIN_CHUNK = 64               # training images per chunk at least: fewer would be mostly per-operation overhead
 GROUP_SLACK = 0.75           # gathered blocks padded together have at least this share of their group's rows
@@ -420,7 +420,7 @@ def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tenso
         logits = logits.view(shape)
     if not grp.complement:
         return logits
-    return full - logits if logits.requires_grad or full.requires_grad else logits.neg_().add_(full)
+    return full - logits if logits.requires_grad or full.requires_grad else torch.sub(full, logits, out=logits)
 
 
 def _expanded_terms(x0T: torch.Tensor, xf: torch.Tensor, ws: _Workspace | None) -> torch.Tensor:
@@ -466,13 +466,15 @@ def _merge2(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[t
     return m, a[1] * fa + b[1] * fb, a[2] * fa + b[2] * fb
 
 
-def _chunk_size(plan: MaskPlan, B: int, N: int, chunk_size: int | None, batch_normalised: bool) -> int:
-    """Training images per chunk: the widest group's logits within GROUP_ELEMENTS, times THREADED_CHUNKS with
-    several torch threads (each operation ends in a wait for every thread: fewer, larger ones)."""
+def _chunk_size(plan: MaskPlan, B: int, N: int, chunk_size: int | None, batch_normalised: bool,
+                itemsize: int = 4) -> int:
+    """Training images per chunk: the widest group's logits within GROUP_ELEMENTS float32 numbers (half as many
+    of ``itemsize`` 8), times THREADED_CHUNKS with several torch threads (each operation ends in a wait for
+    every thread: fewer, larger ones)."""
     if batch_normalised:
         return REFERENCE_BATCH
     widest = max(grp.cols.numel() for grp in plan.groups)
-    budget = GROUP_ELEMENTS * (THREADED_CHUNKS if torch.get_num_threads() > 1 else 1)
+    budget = GROUP_ELEMENTS * 4 // itemsize * (THREADED_CHUNKS if torch.get_num_threads() > 1 else 1)
     return chunk_size or int(min(max(N, 1), max(MIN_CHUNK, budget // (B * widest))))
 
 
@@ -541,7 +543,8 @@ def masked_softmax_state(x: torch.Tensor, sigma: float, train: torch.Tensor, pla
     over ``train`` (N, d), which may be empty (the empty state). States of disjoint shards merge exactly;
     `finish` gives x0_hat."""
     B, d = x.shape
-    chunk_size = _chunk_size(plan, B, len(train), chunk_size, False)
+    wide = x.dtype == torch.float32 and sigma < FLOAT64_BELOW
+    chunk_size = _chunk_size(plan, B, len(train), chunk_size, False, 8 if wide else x.element_size())
     total = None
     for state in _chunk_group_states(x, sigma, train, plan, chunk_size, centre):
         total = state if total is None else _merge2(total, state)
