@@ -70,7 +70,7 @@ GROUP_ELEMENTS = 1 << 21     # B * chunk * a group's padded columns: its logits 
 THREADED_CHUNKS = 2          # chunks this many times larger with several threads: half the operations
 EXPANDED_MIN_COLUMNS = 128   # groups over all rows this wide use the expanded terms (see `_uses_expanded`)
 MIN_CHUNK = 64               # training images per chunk at least: fewer would be mostly per-operation overhead
-GROUP_SLACK = 0.75           # gathered blocks padded together have at least this share of their group's rows
+GROUP_SLACK = 0.95           # gathered blocks padded together have at least this share of their group's rows
 LOG2E = 1.0 / math.log(2.0)  # logits in base-2 units: exp2 instead of exp
 MAX_BLOCKS = 64
 
