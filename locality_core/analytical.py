@@ -19,10 +19,19 @@ Glossary
                 overlap and the work drops to 3-40 % of d * d; at mid noise (t ~ 200-500 on Fashion-MNIST) the
                 supports of neighbouring columns differ (no tiling or clustering of columns found a union much
                 below d), so those steps run at the dense cost
+    groups      how a plan is executed: its blocks split by kind (over all rows / gathered / gathered
+                complement) and padded, gathered ones with similar row counts together, into a few
+                `BlockGroup`s; per training chunk a group is one gather, one or two (batched) GEMMs and one
+                softmax pass, on a chunk sized so that its logits stay in cache (GROUP_ELEMENTS). Padding is
+                neutral: padded rows have weight 0, padded columns are dropped
     logits      scale * sum_n B[n, m] (x0_k[n]^2 - 2 x[n] x0_k[n]), scale = -1 / (2 sigma^2): the distance
                 minus its k-independent part sum_n B[n, m] x[n]^2, which the softmax ignores. One GEMM per
-                block serves all inputs of a batch. Images are centred on the training mean first (distances
-                do not change, the terms get smaller) and float32 inputs are computed in float64 below
+                group serves all inputs of a batch: over the expanded terms x0^2 - 2 x x0 of every input
+                (groups over all rows; every group for one input), or a cross-term GEMM plus a shared
+                x0^2 GEMM (gathered groups of a batch). Kept in base-2 units (times log2 e): exp2 is 3x
+                faster than exp and has no slow path for underflow. Images are centred on the training
+                mean first (distances do not change, the terms get smaller) and float32 inputs are computed
+                in float64 below
                 FLOAT64_BELOW, where round-off in these terms would be amplified by 1 / (2 sigma^2)
     batch-normalised  the public reference code's variant: the softmax normalised within each batch of 512
                 training images, the batch results then averaged. It is NOT the formula above; it exists
@@ -48,7 +57,7 @@ from .cache import ArrayCache, default_cache
 from .data import Dataset
 from .denoiser import Denoiser, by_sigma, sigma_key, stats_of
 from .schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS
-from .softmax import ShardMerge, SoftmaxState, empty_state, finish, merge_states, softmax_state
+from .softmax import ShardMerge, SoftmaxState, empty_state, finish, merge_states
 from .stats import DataStats, compute_stats, mean_float64
 from .wiener import wiener_matrix
 
@@ -56,7 +65,12 @@ DIAG_EPS = 1e-6
 THRESHOLD_MODES = ("global", "row")
 FLOAT64_BELOW = 1.0          # sigma below which float32 inputs are computed in float64
 REFERENCE_BATCH = 512        # the public code's batch of training images (batch-normalised variant)
-BLOCK_ELEMENTS = 1 << 18     # B * chunk * block columns: one block's logits stay in cache (1 MB float32)
+GROUP_ELEMENTS = 1 << 21     # B * chunk * a group's padded columns: its logits stay in L3 (8 MB float32)
+THREADED_CHUNKS = 2          # chunks this many times larger with several threads: half the operations
+EXPANDED_MIN_COLUMNS = 128   # groups over all rows this wide use the expanded terms (see `_uses_expanded`)
+MIN_CHUNK = 64               # training images per chunk at least: fewer would be mostly per-operation overhead
+GROUP_SLACK = 0.95           # gathered blocks padded together have at least this share of their group's rows
+LOG2E = 1.0 / math.log(2.0)  # logits in base-2 units: exp2 instead of exp
 MAX_BLOCKS = 64
 
 
@@ -158,6 +172,8 @@ class MaskPlan:
     tile: int
     work: int              # multiply-adds per (training image, input image) of the distance GEMMs
     nnz: int               # mask entries
+    groups: tuple = ()     # the blocks as executed: a few padded `BlockGroup`s (see `group_blocks`)
+    layout: torch.Tensor | None = None  # (d,) position of output m among the groups' concatenated columns
 
 
 # cost model of a plan, in multiply-add equivalents per training image for a batch of inputs (1 to PLAN_BATCH):
@@ -212,9 +228,10 @@ def plan_batch(n_inputs: int) -> int:
 
 
 def plan_mask(mask: np.ndarray, shape: tuple[int, int, int], tile: int | None = None,
-              batch: int = PLAN_BATCH) -> MaskPlan:
+              batch: int = PLAN_BATCH, slack: float = GROUP_SLACK) -> MaskPlan:
     """Blocked plan of a (d, d) bool mask for images of ``shape`` and ``batch`` inputs per call; ``tile``
-    (pixels) is chosen by a cost model when None (square tiles, at most ``MAX_BLOCKS`` of them)."""
+    (pixels) is chosen by a cost model when None (square tiles, at most ``MAX_BLOCKS`` of them). The blocks
+    are executed in padded groups (`group_blocks` with ``slack``)."""
     c, h, w = shape
     d = c * h * w
     if mask.shape != (d, d):
@@ -234,86 +251,284 @@ def plan_mask(mask: np.ndarray, shape: tuple[int, int, int], tile: int | None = 
         work += len(cols) * len(rows)
         full |= comp
     perm = torch.cat([b.cols for b in blocks])
-    return MaskPlan(tuple(blocks), perm, torch.argsort(perm), full, tile, work + (d if full else 0), int(mask.sum()))
+    grouped = group_blocks(blocks, d, slack)
+    groups = [_padded_group(members, d) for members in grouped]
+    return MaskPlan(tuple(blocks), perm, torch.argsort(perm), full, tile, work + (d if full else 0), int(mask.sum()),
+                    tuple(groups), _group_layout(grouped, groups, d))
 
 
-# ---------------------------------------------------------------- the engine
+# ---------------------------------------------------------------- the engine: a few padded groups of blocks
 
-def _block_weights(xf: torch.Tensor, plan: MaskPlan, scale: float) -> list[torch.Tensor]:
-    """Per block the left factors of its two GEMMs, the softmax scale -1 / (2 sigma^2) folded in:
-    ``scale * weight`` (c, r) for the x0^2 term and ``-2 scale * weight * x_b[rows]`` (B * c, r) for the cross
-    term, so that one GEMM serves all B inputs. Flattened: [w_sq0, w_cross0, w_sq1, ...]."""
-    out = []
-    for b in plan.blocks:
-        w = b.weight.to(xf) * scale
-        out += [w, (-2.0 * w[None] * xf[:, None, b.rows]).reshape(len(xf) * len(b.cols), len(b.rows))]
+@dataclass(frozen=True, eq=False)
+class BlockGroup:
+    """Blocks of one kind (over all rows, gathered, gathered complement) and similar row counts, padded to one
+    shape so that one GEMM, or one batched GEMM, per training chunk computes all of their logits.
+
+    Padding is neutral: a padded column repeats its block's last column (its outputs are dropped by the plan's
+    ``layout``), a padded row is row 0 with weight 0 (it adds exactly 0 to every distance), and in a group over
+    all rows each block's weights sit at their own rows (a block that uses fewer rows gets zero weights
+    elsewhere). A complement group adds the full distance to minus its blocks' complement sums, the same terms as
+    the unpadded block.
+    """
+
+    cols: torch.Tensor          # (g, c) output coordinates, padded
+    rows: torch.Tensor | None   # (g, r) input coordinates, padded; None: all d rows in order (no gather)
+    weight: torch.Tensor        # (g, c, r) 0/1 float ((g, c, d) when rows is None)
+    complement: bool            # every block of the group is in complement form
+
+
+def group_blocks(blocks: list[Block] | tuple[Block, ...], d: int, slack: float = GROUP_SLACK) -> list[list[Block]]:
+    """Blocks split by kind (over all ``d`` rows / gathered; complement or not), gathered ones by column count
+    (edge tiles are narrower) and sorted by row count, cut wherever a block has fewer than ``slack`` times the
+    rows of its group's first: padding every block of a group to its largest wastes at most 1 - slack of its
+    work."""
+    groups: list[list[Block]] = []
+    widths = sorted({len(b.cols) for b in blocks}, reverse=True)
+    for all_rows in (True, False):
+        for comp in (False, True):
+            kind = [b for b in blocks if (len(b.rows) == d) == all_rows and b.complement == comp]
+            if all_rows:
+                groups += [kind] if kind else []
+                continue
+            for width in widths:
+                start = len(groups)
+                for b in sorted((b for b in kind if len(b.cols) == width), key=lambda b: -len(b.rows)):
+                    if len(groups) > start and len(b.rows) >= slack * len(groups[-1][0].rows):
+                        groups[-1].append(b)
+                    else:
+                        groups.append([b])
+    return groups
+
+
+def _padded_group(blocks: list[Block], d: int) -> BlockGroup:
+    """One `BlockGroup` of ``blocks`` (all of one kind)."""
+    c, r = max(len(b.cols) for b in blocks), max(len(b.rows) for b in blocks)
+    all_rows = all(len(b.rows) == d for b in blocks)
+    cols = torch.stack([b.cols[torch.arange(c).clamp(max=len(b.cols) - 1)] for b in blocks])
+    rows = torch.zeros(len(blocks), r, dtype=torch.long)
+    weight = torch.zeros(len(blocks), c, d if all_rows else r)
+    for i, b in enumerate(blocks):
+        if all_rows:                                        # weights at the block's own rows
+            weight[i, :len(b.cols)].index_copy_(1, b.rows, b.weight)
+        else:                                               # padded rows: row 0, weight 0
+            rows[i, :len(b.rows)] = b.rows
+            weight[i, :len(b.cols), :len(b.rows)] = b.weight
+    return BlockGroup(cols, None if all_rows else rows, weight, blocks[0].complement)
+
+
+def _group_layout(grouped: list[list[Block]], groups: list[BlockGroup], d: int) -> torch.Tensor:
+    """(d,) position of output coordinate m among the groups' concatenated (g * c) columns."""
+    layout, offset = torch.full((d,), -1, dtype=torch.long), 0
+    for members, grp in zip(grouped, groups, strict=True):
+        width = grp.cols.shape[1]
+        for i, b in enumerate(members):
+            layout[b.cols] = offset + i * width + torch.arange(len(b.cols))
+        offset += grp.cols.numel()
+    if bool((layout < 0).any()):
+        raise ValueError("the plan's blocks do not cover every output coordinate")
+    return layout
+
+
+def _uses_expanded(grp: BlockGroup, B: int) -> bool:
+    """Whether a group's logits come from one GEMM with the expanded terms e = x0^2 - 2 x x0 of all inputs
+    (any group for one input; wide groups over all rows) rather than from the cross and square GEMMs. A
+    narrow group over all rows keeps the cross form, whose GEMM has B times as many rows (a GEMM of few rows
+    runs far below peak)."""
+    return B == 1 or (grp.rows is None and grp.cols.numel() >= EXPANDED_MIN_COLUMNS)
+
+
+def _group_weights(xw: torch.Tensor, plan: MaskPlan, scale: float) -> list[tuple[torch.Tensor, ...]]:
+    """Per group the left factors of its GEMMs, the scale folded in.
+
+    Expanded form (`_uses_expanded`): ``scale * weight`` (g * c, d) over all rows, or (g, c, r) gathered.
+    Otherwise ``scale * weight`` (g, c, r) for the x0^2 term and ``-2 scale * weight * x_b[rows]``
+    (g, c * B, r) for the cross term, so that one batched GEMM serves all B inputs.
+    """
+    B, out = len(xw), []
+    for grp in plan.groups:
+        w = grp.weight.to(xw) * scale                                          # (g, c, r)
+        if _uses_expanded(grp, B):
+            out.append((w.reshape(-1, w.shape[2]) if grp.rows is None else w,))
+            continue
+        xr = (xw[None] if grp.rows is None else xw[:, grp.rows].permute(1, 0, 2))  # (g or 1, B, r)
+        cross = -2.0 * w[:, :, None, :] * xr[:, None, :, :]                     # (g, c, B, r)
+        if grp.rows is None:                                                    # one GEMM over all rows
+            out.append((w.reshape(-1, w.shape[2]), cross.reshape(-1, w.shape[2])))
+        else:
+            out.append((w, cross.reshape(len(w), w.shape[1] * B, w.shape[2])))
     return out
 
 
-def _block_logits(x0T: torch.Tensor, x0T_sq: torch.Tensor, blk: Block, w_sq: torch.Tensor, w_cross: torch.Tensor,
-                  full: torch.Tensor | None, B: int) -> torch.Tensor:
-    """(B, c, K) logits of one block's columns for a chunk x0T (d, K) of training images (transposed).
+class _Workspace:
+    """Buffers reused by every chunk of one call (no autograd): a fresh multi-MB tensor per chunk and step costs
+    page faults on first touch, about as much as the step itself."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.buffers = device, {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = self.buffers[name] = torch.empty(n, dtype=dtype, device=self.device)
+        return buf[:n].view(shape)
+
+
+def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tensor, x0T_sq: torch.Tensor | None,
+                  e: torch.Tensor | None, full: torch.Tensor | None, B: int, ws: _Workspace | None) -> torch.Tensor:
+    """(g * c, B, K) logits of one group's (padded) columns for a chunk x0T (d, K) of training images.
 
     logit = scale * sum_rows weight * (x0^2 - 2 x x0): the squared distance minus its k-independent part
-    sum x^2, which the softmax ignores. Complement blocks: scale * full distance minus the complement.
+    sum x^2, which the softmax ignores. ``e`` (d, B, K): the expanded terms x0^2 - 2 x x0 (None when no group
+    uses them); ``x0T_sq`` (d, K) squares (None when no group over all rows uses the cross form). Complement
+    groups: the full distance ``full`` (B, K) minus the sum over the complement. ``ws``: buffers to compute
+    into (None under autograd).
     """
-    d, K = x0T.shape
-    c, r = len(blk.cols), len(blk.rows)
-    if r == 0:
-        part = x0T.new_zeros(B, c, K)
-    else:
-        g, g_sq = (x0T, x0T_sq) if r == d else (x0T.index_select(0, blk.rows), x0T_sq.index_select(0, blk.rows))
-        part = (w_cross @ g).view(B, c, K)
-        sq = (w_sq @ g_sq)[None]
-        part = part + sq if part.requires_grad else part.add_(sq)
-    return full[:, None, :] - part if blk.complement else part
+    g, c = grp.cols.shape
+    K = x0T.shape[1]
+    shape = (g * c, B, K)
+    out = None if ws is None else ws.get("logits", shape, x0T.dtype)
+    if grp.rows is None and len(w) == 1:                                    # one GEMM over all rows
+        e2 = e.view(len(e), B * K)
+        logits = (w[0] @ e2 if out is None else torch.mm(w[0], e2, out=out.view(g * c, B * K))).view(shape)
+    elif grp.rows is None:                                                  # cross and (shared) square terms
+        sq = (w[0] @ x0T_sq).view(g * c, 1, K)
+        logits = (w[1] @ x0T if out is None else torch.mm(w[1], x0T, out=out.view(g * c * B, K))).view(shape)
+        logits = logits + sq if logits.requires_grad or sq.requires_grad else logits.add_(sq)
+    elif grp.rows.shape[1] == 0:
+        logits = x0T.new_zeros(shape)
+    else:                                                                   # one gather per group and chunk
+        idx, r = grp.rows.flatten(), grp.rows.shape[1]
+        src = e.view(-1, K) if B == 1 else x0T
+        rows = src.index_select(0, idx) if ws is None else torch.index_select(
+            src, 0, idx, out=ws.get("rows", (len(idx), K), src.dtype))
+        rows = rows.view(g, r, K)
+        if B == 1:                                                          # expanded terms: one batched GEMM
+            logits = (torch.bmm(w[0], rows) if out is None else torch.bmm(w[0], rows, out=out.view(g, c, K)))
+        else:                                                               # cross and (shared) square terms
+            rows_sq = rows * rows if ws is None else torch.mul(rows, rows, out=ws.get("sq", rows.shape, rows.dtype))
+            sq = torch.bmm(w[0], rows_sq).view(g * c, 1, K)
+            logits = torch.bmm(w[1], rows) if out is None else torch.bmm(w[1], rows, out=out.view(g, c * B, K))
+            logits = logits.view(shape)
+            logits = logits + sq if logits.requires_grad or sq.requires_grad else logits.add_(sq)
+        logits = logits.view(shape)
+    if not grp.complement:
+        return logits
+    return full - logits if logits.requires_grad or full.requires_grad else torch.sub(full, logits, out=logits)
 
 
-def _chunk_size(plan: MaskPlan, B: int, N: int, chunk_size: int | None, batch_normalised: bool) -> int:
-    widest = max(len(b.cols) for b in plan.blocks)
+def _expanded_terms(x0T: torch.Tensor, xf: torch.Tensor, ws: _Workspace | None) -> torch.Tensor:
+    """(d, B, K) e = x0^2 - 2 x x0 = x0 (x0 - 2 x) of a chunk x0T (d, K) and inputs xf (B, d), contiguous."""
+    if ws is None:
+        return ((x0T[:, None, :] - 2.0 * xf.T[:, :, None]) * x0T[:, None, :]).contiguous()
+    e = ws.get("e", (x0T.shape[0], len(xf), x0T.shape[1]), x0T.dtype)
+    torch.sub(x0T[:, None, :], 2.0 * xf.T[:, :, None], out=e)
+    return e.mul_(x0T[:, None, :])
+
+
+def _finite_ref(m: torch.Tensor) -> torch.Tensor:
+    """The running max as the exp2 reference: -inf (no candidates) and non-finite values give 0."""
+    return torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _state2(logits: torch.Tensor, values: torch.Tensor, dtype: torch.dtype, ws: _Workspace | None
+            ) -> tuple[torch.Tensor, ...]:
+    """(m, s, acc), each (G, B), of logits (G, B, K) in base-2 units and values (G, K): m = max_k logits,
+    s = sum_k 2^(logits - m), acc = sum_k 2^(logits - m) values, the last two in ``dtype``.
+
+    In place when ``ws`` is given (no autograd): a max, a shift, (a cast), an exp2, a sum and a product-sum over
+    the chunk, which is sized to stay in cache. exp2 has no slow path for large negative arguments (exp's,
+    below -87 in float32, is 10x slower), so no clamp is needed.
+    """
+    m = logits.amax(dim=2)
+    ref = _finite_ref(m)[..., None]
+    if ws is None:
+        p = torch.exp2((logits - ref).to(dtype))
+        return m, p.sum(2), (p * values[:, None, :]).sum(2)
+    p = logits.sub_(ref)
+    if p.dtype != dtype:
+        p = ws.get("p", p.shape, dtype).copy_(p)
+    p.exp2_()
+    return m, p.sum(2), p.mul_(values[:, None, :]).sum(2)
+
+
+def _merge2(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Exact merge of two (m, s, acc) states in base-2 units."""
+    m = torch.maximum(a[0], b[0])
+    ref = _finite_ref(m)
+    fa, fb = torch.exp2(a[0] - ref).to(a[1].dtype), torch.exp2(b[0] - ref).to(b[1].dtype)
+    return m, a[1] * fa + b[1] * fb, a[2] * fa + b[2] * fb
+
+
+def _chunk_size(plan: MaskPlan, B: int, N: int, chunk_size: int | None, batch_normalised: bool,
+                itemsize: int = 4) -> int:
+    """Training images per chunk: the widest group's logits within GROUP_ELEMENTS float32 numbers (half as many
+    of ``itemsize`` 8), times THREADED_CHUNKS with several torch threads (each operation ends in a wait for
+    every thread: fewer, larger ones)."""
     if batch_normalised:
         return REFERENCE_BATCH
-    return chunk_size or int(min(max(N, 1), max(256, BLOCK_ELEMENTS // (B * widest))))
+    widest = max(grp.cols.numel() for grp in plan.groups)
+    budget = GROUP_ELEMENTS * 4 // itemsize * (THREADED_CHUNKS if torch.get_num_threads() > 1 else 1)
+    return chunk_size or int(min(max(N, 1), max(MIN_CHUNK, budget // (B * widest))))
 
 
-def _chunk_block_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, chunk_size: int,
-                        centre: torch.Tensor | None) -> Iterator[list[SoftmaxState]]:
-    """Per chunk of ``chunk_size`` training images, the softmax state of every block of ``plan`` (plan order).
+def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, chunk_size: int,
+                        centre: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Per chunk of ``chunk_size`` training images, the softmax state (m, s, acc), each (G, B) over the groups'
+    concatenated padded columns, m in base-2 units (logits times log2 e): per group one gather, one or two
+    (batched) GEMMs and one softmax pass, all while the chunk's logits are in cache.
 
-    Each chunk is transposed once so that blocks gather contiguous rows; each block's logits go straight into
-    its streaming softmax while they are in cache. Under autograd each chunk is checkpointed.
+    Each chunk is transposed once so that groups gather contiguous rows. Without autograd every chunk computes
+    into the same buffers; under autograd each chunk is checkpointed.
     """
     B, d = x.shape
     dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
     centre = torch.zeros(d, dtype=dtype, device=x.device) if centre is None else centre.to(x.device, dtype)
     xw = x.to(dtype) - centre
-    scale = -1.0 / (2.0 * sigma**2)
+    scale = -LOG2E / (2.0 * sigma**2)                       # base-2 logits: exp2 is 3x faster than exp
+    need_e = any(_uses_expanded(grp, B) for grp in plan.groups)
+    need_sq = any(grp.rows is None and not _uses_expanded(grp, B) for grp in plan.groups)
+    grad = torch.is_grad_enabled() and x.requires_grad
+    ws = None if grad else _Workspace(x.device)
 
     def chunk_states(xf: torch.Tensor, start: int, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        values = train[start:start + chunk_size].T.to(device=xf.device, dtype=x.dtype).contiguous()  # (d, K)
-        x0T = values.to(dtype) - centre[:, None]
-        x0T_sq = x0T * x0T
-        full = scale * (x0T_sq.sum(0)[None] - 2.0 * (xf @ x0T)) if plan.needs_full else None  # (B, K)
-        states = []
-        for i, blk in enumerate(plan.blocks):
-            logits = _block_logits(x0T, x0T_sq, blk, weights[2 * i], weights[2 * i + 1], full, B)
-            v = values.index_select(0, blk.cols)
-            if dtype == x.dtype:
-                states += softmax_state(logits, v, dim=2, inplace=True)
-            else:  # float64 logits of float32 inputs: shift by the max in float64, exponentiate in float32
-                m = logits.amax(dim=2)
-                st = softmax_state((logits - m[..., None]).to(x.dtype), v, dim=2, inplace=True)
-                states += (m, st.s, st.acc)
-        return tuple(states)
+        chunk = train[start:start + chunk_size].T                                              # (d, K)
+        if ws is None:
+            values = chunk.to(device=xf.device, dtype=x.dtype).contiguous()
+            x0T = values.to(dtype) - centre[:, None]
+        else:
+            values = ws.get("values", chunk.shape, x.dtype).copy_(chunk)
+            x0T = torch.sub(values, centre[:, None], out=ws.get("x0T", chunk.shape, dtype))
+        e = _expanded_terms(x0T, xf, ws) if need_e else None
+        x0T_sq = None if not need_sq else x0T * x0T if ws is None else torch.mul(
+            x0T, x0T, out=ws.get("x0T_sq", x0T.shape, x0T.dtype))
+        if plan.needs_full:                                                                    # (B, K)
+            full = scale * ((x0T * x0T if x0T_sq is None else x0T_sq).sum(0)[None] - 2.0 * (xf @ x0T))
+        else:
+            full = None
+        states, i = [], 0
+        for grp, n in zip(plan.groups, counts, strict=True):
+            logits = _group_logits(grp, weights[i:i + n], x0T, x0T_sq, e, full, B, ws)
+            idx = grp.cols.flatten()
+            v = values.index_select(0, idx) if ws is None else torch.index_select(
+                values, 0, idx, out=ws.get("v", (len(idx), values.shape[1]), values.dtype))
+            states.append(_state2(logits, v, x.dtype, ws))
+            i += n
+        return tuple(torch.cat(parts) for parts in zip(*states, strict=True))
 
-    weights = _block_weights(xw, plan, scale)
-    grad = torch.is_grad_enabled() and x.requires_grad
+    grouped = _group_weights(xw, plan, scale)
+    counts = [len(w) for w in grouped]
+    weights = [w for ws_ in grouped for w in ws_]
     for start in range(0, len(train), chunk_size):
         if grad:
-            flat = checkpoint(chunk_states, xw, start, *weights, use_reentrant=False)
+            yield checkpoint(chunk_states, xw, start, *weights, use_reentrant=False)
         else:
-            flat = chunk_states(xw, start, *weights)
-        yield [SoftmaxState(*flat[i:i + 3]) for i in range(0, len(flat), 3)]
+            yield chunk_states(xw, start, *weights)
+
+
+def _output_order(plan: MaskPlan, t: torch.Tensor) -> torch.Tensor:
+    """(B, d) in output order from a (G, B) tensor over the groups' padded columns."""
+    return t.index_select(0, plan.layout).T.contiguous()
 
 
 def masked_softmax_state(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, *,
@@ -322,14 +537,16 @@ def masked_softmax_state(x: torch.Tensor, sigma: float, train: torch.Tensor, pla
     over ``train`` (N, d), which may be empty (the empty state). States of disjoint shards merge exactly;
     `finish` gives x0_hat."""
     B, d = x.shape
-    chunk_size = _chunk_size(plan, B, len(train), chunk_size, False)
+    wide = x.dtype == torch.float32 and sigma < FLOAT64_BELOW
+    chunk_size = _chunk_size(plan, B, len(train), chunk_size, False, 8 if wide else x.element_size())
     total = None
-    for states in _chunk_block_states(x, sigma, train, plan, chunk_size, centre):
-        total = states if total is None else [merge_states(a, b) for a, b in zip(total, states, strict=True)]
+    for state in _chunk_group_states(x, sigma, train, plan, chunk_size, centre):
+        total = state if total is None else _merge2(total, state)
     if total is None:
         m_dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
         return empty_state((B, d), (B, d), dtype=x.dtype, m_dtype=m_dtype, device=x.device)
-    return SoftmaxState(*(torch.cat(parts, dim=1)[:, plan.inverse] for parts in zip(*total, strict=True)))
+    m, s, acc = (_output_order(plan, t) for t in total)
+    return SoftmaxState(m * math.log(2.0), s, acc)          # m back to natural-log units
 
 
 def masked_softmax_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, *,
@@ -351,9 +568,9 @@ def masked_softmax_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, p
     if shard_merge is not None:
         raise ValueError("the batch-normalised variant is not available on a sharded training set")
     chunk_size = _chunk_size(plan, len(x), len(train), chunk_size, True)
-    results = [torch.cat([finish(s) for s in states], dim=1)
-               for states in _chunk_block_states(x, sigma, train, plan, chunk_size, centre)]
-    return torch.stack(results).mean(0)[:, plan.inverse].to(x.dtype)
+    results = [_output_order(plan, acc / s)
+               for _, s, acc in _chunk_group_states(x, sigma, train, plan, chunk_size, centre)]
+    return torch.stack(results).mean(0).to(x.dtype)
 
 
 def analytical_dense(x: torch.Tensor, sigma: float, train: torch.Tensor, mask: np.ndarray | torch.Tensor, *,

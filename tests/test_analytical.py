@@ -432,3 +432,90 @@ def test_calibrate_recovers_a_known_schedule(tiny):
     assert min(got.scores[1]) == pytest.approx(0.0, abs=1e-20) and len(got.scores[0]) == 4
     cos = calibrate(data, reference, [0.5], [1, 3, 5], kind="ls", n=3, metric="cosine")
     assert cos.sizes == (3,)
+
+
+# ---------------------------------------------------------------- the grouped engine against the dense formula
+
+def _mixed_mask():
+    """(100, 100) mask on 10x10 images whose plan (tile 4: tiles of 16, 8 and 4 columns) has every block kind:
+    image columns 0-3 random (supports cover the image: blocks over all rows), 4-7 small discs (gathered rows,
+    uneven counts), 8-9 large discs (complement blocks; over all rows for one input)."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.meshgrid(np.arange(10), np.arange(10), indexing="ij")
+    pix = np.stack([yy.ravel(), xx.ravel()], 1)
+    dist2 = ((pix[:, None] - pix[None]) ** 2).sum(-1)
+    col = pix[:, 1][None, :]                                      # image column of output m, per mask column
+    return np.where(col <= 3, rng.random((100, 100)) < 0.5, np.where(col <= 7, dist2 <= 2 + col % 2, dist2 <= 50))
+
+
+@pytest.mark.parametrize("slack", [0.0, 0.75, 1.0])
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("expanded_min", [128, 1])
+def test_grouped_engine_equals_dense_formula_for_every_block_kind(slack, batch, expanded_min, monkeypatch):
+    """Padding is neutral: any grouping (slack 0: gathered blocks of one kind and width padded into one group; 1:
+    one group per distinct row count) gives the dense formula in float64, for one input and for eight, exactly
+    (1e-12), at low, middle and high noise, with chunks that do not divide N; groups over all rows in the cross
+    form (narrow groups) and in the expanded form (``EXPANDED_MIN_COLUMNS`` = 1)."""
+    from locality_core import analytical
+    from locality_core.analytical import masked_softmax_denoise, plan_mask
+
+    monkeypatch.setattr(analytical, "EXPANDED_MIN_COLUMNS", expanded_min)
+
+    shape, mask = (1, 10, 10), _mixed_mask()
+    plan = plan_mask(mask, shape, tile=4, batch=batch, slack=slack)
+    kinds = {(len(b.rows) == 100, b.complement) for b in plan.blocks}
+    assert kinds >= {(True, False), (False, False), (False, True)}, kinds
+    assert {len(b.cols) for b in plan.blocks} == {16, 8, 4}               # uneven tiles
+    minimal = len({(len(b.rows) == 100, b.complement, len(b.rows) == 100 or len(b.cols)) for b in plan.blocks})
+    assert len(plan.groups) == minimal if slack == 0.0 else len(plan.groups) >= minimal + (slack == 1.0)
+    train = _images(41, shape, seed=11)
+    x = _images(batch, shape, seed=12) + 0.3 * torch.randn(batch, *shape, generator=torch.Generator().manual_seed(13),
+                                                           dtype=torch.float64)
+    for sigma in (0.05, 0.4, 3.0, 50.0):
+        want = analytical_dense(x, sigma, train, mask)
+        got = masked_softmax_denoise(x.flatten(1), sigma, train.flatten(1), plan, chunk_size=13,
+                                     centre=train.flatten(1).mean(0)).view_as(x)
+        assert torch.allclose(got, want, atol=1e-12, rtol=0), (sigma, float((got - want).abs().max()))
+
+
+def test_grouped_engine_per_sample_sigma_float32_sharded_and_batch_normalised():
+    """The same mixed plan through the denoiser: per-sample sigma equals one call per input; float32 inputs
+    match float64 within 1e-5; two shards' states merge to the whole; the batch-normalised variant is the
+    dense one's."""
+    from locality_core.analytical import masked_softmax_denoise, masked_softmax_state, plan_mask
+    from locality_core.optimal import finish, merge_states
+
+    shape, mask = (1, 10, 10), _mixed_mask()
+    train = _images(60, shape, seed=21)
+    x = _images(8, shape, seed=22) + 0.2 * torch.randn(8, *shape, generator=torch.Generator().manual_seed(23),
+                                                       dtype=torch.float64)
+    den = MaskedSoftmaxDenoiser(lambda sigma: mask).fit(Dataset.from_tensor(train))
+    sig = torch.tensor([0.03, 0.3, 0.3, 2.0, 0.03, 9.0, 0.3, 2.0], dtype=torch.float64)
+    single = torch.cat([analytical_dense(x[i:i + 1], float(s), train, mask) for i, s in enumerate(sig)])
+    assert torch.allclose(den(x, sig), single, atol=1e-12)
+    f32 = MaskedSoftmaxDenoiser(lambda sigma: mask).fit(Dataset.from_tensor(train.float()))
+    for sigma in (0.05, 0.5, 3.0):
+        assert float((f32(x.float(), sigma).double() - analytical_dense(x, sigma, train, mask)).abs().max()) < 1e-5
+    plan = plan_mask(mask, shape, tile=4, batch=8)
+    xf, tf = x.flatten(1), train.flatten(1)
+    whole = masked_softmax_state(xf, 0.4, tf, plan, chunk_size=7)
+    parts = [masked_softmax_state(xf, 0.4, t, plan, chunk_size=7) for t in (tf[:25], tf[25:])]
+    assert torch.allclose(finish(merge_states(*parts)), finish(whole), atol=1e-12)
+    batched = masked_softmax_denoise(xf, 0.4, tf, plan, batch_normalised=True, chunk_size=512)
+    assert torch.allclose(batched.view_as(x), analytical_dense(x, 0.4, train, mask, batch_normalised=True), atol=1e-12)
+
+
+def test_grouped_engine_jacobian_equals_the_dense_formula():
+    """Gradients through the checkpointed grouped engine (every block kind, one and two inputs) equal those of
+    the dense formula."""
+    from locality_core.analytical import masked_softmax_denoise, plan_mask
+
+    shape, mask = (1, 10, 10), _mixed_mask()
+    train = _images(23, shape, seed=31)
+    for batch in (1, 2):
+        plan = plan_mask(mask, shape, tile=4, batch=batch)
+        xi = _images(batch, shape, seed=32).flatten(1)
+        ja = torch.autograd.functional.jacobian(
+            lambda v, p=plan: masked_softmax_denoise(v, 0.5, train.flatten(1), p, chunk_size=9), xi)
+        jb = torch.autograd.functional.jacobian(lambda v: analytical_dense(v, 0.5, train, mask), xi)
+        assert ja.abs().max() > 1e-3 and torch.allclose(ja, jb, atol=1e-10)
