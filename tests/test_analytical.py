@@ -483,7 +483,7 @@ def test_grouped_engine_per_sample_sigma_float32_sharded_and_batch_normalised():
     match float64 within 1e-5; two shards' states merge to the whole; the batch-normalised variant is the
     dense one's."""
     from locality_core.analytical import masked_softmax_denoise, masked_softmax_state, plan_mask
-    from locality_core.optimal import finish, merge_states
+    from locality_core.softmax import finish, merge_states
 
     shape, mask = (1, 10, 10), _mixed_mask()
     train = _images(60, shape, seed=21)
