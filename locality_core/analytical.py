@@ -337,6 +337,16 @@ def _uses_expanded(grp: BlockGroup, B: int) -> bool:
     return B == 1 or (grp.rows is None and grp.cols.numel() >= EXPANDED_MIN_COLUMNS)
 
 
+def executed_flop(plan: MaskPlan, batch: int) -> float:
+    """FLOP per training image of one call with ``batch`` inputs, as the engine executes ``plan`` (padding
+    included): per group 2 g c r multiply-adds per input in the expanded form, and per input plus one for the
+    shared x0^2 term in the cross form; plus the full distances' cross term when the plan needs them."""
+    total = 2.0 * batch * plan.inverse.numel() if plan.needs_full else 0.0
+    for grp in plan.groups:
+        total += 2.0 * grp.weight.numel() * (batch if _uses_expanded(grp, batch) else batch + 1)
+    return total
+
+
 def _group_weights(xw: torch.Tensor, plan: MaskPlan, scale: float) -> list[tuple[torch.Tensor, ...]]:
     """Per group the left factors of its GEMMs, the scale folded in.
 

@@ -44,6 +44,9 @@ from locality_core.analytical import (  # noqa: E402
     masked_softmax_denoise,
     plan_mask,
 )
+from locality_core.analytical import (
+    executed_flop as analytical_executed_flop,
+)
 from locality_core.schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS  # noqa: E402
 from locality_core.softmax import SoftmaxState, empty_state, finish, merge_states, softmax_state  # noqa: E402
 from locality_core.stats import get_stats, mean_float64  # noqa: E402
@@ -185,13 +188,7 @@ def plan_flop(plan: MaskPlan, N: int, B: int) -> float:
 
 def executed_flop(plan: MaskPlan, N: int, B: int) -> float:
     """FLOP per input image the new engine executes, padding included."""
-    total = 0.0
-    for grp in plan.groups:
-        g, c = grp.cols.shape
-        r = grp.weight.shape[2]
-        expanded = grp.rows is None or B == 1
-        total += 2 * N * g * c * r * (1.0 if expanded else (B + 1) / B)
-    return total
+    return N * analytical_executed_flop(plan, B) / B
 
 
 # ---------------------------------------------------------------- timing

@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from locality_core import distributed  # noqa: E402
-from locality_core.analytical import AnalyticalDenoiser  # noqa: E402
+from locality_core.analytical import AnalyticalDenoiser, executed_flop  # noqa: E402
 from locality_core.data import Dataset, load_dataset  # noqa: E402
 from locality_core.schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS  # noqa: E402
 from locality_core.stats import compute_stats, get_stats  # noqa: E402
@@ -71,6 +71,7 @@ def run_measurements(train, stats, dataset, args, barrier=lambda: None, make=Non
         with torch.no_grad():
             out[sigma] = timed(lambda x=x, s=sigma: den(x, s), barrier)
     out["work"] = {s: den.plan_for(s, args.batch).work for s in sigmas_of(args.t)}
+    out["flop"] = {s: executed_flop(den.plan_for(s, args.batch), args.batch) for s in sigmas_of(args.t)}
     return out
 
 
@@ -144,11 +145,11 @@ def report(rows: dict, args, n: int, peak1: float) -> None:
 def estimate(one: dict, sigmas: list[float], n: int, batch: int, peak1: float) -> None:
     print(f"\nper-rank throughput (1 rank, 1 thread; 1-thread GEMM peak measured now: {peak1:.0f} GFLOP/s):")
     for s in sigmas:
-        flops = 2 * n * (batch + 1) * one["work"][s]          # cross term per input, x0^2 term once
+        flops = n * one["flop"][s]                            # as executed (`analytical.executed_flop`)
         rate = flops / one[s] / 1e9
         frac = one["work"][s] / 784**2
         share = rate / peak1
-        per_image_step = 2 * BIG_N * BIG_D**2 * frac * (batch + 1) / batch / (share * GPU_FP32_PEAK)
+        per_image_step = BIG_N * BIG_D**2 * one["flop"][s] / 784**2 / batch / (share * GPU_FP32_PEAK)
         print(f"  sigma={s:.4g}: {rate:.1f} GFLOP/s ({share:.0%} of the GEMM peak), plan work {frac:.0%} of d^2. "
               f"N = 1e6, d = 12,288 at the same share of a GPU's FP32 peak (67 TFLOP/s), same plan share: "
               + ", ".join(f"k={k}: {per_image_step / k:.1f} s" for k in (1, 8, 64)) + " per image per step")
