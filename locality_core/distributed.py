@@ -33,7 +33,17 @@ from torch import nn
 from .cache import ArrayCache, default_cache
 from .data import Dataset
 from .softmax import SoftmaxState, rescaled
-from .stats import DataStats, Moments, check_fits, covariance, data_moments, eigendecomposition, stats_arrays
+from .stats import (
+    DataStats,
+    Moments,
+    check_fits,
+    covariance,
+    data_moments,
+    eigendecomposition,
+    stats_arrays,
+    stats_from_arrays,
+    stats_key,
+)
 
 
 def init(backend: str | None = None) -> tuple[int, int]:
@@ -130,7 +140,7 @@ def sharded_get_stats(dataset: Dataset, shard: torch.Tensor, *, cache: ArrayCach
     """`stats.get_stats` of ``dataset`` computed from the ranks' shards: read from the cache when every rank
     has it, else computed by `sharded_stats` and stored by each machine's first rank (LOCAL_RANK 0)."""
     cache = cache or default_cache()
-    key = cache.make_key("stats", dataset.fingerprint)
+    key = stats_key(cache, dataset)
     a = cache.get(key) if _all_ranks(key in cache, group) else None
     if a is None:
         s = sharded_stats(shard, fingerprint=dataset.fingerprint, progress=progress, group=group)
@@ -138,8 +148,7 @@ def sharded_get_stats(dataset: Dataset, shard: torch.Tensor, *, cache: ArrayCach
             cache.set(key, stats_arrays(s))
         dist.barrier(group=group)  # stored before any rank goes on to read it (e.g. to build a Wiener denoiser)
         return s
-    return DataStats(a["mean"], a["cov"], a["eigvals"], a["eigvecs"], int(a["n"]), dataset.shape,
-                     dataset.fingerprint)
+    return stats_from_arrays(a, dataset)
 
 
 # ---------------------------------------------------------------- softmax denoisers

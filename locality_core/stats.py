@@ -206,6 +206,12 @@ def stats_arrays(s: DataStats) -> dict[str, np.ndarray]:
     return {"mean": s.mean, "cov": s.cov, "eigvals": s.eigvals, "eigvecs": s.eigvecs, "n": np.array(s.n)}
 
 
+def stats_from_arrays(a: dict[str, np.ndarray], dataset: Dataset) -> DataStats:
+    """The `DataStats` of ``dataset`` from a cache entry (`stats_arrays`)."""
+    return DataStats(a["mean"], a["cov"], a["eigvals"], a["eigvecs"], int(a["n"]), dataset.shape,
+                     dataset.fingerprint)
+
+
 def stats_key(cache: ArrayCache, dataset: Dataset) -> str:
     """The cache key of ``dataset``'s statistics: its fingerprint (which changes with its images)."""
     return cache.make_key("stats", dataset.fingerprint)
@@ -221,6 +227,4 @@ def get_stats(dataset: Dataset, *, cache: ArrayCache | None = None,
     def compute():
         return stats_arrays(compute_stats(dataset.train, fingerprint=dataset.fingerprint, progress=progress))
 
-    a = cache.get_or_compute(stats_key(cache, dataset), compute, keep=True)
-    return DataStats(a["mean"], a["cov"], a["eigvals"], a["eigvecs"], int(a["n"]), dataset.shape,
-                     dataset.fingerprint)
+    return stats_from_arrays(cache.get_or_compute(stats_key(cache, dataset), compute, keep=True), dataset)
