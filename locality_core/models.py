@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from .data import Dataset
 from .data.registry import data_home
+from .files import atomic_write
 from .unet import EDMDenoiser, UNetConfig
 
 ASSETS_MODELS = Path(__file__).resolve().parent.parent / "assets" / "models"
@@ -87,7 +86,7 @@ def write_card_hash(directory: str | Path) -> dict:
     card_path = directory / CARD
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     card["sha256"] = card_hashes(directory)
-    atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
+    atomic_write(card_path, lambda f: f.write((json.dumps(card, indent=2) + "\n").encode()))
     return card["sha256"]
 
 
@@ -134,17 +133,6 @@ def check_state_dict(config: UNetConfig, state: dict, path: Path) -> None:
                          "delete it and retrain.")
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` to a uniquely named file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def save_weights(path: str | Path, config: UNetConfig, state_dict: dict, *, fingerprint: str, dataset: str) -> Path:
     """Write ``path`` (unet.pt) in the weights format (module docstring), atomically; returns the path.
 
@@ -152,7 +140,7 @@ def save_weights(path: str | Path, config: UNetConfig, state_dict: dict, *, fing
     path = Path(path)
     blob = {"format": WEIGHTS_FORMAT, "unet_config": config.to_dict(), "state_dict": state_dict,
             "fingerprint": fingerprint, "dataset": dataset}
-    atomic_write(path, lambda tmp: torch.save(blob, tmp))
+    atomic_write(path, lambda f: torch.save(blob, f))
     return path
 
 

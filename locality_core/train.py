@@ -30,7 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset
-from .models import atomic_write, card_hashes, save_weights
+from .files import atomic_write
+from .models import card_hashes, save_weights
 from .unet import EDMDenoiser, UNetConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -105,7 +106,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 @dataclass
@@ -288,7 +289,7 @@ def export(ema: EDMDenoiser, dataset: Dataset, out_dir: Path, train_config: Trai
 
         card["heldout_mse"] = heldout_mse_table(dataset, {"unet": ema}, progress=progress)
     card["sha256"] = card_hashes(out_dir)
-    atomic_write(out_dir / CARD, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
+    atomic_write(out_dir / CARD, lambda f: f.write((json.dumps(card, indent=2) + "\n").encode()))
     return weights_path
 
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .files import atomic_write
 from .schedule import REFERENCE_TIMESTEPS, t_to_sigma
 
 Progress = Callable[[str], None]
@@ -267,9 +268,7 @@ def _update_status(change: Callable[[dict], None]) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         status = read_status()
         change(status)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(status))
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(json.dumps(status).encode()))
 
 
 def _run_one(name: str, task: str, loaded: dict, stop_on_error: bool) -> float:

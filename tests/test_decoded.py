@@ -68,3 +68,28 @@ def test_changed_source_or_damaged_entry_is_decoded_again(idx_home, monkeypatch)
     again, calls = load(monkeypatch, decode_allowed=True)
     assert calls == ["train", "test"] and torch.equal(again.train, first.train)
     _, calls = load(monkeypatch, decode_allowed=False)                # rewritten: valid again
+
+
+def test_atomic_writers_of_one_process_do_not_share_a_temporary_file(tmp_path):
+    """Two sessions of one server are threads of one process: a writer that starts while another is half-way
+    must not touch that one's temporary file (a name made from the pid would be the same), and a failed write
+    leaves the old file and no temporary file behind."""
+    from locality_core.files import atomic_write
+
+    target = tmp_path / "train.npy"
+
+    def slow_writer(f):
+        f.write(b"first half,")
+        atomic_write(target, lambda g: g.write(b"the other writer"))  # meanwhile, in another thread
+        f.write(b" second half")
+
+    atomic_write(target, slow_writer)
+    assert target.read_bytes() == b"first half, second half"
+
+    def failing(f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, failing)
+    assert target.read_bytes() == b"first half, second half" and list(tmp_path.iterdir()) == [target]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from ..cache import default_cache_dir
+from ..files import atomic_write
 
 META = "meta.json"
 
@@ -56,13 +56,9 @@ def write_entry(folder: Path, sources: list[Path], arrays: dict[str, torch.Tenso
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     (folder / META).unlink(missing_ok=True)
     for name, tensor in arrays.items():
-        tmp = folder / f".{name}.{os.getpid()}.npy"
-        np.save(tmp, tensor.numpy(), allow_pickle=False)
-        os.replace(tmp, folder / f"{name}.npy")
+        atomic_write(folder / f"{name}.npy", lambda f, a=tensor.numpy(): np.save(f, a, allow_pickle=False))
     meta = {"stamp": stamp(sources), "fingerprint": fingerprint, "arrays": list(arrays)}
-    tmp = folder / f".{META}.{os.getpid()}"
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, folder / META)
+    atomic_write(folder / META, lambda f: f.write(json.dumps(meta).encode()))
 
 
 def decoded(recipe: str, sources: list[Path], decode: Callable[[], tuple[dict[str, torch.Tensor], str]]

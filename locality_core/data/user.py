@@ -23,7 +23,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..files import atomic_write
 from ..locks import owned_lock
 from .base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
 from .download import data_home
@@ -275,17 +275,6 @@ def to_nchw(arrays: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2))
 
 
-def _write_atomic(path: Path, write: Callable) -> None:
-    """Write through a temporary file of a unique name in the same folder, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def name_lock(name: str):
     """The lock that serialises writing, deleting and reading the files of ``user:<name>`` across processes."""
     return owned_lock(data_home() / ".locks", "user:" + validate_name(name), what=f"importing {PREFIX}{name}")
@@ -306,8 +295,8 @@ def save(name: str, train: np.ndarray, test: np.ndarray, train_names: list[str],
         if not replace and path.exists():
             raise DatasetError(f"a data set named {PREFIX}{name} exists already; choose another name, or replace "
                                "it on purpose (`locality import --force`).")
-        _write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
-        _write_atomic(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+        atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return path
 
 
