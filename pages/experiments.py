@@ -131,7 +131,8 @@ def fields():
         template = w_template(H, W) > 0
         share = [float(m[0][template].sum() / m[0].sum()) for m in (orig.map("abs"), mod.map("abs"))]
         claims.append(pattern_share_claim(share[0], share[1], bool(template[pixel])))
-    claims.append(mask_fill_claim(list(view.sigmas), masks[1], H * W))
+    covered = [int((m > 0).sum()) for m in masks[0]]  # pixels the mask touches (masks[1] counts C x H x W inputs)
+    claims.append(mask_fill_claim(list(view.sigmas), covered, H * W))
     st.markdown("**What the numbers say** (pixel row {}, col {})\n".format(*pixel) +
                 "\n".join(f"- {c.text}" for c in claims if c is not None))
     if kind == "permute":
