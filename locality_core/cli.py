@@ -111,15 +111,17 @@ def _cmd_precompute(args) -> int:
     from . import distributed
 
     dataset = _load(args.dataset)
-    if args.all:
+    # statistics first: under --distributed they are the sharded ones, which the warm-up then finds cached
+    stats = distributed.dataset_stats(dataset) if args.distributed else _stats(dataset)
+    if not distributed.is_leader():
+        return 0
+    print(f"{dataset!r}: statistics cached (trace {stats.trace:.2f}, "
+          f"{stats.components_for(0.95)} components hold 95 % of the variance)")
+    if args.all:  # one process runs the warm-up (its tasks are not sharded)
         from .warmup import run_with_bar, tasks
 
         times = run_with_bar(tasks([dataset.name]))
         print("\n".join(f"{entry:<40} {seconds:8.1f} s" for entry, seconds in times.items()))
-    stats = distributed.dataset_stats(dataset) if args.distributed else _stats(dataset)
-    if distributed.is_leader():
-        print(f"{dataset!r}: statistics cached (trace {stats.trace:.2f}, "
-              f"{stats.components_for(0.95)} components hold 95 % of the variance)")
     return 0
 
 
