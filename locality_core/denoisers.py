@@ -12,7 +12,6 @@ The CLI, the app's select boxes and the parametrised tests all read this one tab
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -111,17 +110,11 @@ def _build_unet(dataset: Dataset):
         raise DenoiserError(str(exc)) from exc
 
 
-@functools.lru_cache(maxsize=16)
-def _file_sha(path: str, mtime: float) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
-
-
 def _unet_cache_id(dataset: Dataset) -> str:
-    from .models import find_weights
+    from .models import find_weights, weights_id
 
     path = find_weights(dataset.name)
-    return _file_sha(str(path), path.stat().st_mtime) if path else "none"
+    return weights_id(path) if path else "none"
 
 
 register(DenoiserSpec(

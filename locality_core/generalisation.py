@@ -24,7 +24,6 @@ Samples: ``N_SAMPLES`` seeds of `sampling.initial_noise` (seed 0), DDIM with ``S
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import numpy as np
@@ -136,21 +135,16 @@ def other_split(split: str) -> str:
     return "B" if split == "A" else "A"
 
 
-def _file_digest(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
-
-
 def side_id(dataset: Dataset, kind: str, n: int, split: str) -> str:
     """What a side's results depend on besides the sampling settings: the network's weights (their hash), or
     the analytical denoiser's recipe and its subset (the subset's fingerprint)."""
     if kind == "unet":
-        from .models import ModelError, find_subset_weights, how_to_train_subsets
+        from .models import ModelError, find_subset_weights, how_to_train_subsets, weights_id
 
         path = find_subset_weights(dataset.name, n, split)
         if path is None:
             raise ModelError(how_to_train_subsets(dataset.name, n, split))
-        return f"unet-{_file_digest(path)}"
+        return f"unet-{weights_id(path)}"
     if kind == "analytical":
         return f"analytical-global-default-{subset_fingerprint(dataset, n, split)}"
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

@@ -11,6 +11,7 @@ Search order for the weights of data set NAME: ``$LOCALITY_MODEL_DIR/NAME``, the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -65,6 +66,18 @@ def _short(fingerprint: str, other: str) -> str:
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _short_sha256(path: str, mtime_ns: int, size: int) -> str:
+    return file_sha256(Path(path))[:16]
+
+
+def weights_id(path: Path) -> str:
+    """The first 16 hex digits of a weights file's sha256, hashed once per file version (path, mtime, size):
+    what cache keys name a network by, so that retrained weights never reuse its cached results."""
+    info = Path(path).stat()
+    return _short_sha256(str(path), info.st_mtime_ns, info.st_size)
 
 
 def config_sha256(config: dict) -> str:
