@@ -16,8 +16,9 @@ Glossary
                 reads "small" on that scale
     heldout_nn  mean distance from held-out test images to the nearest image of a subset of size N: where a
                 new image lies. A sample much closer to the subset than that is a copy, one about as far is new
-    train_mse / heldout_mse   per-pixel denoising MSE on (up to ``N_EVAL``) own training images and on as many
-                held-out test images, at t = 100 / 300 / 500. Equal: the denoiser does not know its training set
+    train_mse / heldout_mse   per-pixel denoising MSE on (up to ``N_EVAL``) own training images and on
+                ``N_EVAL`` held-out test images, at t = 100 / 300 / 500. Equal: the denoiser does not know its
+                training set
 
 Samples: ``N_SAMPLES`` seeds of `sampling.initial_noise` (seed 0), DDIM with ``STEPS`` steps (t = 900 ... 0).
 """

@@ -118,4 +118,5 @@ def card_note() -> str:
 st.caption(card_note() + f"{G.N_SAMPLES} noise seeds, DDIM {G.STEPS} steps (t = 900 → 0). Cosine similarity after "
            "subtracting the data set's mean image. Typical neighbour distance: the median distance from a training "
            "image to the nearest other one; dotted: held-out test images to the nearest image of a subset of "
-           f"size N. MSE on up to {G.N_EVAL} own training images and as many held-out images.")
+           f"size N. MSE on up to {G.N_EVAL} own training images (all of them when N is smaller) and "
+           f"{G.N_EVAL} held-out images.")
