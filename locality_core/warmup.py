@@ -368,7 +368,8 @@ def exit_with_parent(pid: int, every: float = 5.0) -> None:
 if __name__ == "__main__":  # the app's background warm-up: every data set, in priority order, on one thread
     import torch
 
-    if os.environ.get("LOCALITY_WARMUP_PARENT", "").isdigit():
+    if os.environ.get("LOCALITY_WARMUP_PARENT", "").isdigit():  # started by the app (ui/background.py)
+        os.nice(19)  # here, not in a preexec_fn: that is unsafe in the threaded server that forks us
         exit_with_parent(int(os.environ["LOCALITY_WARMUP_PARENT"]))
     torch.set_num_threads(1)
     run_with_bar()

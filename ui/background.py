@@ -14,10 +14,6 @@ import sys
 import streamlit as st
 
 
-def _lower_priority() -> None:
-    os.nice(19)
-
-
 @st.cache_resource(show_spinner=False)
 def start_warmup() -> subprocess.Popen | None:
     if os.environ.get("LOCALITY_WARMUP", "1").strip() == "0":
@@ -29,7 +25,6 @@ def start_warmup() -> subprocess.Popen | None:
     # the child watches this process and ends with it (PR_SET_PDEATHSIG would follow the script thread that
     # started it, which ends with the first rerun)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LOCALITY_WARMUP_PARENT": str(os.getpid())}
-    with open(log_dir / "warmup.log", "ab") as log:
+    with open(log_dir / "warmup.log", "ab") as log:  # the child lowers its own priority (warmup.py's __main__)
         return subprocess.Popen([sys.executable, "-m", "locality_core.warmup"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_lower_priority)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
