@@ -11,6 +11,7 @@ import torch
 
 from locality_core import basis as B
 from locality_core import warmup
+from locality_core.evaluate import noisy_heldout
 
 from . import data as D
 from .state import noise_label
@@ -59,8 +60,7 @@ def trace_estimates(data_key: tuple[str, str, str], name: str, model_id: str, im
 
     data = D.dataset(*data_key)
     x0 = data.test[image_index]
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    ys = torch.stack([x0 + float(s) * noise for s in sigmas])
+    ys = torch.stack([noisy_heldout(x0[None], float(s), seed)[0, 0] for s in sigmas])
     return B.trace_estimate(get_denoiser(name, data), ys, sigmas, probes=PROBES, seed=seed)
 
 

@@ -15,12 +15,13 @@ import numpy as np
 import streamlit as st
 import torch
 
+from locality_core import warmup
 from locality_core.sampling import cached_trajectory
 
 from . import data as D
 
 # denoisers that sample 8 Fashion-MNIST images in a second or two: drawn first, so the page fills quickly
-FAST = ("unet", "wiener", "optimal")
+FAST = warmup.FAST_SAMPLERS
 
 
 def order(names: list[str]) -> list[str]:
@@ -30,7 +31,6 @@ def order(names: list[str]) -> list[str]:
 
 def wait_text(dataset: str, name: str, n: int, steps: int) -> str:
     """What the page waits for: the warm-up computing these very samples (with its time), or our own run."""
-    from locality_core import warmup
 
     busy = warmup.waiting_text(dataset, "samples-fast" if name in FAST else "samples-slow")
     if busy and name in warmup.DEFAULTS.sample_denoisers:
