@@ -88,12 +88,13 @@ def els_patches(pixel: tuple[int, int]) -> tuple[np.ndarray, list[int], str]:
     return np.stack([els_square(pixel, p) for p in sizes]), sizes, schedule.source
 
 
-def field_table(wiener: Field, unet: Field | None, cosines, masks, patch_sizes) -> pd.DataFrame:
-    """Per noise level (columns): components passing, 50 % squares, the UNet-Wiener cosine, mask sizes."""
+def field_table(sizes: dict[str, np.ndarray], cosines, masks, patch_sizes) -> pd.DataFrame:
+    """Per noise level (columns): components passing, 50 % squares (of ``sizes``, `locality_sizes` per
+    field), the UNet-Wiener cosine, mask sizes."""
     table = {"components with λ > σ²": [passing_components(stats.eigvals, s) for s in view.sigmas],
-             "Wiener 50 % square (px)": list(locality_sizes(wiener)[:, 0])}
-    if unet is not None:
-        table["UNet 50 % square (px)"] = list(locality_sizes(unet)[:, 0])
+             "Wiener 50 % square (px)": list(sizes["wiener"][:, 0])}
+    if "unet" in sizes:
+        table["UNet 50 % square (px)"] = list(sizes["unet"][:, 0])
         table["cos(UNet, Wiener)"] = [f"{c:.2f}" for c in cosines]
     if masks is not None:
         table["analytical mask: inputs"] = masks[1]
@@ -173,7 +174,7 @@ def details(pixel, wiener: Field, unet: Field | None, cosines, masks, patch) -> 
         show(locality_plot(list(view.sigmas), sizes, titles={"wiener": "Wiener", "unet": "UNet"},
                            image_side=max(H, W), height=340), "locality_plot",
              f"{view.dataset}-locality-r{pixel[0]}c{pixel[1]}")
-    st.dataframe(field_table(wiener, unet, cosines, masks, None if patch is None else patch[1]), width="stretch")
+    st.dataframe(field_table(sizes, cosines, masks, None if patch is None else patch[1]), width="stretch")
     rows = grid_rows(wiener, unet, masks, patch, "final")
     titles = [" ".join(noise_header(s)) for s in view.sigmas]
     name = f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}"
