@@ -69,17 +69,7 @@ def typical_nn_distance(train: torch.Tensor, n_probes: int = NN_PROBES, seed: in
     training image: the scale on which a distance between images is small."""
     n = len(train)
     probes = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(n_probes, n)]
-    flat = train.flatten(1)
-    best = torch.full((len(probes),), float("inf"), dtype=torch.float64)
-    p = flat[probes].double()
-    p_sq = p.pow(2).sum(1)
-    for start in range(0, n, 4096):
-        t = flat[start:start + 4096].double()
-        d2 = p_sq[:, None] - 2.0 * p @ t.T + t.pow(2).sum(1)[None]
-        own = (probes >= start) & (probes < start + len(t))
-        d2[own.nonzero()[:, 0], probes[own] - start] = float("inf")  # not the probe itself
-        best = torch.minimum(best, d2.min(dim=1).values)
-    return float(best.clamp_min(0).sqrt().median())
+    return float(nearest_training(train[probes], train, exclude=probes)[1].median())
 
 
 def pair_row(n: int, a: dict[str, np.ndarray], b: dict[str, np.ndarray], mean: torch.Tensor, train_nn: float,

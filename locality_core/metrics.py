@@ -86,11 +86,13 @@ def mean_rows(rows: list[dict], keys=("r2", "pearson", "mse")) -> dict[str, floa
 
 
 @torch.no_grad()
-def nearest_training(samples: torch.Tensor, train: torch.Tensor, *, chunk_size: int = 4096
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_training(samples: torch.Tensor, train: torch.Tensor, *, chunk_size: int = 4096,
+                     exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Index (n,) of the training image nearest to each sample in L2, and the distance (n,), float64.
 
     Streams over the training images; distances are computed as ||s||^2 - 2 s.t + ||t||^2 in float64.
+    ``exclude`` (n,): a training index per sample that does not count (the sample itself, when the samples are
+    training images).
     """
     s = _flat(samples)
     s_sq = s.pow(2).sum(1)
@@ -99,6 +101,9 @@ def nearest_training(samples: torch.Tensor, train: torch.Tensor, *, chunk_size: 
     for start in range(0, len(train), chunk_size):
         t = _flat(train[start:start + chunk_size])
         d2 = s_sq[:, None] - 2.0 * s @ t.T + t.pow(2).sum(1)[None]
+        if exclude is not None:
+            inside = (exclude >= start) & (exclude < start + len(t))
+            d2[inside.nonzero()[:, 0], exclude[inside] - start] = float("inf")
         val, idx = d2.min(dim=1)
         better = val < best
         best = torch.where(better, val, best)
