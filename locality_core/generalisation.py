@@ -174,7 +174,7 @@ def side(dataset: Dataset, kind: str, n: int, split: str, *, cache: ArrayCache |
         return side_arrays(build_denoiser(dataset, kind, n, split), own, other, dataset.test, batch=batch,
                            progress=progress)
 
-    return cache.get_or_compute(side_key(cache, dataset, kind, n, split), compute)
+    return cache.get_or_compute(side_key(cache, dataset, kind, n, split), compute, keep=True)  # read every rerun
 
 
 def side_is_cached(dataset: Dataset, kind: str, n: int, split: str, cache: ArrayCache | None = None) -> bool:
