@@ -30,9 +30,10 @@ Glossary
                 (groups over all rows; every group for one input), or a cross-term GEMM plus a shared
                 x0^2 GEMM (gathered groups of a batch). Kept in base-2 units (times log2 e): exp2 is 3x
                 faster than exp and has no slow path for underflow. Images are centred on the training
-                mean first (distances do not change, the terms get smaller) and float32 inputs are computed
-                in float64 below
-                FLOAT64_BELOW, where round-off in these terms would be amplified by 1 / (2 sigma^2)
+                mean first (distances do not change, the terms get smaller). One input below sigma 1 sums
+                the direct terms (x - x0)^2 instead, exact in float32 down to sigma 0.05; a batch there is
+                computed in float64, where round-off in its terms would be amplified by 1 / (2 sigma^2)
+                (`work_form`)
     batch-normalised  the public reference code's variant: the softmax normalised within each batch of 512
                 training images, the batch results then averaged. It is NOT the formula above; it exists
                 for comparison only (`per_batch_difference` measures by how much they differ)
@@ -57,13 +58,21 @@ from .cache import ArrayCache, default_cache
 from .data import Dataset
 from .denoiser import Denoiser, by_sigma, sigma_key, stats_of
 from .schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS
-from .softmax import ShardMerge, SoftmaxState, empty_state, finish, merge_states
+from .softmax import (
+    DIRECT_FLOAT64_BELOW,
+    EXPANDED_ABOVE,
+    ShardMerge,
+    SoftmaxState,
+    empty_state,
+    finish,
+    merge_states,
+)
 from .stats import DataStats, compute_stats, mean_float64
 from .wiener import wiener_matrix
 
 DIAG_EPS = 1e-6
 THRESHOLD_MODES = ("global", "row")
-FLOAT64_BELOW = 1.0          # sigma below which float32 inputs are computed in float64
+FLOAT64_BELOW = 1.0          # sigma below which a batch of float32 inputs is computed in float64 (`work_form`)
 REFERENCE_BATCH = 512        # the public code's batch of training images (batch-normalised variant)
 GROUP_ELEMENTS = 1 << 21     # B * chunk * a group's padded columns: its logits stay in L3 (8 MB float32)
 THREADED_CHUNKS = 2          # chunks this many times larger with several threads: half the operations
@@ -329,6 +338,23 @@ def _group_layout(grouped: list[list[Block]], groups: list[BlockGroup], d: int) 
     return layout
 
 
+def work_form(dtype: torch.dtype, sigma: float, B: int) -> tuple[torch.dtype, bool]:
+    """(work dtype, direct terms) of a call with ``B`` inputs of ``dtype`` at ``sigma``.
+
+    One input below EXPANDED_ABOVE: direct terms (x - x0)^2, float32 down to DIRECT_FLOAT64_BELOW (the precision
+    policy of `softmax`, as LS). Its logits come from one GEMM over the terms either way, so the direct terms
+    cost what the expanded ones do, and float32 runs at 2.4x float64's GEMM rate. A batch keeps the expanded
+    and cross terms, whose gathered rows serve every input (direct terms are per input: B times the gathered
+    data), in float64 below FLOAT64_BELOW: in float32 the cross form's two GEMMs cancel to 1.7e-5 at sigma 0.34
+    on Fashion-MNIST, past the 1e-5 the engine is held to.
+    """
+    direct = B == 1 and sigma < EXPANDED_ABOVE
+    if dtype != torch.float32:
+        return dtype, direct
+    wide = sigma < (DIRECT_FLOAT64_BELOW if direct else FLOAT64_BELOW)
+    return (torch.float64 if wide else dtype), direct
+
+
 def _uses_expanded(grp: BlockGroup, B: int) -> bool:
     """Whether a group's logits come from one GEMM with the expanded terms e = x0^2 - 2 x x0 of all inputs
     (any group for one input; wide groups over all rows) rather than from the cross and square GEMMs. A
@@ -340,8 +366,10 @@ def _uses_expanded(grp: BlockGroup, B: int) -> bool:
 def executed_flop(plan: MaskPlan, batch: int) -> float:
     """FLOP per training image of one call with ``batch`` inputs, as the engine executes ``plan`` (padding
     included): per group 2 g c r multiply-adds per input in the expanded form, and per input plus one for the
-    shared x0^2 term in the cross form; plus the full distances' cross term when the plan needs them."""
-    total = 2.0 * batch * plan.inverse.numel() if plan.needs_full else 0.0
+    shared x0^2 term in the cross form; plus the full distances' cross term when the plan needs them and no
+    group computes the terms they sum."""
+    needs_cross = plan.needs_full and not any(_uses_expanded(grp, batch) for grp in plan.groups)
+    total = 2.0 * batch * plan.inverse.numel() if needs_cross else 0.0
     for grp in plan.groups:
         total += 2.0 * grp.weight.numel() * (batch if _uses_expanded(grp, batch) else batch + 1)
     return total
@@ -427,13 +455,15 @@ def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tenso
     return full - logits if logits.requires_grad or full.requires_grad else torch.sub(full, logits, out=logits)
 
 
-def _expanded_terms(x0T: torch.Tensor, xf: torch.Tensor, ws: _Workspace | None) -> torch.Tensor:
-    """(d, B, K) e = x0^2 - 2 x x0 = x0 (x0 - 2 x) of a chunk x0T (d, K) and inputs xf (B, d), contiguous."""
+def _expanded_terms(x0T: torch.Tensor, xf: torch.Tensor, ws: _Workspace | None, direct: bool) -> torch.Tensor:
+    """(d, B, K) terms of a chunk x0T (d, K) and inputs xf (B, d), contiguous: e = x0^2 - 2 x x0 = x0 (x0 - 2 x),
+    or, ``direct``, e = (x0 - x)^2 (`work_form`)."""
     if ws is None:
-        return ((x0T[:, None, :] - 2.0 * xf.T[:, :, None]) * x0T[:, None, :]).contiguous()
+        diff = x0T[:, None, :] - (1.0 if direct else 2.0) * xf.T[:, :, None]
+        return (diff * (diff if direct else x0T[:, None, :])).contiguous()
     e = ws.get("e", (x0T.shape[0], len(xf), x0T.shape[1]), x0T.dtype)
-    torch.sub(x0T[:, None, :], 2.0 * xf.T[:, :, None], out=e)
-    return e.mul_(x0T[:, None, :])
+    torch.sub(x0T[:, None, :], xf.T[:, :, None] if direct else 2.0 * xf.T[:, :, None], out=e)
+    return e.mul_(e if direct else x0T[:, None, :])
 
 
 def _finite_ref(m: torch.Tensor) -> torch.Tensor:
@@ -492,7 +522,7 @@ def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
     into the same buffers; under autograd each chunk is checkpointed.
     """
     B, d = x.shape
-    dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
+    dtype, direct = work_form(x.dtype, sigma, B)
     centre = torch.zeros(d, dtype=dtype, device=x.device) if centre is None else centre.to(x.device, dtype)
     xw = x.to(dtype) - centre
     scale = -LOG2E / (2.0 * sigma**2)                       # base-2 logits: exp2 is 3x faster than exp
@@ -509,10 +539,12 @@ def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
         else:
             values = ws.get("values", chunk.shape, x.dtype).copy_(chunk)
             x0T = torch.sub(values, centre[:, None], out=ws.get("x0T", chunk.shape, dtype))
-        e = _expanded_terms(x0T, xf, ws) if need_e else None
+        e = _expanded_terms(x0T, xf, ws, direct) if need_e else None
         x0T_sq = None if not need_sq else x0T * x0T if ws is None else torch.mul(
             x0T, x0T, out=ws.get("x0T_sq", x0T.shape, x0T.dtype))
-        if plan.needs_full:                                                                    # (B, K)
+        if plan.needs_full and e is not None:                  # (B, K): the terms, summed over all rows
+            full = scale * e.sum(0)
+        elif plan.needs_full:                                  # (B, K): the same from the squares and x @ x0
             full = scale * ((x0T * x0T if x0T_sq is None else x0T_sq).sum(0)[None] - 2.0 * (xf @ x0T))
         else:
             full = None
@@ -547,14 +579,13 @@ def masked_softmax_state(x: torch.Tensor, sigma: float, train: torch.Tensor, pla
     over ``train`` (N, d), which may be empty (the empty state). States of disjoint shards merge exactly;
     `finish` gives x0_hat."""
     B, d = x.shape
-    wide = x.dtype == torch.float32 and sigma < FLOAT64_BELOW
-    chunk_size = _chunk_size(plan, B, len(train), chunk_size, False, 8 if wide else x.element_size())
+    dtype = work_form(x.dtype, sigma, B)[0]
+    chunk_size = _chunk_size(plan, B, len(train), chunk_size, False, dtype.itemsize)
     total = None
     for state in _chunk_group_states(x, sigma, train, plan, chunk_size, centre):
         total = state if total is None else _merge2(total, state)
     if total is None:
-        m_dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
-        return empty_state((B, d), (B, d), dtype=x.dtype, m_dtype=m_dtype, device=x.device)
+        return empty_state((B, d), (B, d), dtype=x.dtype, m_dtype=dtype, device=x.device)
     m, s, acc = (_output_order(plan, t) for t in total)
     return SoftmaxState(m * math.log(2.0), s, acc)          # m back to natural-log units
 
@@ -566,7 +597,7 @@ def masked_softmax_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, p
     """x0_hat (B, d) of the per-coordinate softmax denoiser with mask ``plan`` at one ``sigma``.
 
     x (B, d); train (N, d), streamed in chunks of ``chunk_size`` images (default: a cache-sized budget; 512
-    when ``batch_normalised``). float32 inputs are computed in float64 below FLOAT64_BELOW.
+    when ``batch_normalised``). The terms and their precision follow `work_form`.
     ``centre`` (d,): subtracted from inputs and training images before the distances (which it leaves
     unchanged) to shrink round-off; the training mean is a good choice.
     ``shard_merge``: ``train`` is one shard of the training set, and this merges its state with the others'.

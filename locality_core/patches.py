@@ -43,7 +43,17 @@ from torch.utils.checkpoint import checkpoint
 
 from .data import Dataset
 from .denoiser import Denoiser, by_sigma
-from .softmax import ShardMerge, SoftmaxState, empty_state, exp_shifted, finish, merge_all, merge_states
+from .softmax import (
+    DIRECT_FLOAT64_BELOW,
+    EXPANDED_ABOVE,
+    ShardMerge,
+    SoftmaxState,
+    empty_state,
+    exp_shifted,
+    finish,
+    merge_all,
+    merge_states,
+)
 from .stats import mean_float64
 
 KAMB_SCHEDULES: dict[str, tuple[int, ...]] = {
@@ -59,9 +69,6 @@ LOGIT_ELEMENTS = 1 << 22  # logits per streamed chunk of candidates
 PATCH_ELEMENTS = 1 << 23  # unfolded training patches per chunk
 BOX_ELEMENTS = 1 << 19    # LS: inputs x training images x pixels per chunk (2 MB of float32)
 GRAD_SPAN = 4096          # LS under autograd: training images per checkpoint
-LS_FLOAT64_BELOW = 0.05   # LS sums (x - x0)^2 directly (no cancellation): float32 is exact enough until the
-                          # logit scale 1 / (2 sigma^2) passes 200
-LS_EXPANDED_ABOVE = 1.0   # LS sums x0c (x0c - 2 xc) instead (see `ls_denoise`)
 
 
 # ---------------------------------------------------------------- schedules
@@ -238,15 +245,15 @@ def ls_state(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
     float64). Under autograd spans of GRAD_SPAN images are checkpointed.
 
     Precision: images are centred on ``centre`` (C, H, W) (the training mean is a good choice). Below
-    LS_EXPANDED_ABOVE the terms are (x - x0)^2, exact for near neighbours, which decide a low-noise softmax
-    (float64 below LS_FLOAT64_BELOW). Above it, where noise makes every (x - x0)^2 large but the softmax only
+    EXPANDED_ABOVE the terms are (x - x0)^2, exact for near neighbours, which decide a low-noise softmax
+    (float64 below DIRECT_FLOAT64_BELOW). Above it, where noise makes every (x - x0)^2 large but the softmax only
     sees differences between training images, they are (x - x0)^2 - (x - centre)^2 = x0c (x0c - 2 xc),
     k-independent terms dropped: an order of magnitude smaller, so float32 round-off is too (`_ls_terms`).
     """
     if patch < 1 or patch % 2 == 0:
         raise ValueError(f"patch size must be odd and positive, got {patch}")
     B, C, H, W = x.shape
-    centre, expanded = _ls_work_centre(x, sigma, centre), sigma >= LS_EXPANDED_ABOVE
+    centre, expanded = _ls_work_centre(x, sigma, centre), sigma >= EXPANDED_ABOVE
     xw = (x.to(centre.dtype) - centre) * (2.0 if expanded else 1.0)
     scale = -1.0 / (2.0 * sigma**2)
     per_chunk = chunk_size or max(8, BOX_ELEMENTS // (B * C * H * W))
@@ -270,9 +277,9 @@ def ls_state(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
 
 def _ls_work_centre(x: torch.Tensor, sigma: float, centre: torch.Tensor | None) -> torch.Tensor:
     """The centre (C, H, W) in the LS work dtype at ``sigma`` (float64 for float32 inputs below
-    LS_FLOAT64_BELOW, else x's) on x's device; zeros when None."""
+    DIRECT_FLOAT64_BELOW, else x's) on x's device; zeros when None."""
     C, H, W = x.shape[1:]
-    dtype = torch.float64 if x.dtype == torch.float32 and sigma < LS_FLOAT64_BELOW else x.dtype
+    dtype = torch.float64 if x.dtype == torch.float32 and sigma < DIRECT_FLOAT64_BELOW else x.dtype
     if centre is None:
         return torch.zeros((C, H, W), dtype=dtype, device=x.device)
     return centre.to(x.device, dtype).view(C, H, W)

@@ -22,6 +22,16 @@ import torch
 
 EXP_FLOOR = -87.0    # exp(x) for x below this takes a slow path (float32 underflow); see `exp_shifted`
 
+# Precision of the squared-distance terms of float32 inputs, shared by the engines that sum them (LS, the mask
+# engine). Below EXPANDED_ABOVE the terms are "direct", (x - x0)^2: no cancellation, exact for the near neighbours
+# that decide a low-noise softmax; float32 is exact enough until the logit scale 1 / (2 sigma^2) passes 200, so
+# they are float64 below DIRECT_FLOAT64_BELOW. Above EXPANDED_ABOVE, where noise makes every (x - x0)^2 large but
+# the softmax only sees differences between training images, the terms are "expanded", x0c (x0c - 2 xc) on
+# centred images: the k-independent part (x - centre)^2 dropped, an order of magnitude smaller, and so is the
+# float32 round-off
+DIRECT_FLOAT64_BELOW = 0.05
+EXPANDED_ABOVE = 1.0
+
 
 class SoftmaxState(NamedTuple):
     """Partial softmax of some candidates. Shared weights: m, s (B,), acc (B, F); per coordinate: all (B, F)."""

@@ -43,6 +43,7 @@ from locality_core.analytical import (  # noqa: E402
     cached_mask,
     masked_softmax_denoise,
     plan_mask,
+    work_form,
 )
 from locality_core.analytical import (
     executed_flop as analytical_executed_flop,
@@ -250,7 +251,7 @@ def table(engines, info, ts, sigmas, B, args, scale) -> None:
           f"{'old/new':>8}")
     tot = dict.fromkeys(("new", "old", "reference", "floor"), 0.0)
     for t in ts:
-        peak = peak64 if sigmas[t] < FLOAT64_BELOW else peak32   # float64 distances below FLOAT64_BELOW
+        peak = peak64 if work_form(torch.float32, sigmas[t], B)[0] == torch.float64 else peak32
         row = {"new": r["new", t], "old": r["old", t], "reference": r["reference", t],
                "floor": plan_flop(info["plans"][t], args.scale_to, B) / (peak * 1e9)}
         for k in tot:
