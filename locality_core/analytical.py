@@ -65,6 +65,7 @@ from .softmax import (
     SoftmaxState,
     empty_state,
     finish,
+    finite_or_zero,
     merge_states,
 )
 from .stats import DataStats, compute_stats, mean_float64
@@ -466,13 +467,7 @@ def _expanded_terms(x0T: torch.Tensor, xf: torch.Tensor, ws: _Workspace | None, 
     return e.mul_(e if direct else x0T[:, None, :])
 
 
-def _finite_ref(m: torch.Tensor) -> torch.Tensor:
-    """The running max as the exp2 reference: -inf (no candidates) and non-finite values give 0."""
-    return torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _state2(logits: torch.Tensor, values: torch.Tensor, dtype: torch.dtype, ws: _Workspace | None
-            ) -> tuple[torch.Tensor, ...]:
+def _state2(logits: torch.Tensor, values: torch.Tensor, dtype: torch.dtype, ws: _Workspace | None) -> SoftmaxState:
     """(m, s, acc), each (G, B), of logits (G, B, K) in base-2 units and values (G, K): m = max_k logits,
     s = sum_k 2^(logits - m), acc = sum_k 2^(logits - m) values, the last two in ``dtype``.
 
@@ -481,23 +476,15 @@ def _state2(logits: torch.Tensor, values: torch.Tensor, dtype: torch.dtype, ws: 
     below -87 in float32, is 10x slower), so no clamp is needed.
     """
     m = logits.amax(dim=2)
-    ref = _finite_ref(m)[..., None]
+    ref = finite_or_zero(m)[..., None]
     if ws is None:
         p = torch.exp2((logits - ref).to(dtype))
-        return m, p.sum(2), (p * values[:, None, :]).sum(2)
+        return SoftmaxState(m, p.sum(2), (p * values[:, None, :]).sum(2))
     p = logits.sub_(ref)
     if p.dtype != dtype:
         p = ws.get("p", p.shape, dtype).copy_(p)
     p.exp2_()
-    return m, p.sum(2), p.mul_(values[:, None, :]).sum(2)
-
-
-def _merge2(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Exact merge of two (m, s, acc) states in base-2 units."""
-    m = torch.maximum(a[0], b[0])
-    ref = _finite_ref(m)
-    fa, fb = torch.exp2(a[0] - ref).to(a[1].dtype), torch.exp2(b[0] - ref).to(b[1].dtype)
-    return m, a[1] * fa + b[1] * fb, a[2] * fa + b[2] * fb
+    return SoftmaxState(m, p.sum(2), p.mul_(values[:, None, :]).sum(2))
 
 
 def _chunk_size(plan: MaskPlan, B: int, N: int, chunk_size: int | None, batch_normalised: bool,
@@ -513,7 +500,7 @@ def _chunk_size(plan: MaskPlan, B: int, N: int, chunk_size: int | None, batch_no
 
 
 def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, chunk_size: int,
-                        centre: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, ...]]:
+                        centre: torch.Tensor | None) -> Iterator[SoftmaxState]:
     """Per chunk of ``chunk_size`` training images, the softmax state (m, s, acc), each (G, B) over the groups'
     concatenated padded columns, m in base-2 units (logits times log2 e): per group one gather, one or two
     (batched) GEMMs and one softmax pass, all while the chunk's logits are in cache.
@@ -556,7 +543,7 @@ def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
                 values, 0, idx, out=ws.get("v", (len(idx), values.shape[1]), values.dtype))
             states.append(_state2(logits, v, x.dtype, ws))
             i += n
-        return tuple(torch.cat(parts) for parts in zip(*states, strict=True))
+        return SoftmaxState(*(torch.cat(parts) for parts in zip(*states, strict=True)))
 
     grouped = _group_weights(xw, plan, scale)
     counts = [len(w) for w in grouped]
@@ -583,7 +570,7 @@ def masked_softmax_state(x: torch.Tensor, sigma: float, train: torch.Tensor, pla
     chunk_size = _chunk_size(plan, B, len(train), chunk_size, False, dtype.itemsize)
     total = None
     for state in _chunk_group_states(x, sigma, train, plan, chunk_size, centre):
-        total = state if total is None else _merge2(total, state)
+        total = state if total is None else merge_states(total, state, exp=torch.exp2)
     if total is None:
         return empty_state((B, d), (B, d), dtype=x.dtype, m_dtype=dtype, device=x.device)
     m, s, acc = (_output_order(plan, t) for t in total)

@@ -44,7 +44,7 @@ class SoftmaxState(NamedTuple):
 ShardMerge = Callable[[SoftmaxState], SoftmaxState]  # merges one shard's state with the other shards'
 
 
-def _finite_or_zero(m: torch.Tensor) -> torch.Tensor:
+def finite_or_zero(m: torch.Tensor) -> torch.Tensor:
     """The max used as the exp reference: rows whose logits are all -inf get 0 (their exps are then 0, not nan)."""
     return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
@@ -73,7 +73,7 @@ def softmax_state(logits: torch.Tensor, values: torch.Tensor, *, dim: int = 1, i
     A softmax whose logits are all -inf gets s = acc = 0 (so `finish` gives nan, like a one-shot softmax).
     """
     m = logits.amax(dim=dim)
-    ref = _finite_or_zero(m).unsqueeze(dim)
+    ref = finite_or_zero(m).unsqueeze(dim)
     if logits.ndim == 2:
         p = exp_shifted(logits, ref)
         s, acc = p.sum(1), p @ values
@@ -98,16 +98,17 @@ def empty_state(rows: tuple[int, ...], acc: tuple[int, ...], *, dtype: torch.dty
     return SoftmaxState(m, torch.zeros(rows, dtype=dtype, device=device), torch.zeros(acc, dtype=dtype, device=device))
 
 
-def rescaled(state: SoftmaxState, m: torch.Tensor) -> SoftmaxState:
+def rescaled(state: SoftmaxState, m: torch.Tensor, *, exp: Callable = torch.exp) -> SoftmaxState:
     """``state`` with its sums expressed relative to ``m`` (>= state.m): s and acc times exp(state.m - m)."""
-    scale = torch.exp(state.m - _finite_or_zero(m)).to(state.s.dtype)
+    scale = exp(state.m - finite_or_zero(m)).to(state.s.dtype)
     return SoftmaxState(m, state.s * scale, state.acc * _per_row(scale, state.acc))
 
 
-def merge_states(a: SoftmaxState, b: SoftmaxState) -> SoftmaxState:
-    """Exact merge: both partial sums rescaled to the larger running max."""
+def merge_states(a: SoftmaxState, b: SoftmaxState, *, exp: Callable = torch.exp) -> SoftmaxState:
+    """Exact merge: both partial sums rescaled to the larger running max. ``exp=torch.exp2`` for states in
+    base-2 units (logits times log2 e, as the mask engine keeps them)."""
     m = torch.maximum(a.m, b.m)
-    a, b = rescaled(a, m), rescaled(b, m)
+    a, b = rescaled(a, m, exp=exp), rescaled(b, m, exp=exp)
     return SoftmaxState(m, a.s + b.s, a.acc + b.acc)
 
 
