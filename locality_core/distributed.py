@@ -141,8 +141,8 @@ def sharded_get_stats(dataset: Dataset, shard: torch.Tensor, *, cache: ArrayCach
     has it, else computed by `sharded_stats` and stored by each machine's first rank (LOCAL_RANK 0)."""
     cache = cache or default_cache()
     key = stats_key(cache, dataset)
-    a = cache.get(key) if _all_ranks(key in cache, group) else None
-    if a is None:
+    a = cache.get(key)
+    if not _all_ranks(a is not None, group):
         s = sharded_stats(shard, fingerprint=dataset.fingerprint, progress=progress, group=group)
         if int(os.environ.get("LOCAL_RANK", dist.get_rank(group))) == 0:
             cache.set(key, stats_arrays(s))
