@@ -77,7 +77,7 @@ FLOAT64_BELOW = 1.0          # sigma below which a batch of float32 inputs is co
 REFERENCE_BATCH = 512        # the public code's batch of training images (batch-normalised variant)
 GROUP_ELEMENTS = 1 << 21     # B * chunk * a group's padded columns: its logits stay in L3 (8 MB float32)
 THREADED_CHUNKS = 2          # chunks this many times larger with several threads: half the operations
-EXPANDED_MIN_COLUMNS = 128   # groups over all rows this wide use the expanded terms (see `_uses_expanded`)
+EXPANDED_MIN_COLUMNS = 128   # groups over all rows this wide use the per-input terms (see `_uses_terms`)
 MIN_CHUNK = 64               # training images per chunk at least: fewer would be mostly per-operation overhead
 GROUP_SLACK = 0.95           # gathered blocks padded together have at least this share of their group's rows
 LOG2E = 1.0 / math.log(2.0)  # logits in base-2 units: exp2 instead of exp
@@ -356,8 +356,8 @@ def work_form(dtype: torch.dtype, sigma: float, B: int) -> tuple[torch.dtype, bo
     return (torch.float64 if wide else dtype), direct
 
 
-def _uses_expanded(grp: BlockGroup, B: int) -> bool:
-    """Whether a group's logits come from one GEMM with the expanded terms e = x0^2 - 2 x x0 of all inputs
+def _uses_terms(grp: BlockGroup, B: int) -> bool:
+    """Whether a group's logits come from one GEMM over the per-input terms e (`_input_terms`) of all inputs
     (any group for one input; wide groups over all rows) rather than from the cross and square GEMMs. A
     narrow group over all rows keeps the cross form, whose GEMM has B times as many rows (a GEMM of few rows
     runs far below peak)."""
@@ -369,24 +369,24 @@ def executed_flop(plan: MaskPlan, batch: int) -> float:
     included): per group 2 g c r multiply-adds per input in the expanded form, and per input plus one for the
     shared x0^2 term in the cross form; plus the full distances' cross term when the plan needs them and no
     group computes the terms they sum."""
-    needs_cross = plan.needs_full and not any(_uses_expanded(grp, batch) for grp in plan.groups)
+    needs_cross = plan.needs_full and not any(_uses_terms(grp, batch) for grp in plan.groups)
     total = 2.0 * batch * plan.inverse.numel() if needs_cross else 0.0
     for grp in plan.groups:
-        total += 2.0 * grp.weight.numel() * (batch if _uses_expanded(grp, batch) else batch + 1)
+        total += 2.0 * grp.weight.numel() * (batch if _uses_terms(grp, batch) else batch + 1)
     return total
 
 
 def _group_weights(xw: torch.Tensor, plan: MaskPlan, scale: float) -> list[tuple[torch.Tensor, ...]]:
     """Per group the left factors of its GEMMs, the scale folded in.
 
-    Expanded form (`_uses_expanded`): ``scale * weight`` (g * c, d) over all rows, or (g, c, r) gathered.
+    Per-input terms (`_uses_terms`): ``scale * weight`` (g * c, d) over all rows, or (g, c, r) gathered.
     Otherwise ``scale * weight`` (g, c, r) for the x0^2 term and ``-2 scale * weight * x_b[rows]``
     (g, c * B, r) for the cross term, so that one batched GEMM serves all B inputs.
     """
     B, out = len(xw), []
     for grp in plan.groups:
         w = grp.weight.to(xw) * scale                                          # (g, c, r)
-        if _uses_expanded(grp, B):
+        if _uses_terms(grp, B):
             out.append((w.reshape(-1, w.shape[2]) if grp.rows is None else w,))
             continue
         xr = (xw[None] if grp.rows is None else xw[:, grp.rows].permute(1, 0, 2))  # (g or 1, B, r)
@@ -418,10 +418,11 @@ def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tenso
     """(g * c, B, K) logits of one group's (padded) columns for a chunk x0T (d, K) of training images.
 
     logit = scale * sum_rows weight * (x0^2 - 2 x x0): the squared distance minus its k-independent part
-    sum x^2, which the softmax ignores. ``e`` (d, B, K): the expanded terms x0^2 - 2 x x0 (None when no group
-    uses them); ``x0T_sq`` (d, K) squares (None when no group over all rows uses the cross form). Complement
-    groups: the full distance ``full`` (B, K) minus the sum over the complement. ``ws``: buffers to compute
-    into (None under autograd).
+    sum x^2, which the softmax ignores (the whole distance with direct terms). ``e`` (d, B, K): the per-input
+    terms, expanded x0^2 - 2 x x0 or direct (x - x0)^2 (`_input_terms`; None when no group uses them);
+    ``x0T_sq`` (d, K) squares (None when no group over all rows uses the cross form). Complement groups: the
+    full distance ``full`` (B, K) minus the sum over the complement. ``ws``: buffers to compute into (None
+    under autograd).
     """
     g, c = grp.cols.shape
     K = x0T.shape[1]
@@ -442,7 +443,7 @@ def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tenso
         rows = src.index_select(0, idx) if ws is None else torch.index_select(
             src, 0, idx, out=ws.get("rows", (len(idx), K), src.dtype))
         rows = rows.view(g, r, K)
-        if B == 1:                                                          # expanded terms: one batched GEMM
+        if B == 1:                                                          # per-input terms: one batched GEMM
             logits = (torch.bmm(w[0], rows) if out is None else torch.bmm(w[0], rows, out=out.view(g, c, K)))
         else:                                                               # cross and (shared) square terms
             rows_sq = rows * rows if ws is None else torch.mul(rows, rows, out=ws.get("sq", rows.shape, rows.dtype))
@@ -456,7 +457,7 @@ def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tenso
     return full - logits if logits.requires_grad or full.requires_grad else torch.sub(full, logits, out=logits)
 
 
-def _expanded_terms(x0T: torch.Tensor, xf: torch.Tensor, ws: _Workspace | None, direct: bool) -> torch.Tensor:
+def _input_terms(x0T: torch.Tensor, xf: torch.Tensor, ws: _Workspace | None, direct: bool) -> torch.Tensor:
     """(d, B, K) terms of a chunk x0T (d, K) and inputs xf (B, d), contiguous: e = x0^2 - 2 x x0 = x0 (x0 - 2 x),
     or, ``direct``, e = (x0 - x)^2 (`work_form`)."""
     if ws is None:
@@ -513,8 +514,8 @@ def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
     centre = torch.zeros(d, dtype=dtype, device=x.device) if centre is None else centre.to(x.device, dtype)
     xw = x.to(dtype) - centre
     scale = -LOG2E / (2.0 * sigma**2)                       # base-2 logits: exp2 is 3x faster than exp
-    need_e = any(_uses_expanded(grp, B) for grp in plan.groups)
-    need_sq = any(grp.rows is None and not _uses_expanded(grp, B) for grp in plan.groups)
+    need_e = any(_uses_terms(grp, B) for grp in plan.groups)
+    need_sq = any(grp.rows is None and not _uses_terms(grp, B) for grp in plan.groups)
     grad = torch.is_grad_enabled() and x.requires_grad
     ws = None if grad else _Workspace(x.device)
 
@@ -526,7 +527,7 @@ def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
         else:
             values = ws.get("values", chunk.shape, x.dtype).copy_(chunk)
             x0T = torch.sub(values, centre[:, None], out=ws.get("x0T", chunk.shape, dtype))
-        e = _expanded_terms(x0T, xf, ws, direct) if need_e else None
+        e = _input_terms(x0T, xf, ws, direct) if need_e else None
         x0T_sq = None if not need_sq else x0T * x0T if ws is None else torch.mul(
             x0T, x0T, out=ws.get("x0T_sq", x0T.shape, x0T.dtype))
         if plan.needs_full and e is not None:                  # (B, K): the terms, summed over all rows
