@@ -366,7 +366,7 @@ def _uses_terms(grp: BlockGroup, B: int) -> bool:
 
 def executed_flop(plan: MaskPlan, batch: int) -> float:
     """FLOP per training image of one call with ``batch`` inputs, as the engine executes ``plan`` (padding
-    included): per group 2 g c r multiply-adds per input in the expanded form, and per input plus one for the
+    included): per group 2 g c r multiply-adds per input with the per-input terms, and per input plus one for the
     shared x0^2 term in the cross form; plus the full distances' cross term when the plan needs them and no
     group computes the terms they sum."""
     needs_cross = plan.needs_full and not any(_uses_terms(grp, batch) for grp in plan.groups)
