@@ -21,6 +21,7 @@ sigmas) in the same order. One process needs none of this: the hooks default to 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 from collections.abc import Callable
@@ -47,7 +48,8 @@ from .stats import (
 
 
 def init(backend: str | None = None) -> tuple[int, int]:
-    """Join the process group described by torchrun's environment (once); returns (rank, world)."""
+    """Join the process group described by torchrun's environment (once); returns (rank, world). The group is
+    left at exit (`shutdown`)."""
     if not dist.is_initialized():
         if "RANK" not in os.environ:
             raise ValueError("no process group to join: start the command under torchrun, e.g. "
@@ -56,7 +58,16 @@ def init(backend: str | None = None) -> tuple[int, int]:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend)
+        atexit.register(shutdown)
     return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process is in one. A process that exits without it can abort while
+    the interpreter shuts down ("terminate called without an active exception": gloo's threads still hold
+    tensors); `init` registers this to run at exit, while the interpreter is whole."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
