@@ -67,6 +67,7 @@ from .softmax import (
     finish,
     finite_or_zero,
     merge_states,
+    threaded_state,
 )
 from .stats import DataStats, compute_stats, mean_float64
 from .wiener import wiener_matrix
@@ -565,7 +566,17 @@ def masked_softmax_state(x: torch.Tensor, sigma: float, train: torch.Tensor, pla
                          chunk_size: int | None = None, centre: torch.Tensor | None = None) -> SoftmaxState:
     """The per-coordinate softmax state (m, s, acc each (B, d), output order) of the masked softmax denoiser
     over ``train`` (N, d), which may be empty (the empty state). States of disjoint shards merge exactly;
-    `finish` gives x0_hat."""
+    `finish` gives x0_hat. With several torch threads (no autograd) the training set is split over threads,
+    one torch thread each (`softmax.threaded_state`)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _masked_state(x, sigma, train, plan, chunk_size, centre)
+    return threaded_state(lambda part: _masked_state(x, sigma, train[part], plan, chunk_size, centre), len(train),
+                          on_cpu=x.device.type == "cpu")
+
+
+def _masked_state(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, chunk_size: int | None,
+                  centre: torch.Tensor | None) -> SoftmaxState:
+    """`masked_softmax_state` in the calling thread."""
     B, d = x.shape
     dtype = work_form(x.dtype, sigma, B)[0]
     chunk_size = _chunk_size(plan, B, len(train), chunk_size, False, dtype.itemsize)

@@ -17,11 +17,13 @@ them by O(1).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from .data import Dataset
 from .denoiser import Denoiser, as_batch_sigma
-from .softmax import ShardMerge, SoftmaxState, empty_state, finish, merge_all, softmax_state
+from .softmax import ShardMerge, SoftmaxState, empty_state, finish, merge_all, softmax_state, threaded_state
 
 FLOAT64_BELOW = 2.0  # sigma below which float32 inputs get float64 distances
 DEFAULT_CHUNK = 4096
@@ -40,7 +42,8 @@ def optimal_state(x: torch.Tensor, sigma: float | torch.Tensor, train: torch.Ten
                   chunk_size: int = DEFAULT_CHUNK, train_sq: torch.Tensor | None = None) -> SoftmaxState:
     """The softmax state of D_opt over ``train`` (N, ...) for x (B, C, H, W): m, s (B,), acc (B, d), in the
     work dtype (float64 for float32 inputs below FLOAT64_BELOW). ``train`` may be empty (a shard with no
-    images): the empty state. `finish` of it is D_opt; states of disjoint shards merge exactly."""
+    images): the empty state. `finish` of it is D_opt; states of disjoint shards merge exactly. With several
+    torch threads (no autograd) the training set is split over threads (`softmax.threaded_state`)."""
     sigma = as_batch_sigma(sigma, x)
     dtype = _work_dtype(x, sigma)
     xf, sig = x.flatten(1).to(dtype), sigma.to(dtype)
@@ -48,14 +51,19 @@ def optimal_state(x: torch.Tensor, sigma: float | torch.Tensor, train: torch.Ten
     if train_sq is None:
         train_sq = train.double().pow(2).sum(1)
 
-    def states():
-        for start in range(0, len(train), chunk_size):
-            x0 = train[start:start + chunk_size].to(device=x.device, dtype=dtype)
-            x0_sq = train_sq[start:start + chunk_size].to(device=x.device, dtype=dtype)
-            yield softmax_state(distance_logits(xf, x0, x0_sq, sig), x0)
+    def chunk_states(part: slice) -> Iterator[SoftmaxState]:
+        for start in range(part.start, part.stop, chunk_size):
+            stop = min(part.stop, start + chunk_size)
+            x0 = train[start:stop].to(device=x.device, dtype=dtype)
+            yield softmax_state(distance_logits(xf, x0, train_sq[start:stop].to(device=x.device, dtype=dtype), sig), x0)
 
-    total = merge_all(states())
-    return total if total is not None else empty_state((len(x),), tuple(xf.shape), dtype=dtype, device=x.device)
+    def state_of(part: slice) -> SoftmaxState:
+        total = merge_all(chunk_states(part))
+        return total if total is not None else empty_state((len(x),), tuple(xf.shape), dtype=dtype, device=x.device)
+
+    if torch.is_grad_enabled() and x.requires_grad:
+        return state_of(slice(0, len(train)))
+    return threaded_state(state_of, len(train), on_cpu=x.device.type == "cpu")
 
 
 def optimal_denoise(x: torch.Tensor, sigma: float | torch.Tensor, train: torch.Tensor, *,

@@ -53,6 +53,7 @@ from .softmax import (
     finish,
     merge_all,
     merge_states,
+    threaded_state,
 )
 from .stats import mean_float64
 
@@ -242,7 +243,8 @@ def ls_state(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
     `MaskedSoftmaxDenoiser` with `square_mask`, computed as box sums of (x - x0_k)^2 (`box_sum`): d (H + W)
     multiply-adds per training image and input in dense GEMMs, instead of up to d^2 in the mask engine.
     Training images stream in chunks (`_ls_chunk_state`; exact streaming softmax, chunk states merged in
-    float64). Under autograd spans of GRAD_SPAN images are checkpointed.
+    float64). Under autograd spans of GRAD_SPAN images are checkpointed; without it, with several torch threads,
+    the training set is split over threads of one torch thread each (`softmax.threaded_state`).
 
     Precision: images are centred on ``centre`` (C, H, W) (the training mean is a good choice). Below
     EXPANDED_ABOVE the terms are (x - x0)^2, exact for near neighbours, which decide a low-noise softmax
@@ -253,26 +255,29 @@ def ls_state(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
     if patch < 1 or patch % 2 == 0:
         raise ValueError(f"patch size must be odd and positive, got {patch}")
     B, C, H, W = x.shape
+    if not len(train):
+        return empty_state((B, H * W), (B, H * W, C), dtype=torch.float64, device=x.device)
     centre, expanded = _ls_work_centre(x, sigma, centre), sigma >= EXPANDED_ABOVE
     xw = (x.to(centre.dtype) - centre) * (2.0 if expanded else 1.0)
     scale = -1.0 / (2.0 * sigma**2)
     per_chunk = chunk_size or max(8, BOX_ELEMENTS // (B * C * H * W))
     grad = torch.is_grad_enabled() and x.requires_grad
-    # under autograd a checkpoint spans many chunks, merging their states inside it: autograd then keeps one
-    # state per span, not per chunk (the Jacobian of 256 inputs at N = 60,000 would keep 7,500 states)
-    span = max(per_chunk, GRAD_SPAN) if grad else max(1, len(train))
 
-    def span_state(start: int, xq: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        chunks = (_ls_chunk_state(train[first:first + per_chunk].to(device=x.device), xq, centre, patch, scale,
-                                  x.dtype, expanded=expanded, grad=grad)
-                  for first in range(start, min(start + span, len(train)), per_chunk))
+    def span_state(start: int, stop: int, xq: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        chunks = (_ls_chunk_state(train[first:min(stop, first + per_chunk)].to(device=x.device), xq, centre, patch,
+                                  scale, x.dtype, expanded=expanded, grad=grad)
+                  for first in range(start, stop, per_chunk))
         return tuple(merge_all(SoftmaxState(*(t.double() for t in st)) for st in chunks))  # float64: no round-off
 
-    spans = (checkpoint(span_state, start, xw, use_reentrant=False) if grad else span_state(start, xw)
+    if not grad:
+        return threaded_state(lambda part: SoftmaxState(*span_state(part.start, part.stop, xw)), len(train),
+                              on_cpu=x.device.type == "cpu")
+    # under autograd a checkpoint spans many chunks, merging their states inside it: autograd then keeps one
+    # state per span, not per chunk (the Jacobian of 256 inputs at N = 60,000 would keep 7,500 states)
+    span = max(per_chunk, GRAD_SPAN)
+    spans = (checkpoint(span_state, start, min(start + span, len(train)), xw, use_reentrant=False)
              for start in range(0, len(train), span))
-    total = merge_all(SoftmaxState(*flat) for flat in spans)
-    return total if total is not None else empty_state((B, H * W), (B, H * W, C), dtype=torch.float64,
-                                                       device=x.device)
+    return merge_all(SoftmaxState(*flat) for flat in spans)
 
 
 def _ls_work_centre(x: torch.Tensor, sigma: float, centre: torch.Tensor | None) -> torch.Tensor:

@@ -15,7 +15,9 @@ Shapes: shared weights m, s (B,), acc (B, F); per coordinate (one softmax per (r
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -31,6 +33,7 @@ EXP_FLOOR = -87.0    # exp(x) for x below this takes a slow path (float32 underf
 # float32 round-off
 DIRECT_FLOAT64_BELOW = 0.05
 EXPANDED_ABOVE = 1.0
+THREAD_SHARD_MIN = 512  # candidates per thread at least in `threaded_state` (fewer: start-up and merge outweigh it)
 
 
 class SoftmaxState(NamedTuple):
@@ -123,6 +126,47 @@ def merge_all(states: Iterable[SoftmaxState]) -> SoftmaxState | None:
     for state in states:
         total = state if total is None else merge_states(total, state)
     return total
+
+
+def threaded_state(state_of: Callable[[slice], SoftmaxState], n: int, *, on_cpu: bool = True) -> SoftmaxState:
+    """``state_of(slice(0, n))``, the softmax state of ``n`` candidates, computed as one contiguous slice of them
+    per torch thread, each slice in its own Python thread running torch with one thread, the slices' states
+    merged exactly. ``on_cpu``: whether the work runs on the CPU (elsewhere there is nothing to split).
+
+    Why: with several threads every torch operation ends in a wait for all of them, and a call of the mask
+    engine is thousands of operations. Under CPU contention each wait is for a descheduled thread (the
+    engine's 2-thread calls slowed 2.4x beside one busy process, split over threads 1.5x), and alone the
+    waits cost 13-18 %. Shards share nothing but the inputs and merge exactly, so each thread runs alone.
+
+    Shards run without autograd: callers keep calls that need gradients out. Falls back to one call for a single
+    torch thread (so also inside a shard), fewer than THREAD_SHARD_MIN candidates per thread, or off the CPU.
+    ``torch.set_num_threads(1)`` in a worker also sets the process default that threads read when they first
+    use torch; the caller's own count is restored as soon as every worker holds its one thread (a barrier), so
+    other threads are not left with one thread.
+    """
+    shards = min(torch.get_num_threads(), n // THREAD_SHARD_MIN)
+    if shards <= 1 or not on_cpu:
+        return state_of(slice(0, n))
+    bounds = [n * i // shards for i in range(shards + 1)]
+    ready, caller_threads = threading.Barrier(shards + 1, timeout=60.0), torch.get_num_threads()
+
+    def shard(i: int) -> SoftmaxState:
+        torch.get_num_threads()  # torch's lazy per-thread set-up first: it would reset the count on first use
+        torch.set_num_threads(1)
+        ready.wait()
+        with torch.no_grad():
+            return state_of(slice(bounds[i], bounds[i + 1]))
+
+    with ThreadPoolExecutor(shards, thread_name_prefix="softmax-shard") as pool:
+        try:
+            futures = [pool.submit(shard, i) for i in range(shards)]
+            ready.wait()
+        except BaseException:
+            ready.abort()  # workers waiting at the barrier raise instead of waiting for ever
+            raise
+        finally:
+            torch.set_num_threads(caller_threads)
+        return merge_all(f.result() for f in futures)
 
 
 def reduce_states(states: Iterable[SoftmaxState]) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +32,7 @@ from locality_core.patches import (
     square_mask,
 )
 from locality_core.schedule import REFERENCE_SIGMAS, t_to_sigma
-from locality_core.softmax import softmax_average, streaming_softmax_average
+from locality_core.softmax import finish, softmax_average, softmax_state, streaming_softmax_average, threaded_state
 from locality_core.stats import compute_stats
 
 
@@ -91,6 +93,69 @@ def test_all_masked_softmax_is_nan_like_one_shot():
     logits = torch.full((1, 6), -torch.inf, dtype=torch.float64)
     values = torch.ones(6, 2, dtype=torch.float64)
     assert torch.isnan(streaming_softmax_average(_chunks(logits, values, 4, 1))).all()
+
+
+# ---------------------------------------------------------------- the training set split over threads
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _num_threads_of_a_new_thread() -> int:
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return seen[0]
+
+
+def test_threaded_state_is_the_one_shot_softmax_and_leaves_thread_counts_alone(two_threads):
+    g = torch.Generator().manual_seed(0)
+    logits = 5 * torch.randn(3, 1201, generator=g, dtype=torch.float64)
+    values = torch.randn(1201, 4, generator=g, dtype=torch.float64)
+    shards = []
+
+    def state_of(part):
+        shards.append((part.stop - part.start, torch.get_num_threads(),
+                       threading.current_thread() is threading.main_thread()))
+        return softmax_state(logits[:, part], values[part])
+
+    got = finish(threaded_state(state_of, 1201))
+    assert sorted(shards) == [(600, 1, False), (601, 1, False)]     # two shards, each its own thread of one
+    assert torch.allclose(got, softmax_average(logits, values), rtol=1e-12, atol=1e-12)
+    assert torch.get_num_threads() == 2 and _num_threads_of_a_new_thread() == 2
+
+
+def test_threaded_state_raises_a_shards_error(two_threads):
+    def state_of(part):
+        raise ValueError(f"shard of {part.stop - part.start} failed")
+
+    with pytest.raises(ValueError, match="shard of 1024 failed"):
+        threaded_state(state_of, 2048)
+    assert torch.get_num_threads() == 2 and _num_threads_of_a_new_thread() == 2
+
+
+@pytest.mark.parametrize("engine", ["analytical", "ls", "optimal"])
+def test_engines_split_over_threads_equal_their_dense_formulas(two_threads, engine):
+    """1,301 training images over 2 threads (uneven halves) against the dense formula in float64."""
+    train = _images(1301, seed=3)
+    x = _images(2, seed=4) + 0.2 * torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(5),
+                                                dtype=torch.float64)
+    den = AnalyticalDenoiser(0.05).fit(Dataset.from_tensor(train))
+    for sigma in (0.3, 2.0):
+        for xs in (x, x[:1]):
+            if engine == "analytical":
+                got, want = den(xs, sigma), analytical_dense(xs, sigma, train, den.mask_fn(sigma))
+            elif engine == "ls":
+                got = ls_denoise(xs, sigma, train, 3, centre=train.mean(0))
+                want = analytical_dense(xs, sigma, train, square_mask((1, 6, 6), 3))
+            else:
+                got, want = optimal_denoise(xs, sigma, train), _optimal_brute(xs, sigma, train)
+            assert torch.allclose(got, want, atol=1e-12), (sigma, len(xs))
 
 
 # ---------------------------------------------------------------- the optimal denoiser
