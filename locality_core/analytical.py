@@ -77,7 +77,8 @@ THRESHOLD_MODES = ("global", "row")
 FLOAT64_BELOW = 1.0          # sigma below which a batch of float32 inputs is computed in float64 (`work_form`)
 REFERENCE_BATCH = 512        # the public code's batch of training images (batch-normalised variant)
 GROUP_ELEMENTS = 1 << 21     # B * chunk * a group's padded columns: its logits stay in L3 (8 MB float32)
-THREADED_CHUNKS = 2          # chunks this many times larger with several threads: half the operations
+THREADED_CHUNKS = 2          # chunks this many times larger in a call that runs several threads itself (under
+                             # autograd, or too few images to split over threads): half the operations
 EXPANDED_MIN_COLUMNS = 128   # groups over all rows this wide use the per-input terms (see `_uses_terms`)
 MIN_CHUNK = 64               # training images per chunk at least: fewer would be mostly per-operation overhead
 GROUP_SLACK = 0.95           # gathered blocks padded together have at least this share of their group's rows

@@ -9,6 +9,8 @@ Glossary
     finish      acc / s: the softmax-weighted average of the values
     shard_merge a hook (`ShardMerge`) that merges one shard's state with the other shards' (torch.distributed,
                 see `distributed.all_merge_states`)
+    threads     within one process, `threaded_state` splits the candidates over threads of one torch thread
+                each and merges their states the same way
 
 Shapes: shared weights m, s (B,), acc (B, F); per coordinate (one softmax per (row, feature)) all (B, F).
 """
