@@ -137,8 +137,8 @@ def threaded_state(state_of: Callable[[slice], SoftmaxState], n: int, *, on_cpu:
 
     Why: with several threads every torch operation ends in a wait for all of them, and a call of the mask
     engine is thousands of operations. Under CPU contention each wait is for a descheduled thread (the
-    engine's 2-thread calls slowed 2.4x beside one busy process, split over threads 1.5x), and alone the
-    waits cost 13-18 %. Shards share nothing but the inputs and merge exactly, so each thread runs alone.
+    engine's 2-thread calls slowed 2.6-2.7x beside one busy process, split over threads 1.5-1.7x), and alone
+    the waits cost 10-20 %. Shards share nothing but the inputs and merge exactly, so each thread runs alone.
 
     Shards run without autograd: callers keep calls that need gradients out. Falls back to one call for a single
     torch thread (so also inside a shard), fewer than THREAD_SHARD_MIN candidates per thread, or off the CPU.
