@@ -6,7 +6,8 @@
 Fashion-MNIST, noise levels t = 900, 500, 100, 0, a batch of noisy test images per call. All in one run, the
 engines' calls alternated (engine order rotated every repeat), best of the repeats (on a shared machine the
 least disturbed one; the GEMM peak likewise, measured between the calls):
-  new        the engine in locality_core/analytical.py (padded block groups, base-2 logits)
+  new        the engine in locality_core/analytical.py (padded block groups, base-2 logits; with several
+             threads the training set split over them, `softmax.threaded_state`)
   old        the per-block engine it replaced (copied below verbatim, on the same plan's blocks)
   reference  the public code's computation alone, without its data loader: per batch of 512 training images,
              squared differences (B, 512, d) @ binary mask (d, d) -> distances, softmax within the batch,
