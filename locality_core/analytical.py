@@ -30,8 +30,8 @@ Glossary
                 (groups over all rows; every group for one input), or a cross-term GEMM plus a shared
                 x0^2 GEMM (gathered groups of a batch). Kept in base-2 units (times log2 e): exp2 is 3x
                 faster than exp and has no slow path for underflow. Images are centred on the training
-                mean first (distances do not change, the terms get smaller). One input below sigma 1 sums
-                the direct terms (x - x0)^2 instead, exact in float32 down to sigma 0.05; a batch there is
+                mean first (distances do not change, the terms get smaller). One input runs in float32 down
+                to sigma 0.05 and sums the direct terms (x - x0)^2 below sigma 0.4; a batch below sigma 1 is
                 computed in float64, where round-off in its terms would be amplified by 1 / (2 sigma^2)
                 (`work_form`)
     batch-normalised  the public reference code's variant: the softmax normalised within each batch of 512
@@ -60,7 +60,6 @@ from .denoiser import Denoiser, by_sigma, sigma_key, stats_of
 from .schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS
 from .softmax import (
     DIRECT_FLOAT64_BELOW,
-    EXPANDED_ABOVE,
     ShardMerge,
     SoftmaxState,
     empty_state,
@@ -75,6 +74,7 @@ from .wiener import wiener_matrix
 DIAG_EPS = 1e-6
 THRESHOLD_MODES = ("global", "row")
 FLOAT64_BELOW = 1.0          # sigma below which a batch of float32 inputs is computed in float64 (`work_form`)
+DIRECT_BELOW = 0.4           # sigma below which one input sums direct terms (`work_form`)
 REFERENCE_BATCH = 512        # the public code's batch of training images (batch-normalised variant)
 GROUP_ELEMENTS = 1 << 21     # B * chunk * a group's padded columns: its logits stay in L3 (8 MB float32)
 THREADED_CHUNKS = 2          # chunks this many times larger in a call that runs several threads itself (under
@@ -344,17 +344,19 @@ def _group_layout(grouped: list[list[Block]], groups: list[BlockGroup], d: int) 
 def work_form(dtype: torch.dtype, sigma: float, B: int) -> tuple[torch.dtype, bool]:
     """(work dtype, direct terms) of a call with ``B`` inputs of ``dtype`` at ``sigma``.
 
-    One input below EXPANDED_ABOVE: direct terms (x - x0)^2, float32 down to DIRECT_FLOAT64_BELOW (the precision
-    policy of `softmax`, as LS). Its logits come from one GEMM over the terms either way, so the direct terms
-    cost what the expanded ones do, and float32 runs at 2.4x float64's GEMM rate. A batch keeps the expanded
-    and cross terms, whose gathered rows serve every input (direct terms are per input: B times the gathered
-    data), in float64 below FLOAT64_BELOW: in float32 the cross form's two GEMMs cancel to 1.7e-5 at sigma 0.34
-    on Fashion-MNIST, past the 1e-5 the engine is held to.
+    One input is computed in float32 down to DIRECT_FLOAT64_BELOW (`softmax`'s precision policy): its logits come
+    from one GEMM over per-pixel terms, direct (x - x0)^2 below DIRECT_BELOW and expanded above, and float32 runs
+    at 2.4x float64's GEMM rate. Where to switch was measured (Fashion-MNIST, 20,000 training images, 4 inputs
+    one at a time, float32 against float64): direct 1.6-5.0e-6 below sigma 0.4 and up to 1.1e-5 near sigma 1
+    (a mask sums hundreds of noisy terms there), expanded 1.5-6.3e-6 from 0.4 up and 9.6e-6 at 0.2. A batch keeps
+    the expanded and cross terms, whose gathered rows serve every input (direct terms are per input: B times the
+    gathered data), in float64 below FLOAT64_BELOW: in float32 the cross form's two GEMMs cancel to 1.7e-5 at
+    sigma 0.34, past the 1e-5 the engine is held to.
     """
-    direct = B == 1 and sigma < EXPANDED_ABOVE
+    direct = B == 1 and sigma < DIRECT_BELOW
     if dtype != torch.float32:
         return dtype, direct
-    wide = sigma < (DIRECT_FLOAT64_BELOW if direct else FLOAT64_BELOW)
+    wide = sigma < DIRECT_FLOAT64_BELOW if B == 1 else sigma < FLOAT64_BELOW
     return (torch.float64 if wide else dtype), direct
 
 

@@ -45,7 +45,6 @@ from .data import Dataset
 from .denoiser import Denoiser, by_sigma
 from .softmax import (
     DIRECT_FLOAT64_BELOW,
-    EXPANDED_ABOVE,
     ShardMerge,
     SoftmaxState,
     empty_state,
@@ -70,6 +69,7 @@ LOGIT_ELEMENTS = 1 << 22  # logits per streamed chunk of candidates
 PATCH_ELEMENTS = 1 << 23  # unfolded training patches per chunk
 BOX_ELEMENTS = 1 << 19    # LS: inputs x training images x pixels per chunk (2 MB of float32)
 GRAD_SPAN = 4096          # LS under autograd: training images per checkpoint
+LS_EXPANDED_ABOVE = 1.0   # LS sums expanded terms from here up, direct ones below (`softmax.DIRECT_FLOAT64_BELOW`)
 
 
 # ---------------------------------------------------------------- schedules
@@ -247,7 +247,7 @@ def ls_state(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
     the training set is split over threads of one torch thread each (`softmax.threaded_state`).
 
     Precision: images are centred on ``centre`` (C, H, W) (the training mean is a good choice). Below
-    EXPANDED_ABOVE the terms are (x - x0)^2, exact for near neighbours, which decide a low-noise softmax
+    LS_EXPANDED_ABOVE the terms are (x - x0)^2, exact for near neighbours, which decide a low-noise softmax
     (float64 below DIRECT_FLOAT64_BELOW). Above it, where noise makes every (x - x0)^2 large but the softmax only
     sees differences between training images, they are (x - x0)^2 - (x - centre)^2 = x0c (x0c - 2 xc),
     k-independent terms dropped: an order of magnitude smaller, so float32 round-off is too (`_ls_terms`).
@@ -257,7 +257,7 @@ def ls_state(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
     B, C, H, W = x.shape
     if not len(train):
         return empty_state((B, H * W), (B, H * W, C), dtype=torch.float64, device=x.device)
-    centre, expanded = _ls_work_centre(x, sigma, centre), sigma >= EXPANDED_ABOVE
+    centre, expanded = _ls_work_centre(x, sigma, centre), sigma >= LS_EXPANDED_ABOVE
     xw = (x.to(centre.dtype) - centre) * (2.0 if expanded else 1.0)
     scale = -1.0 / (2.0 * sigma**2)
     per_chunk = chunk_size or max(8, BOX_ELEMENTS // (B * C * H * W))

@@ -26,15 +26,15 @@ import torch
 
 EXP_FLOOR = -87.0    # exp(x) for x below this takes a slow path (float32 underflow); see `exp_shifted`
 
-# Precision of the squared-distance terms of float32 inputs, shared by the engines that sum them (LS, the mask
-# engine). Below EXPANDED_ABOVE the terms are "direct", (x - x0)^2: no cancellation, exact for the near neighbours
-# that decide a low-noise softmax; float32 is exact enough until the logit scale 1 / (2 sigma^2) passes 200, so
-# they are float64 below DIRECT_FLOAT64_BELOW. Above EXPANDED_ABOVE, where noise makes every (x - x0)^2 large but
-# the softmax only sees differences between training images, the terms are "expanded", x0c (x0c - 2 xc) on
-# centred images: the k-independent part (x - centre)^2 dropped, an order of magnitude smaller, and so is the
-# float32 round-off
+# Precision of the squared-distance terms of float32 inputs in the engines that sum them per pixel (LS, the mask
+# engine). At low noise the terms are "direct", (x - x0)^2: no cancellation, exact for the near neighbours that
+# decide a low-noise softmax; float32 is exact enough until the logit scale 1 / (2 sigma^2) passes 200, so they
+# are float64 below DIRECT_FLOAT64_BELOW. At higher noise, where noise makes every (x - x0)^2 large but the
+# softmax only sees differences between training images, the terms are "expanded", x0c (x0c - 2 xc) on centred
+# images: the k-independent part (x - centre)^2 dropped, an order of magnitude smaller, and so is the float32
+# round-off. The direct terms' round-off grows with the distance they sum, the expanded terms' with
+# 1 / sigma^2, so each engine measures where it switches (`patches.LS_EXPANDED_ABOVE`, `analytical.DIRECT_BELOW`)
 DIRECT_FLOAT64_BELOW = 0.05
-EXPANDED_ABOVE = 1.0
 THREAD_SHARD_MIN = 512  # candidates per thread at least in `threaded_state` (fewer: start-up and merge outweigh it)
 
 

@@ -399,13 +399,13 @@ def test_mask_reference_numbers_fashion(fashion_stats):
 @pytest.mark.slow
 def test_fast_analytical_matches_dense_on_fashion(fashion, fashion_stats):
     """Exact mode on real data: float32 fast engine vs the dense formula in float64, within 1e-5, for a batch
-    (expanded and cross terms, float64 below sigma 1) and for one input at a time (direct terms below sigma 1,
-    float32 down to 0.05: see `work_form`)."""
+    (expanded and cross terms, float64 below sigma 1) and for one input at a time (float32 down to 0.05, direct
+    terms below 0.4: see `work_form`), on the reference grid and on both sides of each switch."""
     train = fashion.train[:2000]
     den = AnalyticalDenoiser().fit(Dataset.from_tensor(train, stats=fashion_stats))
     g = torch.Generator().manual_seed(0)
     worst = {"batch": 0.0, "one": 0.0}
-    for sigma in REFERENCE_SIGMAS:
+    for sigma in sorted({*REFERENCE_SIGMAS, 0.04, 0.06, 0.2, 0.39, 0.41, 0.9, 0.99}):
         x = fashion.test[:2] + sigma * torch.randn(2, 1, 28, 28, generator=g)
         mask = cached_mask(fashion_stats, sigma)[0]
         want = analytical_dense(x.double(), sigma, train.double(), mask)
