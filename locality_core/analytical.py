@@ -77,8 +77,8 @@ FLOAT64_BELOW = 1.0          # sigma below which a batch of float32 inputs is co
 DIRECT_BELOW = 0.4           # sigma below which one input sums direct terms (`work_form`)
 REFERENCE_BATCH = 512        # the public code's batch of training images (batch-normalised variant)
 GROUP_ELEMENTS = 1 << 21     # B * chunk * a group's padded columns: its logits stay in L3 (8 MB float32)
-THREADED_CHUNKS = 2          # chunks this many times larger in a call that runs several threads itself (under
-                             # autograd, or too few images to split over threads): half the operations
+THREADED_CHUNKS = 2          # chunks this many times larger in a call that runs several threads itself (one
+                             # not split over threads: `softmax.threaded_state`): half the operations
 EXPANDED_MIN_COLUMNS = 128   # groups over all rows this wide use the per-input terms (see `_uses_terms`)
 MIN_CHUNK = 64               # training images per chunk at least: fewer would be mostly per-operation overhead
 GROUP_SLACK = 0.95           # gathered blocks padded together have at least this share of their group's rows
@@ -569,12 +569,10 @@ def masked_softmax_state(x: torch.Tensor, sigma: float, train: torch.Tensor, pla
                          chunk_size: int | None = None, centre: torch.Tensor | None = None) -> SoftmaxState:
     """The per-coordinate softmax state (m, s, acc each (B, d), output order) of the masked softmax denoiser
     over ``train`` (N, d), which may be empty (the empty state). States of disjoint shards merge exactly;
-    `finish` gives x0_hat. With several torch threads (no autograd) the training set is split over threads,
-    one torch thread each (`softmax.threaded_state`)."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _masked_state(x, sigma, train, plan, chunk_size, centre)
+    `finish` gives x0_hat. With several torch threads (and no derivatives) the training set is split over
+    threads, one torch thread each (`softmax.threaded_state`)."""
     return threaded_state(lambda part: _masked_state(x, sigma, train[part], plan, chunk_size, centre), len(train),
-                          on_cpu=x.device.type == "cpu")
+                          inputs=(x, train, centre))
 
 
 def _masked_state(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: MaskPlan, chunk_size: int | None,

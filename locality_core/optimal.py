@@ -43,7 +43,7 @@ def optimal_state(x: torch.Tensor, sigma: float | torch.Tensor, train: torch.Ten
     """The softmax state of D_opt over ``train`` (N, ...) for x (B, C, H, W): m, s (B,), acc (B, d), in the
     work dtype (float64 for float32 inputs below FLOAT64_BELOW). ``train`` may be empty (a shard with no
     images): the empty state. `finish` of it is D_opt; states of disjoint shards merge exactly. With several
-    torch threads (no autograd) the training set is split over threads (`softmax.threaded_state`)."""
+    torch threads (and no derivatives) the training set is split over threads (`softmax.threaded_state`)."""
     sigma = as_batch_sigma(sigma, x)
     dtype = _work_dtype(x, sigma)
     xf, sig = x.flatten(1).to(dtype), sigma.to(dtype)
@@ -61,9 +61,7 @@ def optimal_state(x: torch.Tensor, sigma: float | torch.Tensor, train: torch.Ten
         total = merge_all(chunk_states(part))
         return total if total is not None else empty_state((len(x),), tuple(xf.shape), dtype=dtype, device=x.device)
 
-    if torch.is_grad_enabled() and x.requires_grad:
-        return state_of(slice(0, len(train)))
-    return threaded_state(state_of, len(train), on_cpu=x.device.type == "cpu")
+    return threaded_state(state_of, len(train), inputs=(x, sigma, train, train_sq))
 
 
 def optimal_denoise(x: torch.Tensor, sigma: float | torch.Tensor, train: torch.Tensor, *,

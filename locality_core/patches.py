@@ -271,7 +271,7 @@ def ls_state(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
 
     if not grad:
         return threaded_state(lambda part: SoftmaxState(*span_state(part.start, part.stop, xw)), len(train),
-                              on_cpu=x.device.type == "cpu")
+                              inputs=(x, train, centre))
     # under autograd a checkpoint spans many chunks, merging their states inside it: autograd then keeps one
     # state per span, not per chunk (the Jacobian of 256 inputs at N = 60,000 would keep 7,500 states)
     span = max(per_chunk, GRAD_SPAN)

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 EXP_FLOOR = -87.0    # exp(x) for x below this takes a slow path (float32 underflow); see `exp_shifted`
 
@@ -130,24 +131,30 @@ def merge_all(states: Iterable[SoftmaxState]) -> SoftmaxState | None:
     return total
 
 
-def threaded_state(state_of: Callable[[slice], SoftmaxState], n: int, *, on_cpu: bool = True) -> SoftmaxState:
+def threaded_state(state_of: Callable[[slice], SoftmaxState], n: int, *, inputs: Iterable[torch.Tensor | None]
+                   ) -> SoftmaxState:
     """``state_of(slice(0, n))``, the softmax state of ``n`` candidates, computed as one contiguous slice of them
     per torch thread, each slice in its own Python thread running torch with one thread, the slices' states
-    merged exactly. ``on_cpu``: whether the work runs on the CPU (elsewhere there is nothing to split).
+    merged exactly. ``inputs``: every tensor the computation reads (None entries are skipped).
 
     Why: with several threads every torch operation ends in a wait for all of them, and a call of the mask
     engine is thousands of operations. Under CPU contention each wait is for a descheduled thread (the
     engine's 2-thread calls slowed 2.6-2.7x beside one busy process, split over threads 1.5-1.7x), and alone
     the waits cost 10-20 %. Shards share nothing but the inputs and merge exactly, so each thread runs alone.
 
-    Shards run without autograd: callers keep calls that need gradients out. Falls back to one call for a single
-    torch thread (so also inside a shard), fewer than THREAD_SHARD_MIN candidates per thread, or off the CPU.
+    Shards run in other threads, outside the caller's autograd and torch.func transforms, so a call through which
+    a derivative could flow (`_derivative_free`) is not split. Nor is one with a single torch thread (so also
+    one inside a shard), fewer than THREAD_SHARD_MIN candidates per thread, or inputs off the CPU. An interrupt
+    or a shard's error takes effect once the running shards finish.
     ``torch.set_num_threads(1)`` in a worker also sets the process default that threads read when they first
-    use torch; the caller's own count is restored as soon as every worker holds its one thread (a barrier), so
-    other threads are not left with one thread.
+    use torch. As soon as every worker holds its one thread (a barrier), the caller sets its own count again,
+    which makes that count the default; a thread whose first use of torch falls inside that window of
+    microseconds keeps one thread (the app sets the count of its script threads on every rerun, see
+    `ui.data.configure_threads`).
     """
+    inputs = [t for t in inputs if t is not None]
     shards = min(torch.get_num_threads(), n // THREAD_SHARD_MIN)
-    if shards <= 1 or not on_cpu:
+    if shards <= 1 or any(t.device.type != "cpu" for t in inputs) or not _derivative_free(inputs):
         return state_of(slice(0, n))
     bounds = [n * i // shards for i in range(shards + 1)]
     ready, caller_threads = threading.Barrier(shards + 1, timeout=60.0), torch.get_num_threads()
@@ -169,6 +176,18 @@ def threaded_state(state_of: Callable[[slice], SoftmaxState], n: int, *, on_cpu:
         finally:
             torch.set_num_threads(caller_threads)
         return merge_all(f.result() for f in futures)
+
+
+def _derivative_free(tensors: list[torch.Tensor]) -> bool:
+    """Whether no derivative can flow through a computation on ``tensors``: none requires grad while grad mode is
+    on, none carries a forward-mode tangent, and no torch.func transform (grad, jvp, vmap, jacfwd ...) is active.
+    Where torch does not say whether a transform is active, the answer is no."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    if any(fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        return False
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    return peek is not None and peek() is None
 
 
 def reduce_states(states: Iterable[SoftmaxState]) -> torch.Tensor:

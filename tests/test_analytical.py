@@ -124,7 +124,7 @@ def test_threaded_state_is_the_one_shot_softmax_and_leaves_thread_counts_alone(t
                        threading.current_thread() is threading.main_thread()))
         return softmax_state(logits[:, part], values[part])
 
-    got = finish(threaded_state(state_of, 1201))
+    got = finish(threaded_state(state_of, 1201, inputs=(logits, values)))
     assert sorted(shards) == [(600, 1, False), (601, 1, False)]     # two shards, each its own thread of one
     assert torch.allclose(got, softmax_average(logits, values), rtol=1e-12, atol=1e-12)
     assert torch.get_num_threads() == 2 and _num_threads_of_a_new_thread() == 2
@@ -135,8 +135,25 @@ def test_threaded_state_raises_a_shards_error(two_threads):
         raise ValueError(f"shard of {part.stop - part.start} failed")
 
     with pytest.raises(ValueError, match="shard of 1024 failed"):
-        threaded_state(state_of, 2048)
+        threaded_state(state_of, 2048, inputs=())
     assert torch.get_num_threads() == 2 and _num_threads_of_a_new_thread() == 2
+
+
+def test_calls_with_derivatives_are_not_split_over_threads(two_threads):
+    """Shards run outside the caller's autograd and torch.func transforms: a forward-mode tangent (torch.func.jvp)
+    and a gradient with respect to a per-sample sigma through a call that could split equal the one-thread ones."""
+    train, x = _images(1301, seed=3), _images(2, seed=4)
+
+    def derivatives():
+        tangent = torch.func.jvp(lambda v: optimal_denoise(v, 0.5, train), (x,), (torch.ones_like(x),))[1]
+        sigma = torch.tensor([0.4, 0.6], dtype=torch.float64, requires_grad=True)
+        return tangent, torch.autograd.grad(optimal_denoise(x, sigma, train).square().sum(), sigma)[0]
+
+    split = derivatives()
+    torch.set_num_threads(1)
+    one = derivatives()
+    assert split[0].abs().max() > 1e-3 and split[1].abs().min() > 1e-6
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(split, one, strict=True))
 
 
 @pytest.mark.parametrize("engine", ["analytical", "ls", "optimal"])
