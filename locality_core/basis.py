@@ -21,7 +21,7 @@ import torch
 
 from .denoiser import LinearDenoiser
 from .stats import DataStats
-from .wiener import wiener_gain
+from .wiener import WienerDenoiser
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,14 +124,13 @@ def jacobian_basis(denoiser, y: torch.Tensor, sigma: float, batch: int = 128) ->
 
 
 def wiener_basis(stats: DataStats, sigma: float) -> JacobianBasis:
-    """The exact Wiener counterpart: principal components with gains lambda / (lambda + sigma^2)."""
-    gains = wiener_gain(stats.eigvals, sigma)  # descending, like the eigenvalues: gain is monotone in lambda
-    return JacobianBasis(float(sigma), gains, stats.eigvecs, float(gains.sum()), 0.0, tuple(stats.shape))
+    """The exact Wiener counterpart: principal components with gains lambda / (lambda + sigma^2), descending
+    like the eigenvalues (the gain is monotone in lambda)."""
+    return linear_basis(WienerDenoiser.from_stats(stats), sigma)
 
 
 def linear_basis(denoiser: LinearDenoiser, sigma: float) -> JacobianBasis:
-    """Closed-form basis of any linear denoiser (`wiener_basis` generalised): its Jacobian is the same at every
-    image."""
+    """Closed-form basis of any linear denoiser: its Jacobian is the same at every image."""
     vals, vecs, asymmetry = denoiser.jacobian_eigh(sigma)
     return JacobianBasis(float(sigma), vals, vecs, float(vals.sum()), asymmetry, tuple(denoiser.shape))
 

@@ -29,7 +29,7 @@ import torch
 
 from .denoiser import LinearDenoiser
 from .stats import DataStats
-from .wiener import wiener_rows
+from .wiener import WienerDenoiser
 
 LOCALITY_LEVELS = (0.50, 0.75, 0.95)
 PRECISIONS = ("float32", "bfloat16")
@@ -86,15 +86,11 @@ def check_pixel(pixel: tuple[int, int], shape: tuple[int, int, int]) -> tuple[in
 
 def wiener_field(stats: DataStats, pixel: tuple[int, int], sigmas: list[float]) -> Field:
     """Closed-form field of the Wiener denoiser: rows of P_sigma, exact (float64)."""
-    c, h, w = stats.shape
-    r, col = check_pixel(pixel, stats.shape)
-    indices = [ch * h * w + r * w + col for ch in range(c)]
-    rows = wiener_rows(stats, indices, list(sigmas)).reshape(len(sigmas), c, c, h, w)
-    return Field((r, col), tuple(float(s) for s in sigmas), np.abs(rows), rows)
+    return linear_field(WienerDenoiser.from_stats(stats), pixel, sigmas)
 
 
 def linear_field(denoiser: LinearDenoiser, pixel: tuple[int, int], sigmas: list[float]) -> Field:
-    """Closed-form field of any linear denoiser (`wiener_field` generalised): rows of its Jacobian, float64."""
+    """Closed-form field of any linear denoiser: rows of its Jacobian, float64."""
     c, h, w = denoiser.shape
     r, col = check_pixel(pixel, denoiser.shape)
     indices = [ch * h * w + r * w + col for ch in range(c)]
