@@ -91,16 +91,21 @@ def card_hashes(directory: Path) -> dict:
     return {WEIGHTS: file_sha256(Path(directory) / WEIGHTS), "unet_config": config_sha256(blob["unet_config"])}
 
 
+def write_card(directory: str | Path, card: dict) -> dict:
+    """Write ``card`` as ``<directory>/card.json`` with its ``sha256`` field pinned to the weights there; returns
+    that field."""
+    directory = Path(directory)
+    card["sha256"] = card_hashes(directory)
+    atomic_write(directory / CARD, lambda f: f.write((json.dumps(card, indent=2) + "\n").encode()))
+    return card["sha256"]
+
+
 def write_card_hash(directory: str | Path) -> dict:
     """Add (or refresh) the ``sha256`` field of ``<directory>/card.json`` from the weights there; returns it.
 
     For cards written before cards carried hashes (user-trained models, networks trained by older code)."""
-    directory = Path(directory)
-    card_path = directory / CARD
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    card["sha256"] = card_hashes(directory)
-    atomic_write(card_path, lambda f: f.write((json.dumps(card, indent=2) + "\n").encode()))
-    return card["sha256"]
+    card_path = Path(directory) / CARD
+    return write_card(directory, json.loads(card_path.read_text()) if card_path.is_file() else {})
 
 
 def verify_card(path: Path, config: dict) -> None:

@@ -16,7 +16,6 @@ Training noise levels: ln sigma ~ N(p_mean, p_std^2) for most of a batch, and lo
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import signal
@@ -31,12 +30,10 @@ from tqdm.auto import tqdm
 
 from .data import Dataset
 from .files import atomic_write
-from .models import card_hashes, save_weights
+from .models import WEIGHTS, save_weights, write_card
 from .unet import EDMDenoiser, UNetConfig
 
 CHECKPOINT = "checkpoint.pt"
-WEIGHTS = "unet.pt"
-CARD = "card.json"
 
 
 @dataclass(frozen=True)
@@ -103,10 +100,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no GPU; use --device cpu or auto")
     return torch.device(device)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 @dataclass
@@ -200,12 +193,13 @@ def restore(run: Run, state: dict) -> None:
 
 def save_checkpoint(run: Run, path: Path, dataset: Dataset, unet_config: UNetConfig, train_config: TrainConfig,
                     session_seconds: float) -> None:
-    _atomic_save({
+    state = {
         "model": run.model.state_dict(), "ema": run.ema.state_dict(), "optimizer": run.opt.state_dict(),
         "generator": run.gen.get_state(), "step": run.step, "elapsed": run.elapsed + session_seconds,
         "fingerprint": dataset.fingerprint, "dataset": dataset.name,
         "unet_config": unet_config.to_dict(), "train_config": asdict(train_config),
-    }, path)
+    }
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def train_step(run: Run, data: torch.Tensor, cfg: TrainConfig, loss_fn=None) -> float:
@@ -288,8 +282,7 @@ def export(ema: EDMDenoiser, dataset: Dataset, out_dir: Path, train_config: Trai
         from .evaluate import heldout_mse_table  # imported late: only needed here
 
         card["heldout_mse"] = heldout_mse_table(dataset, {"unet": ema}, progress=progress)
-    card["sha256"] = card_hashes(out_dir)
-    atomic_write(out_dir / CARD, lambda f: f.write((json.dumps(card, indent=2) + "\n").encode()))
+    write_card(out_dir, card)
     return weights_path
 
 
