@@ -62,6 +62,7 @@ from .softmax import (
     DIRECT_FLOAT64_BELOW,
     ShardMerge,
     SoftmaxState,
+    derivative_free,
     empty_state,
     finish,
     finite_or_zero,
@@ -438,7 +439,7 @@ def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tenso
     elif grp.rows is None:                                                  # cross and (shared) square terms
         sq = (w[0] @ x0T_sq).view(g * c, 1, K)
         logits = (w[1] @ x0T if out is None else torch.mm(w[1], x0T, out=out.view(g * c * B, K))).view(shape)
-        logits = logits + sq if logits.requires_grad or sq.requires_grad else logits.add_(sq)
+        logits = logits + sq if ws is None else logits.add_(sq)
     elif grp.rows.shape[1] == 0:
         logits = x0T.new_zeros(shape)
     else:                                                                   # one gather per group and chunk
@@ -454,11 +455,11 @@ def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tenso
             sq = torch.bmm(w[0], rows_sq).view(g * c, 1, K)
             logits = torch.bmm(w[1], rows) if out is None else torch.bmm(w[1], rows, out=out.view(g, c * B, K))
             logits = logits.view(shape)
-            logits = logits + sq if logits.requires_grad or sq.requires_grad else logits.add_(sq)
+            logits = logits + sq if ws is None else logits.add_(sq)
         logits = logits.view(shape)
     if not grp.complement:
         return logits
-    return full - logits if logits.requires_grad or full.requires_grad else torch.sub(full, logits, out=logits)
+    return full - logits if ws is None else torch.sub(full, logits, out=logits)
 
 
 def _input_terms(x0T: torch.Tensor, xf: torch.Tensor, ws: _Workspace | None, direct: bool) -> torch.Tensor:
@@ -521,7 +522,7 @@ def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
     need_e = any(_uses_terms(grp, B) for grp in plan.groups)
     need_sq = any(grp.rows is None and not _uses_terms(grp, B) for grp in plan.groups)
     grad = torch.is_grad_enabled() and x.requires_grad
-    ws = None if grad else _Workspace(x.device)
+    ws = _Workspace(x.device) if derivative_free([x, train, centre]) else None  # in place only without derivatives
 
     def chunk_states(xf: torch.Tensor, start: int, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         chunk = train[start:start + chunk_size].T                                              # (d, K)

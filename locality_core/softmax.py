@@ -143,7 +143,7 @@ def threaded_state(state_of: Callable[[slice], SoftmaxState], n: int, *, inputs:
     the waits cost 10-20 %. Shards share nothing but the inputs and merge exactly, so each thread runs alone.
 
     Shards run in other threads, outside the caller's autograd and torch.func transforms, so a call through which
-    a derivative could flow (`_derivative_free`) is not split. Nor is one with a single torch thread (so also
+    a derivative could flow (`derivative_free`) is not split. Nor is one with a single torch thread (so also
     one inside a shard), fewer than THREAD_SHARD_MIN candidates per thread, or inputs off the CPU. An interrupt
     or a shard's error takes effect once the running shards finish.
     ``torch.set_num_threads(1)`` in a worker also sets the process default that threads read when they first
@@ -154,7 +154,7 @@ def threaded_state(state_of: Callable[[slice], SoftmaxState], n: int, *, inputs:
     """
     inputs = [t for t in inputs if t is not None]
     shards = min(torch.get_num_threads(), n // THREAD_SHARD_MIN)
-    if shards <= 1 or any(t.device.type != "cpu" for t in inputs) or not _derivative_free(inputs):
+    if shards <= 1 or any(t.device.type != "cpu" for t in inputs) or not derivative_free(inputs):
         return state_of(slice(0, n))
     bounds = [n * i // shards for i in range(shards + 1)]
     ready, caller_threads = threading.Barrier(shards + 1, timeout=60.0), torch.get_num_threads()
@@ -178,7 +178,7 @@ def threaded_state(state_of: Callable[[slice], SoftmaxState], n: int, *, inputs:
         return merge_all(f.result() for f in futures)
 
 
-def _derivative_free(tensors: list[torch.Tensor]) -> bool:
+def derivative_free(tensors: list[torch.Tensor]) -> bool:
     """Whether no derivative can flow through a computation on ``tensors``: none requires grad while grad mode is
     on, none carries a forward-mode tangent, and no torch.func transform (grad, jvp, vmap, jacfwd ...) is active.
     Where torch does not say whether a transform is active, the answer is no."""
