@@ -66,6 +66,7 @@ from .softmax import (
     empty_state,
     finish,
     finite_or_zero,
+    merge_all,
     merge_states,
     threaded_state,
 )
@@ -582,9 +583,7 @@ def _masked_state(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: Mask
     B, d = x.shape
     dtype = work_form(x.dtype, sigma, B)[0]
     chunk_size = _chunk_size(plan, B, len(train), chunk_size, False, dtype.itemsize)
-    total = None
-    for state in _chunk_group_states(x, sigma, train, plan, chunk_size, centre):
-        total = state if total is None else merge_states(total, state, exp=torch.exp2)
+    total = merge_all(_chunk_group_states(x, sigma, train, plan, chunk_size, centre), exp=torch.exp2)
     if total is None:
         return empty_state((B, d), (B, d), dtype=x.dtype, m_dtype=dtype, device=x.device)
     m, s, acc = (_output_order(plan, t) for t in total)

@@ -123,11 +123,11 @@ def finish(state: SoftmaxState) -> torch.Tensor:
     return state.acc / _per_row(state.s, state.acc)
 
 
-def merge_all(states: Iterable[SoftmaxState]) -> SoftmaxState | None:
-    """All states merged into one (None when there are none)."""
+def merge_all(states: Iterable[SoftmaxState], *, exp: Callable = torch.exp) -> SoftmaxState | None:
+    """All states merged into one (None when there are none); ``exp`` as in `merge_states`."""
     total = None
     for state in states:
-        total = state if total is None else merge_states(total, state)
+        total = state if total is None else merge_states(total, state, exp=exp)
     return total
 
 
