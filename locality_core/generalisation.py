@@ -188,7 +188,8 @@ def train_nn_distance(dataset: Dataset, cache: ArrayCache | None = None) -> floa
     """`typical_nn_distance` of the full training set, cached."""
     cache = cache or default_cache()
     key = cache.make_key("generalisation-train-nn", VERSION, dataset.fingerprint, NN_PROBES, SEED)
-    return float(cache.get_or_compute(key, lambda: {"d": np.array(typical_nn_distance(dataset.train))})["d"])
+    return float(cache.get_or_compute(key, lambda: {"d": np.array(typical_nn_distance(dataset.train))},
+                                      keep=True)["d"])  # read on every rerun of the page
 
 
 def family_sizes(dataset: Dataset) -> list[int]:
