@@ -94,11 +94,13 @@ def decode(blob: bytes) -> Arrays:
 
 
 class MemoryStore:
-    """The part of diskcache's interface the cache uses, in memory: the fallback when no folder is usable."""
+    """The part of diskcache's interface the cache uses, in memory, least recently used first out beyond
+    ``size_limit`` (of ``size`` summed over the values; the newest value always stays): the fallback when no
+    folder is usable (values: blobs), and the entries kept in memory (`ArrayCache`'s ``keep``; values: arrays)."""
 
-    def __init__(self, size_limit: int = DEFAULT_SIZE_LIMIT):
-        self.size_limit = size_limit
-        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+    def __init__(self, size_limit: int = DEFAULT_SIZE_LIMIT, size: Callable = len):
+        self.size_limit, self._size = size_limit, size
+        self._blobs: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: str, default=None, read: bool = False):
@@ -108,9 +110,10 @@ class MemoryStore:
             self._blobs.move_to_end(key)
             return self._blobs[key]
 
-    def set(self, key: str, blob: bytes) -> None:
+    def set(self, key: str, blob) -> None:
         with self._lock:
             self._blobs[key] = blob
+            self._blobs.move_to_end(key)
             while self.volume() > self.size_limit and len(self._blobs) > 1:
                 self._blobs.popitem(last=False)
 
@@ -123,7 +126,7 @@ class MemoryStore:
             self._blobs.clear()
 
     def volume(self) -> int:
-        return sum(len(b) for b in self._blobs.values())
+        return sum(self._size(b) for b in self._blobs.values())
 
 
 def _nbytes(arrays: Arrays) -> int:
@@ -186,8 +189,7 @@ class ArrayCache:
         self.memory_only = False
         self._warn = warn
         self._thread_locks: dict[str, threading.Lock] = {}
-        self._kept: OrderedDict[str, Arrays] = OrderedDict()
-        self._kept_lock = threading.Lock()
+        self._kept = MemoryStore(KEEP_BYTES, size=_nbytes)  # entries read with keep=True
         try:
             _make_private_dir(self.directory, warn)
             self._lock_dir = self.directory / "locks"
@@ -225,30 +227,14 @@ class ArrayCache:
             self._values.set(key, blob)
 
     def delete(self, key: str) -> None:
-        with self._kept_lock:
-            self._kept.pop(key, None)
+        self._kept.delete(key)
         try:
             self._values.delete(key)
         except Exception:
             pass
 
     def __contains__(self, key: str) -> bool:
-        return self._recall(key) is not None or self.get(key) is not None
-
-    def _recall(self, key: str) -> Arrays | None:
-        with self._kept_lock:
-            value = self._kept.get(key)
-            if value is not None:
-                self._kept.move_to_end(key)
-            return value
-
-    def _keep(self, key: str, value: Arrays) -> Arrays:
-        with self._kept_lock:
-            self._kept[key] = value
-            self._kept.move_to_end(key)
-            while len(self._kept) > 1 and sum(_nbytes(v) for v in self._kept.values()) > KEEP_BYTES:
-                self._kept.popitem(last=False)
-        return value
+        return self._kept.get(key) is not None or self.get(key) is not None
 
     @contextlib.contextmanager
     def _lock(self, key: str):
@@ -278,7 +264,7 @@ class ArrayCache:
         shared, not copied: treat them as read-only). ``on_miss()`` runs once when the key is not cached,
         before waiting for another process that may be computing it: a page can say what it waits for.
         """
-        hit = self._recall(key) if keep else None
+        hit = self._kept.get(key) if keep else None
         if hit is not None:
             return hit
         hit = self.get(key)
@@ -290,11 +276,12 @@ class ArrayCache:
                 if hit is None:
                     hit = {k: np.asarray(v) for k, v in compute().items()}
                     self.set(key, hit)
-        return self._keep(key, hit) if keep else hit
+        if keep:
+            self._kept.set(key, hit)
+        return hit
 
     def clear(self) -> None:
-        with self._kept_lock:
-            self._kept.clear()
+        self._kept.clear()
         self._values.clear()
 
     def volume(self) -> int:

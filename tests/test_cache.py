@@ -107,3 +107,18 @@ def test_statistics_are_read_from_disk_once_per_process(tmp_path, monkeypatch):
     monkeypatch.setattr(ArrayCache, "get", lambda self, key: pytest.fail("read the statistics from disk again"))
     second = get_stats(data, cache=cache)
     assert second.cov is first.cov and second.fingerprint == data.fingerprint
+
+
+def test_memory_store_evicts_the_least_recently_used_beyond_its_size():
+    """The in-memory store (the fallback, and the entries read with keep=True): least recently used out first
+    once the summed ``size`` passes the limit, the newest value always kept."""
+    from locality_core.cache import MemoryStore
+
+    store = MemoryStore(size_limit=3, size=lambda v: v.nbytes // 8)
+    for key in "abc":
+        store.set(key, np.zeros(1))
+    assert store.get("a") is not None                      # "a" is now the most recently used
+    store.set("d", np.zeros(1))                            # 4 > 3: "b", the least recently used, goes
+    assert [k for k in "abcd" if store.get(k) is not None] == ["a", "c", "d"]
+    store.set("big", np.zeros(10))                         # alone over the limit: everything else goes
+    assert store.get("big") is not None and all(store.get(k) is None for k in "acd")
