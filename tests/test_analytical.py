@@ -379,7 +379,7 @@ def test_forward_mode_through_the_engine_equals_finite_differences(tiny, n_input
     xs, v = x[:n_inputs], torch.randn(x[:n_inputs].shape, generator=torch.Generator().manual_seed(7),
                                       dtype=torch.float64)
     for sigma in (0.5, 3.0):
-        tangent = torch.func.jvp(lambda u: den(u, sigma), (xs,), (v,))[1]
+        tangent = torch.func.jvp(lambda u, s=sigma: den(u, s), (xs,), (v,))[1]
         eps = 1e-6
         want = (den(xs + eps * v, sigma) - den(xs - eps * v, sigma)) / (2 * eps)
         assert tangent.abs().max() > 1e-3 and torch.allclose(tangent, want, atol=1e-6), sigma
