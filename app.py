@@ -7,8 +7,8 @@ shared sidebar (data set, noise levels, seed, device), whose choices live in the
 import streamlit as st
 
 from ui.background import start_warmup
-from ui.data import configure_threads
 from ui.layout import apply_css
+from ui.loading import configure_threads
 from ui.navigation import build_pages
 from ui.not_found import page_not_found, unknown_path
 from ui.sidebar import render_sidebar

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from locality_core.claims import effective_rank, rank_claim
-from locality_core.spectrum import correlation_row, power_law_fit
-from locality_core.wiener import passing_components, wiener_gain
-from ui import data as D
+from locality_core.analysis.claims import effective_rank, rank_claim
+from locality_core.denoisers.wiener import passing_components, wiener_gain
+from locality_core.stats.spectrum import correlation_row, power_law_fit
+from ui import loading
 from ui.figures import ABS_SCALE, cumulative_plot, gains_plot, images_png, noise_header, spectrum_plot, tiles_figure
 from ui.layout import explain, page_header
 from ui.picker import colour_bar
@@ -17,7 +17,7 @@ from ui.widgets import picker, png_download, show
 PER_PAGE = 16
 
 view = current_view()
-data, stats = D.require_data(view)
+data, stats = loading.require_data(view)
 C, H, W = data.shape
 
 page_header("Principal components", view, data)

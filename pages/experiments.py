@@ -3,11 +3,11 @@
 import numpy as np
 import streamlit as st
 
-from locality_core.claims import comparison_claim, mask_fill_claim, pattern_share_claim
-from locality_core.experiments import unpermute_map, w_template
-from locality_core.fields import locality_sizes, wiener_field
-from locality_core.models import find_weights
-from ui import data as D
+from locality_core.analysis.claims import comparison_claim, mask_fill_claim, pattern_share_claim
+from locality_core.analysis.fields import locality_sizes, wiener_field
+from locality_core.analysis.transforms import unpermute_map, w_template
+from locality_core.denoisers.models import find_weights
+from ui import loading
 from ui.figures import grid_png, is_flat, map_grid, noise_header, tiles_figure
 from ui.layout import explain, split_widths
 from ui.state import View, current_view
@@ -72,17 +72,17 @@ else:
                                               help="Amplitude of the W relative to pixel values in [-1, 1].")),
                   "seed": view.seed}
     else:
-        base = D.require_data(view)[0]
+        base = loading.require_data(view)[0]
         if not base.class_names or base.train_labels is None:
             st.warning(f"{view.dataset} has no class labels: choose a labelled data set (Fashion-MNIST, MNIST) in "
                        "the sidebar.")
             st.stop()
         params = {"label": int(c1.selectbox("Class", range(len(base.class_names)), key="exp_class",
                                             bind="query-params", format_func=lambda i: base.class_names[i]))}
-    transform = D.transform_json(kind, **params)
+    transform = loading.transform_json(kind, **params)
 
-data, stats = D.require_data(base_view)
-mdata, mstats = D.require_data(mod_view, transform)
+data, stats = loading.require_data(base_view)
+mdata, mstats = loading.require_data(mod_view, transform)
 C, H, W = data.shape
 mod_key = (mod_view.dataset, mod_view.params_json, transform)
 
@@ -108,7 +108,7 @@ def fields():
     source = pixel  # the original pixel whose values the clicked pixel holds (itself, unless shuffled)
     if kind == "permute":
         source = divmod(int(mdata.params["perm"][pixel[0] * W + pixel[1]]), W)
-    with D.single_thread_blas():
+    with loading.single_thread_blas():
         orig = wiener_field(stats, source, view.sigmas)
         mod = wiener_field(mstats, pixel, view.sigmas)
     name_a, name_b = ("Original", "Modified") if kind != "alpha" else (f"α = {alpha_a:g}", f"α = {alpha_b:g}")

@@ -5,24 +5,23 @@ import json
 
 import streamlit as st
 
-from locality_core import generalisation as G
-from locality_core.models import find_subset_weights, how_to_train_subsets
-from ui import data as D
-from ui import generalisation as F
+from locality_core.analysis import generalisation
+from locality_core.denoisers.models import find_subset_weights, how_to_train_subsets
+from ui import loading, subset_figures
 from ui.figures import images_png
 from ui.layout import explain
 from ui.state import current_view
 from ui.widgets import png_download, run_button, show
 
 view = current_view()
-data, _ = D.require_data(view)
+data, _ = loading.require_data(view)
 
 st.title("Memorisation to generalisation")
 explain(view,
     "Two denoisers built from **disjoint** sets A and B of N training images start from the same noise. Memorising, "
     "each copies its own training images and A and B differ; generalising, both draw the same new image.")
 
-sizes = G.family_sizes(data)
+sizes = generalisation.family_sizes(data)
 if not sizes:
     st.info("This page waits for networks trained on disjoint subsets. " + how_to_train_subsets(data.name),
             icon=":material/model_training:")
@@ -33,9 +32,9 @@ def table(kind: str, sizes: list[int]) -> list[dict]:
     """Rows of ``kind`` for ``sizes``, with a progress bar when something is computed (then cached on disk)."""
     bar = st.empty()
     try:
-        return G.table(data, kind, sizes, progress=lambda f, text: bar.progress(min(max(f, 0.0), 1.0), text=text))
-    except D.USER_ERRORS as exc:
-        D.show_error(exc, "Subset networks")
+        return generalisation.table(data, kind, sizes, progress=lambda f, text: bar.progress(min(max(f, 0.0), 1.0), text=text))
+    except loading.USER_ERRORS as exc:
+        loading.show_error(exc, "Subset networks")
         st.stop()
     finally:
         bar.empty()
@@ -44,18 +43,18 @@ def table(kind: str, sizes: list[int]) -> list[dict]:
 n = st.select_slider("Training images per denoiser, N (A and B each)", sizes, value=sizes[0], key="gen_n",
                      bind="query-params")  # no format_func: the URL holds the formatted value
 tables = {"unet": table("unet", sizes)}
-ready = [m for m in sizes if all(G.side_is_cached(data, "analytical", m, s) for s in "AB")]
+ready = [m for m in sizes if all(generalisation.side_is_cached(data, "analytical", m, s) for s in "AB")]
 if ready:
     tables["analytical"] = table("analytical", ready)
 
 
 def pair(kind: str, key: str) -> None:
-    sides = {s: G.side(data, kind, n, s) for s in "AB"}
-    nearest = {s: G.subset_images(data, n, s, sides[s]["own_idx"]).numpy() for s in "AB"}
-    fig, images, titles = F.pair_figure(sides, nearest, columns=5, tile_px=56)
+    sides = {s: generalisation.side(data, kind, n, s) for s in "AB"}
+    nearest = {s: generalisation.subset_images(data, n, s, sides[s]["own_idx"]).numpy() for s in "AB"}
+    fig, images, titles = subset_figures.pair_figure(sides, nearest, columns=5, tile_px=56)
     show(fig, key, f"{data.name}-generalisation-{kind}-n{n}")
     row = next(r for r in tables[kind] if r["n"] == n)
-    st.caption(" ".join(G.describe(row)))
+    st.caption(" ".join(generalisation.describe(row)))
     png_download("PNG", lambda: images_png(images, titles, columns=5), f"{data.name}-{kind}-n{n}.png", f"{key}_png")
 
 
@@ -78,23 +77,23 @@ st.caption("Rows: the A network's samples (one per noise seed), the image of sub
 
 # ---------------------------------------------------------------- curves against N
 st.subheader("Against N")
-t = st.radio("Denoising error at DDPM timestep t", G.MSE_TIMESTEPS, index=1, key="gen_t", bind="query-params",
+t = st.radio("Denoising error at DDPM timestep t", generalisation.MSE_TIMESTEPS, index=1, key="gen_t", bind="query-params",
              horizontal=True)
 c1, c2, c3 = st.columns(3)
 with c1:
-    show(F.similarity_figure(tables, n), "gen_curves_cos", f"{data.name}-generalisation-similarity")
+    show(subset_figures.similarity_figure(tables, n), "gen_curves_cos", f"{data.name}-generalisation-similarity")
 with c2:
-    show(F.distance_figure(tables, n), "gen_curves_dist", f"{data.name}-generalisation-distance")
+    show(subset_figures.distance_figure(tables, n), "gen_curves_dist", f"{data.name}-generalisation-distance")
 with c3:
-    show(F.mse_figure(tables, t, n), "gen_curves_mse", f"{data.name}-generalisation-mse")
+    show(subset_figures.mse_figure(tables, t, n), "gen_curves_mse", f"{data.name}-generalisation-mse")
 
 lines = []
 for kind, rows in tables.items():
-    name = F.KIND_TITLES[kind].capitalize()
-    lines.append(f"**{name}**: the A-B cosine similarity {G.trend(rows, 'cosine')}; the distance to the nearest own "
+    name = subset_figures.KIND_TITLES[kind].capitalize()
+    lines.append(f"**{name}**: the A-B cosine similarity {generalisation.trend(rows, 'cosine')}; the distance to the nearest own "
                  f"training image, relative to the typical neighbour distance ({rows[0]['train_nn']:.2f}), "
-                 f"{G.trend(rows, 'dist_own_rel')}; the held-out / training MSE ratio at t = {t} "
-                 f"{G.trend([{**r, 'ratio': r[f'heldout_mse_t{t}'] / r[f'train_mse_t{t}']} for r in rows], 'ratio')}.")
+                 f"{generalisation.trend(rows, 'dist_own_rel')}; the held-out / training MSE ratio at t = {t} "
+                 f"{generalisation.trend([{**r, 'ratio': r[f'heldout_mse_t{t}'] / r[f'train_mse_t{t}']} for r in rows], 'ratio')}.")
 if "analytical" not in tables:
     lines.append("The analytical denoiser's curves appear once it is computed (button above).")
 st.markdown("\n\n".join(lines))
@@ -115,8 +114,8 @@ def card_note() -> str:
     return f"Networks: the same UNet for every N ({text}). "
 
 
-st.caption(card_note() + f"{G.N_SAMPLES} noise seeds, DDIM {G.STEPS} steps (t = 900 → 0). Cosine similarity after "
+st.caption(card_note() + f"{generalisation.N_SAMPLES} noise seeds, DDIM {generalisation.STEPS} steps (t = 900 → 0). Cosine similarity after "
            "subtracting the data set's mean image. Typical neighbour distance: the median distance from a training "
            "image to the nearest other one; dotted: held-out test images to the nearest image of a subset of "
-           f"size N. MSE on up to {G.N_EVAL} own training images (all of them when N is smaller) and "
-           f"{G.N_EVAL} held-out images.")
+           f"size N. MSE on up to {generalisation.N_EVAL} own training images (all of them when N is smaller) and "
+           f"{generalisation.N_EVAL} held-out images.")

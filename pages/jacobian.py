@@ -8,12 +8,11 @@ several MB and the tr J curve reads ten per rerun, and the page asks whether one
 import numpy as np
 import streamlit as st
 
-from locality_core import basis
-from locality_core.denoisers import list_denoisers
-from locality_core.warmup import DEFAULTS
-from locality_core.wiener import wiener_gain
-from ui import data as D
-from ui import jacobian as J
+from locality_core.analysis import basis
+from locality_core.denoisers.registry import list_denoisers
+from locality_core.denoisers.wiener import wiener_gain
+from locality_core.views.warmup import DEFAULTS
+from ui import basis_panels, loading
 from ui.figures import PAGE_WIDTH, images_png, line_plot, tiles_figure
 from ui.layout import explain
 from ui.memo import cached, memo
@@ -23,7 +22,7 @@ from ui.widgets import png_download, run_button, show
 N_VECTORS = 8
 
 view = current_view()
-data, stats = D.require_data(view)
+data, stats = loading.require_data(view)
 C, H, W = data.shape
 data_key = (view.dataset, view.params_json, "")
 
@@ -37,7 +36,7 @@ explain(view,
     "2024): the contrast between the two is the point.")
 
 models = [s for s in list_denoisers() if not s.linear]
-status = {s.name: D.denoiser_status(s.name, data) for s in models}
+status = {s.name: loading.denoiser_status(s.name, data) for s in models}
 names = [s.name for s in models]
 default_name = next((n for n in names if status[n][0]), names[0] if names else None)
 labels = list(view.labels)
@@ -57,13 +56,13 @@ d = C * H * W
 
 
 def model_basis(model: str, s: float):
-    key = (data_key, model, D.denoiser_id(model, data), image_index, float(s), view.seed)
-    return key, lambda: memo("jacobian_basis", key, lambda: J.model_basis(
-        D.dataset(*data_key), model, image_index, s, view.seed), max_entries=24)
+    key = (data_key, model, loading.denoiser_id(model, data), image_index, float(s), view.seed)
+    return key, lambda: memo("jacobian_basis", key, lambda: basis_panels.model_basis(
+        loading.dataset(*data_key), model, image_index, s, view.seed), max_entries=24)
 
 
 def on_disk(model: str, s: float) -> bool:
-    return cached("jacobian_basis", model_basis(model, s)[0]) or J.basis_is_cached(data, model, image_index, s,
+    return cached("jacobian_basis", model_basis(model, s)[0]) or basis_panels.basis_is_cached(data, model, image_index, s,
                                                                                    view.seed)
 
 
@@ -74,10 +73,10 @@ if name is not None and status[name][0]:
         if on_disk(name, sigma):
             model_b = compute()
         else:
-            with st.spinner(J.basis_wait_text(data, name, sigma, view.dataset, "jacobian")):
+            with st.spinner(basis_panels.basis_wait_text(data, name, sigma, view.dataset, "jacobian")):
                 model_b = compute()
-    except D.USER_ERRORS as exc:
-        D.show_error(exc, name)
+    except loading.USER_ERRORS as exc:
+        loading.show_error(exc, name)
 elif name is not None:
     st.info(f"{name}: {status[name][1]}", icon=":material/model_training:")
 else:
@@ -133,23 +132,23 @@ if name is not None and status[name][0]:
         bar = st.progress(0.0)
         values = []
         for i, s in enumerate(view.sigmas):
-            bar.progress(i / len(view.sigmas), text=J.basis_wait_text(data, name, s, view.dataset, "trace"))
+            bar.progress(i / len(view.sigmas), text=basis_panels.basis_wait_text(data, name, s, view.dataset, "trace"))
             values.append(model_basis(name, s)[1]().trace)
         bar.empty()
         trace[name] = values
     else:
-        with st.spinner(J.estimate_wait_text(data, name, len(view.sigmas))):
-            est, err = J.trace_estimates(data_key, name, D.denoiser_id(name, data), image_index,
+        with st.spinner(basis_panels.estimate_wait_text(data, name, len(view.sigmas))):
+            est, err = basis_panels.trace_estimates(data_key, name, loading.denoiser_id(name, data), image_index,
                                          tuple(view.sigmas), view.seed)
         trace[f"{name} (estimate)"], errors[f"{name} (estimate)"] = list(est), list(err)
 fig = line_plot(list(view.sigmas), trace, x_title="noise level σ (high noise on the left)",
                 y_title="tr J (dimensions kept)", log_x=True, log_y=True, markers=True, height=360)
-J.add_error_bars(fig, errors)
+basis_panels.add_error_bars(fig, errors)
 fig.update_xaxes(autorange="reversed")
 show(fig, "jb_trace", f"{view.dataset}-jacobian-trace")
 note = (" Network Jacobians in bfloat16, which this CPU runs natively (2-3x faster; eigenvalues within about "
-        "0.3 % of float32)." if D.field_precision() == "bfloat16" and name is not None else "")
-note += (f" The {name} curve is a Hutchinson estimate (mean of vᵀJv over {J.PROBES} random ±1 probes v; error bars: "
+        "0.3 % of float32)." if loading.field_precision() == "bfloat16" and name is not None else "")
+note += (f" The {name} curve is a Hutchinson estimate (mean of vᵀJv over {basis_panels.PROBES} random ±1 probes v; error bars: "
         "one standard error), not the exact trace: the button above computes the exact one." if errors else "")
 st.caption(f"At test image #{image_index}. High noise keeps few dimensions, low noise nearly all {stats.d:,}. The "
            "Wiener filter's count is the same for every image; a network's depends on the image." + note)

@@ -5,11 +5,10 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from locality_core.denoisers import list_denoisers
+from locality_core.denoisers.registry import list_denoisers
 from locality_core.schedule import ddim_sigmas
-from locality_core.warmup import DEFAULTS
-from ui import data as D
-from ui import sampling as S
+from locality_core.views.warmup import DEFAULTS
+from ui import loading, sample_rows
 from ui.figures import images_png, tiles_figure
 from ui.layout import explain
 from ui.state import current_view, noise_label
@@ -18,7 +17,7 @@ from ui.widgets import png_download, show
 PREFERRED = DEFAULTS.sample_denoisers  # what the warm-up samples ahead of time
 
 view = current_view()
-data, stats = D.require_data(view)
+data, stats = loading.require_data(view)
 data_key = (view.dataset, view.params_json, "")
 
 st.title("Samples")
@@ -30,7 +29,7 @@ explain(view,
     "are to the UNet's.")
 
 specs = {s.name: s for s in list_denoisers()}
-status = {name: D.denoiser_status(name, data) for name in specs}
+status = {name: loading.denoiser_status(name, data) for name in specs}
 available = [n for n in specs if status[n][0]]
 unavailable = [n for n in specs if not status[n][0]]
 if unavailable:
@@ -68,22 +67,22 @@ st.caption("For each denoiser: a row of samples, then the training image nearest
            "pixels in [-1, 1]). A distance near 0 means the sample copies a training image. Fast denoisers appear "
            "first; the others fill in as they finish.")
 columns = min(n, 8)  # 16 samples: two rows of samples, then two rows of their nearest images
-names = S.order(names)
+names = sample_rows.order(names)
 slots = {name: st.empty() for name in names}
 results, images, titles = {}, [], []
 for name in names:
     with slots[name].container():
         note, bar = st.empty(), st.empty()
         try:
-            results[name] = S.sample(data_key, name, n, steps, view.seed, view.device, OPTIONS.get(name),
+            results[name] = sample_rows.sample(data_key, name, n, steps, view.seed, view.device, OPTIONS.get(name),
                                      on_miss=lambda name=name, note=note: note.caption(
-                                         S.wait_text(view.dataset, name, n, steps)),
+                                         sample_rows.wait_text(view.dataset, name, n, steps)),
                                      progress=lambda f, text, bar=bar: bar.progress(min(max(f, 0.0), 1.0), text=text))
-        except D.USER_ERRORS as exc:
-            D.show_error(exc, specs[name].title)
+        except loading.USER_ERRORS as exc:
+            loading.show_error(exc, specs[name].title)
             continue
     final = results[name]["x0_hat"][-1]
-    idx, dist = S.nearest(data_key, final)
+    idx, dist = sample_rows.nearest(data_key, final)
     row_images = list(final) + list(data.train[idx].numpy())
     row_titles = [f"#{i}" for i in range(n)] + [f"L2 {d:.1f}" for d in dist]
     images += row_images
@@ -107,7 +106,7 @@ png_download("Download the samples (PNG)", lambda: images_png(images, titles, co
 # ---------------------------------------------------------------- metrics against the UNet
 st.subheader("How close to the UNet?")
 if "unet" in names:
-    from locality_core.metrics import agreement
+    from locality_core.analysis.metrics import agreement
 
     ref = torch.from_numpy(finals["unet"])
     table = []
@@ -117,7 +116,7 @@ if "unet" in names:
         a = agreement(torch.from_numpy(finals[name]), ref)
         table.append({"denoiser": specs[name].title, "r² vs UNet": a["r2"], "Pearson (mean)": a["pearson"],
                       "Pearson (median)": a["pearson_median"], "MSE vs UNet": a["mse"],
-                      "nearest training image (mean L2)": float(np.mean(S.nearest(data_key, finals[name])[1]))})
+                      "nearest training image (mean L2)": float(np.mean(sample_rows.nearest(data_key, finals[name])[1]))})
     if table:
         st.dataframe(pd.DataFrame(table).set_index("denoiser").style.format("{:.3f}"), width="stretch")
     st.caption("Final samples from the same noise, compared pixel by pixel with the UNet's: r² = 1 − Σ(x−y)² / "

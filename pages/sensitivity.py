@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from locality_core.analytical import default_theta
-from locality_core.claims import effective_rank, field_claims
-from locality_core.fields import Field, cosine_similarity, locality_sizes, wiener_field
-from locality_core.patches import resolve_schedule, square_mask
-from locality_core.wiener import passing_components
-from ui import data as D
+from locality_core.analysis.claims import effective_rank, field_claims
+from locality_core.analysis.fields import Field, cosine_similarity, locality_sizes, wiener_field
+from locality_core.denoisers.analytical import default_theta
+from locality_core.denoisers.patches import resolve_schedule, square_mask
+from locality_core.denoisers.wiener import passing_components
+from ui import loading
 from ui.figures import CONTRASTS, SCALES, grid_png, is_flat, locality_plot, map_grid, noise_header
 from ui.layout import explain, page_header, split_widths
 from ui.linear import linear_fit_section
@@ -24,7 +24,7 @@ from ui.state import current_view
 from ui.widgets import PREVIEW_N, file_download, mask_maps, model_maps, picker, png_download, preview_field, show
 
 view = current_view()
-data, stats = D.require_data(view)
+data, stats = loading.require_data(view)
 C, H, W = data.shape
 data_key = (view.dataset, view.params_json, "")
 
@@ -67,8 +67,8 @@ with controls[6].popover("Display", icon=":material/tune:"):
                                                       "θ max|M|, M = P_σ with each row divided by its diagonal.")
 mode = "signed" if signed else "abs"
 bg_image = stats.mean.reshape(C, H, W) if background == "mean image" else data.test[image_index].numpy()
-unet_ok, unet_message = D.denoiser_status("unet", data)
-precision = D.field_precision()
+unet_ok, unet_message = loading.denoiser_status("unet", data)
+precision = loading.field_precision()
 rank = effective_rank(stats.eigvals)
 
 
@@ -193,7 +193,7 @@ def pixel_and_maps():
     left, right = st.columns([picker_width, grid_width], gap="small")
     with left:
         pixel = picker(bg_image, data.shape, size=picker_width)
-    with D.single_thread_blas():
+    with loading.single_thread_blas():
         wiener = wiener_field(stats, pixel, view.sigmas)
     masks = patch = None
     try:
@@ -201,8 +201,8 @@ def pixel_and_maps():
             masks = mask_maps(data_key, pixel, view.sigmas, theta, threshold)
         if use_patch:
             patch = els_patches(pixel)
-    except (*D.USER_ERRORS, ValueError) as exc:
-        D.show_error(exc, "Masks")
+    except (*loading.USER_ERRORS, ValueError) as exc:
+        loading.show_error(exc, "Masks")
     with right:
         progress_slot = st.empty()
         grid_slot = st.empty()
@@ -219,9 +219,9 @@ def pixel_and_maps():
             abs_m, signed_m = model_maps("unet", "UNet", data, pixel, view.sigmas, view.seed, precision=precision,
                                          slot=progress_slot, on_miss=preview)
             unet = Field(pixel, view.sigmas, abs_m, signed_m)
-        except D.USER_ERRORS as exc:
+        except loading.USER_ERRORS as exc:
             with right:
-                D.show_error(exc, "UNet")
+                loading.show_error(exc, "UNet")
     cosines = draw_grid(pixel, wiener, unet, masks, patch, grid_slot, "final")
     details(pixel, wiener, unet, cosines, masks, patch)
 

@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from locality_core.analytical import (  # noqa: E402
+from locality_core.denoisers.analytical import (  # noqa: E402
     FLOAT64_BELOW,
     REFERENCE_BATCH,
     Block,
@@ -46,12 +46,12 @@ from locality_core.analytical import (  # noqa: E402
     plan_mask,
     work_form,
 )
-from locality_core.analytical import (
+from locality_core.denoisers.analytical import (
     executed_flop as analytical_executed_flop,
 )
+from locality_core.denoisers.softmax import SoftmaxState, empty_state, finish, merge_states, softmax_state  # noqa: E402
 from locality_core.schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS  # noqa: E402
-from locality_core.softmax import SoftmaxState, empty_state, finish, merge_states, softmax_state  # noqa: E402
-from locality_core.stats import get_stats, mean_float64  # noqa: E402
+from locality_core.stats.covariance import get_stats, mean_float64  # noqa: E402
 
 BLOCK_ELEMENTS = 1 << 18     # the old engine's chunk budget
 

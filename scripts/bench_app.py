@@ -45,7 +45,7 @@ def random_pixels(n: int, shape, seed: int = 0) -> list[tuple[int, int]]:
 
 def wiener_click(stats, pixel, sigmas, analytical) -> None:
     """What the page computes for the Wiener and mask rows after a click, and the figure it sends."""
-    from locality_core.fields import locality_sizes, wiener_field
+    from locality_core.analysis.fields import locality_sizes, wiener_field
     from ui.figures import map_grid
 
     field = wiener_field(stats, pixel, sigmas)
@@ -58,13 +58,13 @@ def wiener_click(stats, pixel, sigmas, analytical) -> None:
 
 def unet_for(dataset):
     """The trained UNet when there is one, else an untrained one of the default architecture (for timing)."""
-    from locality_core.denoisers import DenoiserError, get_denoiser
+    from locality_core.denoisers.registry import DenoiserError, get_denoiser
 
     try:
         return get_denoiser("unet", dataset), "trained weights"
     except DenoiserError:
-        from locality_core.train import default_unet_config
-        from locality_core.unet import EDMDenoiser
+        from locality_core.denoisers.training import default_unet_config
+        from locality_core.denoisers.unet import EDMDenoiser
 
         model = EDMDenoiser(default_unet_config(dataset)).eval().requires_grad_(False)
         return model, "untrained weights of the default architecture (no trained UNet here; same cost)"
@@ -76,7 +76,7 @@ def unet_click(model, dataset, pixel, sigmas, cache, *, seed: int = 0, n: int = 
     noise level (the full fields, with progress), or all levels in one call (``batched``: the first view)."""
     import torch
 
-    from locality_core.fields import autograd_field
+    from locality_core.analysis.fields import autograd_field
 
     for group in ([sigmas] if batched else [[s] for s in sigmas]):
         key = cache.make_key("bench-field", dataset.fingerprint, f"{pixel}", ",".join(f"{s:.6g}" for s in group),
@@ -91,11 +91,11 @@ def unet_click(model, dataset, pixel, sigmas, cache, *, seed: int = 0, n: int = 
 
 
 def compute_bench(args) -> dict:
-    from locality_core.cache import ArrayCache
     from locality_core.data import default_dataset_name, load_dataset
     from locality_core.schedule import REFERENCE_SIGMAS
-    from locality_core.stats import get_stats
-    from ui.data import configure_threads, field_precision, single_thread_blas, torch_threads
+    from locality_core.stats.covariance import get_stats
+    from locality_core.store.cache import ArrayCache
+    from ui.loading import configure_threads, field_precision, single_thread_blas, torch_threads
     from ui.widgets import PREVIEW_N
 
     configure_threads()  # as app.py does
@@ -104,7 +104,7 @@ def compute_bench(args) -> dict:
     stats = get_stats(dataset)
     sigmas = list(REFERENCE_SIGMAS)
     try:
-        from locality_core import analytical
+        from locality_core.denoisers import analytical
     except ImportError:
         analytical = None
     out = {"dataset": name, "shape": list(dataset.shape), "noise_levels": len(sigmas), "cpus": os.cpu_count(),

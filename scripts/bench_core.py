@@ -18,11 +18,11 @@ import time
 import numpy as np
 import torch
 
-from locality_core.cache import ArrayCache
 from locality_core.data import DatasetError, load_dataset
+from locality_core.denoisers.wiener import wiener_matrix
 from locality_core.schedule import REFERENCE_SIGMAS
-from locality_core.stats import compute_stats, get_stats
-from locality_core.wiener import wiener_matrix
+from locality_core.stats.covariance import compute_stats, get_stats
+from locality_core.store.cache import ArrayCache
 
 
 def timed(fn, repeat=1):
@@ -55,7 +55,7 @@ def main():
         rows.append((f"statistics {name} (N={len(x)}, d={x.shape[1]})", t_plain, t_ours, "np.cov + eigh"))
         rows.append((f"statistics {name}, cold via cache / cache hit", t_cold, t_hit, "cold"))
         if name == "fashion-mnist":
-            from locality_core.fields import wiener_field
+            from locality_core.analysis.fields import wiener_field
 
             sig = list(REFERENCE_SIGMAS)
             t_dense, _ = timed(lambda s=stats, sig=sig: [wiener_matrix(s.eigvecs, s.eigvals, v)[406] for v in sig])
@@ -71,9 +71,9 @@ def main():
 
 
 def unet_rows(ds, cache, rows):
-    from locality_core.basis import full_jacobian
-    from locality_core.denoisers import DenoiserError, get_denoiser
-    from locality_core.fields import denoiser_field
+    from locality_core.analysis.basis import full_jacobian
+    from locality_core.analysis.fields import denoiser_field
+    from locality_core.denoisers.registry import DenoiserError, get_denoiser
 
     try:
         unet = get_denoiser("unet", ds)

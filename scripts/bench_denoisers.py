@@ -27,14 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from locality_core.analytical import AnalyticalDenoiser, analytical_dense, cached_mask, per_batch_difference  # noqa: E402
 from locality_core.data import Dataset  # noqa: E402
-from locality_core.optimal import OptimalDenoiser  # noqa: E402
-from locality_core.patches import ELSDenoiser, LSDenoiser, published_schedule_for, square_mask  # noqa: E402
+from locality_core.denoisers.analytical import AnalyticalDenoiser, analytical_dense, cached_mask, per_batch_difference  # noqa: E402
+from locality_core.denoisers.optimal import OptimalDenoiser  # noqa: E402
+from locality_core.denoisers.patches import ELSDenoiser, LSDenoiser, published_schedule_for, square_mask  # noqa: E402
+from locality_core.denoisers.softmax import finish, merge_states, softmax_state  # noqa: E402
+from locality_core.denoisers.wiener import WienerDenoiser, wiener_matrix  # noqa: E402
 from locality_core.schedule import REFERENCE_SIGMAS  # noqa: E402
-from locality_core.softmax import finish, merge_states, softmax_state  # noqa: E402
-from locality_core.stats import get_stats  # noqa: E402
-from locality_core.wiener import WienerDenoiser, wiener_matrix  # noqa: E402
+from locality_core.stats.covariance import get_stats  # noqa: E402
 
 
 def timed(fn, *args):
@@ -157,9 +157,9 @@ def bench_dataset(dataset, args, sigmas, peak):
 
 
 def load_unet_or_random(dataset):
-    from locality_core.models import find_weights, load_weights
-    from locality_core.train import default_unet_config
-    from locality_core.unet import EDMDenoiser
+    from locality_core.denoisers.models import find_weights, load_weights
+    from locality_core.denoisers.training import default_unet_config
+    from locality_core.denoisers.unet import EDMDenoiser
 
     if find_weights(dataset.name):  # timing only: --quick's training subset may use the full set's weights
         return load_weights(find_weights(dataset.name)), "trained weights"
@@ -178,7 +178,7 @@ def print_table(title, rows, peak):
 
 
 def bench_sampling(dataset, args):
-    from locality_core.sampling import sample_many
+    from locality_core.analysis.sampling import sample_many
 
     sched = published_schedule_for(dataset)
     stats = get_stats(dataset)

@@ -32,10 +32,10 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from locality_core import distributed  # noqa: E402
-from locality_core.analytical import AnalyticalDenoiser, executed_flop  # noqa: E402
 from locality_core.data import Dataset, load_dataset  # noqa: E402
+from locality_core.denoisers.analytical import AnalyticalDenoiser, executed_flop  # noqa: E402
 from locality_core.schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS  # noqa: E402
-from locality_core.stats import compute_stats, get_stats  # noqa: E402
+from locality_core.stats.covariance import compute_stats, get_stats  # noqa: E402
 
 BIG_N, BIG_D = 1_000_000, 12_288
 ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -1,6 +1,6 @@
 """The lecture table (issue 11): warm-up time per data set, then what a speaker waits for after it.
 
-Per data set: the warm-up (`locality_core.warmup`, every default view) on ``--threads`` torch threads into a fresh
+Per data set: the warm-up (`locality_core.views.warmup`, every default view) on ``--threads`` torch threads into a fresh
 cache (or an existing one with --cache, which then times only what is missing); then, with the app's thread
 setting, each page's default view as an AppTest run (the script, its cached library calls and its figures, no
 browser), a pixel click to the first UNet view (4 images per level, all levels in one batched pass), a new
@@ -40,7 +40,7 @@ def timed(fn) -> tuple[float, float]:
 def warmup_rows(name: str, threads: int) -> list[tuple[str, float, float | None]]:
     import torch
 
-    from locality_core import warmup
+    from locality_core.views import warmup
 
     torch.set_num_threads(threads)
     rows = []
@@ -72,12 +72,12 @@ def page_rows(name: str) -> list[tuple[str, float, float | None]]:
 def interactive_rows(name: str) -> list[tuple[str, float, float | None]]:
     import torch
 
-    from locality_core.basis import basis_from_jacobian, full_jacobian, jacobian_by_copies
+    from locality_core.analysis.basis import basis_from_jacobian, full_jacobian, jacobian_by_copies
+    from locality_core.analysis.sampling import cached_trajectory
     from locality_core.data import load_dataset
-    from locality_core.sampling import cached_trajectory
-    from locality_core.warmup import DEFAULTS
+    from locality_core.views.warmup import DEFAULTS
     from scripts.bench_app import unet_click, unet_for
-    from ui.data import configure_threads, field_precision
+    from ui.loading import configure_threads, field_precision
 
     configure_threads()  # as app.py does
     data = load_dataset(name)
@@ -86,7 +86,7 @@ def interactive_rows(name: str) -> list[tuple[str, float, float | None]]:
     y = data.test[1] + sigma * torch.randn(data.test[1].shape, generator=torch.Generator().manual_seed(7))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        from locality_core.cache import ArrayCache
+        from locality_core.store.cache import ArrayCache
 
         cache = ArrayCache(tmp)
         unet_click(model, data, (3, 5), sigmas, cache, n=4, precision=field_precision(), batched=True)  # warm code

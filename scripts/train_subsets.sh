@@ -3,7 +3,7 @@
 # all with the same steps, batch and seed, so that only the training images differ.
 # Resumable: rerun the script and every network continues from its checkpoint (or only re-exports).
 #   OUT=runs/subsets STEPS=2000 BATCH=64 THREADS=1 bash scripts/train_subsets.sh
-# Then copy each OUT/nN-S/{unet.pt,card.json} to assets/models/fashion-mnist/subsets/nN-S/.
+# Then copy each OUT/nN-S/{unet.pt,card.json} to locality_core/assets/models/fashion-mnist/subsets/nN-S/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/subsets}

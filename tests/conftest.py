@@ -28,7 +28,7 @@ def fashion():
 
 @pytest.fixture(scope="session")
 def fashion_stats(fashion):
-    from locality_core.stats import get_stats
+    from locality_core.stats.covariance import get_stats
 
     return get_stats(fashion)
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from locality_core.analytical import (
+from locality_core.analysis.calibration import calibrate
+from locality_core.data import Dataset
+from locality_core.denoisers.analytical import (
     AnalyticalDenoiser,
     MaskedSoftmaxDenoiser,
     analytical_dense,
@@ -18,22 +20,26 @@ from locality_core.analytical import (
     mask_column,
     per_batch_difference,
 )
-from locality_core.data import Dataset
-from locality_core.optimal import OptimalDenoiser, optimal_denoise
-from locality_core.patches import (
+from locality_core.denoisers.optimal import OptimalDenoiser, optimal_denoise
+from locality_core.denoisers.patches import (
     ELSDenoiser,
     LSDenoiser,
     PatchSchedule,
     box_sum,
-    calibrate,
     els_denoise,
     kamb_schedule,
     ls_denoise,
     square_mask,
 )
+from locality_core.denoisers.softmax import (
+    finish,
+    softmax_average,
+    softmax_state,
+    streaming_softmax_average,
+    threaded_state,
+)
 from locality_core.schedule import REFERENCE_SIGMAS, t_to_sigma
-from locality_core.softmax import finish, softmax_average, softmax_state, streaming_softmax_average, threaded_state
-from locality_core.stats import compute_stats
+from locality_core.stats.covariance import compute_stats
 
 
 def _images(n, shape=(1, 6, 6), seed=0, dtype=torch.float64):
@@ -84,7 +90,7 @@ def test_streaming_softmax_per_coordinate_equals_one_shot(chunk):
     got = streaming_softmax_average(_chunks(logits, values, chunk, 1))
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
     # the candidate dimension last (the analytical engine's layout) gives the same
-    from locality_core.softmax import reduce_states, softmax_state
+    from locality_core.denoisers.softmax import reduce_states, softmax_state
     states = (softmax_state(lg, v, dim=2) for lg, v in _chunks(logits.transpose(1, 2), values.T, chunk, 2))
     assert torch.allclose(reduce_states(states), want, rtol=1e-12, atol=1e-12)
 
@@ -315,7 +321,7 @@ def test_plans_for_one_input_and_for_a_batch_give_the_same_denoiser():
     """A plan is made for the number of inputs per call (one input cannot amortise row gathers). For discs of
     radius 8 on 12x12x3 images (70 % of the mask set, like natural-patches at t = 500) one input gets one block
     over all rows, eight inputs get gathered complement tiles; each call gives the dense formula."""
-    from locality_core.analytical import plan_mask
+    from locality_core.denoisers.analytical import plan_mask
 
     shape = (3, 12, 12)
     yy, xx = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
@@ -405,7 +411,7 @@ def test_default_theta_follows_the_paper():
 
 
 def test_mask_cache_roundtrip(tmp_path, tiny):
-    from locality_core.cache import ArrayCache
+    from locality_core.store.cache import ArrayCache
 
     train, _ = tiny
     stats = compute_stats(train, fingerprint="tiny-test")
@@ -557,8 +563,8 @@ def test_grouped_engine_equals_dense_formula_for_every_block_kind(slack, batch, 
     one group per distinct row count) gives the dense formula in float64, for one input and for eight, exactly
     (1e-12), at low, middle and high noise, with chunks that do not divide N; groups over all rows in the cross
     form (narrow groups) and in the expanded form (``EXPANDED_MIN_COLUMNS`` = 1)."""
-    from locality_core import analytical
-    from locality_core.analytical import masked_softmax_denoise, plan_mask
+    from locality_core.denoisers import analytical
+    from locality_core.denoisers.analytical import masked_softmax_denoise, plan_mask
 
     monkeypatch.setattr(analytical, "EXPANDED_MIN_COLUMNS", expanded_min)
 
@@ -583,8 +589,8 @@ def test_grouped_engine_per_sample_sigma_float32_sharded_and_batch_normalised():
     """The same mixed plan through the denoiser: per-sample sigma equals one call per input; float32 inputs
     match float64 within 1e-5; two shards' states merge to the whole; the batch-normalised variant is the
     dense one's."""
-    from locality_core.analytical import masked_softmax_denoise, masked_softmax_state, plan_mask
-    from locality_core.softmax import finish, merge_states
+    from locality_core.denoisers.analytical import masked_softmax_denoise, masked_softmax_state, plan_mask
+    from locality_core.denoisers.softmax import finish, merge_states
 
     shape, mask = (1, 10, 10), _mixed_mask()
     train = _images(60, shape, seed=21)
@@ -609,7 +615,7 @@ def test_grouped_engine_per_sample_sigma_float32_sharded_and_batch_normalised():
 def test_grouped_engine_jacobian_equals_the_dense_formula():
     """Gradients through the checkpointed grouped engine (every block kind, one and two inputs) equal those of
     the dense formula."""
-    from locality_core.analytical import masked_softmax_denoise, plan_mask
+    from locality_core.denoisers.analytical import masked_softmax_denoise, plan_mask
 
     shape, mask = (1, 10, 10), _mixed_mask()
     train = _images(23, shape, seed=31)

@@ -39,8 +39,8 @@ from ui.state import parse_dataset_env, parse_sigmas, resolve_sigmas  # noqa: E4
 def app_env(tmp_path_factory):
     """Tiny data set by default, a private data folder (imports) and model folder (a tiny UNet for it)."""
     from locality_core.data import load_dataset
-    from locality_core.models import save_weights
-    from locality_core.unet import EDMDenoiser, UNetConfig
+    from locality_core.denoisers.models import save_weights
+    from locality_core.denoisers.unet import EDMDenoiser, UNetConfig
 
     root = tmp_path_factory.mktemp("app")
     saved = {k: os.environ.get(k) for k in ("LOCALITY_APP_DATASET", "LOCALITY_DATA_DIR", "LOCALITY_MODEL_DIR",
@@ -186,10 +186,10 @@ def test_sensitivity_rows_unet_and_signed_toggle():
 def test_sensitivity_cold_unet_shows_a_preview_then_the_full_fields():
     """A pixel nobody clicked before: the page first computes the 4-image preview (all levels at once), then the
     32-image fields per level, and ends on the full view."""
-    from locality_core.cache import default_cache
+    from locality_core.analysis.fields import _field_key, field_is_cached
     from locality_core.data import load_dataset
-    from locality_core.fields import _field_key, field_is_cached
     from locality_core.schedule import REFERENCE_TIMESTEPS
+    from locality_core.store.cache import default_cache
     from ui.widgets import PREVIEW_N
 
     data = load_dataset("grf", **TINY_PARAMS)
@@ -214,16 +214,16 @@ def test_sensitivity_cold_unet_shows_a_preview_then_the_full_fields():
 
 def test_sensitivity_builds_each_unet_field_key_once_per_click(monkeypatch):
     """The page asks the library for each field once: no separate "is it cached?" lookup before computing."""
-    import locality_core.fields as F
+    from locality_core.analysis import fields
 
     built = []
-    real = F._field_key
+    real = fields._field_key
 
     def counting(cache, dataset, name, pixel, sigmas, *rest):
         built.append((name, tuple(pixel), tuple(sigmas), *rest[:2]))
         return real(cache, dataset, name, pixel, sigmas, *rest)
 
-    monkeypatch.setattr(F, "_field_key", counting)
+    monkeypatch.setattr(fields, "_field_key", counting)
     at = run_page(query={"pixel": "9,4"})
     assert_clean(at)
     assert built and len(built) == len(set(built)), built

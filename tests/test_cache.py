@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from locality_core.cache import ArrayCache, decode, encode
+from locality_core.store.cache import ArrayCache, decode, encode
 
 
 def test_roundtrip_and_hit(tmp_path):
@@ -99,7 +99,7 @@ def test_kept_entries_come_from_memory_and_on_miss_hears_misses_only(tmp_path, m
 def test_statistics_are_read_from_disk_once_per_process(tmp_path, monkeypatch):
     """Every page reads the statistics on every rerun: after the first call they come from memory."""
     from locality_core.data import load_dataset
-    from locality_core.stats import get_stats
+    from locality_core.stats.covariance import get_stats
 
     data = load_dataset("grf", n_train=50, n_test=4)
     cache = ArrayCache(tmp_path)
@@ -112,7 +112,7 @@ def test_statistics_are_read_from_disk_once_per_process(tmp_path, monkeypatch):
 def test_memory_store_evicts_the_least_recently_used_beyond_its_size():
     """The in-memory store (the fallback, and the entries read with keep=True): least recently used out first
     once the summed ``size`` passes the limit, the newest value always kept."""
-    from locality_core.cache import MemoryStore
+    from locality_core.store.cache import MemoryStore
 
     store = MemoryStore(size_limit=3, size=lambda v: v.nbytes // 8)
     for key in "abc":

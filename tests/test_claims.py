@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from locality_core.claims import (
+from locality_core.analysis.claims import (
     AGREE_COSINE,
     agreement_claim,
     comparison_claim,
@@ -143,7 +143,7 @@ def test_every_claim_on_the_sensitivity_page_matches_its_numbers(app_test, name)
 
 def _check_sensitivity_claims(app_test, name: str, pixel) -> None:
     from locality_core.data import load_dataset
-    from locality_core.stats import get_stats
+    from locality_core.stats.covariance import get_stats
 
     at = _run(app_test, {"dataset": name, **({"pixel": f"{pixel[0]},{pixel[1]}"} if pixel else {})})
     c, h, w = load_dataset(name).shape
@@ -197,8 +197,8 @@ def _check_sensitivity_claims(app_test, name: str, pixel) -> None:
 @pytest.mark.parametrize("name", available_datasets())
 def test_components_page_claims_match_the_statistics(app_test, name):
     from locality_core.data import load_dataset
-    from locality_core.spectrum import power_law_fit
-    from locality_core.stats import get_stats
+    from locality_core.stats.covariance import get_stats
+    from locality_core.stats.spectrum import power_law_fit
 
     at = _run(app_test, {"dataset": name}, "pages/components.py")
     captions = "\n".join(c.value for c in at.caption)

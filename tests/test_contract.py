@@ -1,4 +1,4 @@
-"""Every denoiser keeps the contract of `locality_core.denoiser`: one test per rule, over the registry (plus the
+"""Every denoiser keeps the contract of `locality_core.denoisers.base`: one test per rule, over the registry (plus the
 mask engine and the trained affine denoiser), on a tiny in-memory data set (the UNet: its shipped weights)."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from locality_core.analytical import AnalyticalDenoiser, MaskedSoftmaxDenoiser
+from locality_core.analysis.linear_fit import AffineDenoiser
 from locality_core.data import Dataset
-from locality_core.denoiser import Denoiser, LinearDenoiser, NotFittedError
-from locality_core.denoisers import REGISTRY
-from locality_core.linear_fit import AffineDenoiser
-from locality_core.optimal import OptimalDenoiser
-from locality_core.patches import ELSDenoiser, LSDenoiser, square_mask
-from locality_core.wiener import WienerDenoiser
+from locality_core.denoisers.analytical import AnalyticalDenoiser, MaskedSoftmaxDenoiser
+from locality_core.denoisers.base import Denoiser, LinearDenoiser, NotFittedError
+from locality_core.denoisers.optimal import OptimalDenoiser
+from locality_core.denoisers.patches import ELSDenoiser, LSDenoiser, square_mask
+from locality_core.denoisers.registry import REGISTRY
+from locality_core.denoisers.wiener import WienerDenoiser
 
 SHAPE = (1, 8, 8)
 SIGMAS = (0.3, 2.0, 0.3, 8.0)  # a repeated level: denoisers that group by level must restore the order
@@ -61,11 +61,11 @@ def get(name: str, built: dict, data: Dataset) -> Denoiser:
 def build(name: str, data: Dataset) -> Denoiser:
     """A registry entry by its own build (default options) on ``data``; the UNet from its shipped weights."""
     if name == "unet":
-        from locality_core.models import find_weights, load_weights
+        from locality_core.denoisers.models import find_weights, load_weights
 
         path = find_weights("fashion-mnist")
         if path is None:
-            pytest.skip("no shipped Fashion-MNIST UNet weights (assets/models/fashion-mnist/unet.pt)")
+            pytest.skip("no shipped Fashion-MNIST UNet weights (locality_core/assets/models/fashion-mnist/unet.pt)")
         return load_weights(path)
     if name in REGISTRY:
         return REGISTRY[name].build(data, **REGISTRY[name].options)
@@ -174,7 +174,7 @@ def test_linear_denoisers_give_their_jacobian_in_closed_form(data):
 
 def test_tensor_data_set_statistics_replace_the_computed_ones(data):
     """``Dataset.from_tensor(train, stats=...)``: fit reads the given statistics (a shard fits to the whole set's)."""
-    from locality_core.stats import compute_stats
+    from locality_core.stats.covariance import compute_stats
 
     other = compute_stats(tiny_dataset().train[:10])
     given = WienerDenoiser().fit(Dataset.from_tensor(data.train, stats=other))

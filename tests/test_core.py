@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from locality_core import schedule
-from locality_core.data import Dataset
-from locality_core.fields import (
+from locality_core.analysis.fields import (
     autograd_field,
     cosine_similarity,
     locality_size,
@@ -20,8 +19,9 @@ from locality_core.fields import (
     wiener_field,
     window_shares,
 )
-from locality_core.stats import DataStats, compute_stats, eigendecomposition, streaming_moments
-from locality_core.wiener import WienerDenoiser, passing_components, wiener_matrix
+from locality_core.data import Dataset
+from locality_core.denoisers.wiener import WienerDenoiser, passing_components, wiener_matrix
+from locality_core.stats.covariance import DataStats, compute_stats, eigendecomposition, streaming_moments
 
 # ---------------------------------------------------------------- noise levels
 
@@ -86,7 +86,7 @@ def test_fashion_mnist_reference_statistics(fashion_stats):
 
 def test_fashion_mnist_wiener_mse_and_passing_components(fashion, fashion_stats):
     """METHODS section 10: Wiener MSE on the first 2,000 test images within 2 %, and components with SNR > 1."""
-    from locality_core.evaluate import heldout_mse
+    from locality_core.denoisers.evaluate import heldout_mse
 
     wiener = WienerDenoiser.from_stats(fashion_stats)
     ts = [900, 700, 500, 300, 100]
@@ -98,8 +98,8 @@ def test_fashion_mnist_wiener_mse_and_passing_components(fashion, fashion_stats)
 
 
 def test_noisy_heldout_is_one_seeded_draw_scaled_per_sigma():
-    from locality_core.evaluate import grid_seed, heldout_mse, noisy_heldout
-    from locality_core.fields import noisy_inputs
+    from locality_core.analysis.fields import noisy_inputs
+    from locality_core.denoisers.evaluate import grid_seed, heldout_mse, noisy_heldout
 
     x0 = torch.tanh(torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(1)))
     sigmas = [4.0, 0.5]

@@ -74,7 +74,7 @@ def test_atomic_writers_of_one_process_do_not_share_a_temporary_file(tmp_path):
     """Two sessions of one server are threads of one process: a writer that starts while another is half-way
     must not touch that one's temporary file (a name made from the pid would be the same), and a failed write
     leaves the old file and no temporary file behind."""
-    from locality_core.files import atomic_write
+    from locality_core.store.files import atomic_write
 
     target = tmp_path / "train.npy"
 

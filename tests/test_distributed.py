@@ -11,14 +11,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from locality_core import distributed
-from locality_core.analytical import AnalyticalDenoiser, masked_softmax_state, plan_mask
 from locality_core.data import Dataset
-from locality_core.optimal import OptimalDenoiser, optimal_state
-from locality_core.patches import LSDenoiser, ls_state
-from locality_core.softmax import finish, merge_states
-from locality_core.stats import compute_stats, data_moments, merge_moments
-from locality_core.wiener import wiener_matrix
+from locality_core.denoisers import distributed
+from locality_core.denoisers.analytical import AnalyticalDenoiser, masked_softmax_state, plan_mask
+from locality_core.denoisers.optimal import OptimalDenoiser, optimal_state
+from locality_core.denoisers.patches import LSDenoiser, ls_state
+from locality_core.denoisers.softmax import finish, merge_states
+from locality_core.denoisers.wiener import wiener_matrix
+from locality_core.stats.covariance import compute_stats, data_moments, merge_moments
 
 SHAPE = (1, 6, 6)
 N = 37
@@ -174,8 +174,8 @@ def test_precompute_under_torchrun_caches_the_one_process_statistics(fashion, tm
     import sys
     from pathlib import Path
 
-    from locality_core.cache import ArrayCache
-    from locality_core.stats import get_stats
+    from locality_core.stats.covariance import get_stats
+    from locality_core.store.cache import ArrayCache
 
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "LOCALITY_CACHE_DIR": str(tmp_path)}

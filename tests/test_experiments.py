@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from locality_core.data import Dataset, DatasetError
-from locality_core.data.base import fingerprint
-from locality_core.experiments import (
+from locality_core.analysis.fields import wiener_field
+from locality_core.analysis.transforms import (
     derived_fingerprint,
     inject_pattern,
     keep_class,
@@ -15,8 +14,9 @@ from locality_core.experiments import (
     unpermute_map,
     w_template,
 )
-from locality_core.fields import wiener_field
-from locality_core.stats import compute_stats
+from locality_core.data import Dataset, DatasetError
+from locality_core.data.base import fingerprint
+from locality_core.stats.covariance import compute_stats
 
 
 def small_dataset(n=400, c=1, h=6, w=5, seed=0, labels=True) -> Dataset:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from fault_helpers import import_tiny
 
-from locality_core import locks
-from locality_core.cache import ArrayCache, encode
+from locality_core.store import locks
+from locality_core.store.cache import ArrayCache, encode
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUE = {"x": np.arange(6.0)}
@@ -51,7 +51,7 @@ def _read_only_as_root(monkeypatch) -> None:
     """Root ignores file modes: make sqlite answer as it does for everyone else on a read-only folder."""
     import sqlite3
 
-    import locality_core.cache as cache_module
+    import locality_core.store.cache as cache_module
 
     def refuse(*args, **kwargs):
         raise sqlite3.OperationalError("attempt to write a readonly database")
@@ -112,7 +112,7 @@ def test_stale_heartbeat_is_taken_over(tmp_path):
     path = locks.lock_path(tmp_path, "name")
     notes = []
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from locality_core import locks\n"
+        "import sys, time; from locality_core.store import locks\n"
         "with locks.owned_lock(sys.argv[1], 'name', heartbeat_s=3600):\n"
         "    print('held', flush=True); time.sleep(60)\n"), str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -153,12 +153,12 @@ def test_two_waiters_break_a_stale_lock_once(tmp_path):
 
 SLOW_PRECOMPUTE = """
 import pathlib, sys, time
-import locality_core.stats as stats
+import locality_core.stats.covariance as stats
 def slow(*args, **kwargs):
     pathlib.Path(sys.argv[1]).write_text("started")
     time.sleep(120)
 stats.compute_stats = slow
-from locality_core.cli import main
+from locality_core.cli.main import main
 main(["precompute", "user:tiny"])
 """
 

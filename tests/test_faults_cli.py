@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from locality_core import validate as V
-from locality_core.cli import main
+from locality_core.cli import validate
+from locality_core.cli.main import main
 from locality_core.data import DatasetError, load_dataset
 
 
@@ -66,9 +66,9 @@ def test_pixel_outside_the_image(capsys):
 
 
 def test_good_values_pass():
-    assert V.sigma_list("60, 3.4,0.1") == [60.0, 3.4, 0.1]
-    assert V.count("3", "--n") == 3 and V.pixel((27, 0), (1, 28, 28)) == (27, 0)
-    assert V.names("wiener, unet", ["wiener", "unet"]) == ["wiener", "unet"]
+    assert validate.sigma_list("60, 3.4,0.1") == [60.0, 3.4, 0.1]
+    assert validate.count("3", "--n") == 3 and validate.pixel((27, 0), (1, 28, 28)) == (27, 0)
+    assert validate.names("wiener, unet", ["wiener", "unet"]) == ["wiener", "unet"]
 
 
 def test_memory_bomb_options_are_refused_before_building():

@@ -113,18 +113,18 @@ def test_import_command(tmp_path, home):
 def test_reimport_shows_new_data_in_the_app_at_once(tmp_path, home):
     import streamlit as st
 
-    from ui import data as D
+    from ui import loading
 
     calls = []
 
     @st.cache_data
     def by_name(name: str) -> int:  # a page-level cache keyed on the name, as the pages' are
         calls.append(name)
-        return D.dataset(name).d
+        return loading.dataset(name).d
 
     user.import_images(write_images(tmp_path / "g", 18, 28, "L", 0), "re")
-    assert D.stats("user:re").mean.size == 784 and by_name("user:re") == 784
+    assert loading.stats("user:re").mean.size == 784 and by_name("user:re") == 784
     user.import_images(write_images(tmp_path / "c", 23, 28, "RGB", 1), "re", mode="RGB")
-    assert len(D.dataset("user:re").train) + len(D.dataset("user:re").test) == 23
-    assert D.stats("user:re").mean.size == 2352
+    assert len(loading.dataset("user:re").train) + len(loading.dataset("user:re").test) == 23
+    assert loading.stats("user:re").mean.size == 2352
     assert by_name("user:re") == 2352 and len(calls) == 2

@@ -14,7 +14,7 @@ import pytest
 import torch
 from fault_helpers import import_tiny
 
-from locality_core.models import (
+from locality_core.denoisers.models import (
     ASSETS_MODELS,
     CARD,
     ModelError,
@@ -23,7 +23,7 @@ from locality_core.models import (
     save_weights,
     write_card_hash,
 )
-from locality_core.unet import EDMDenoiser, UNetConfig
+from locality_core.denoisers.unet import EDMDenoiser, UNetConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = UNetConfig(channels=1, image_size=8, base=8, mults=(1, 2), blocks=1, emb_dim=16, sigma_data=0.5)

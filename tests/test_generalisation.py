@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from locality_core import generalisation as G
-from locality_core.cache import ArrayCache
+from locality_core.analysis import generalisation
 from locality_core.data import DatasetError, load_dataset
-from locality_core.models import ModelError, load_subset_unet, load_weights, save_weights, subset_family
-from locality_core.subsets import subset_indices, subset_tag, training_subset
-from locality_core.unet import EDMDenoiser, UNetConfig
+from locality_core.data.subsets import subset_indices, subset_tag, training_subset
+from locality_core.denoisers.models import ModelError, load_subset_unet, load_weights, save_weights, subset_family
+from locality_core.denoisers.unet import EDMDenoiser, UNetConfig
+from locality_core.store.cache import ArrayCache
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"n_train": 600, "n_test": 64}
@@ -61,7 +61,7 @@ def test_subsets_are_disjoint_nested_and_reproducible():
 
 
 def test_subset_round_trips_through_card_and_fingerprint(model_dir, tmp_path):
-    from locality_core.cli import main
+    from locality_core.cli.main import main
 
     out = model_dir / "grf" / "subsets" / "n5-A"
     assert main(["train", "grf", "--subset", "5", "--split", "A", "--steps", "1", "--base", "8", "--no-eval",
@@ -87,7 +87,7 @@ def test_pair_row_by_hand():
          "heldout_mse": np.array([0.3])}
     b = {**a, "samples": np.array([[[[0.0, 1.0], [0.0, 0.0]]]], np.float32), "dist_own": np.array([1.0]),
          "heldout_nn": np.array(2.0), "train_mse": np.array([0.3])}
-    row = G.pair_row(7, a, b, torch.zeros(1, 2, 2), train_nn=2.0, mse_timesteps=(100,))
+    row = generalisation.pair_row(7, a, b, torch.zeros(1, 2, 2), train_nn=2.0, mse_timesteps=(100,))
     assert row["cosine"] == 0.0 and row["mse_ab"] == 0.5  # orthogonal; (1 + 1) / 4 pixels
     assert row["dist_own"] == 0.5 and row["dist_own_max"] == 1.0 and row["dist_other"] == 2.0
     assert row["heldout_nn"] == 3.0 and row["dist_own_rel"] == 0.25 and row["dist_own_vs_heldout"] == 0.5 / 3
@@ -95,14 +95,14 @@ def test_pair_row_by_hand():
     # centring on the mean: two images that differ only from a shared background are orthogonal, not similar
     bg = torch.full((1, 2, 2), -1.0)
     xa, xb = (bg + torch.from_numpy(side["samples"]) for side in (a, b))
-    assert float(G.centred_cosine(xa, xb, bg)[0]) == 0.0
+    assert float(generalisation.centred_cosine(xa, xb, bg)[0]) == 0.0
 
 
 def test_typical_nn_distance_against_brute_force():
     x = torch.randn(50, 1, 3, 3, generator=torch.Generator().manual_seed(1))
     d = torch.cdist(x.flatten(1).double(), x.flatten(1).double())
     d.fill_diagonal_(float("inf"))
-    assert G.typical_nn_distance(x, n_probes=50) == pytest.approx(float(d.min(1).values.median()), rel=1e-9)
+    assert generalisation.typical_nn_distance(x, n_probes=50) == pytest.approx(float(d.min(1).values.median()), rel=1e-9)
 
 
 class NearestCopy(torch.nn.Module):
@@ -113,7 +113,7 @@ class NearestCopy(torch.nn.Module):
         self.train_ = train
 
     def forward(self, x, sigma):
-        from locality_core.metrics import nearest_training
+        from locality_core.analysis.metrics import nearest_training
 
         return self.train_[nearest_training(x, self.train_)[0]]
 
@@ -122,21 +122,21 @@ def test_a_copying_denoiser_memorises_and_a_shared_one_generalises(tiny):
     mean = tiny.train.mean(0)
     own = {s: training_subset(tiny, 8, s).train for s in "AB"}
     kw = dict(n_samples=6, steps=3, n_eval=8)
-    copy = {s: G.side_arrays(NearestCopy(own[s]), own[s], own["B" if s == "A" else "A"], tiny.test, **kw)
+    copy = {s: generalisation.side_arrays(NearestCopy(own[s]), own[s], own["B" if s == "A" else "A"], tiny.test, **kw)
             for s in "AB"}
     for s in "AB":
         assert np.allclose(copy[s]["dist_own"], 0.0, atol=1e-4)  # every sample is a training image
         assert (copy[s]["dist_other"] > 1.0).all()
         assert copy[s]["train_mse"][0] < 1e-10  # at t = 100 its own images come back exactly
         assert (copy[s]["train_mse"] < copy[s]["heldout_mse"]).all()
-    row = G.pair_row(8, copy["A"], copy["B"], mean, train_nn=G.typical_nn_distance(tiny.train))
+    row = generalisation.pair_row(8, copy["A"], copy["B"], mean, train_nn=generalisation.typical_nn_distance(tiny.train))
     assert row["cosine"] < 0.5 and row["dist_own"] < 1e-4 and row["dist_other"] > 1.0
 
-    from locality_core.wiener import WienerDenoiser
+    from locality_core.denoisers.wiener import WienerDenoiser
 
     shared = WienerDenoiser().fit(tiny)  # the same function for A and B: identical samples
-    same = {s: G.side_arrays(shared, own[s], own["B" if s == "A" else "A"], tiny.test, **kw) for s in "AB"}
-    row = G.pair_row(8, same["A"], same["B"], mean, train_nn=1.0)
+    same = {s: generalisation.side_arrays(shared, own[s], own["B" if s == "A" else "A"], tiny.test, **kw) for s in "AB"}
+    row = generalisation.pair_row(8, same["A"], same["B"], mean, train_nn=1.0)
     assert row["cosine"] == pytest.approx(1.0) and row["mse_ab"] == pytest.approx(0.0, abs=1e-12)
     assert row["dist_own"] > 1.0
 
@@ -145,46 +145,46 @@ def test_a_copying_denoiser_memorises_and_a_shared_one_generalises(tiny):
 
 @pytest.mark.slow  # 11-20 s on the shared 2-core machine
 def test_table_is_computed_once_and_keyed_on_the_weights(tiny, model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(G, "N_SAMPLES", 4)
+    monkeypatch.setattr(generalisation, "N_SAMPLES", 4)
     for n in SIZES:
         for s in "AB":
             save_subset_net(model_dir, tiny, n, s)
-    assert subset_family("grf") == list(SIZES) and G.family_sizes(tiny) == list(SIZES)
+    assert subset_family("grf") == list(SIZES) and generalisation.family_sizes(tiny) == list(SIZES)
     cache = ArrayCache(tmp_path / "cache")
     calls = []
-    build = G.build_denoiser
-    monkeypatch.setattr(G, "build_denoiser", lambda *a: calls.append(a) or build(*a))
-    assert not G.is_cached(tiny, "unet", cache=cache)
+    build = generalisation.build_denoiser
+    monkeypatch.setattr(generalisation, "build_denoiser", lambda *a: calls.append(a) or build(*a))
+    assert not generalisation.is_cached(tiny, "unet", cache=cache)
     progress = []
-    rows = G.table(tiny, "unet", cache=cache, progress=lambda f, t: progress.append(f))
+    rows = generalisation.table(tiny, "unet", cache=cache, progress=lambda f, t: progress.append(f))
     assert [r["n"] for r in rows] == list(SIZES) and len(calls) == 4
     assert progress[-1] == 1.0 and all(0 <= f <= 1 for f in progress)
-    assert G.is_cached(tiny, "unet", cache=cache)
-    assert G.table(tiny, "unet", cache=cache) == rows and len(calls) == 4  # from the disk cache
+    assert generalisation.is_cached(tiny, "unet", cache=cache)
+    assert generalisation.table(tiny, "unet", cache=cache) == rows and len(calls) == 4  # from the disk cache
     save_subset_net(model_dir, tiny, 4, "A", seed=1)  # new weights: that side is recomputed
-    assert not G.is_cached(tiny, "unet", cache=cache)
-    G.table(tiny, "unet", cache=cache)
+    assert not generalisation.is_cached(tiny, "unet", cache=cache)
+    generalisation.table(tiny, "unet", cache=cache)
     assert len(calls) == 5
 
 
 @pytest.mark.slow  # 11-20 s on the shared 2-core machine
 def test_precompute_covers_networks_and_analytical(tiny, model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(G, "N_SAMPLES", 2)
-    monkeypatch.setattr(G, "N_EVAL", 4)
+    monkeypatch.setattr(generalisation, "N_SAMPLES", 2)
+    monkeypatch.setattr(generalisation, "N_EVAL", 4)
     for s in "AB":
         save_subset_net(model_dir, tiny, 4, s)
     cache = ArrayCache(tmp_path / "cache")
-    out = G.precompute(tiny, cache=cache)
+    out = generalisation.precompute(tiny, cache=cache)
     assert set(out) == {"unet", "analytical"} and [r["n"] for r in out["analytical"]] == [4]
-    assert G.is_cached(tiny, "analytical", cache=cache)
+    assert generalisation.is_cached(tiny, "analytical", cache=cache)
 
 
 # ---------------------------------------------------------------- CLI and page
 
 def test_cli_json_one_row_per_n(tiny, model_dir, tmp_path, monkeypatch, capsys):
-    from locality_core.cli import main
+    from locality_core.cli.main import main
 
-    monkeypatch.setattr(G, "N_SAMPLES", 2)
+    monkeypatch.setattr(generalisation, "N_SAMPLES", 2)
     monkeypatch.setenv("LOCALITY_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["generalisation", "grf", "--json"]) == 2
     assert "train_subsets.sh" in capsys.readouterr().err
@@ -205,8 +205,8 @@ def app_env(tiny, model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALITY_APP_DATASET", "grf:n_train=600,n_test=64")
     monkeypatch.setenv("LOCALITY_OFFLINE", "1")
     monkeypatch.setenv("LOCALITY_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(G, "N_SAMPLES", 4)
-    monkeypatch.setattr(G, "N_EVAL", 8)
+    monkeypatch.setattr(generalisation, "N_SAMPLES", 4)
+    monkeypatch.setattr(generalisation, "N_EVAL", 8)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     return model_dir
@@ -269,33 +269,33 @@ def _row(**kw) -> dict:
 
 
 def test_describe_reads_every_claim_off_the_numbers():
-    memorising = " ".join(G.describe(_row()))
+    memorising = " ".join(generalisation.describe(_row()))
     assert "different images" in memorising and "a copy" in memorising and "it knows them" in memorising
-    general = " ".join(G.describe(_row(n=30000, cosine=0.95, dist_own=9.0, dist_own_rel=1.8, dist_own_vs_heldout=0.9,
+    general = " ".join(generalisation.describe(_row(n=30000, cosine=0.95, dist_own=9.0, dist_own_rel=1.8, dist_own_vs_heldout=0.9,
                                        train_mse_t300=0.05, heldout_mse_t300=0.051)))
     assert "nearly the same image" in general and "a new image" in general and "about as well" in general
-    between = " ".join(G.describe(_row(cosine=0.8, dist_own_rel=0.7, dist_own_vs_heldout=0.5)))
+    between = " ".join(generalisation.describe(_row(cosine=0.8, dist_own_rel=0.7, dist_own_vs_heldout=0.5)))
     assert "similar images" in between and "between a copy and a new image" in between
 
 
 def test_trend_says_where_a_curve_is_not_monotone():
     rows = [{"n": n, "c": c} for n, c in ((10, 0.1), (100, 0.5), (1000, 0.4), (10000, 0.9))]
-    assert G.trend(rows, "c") == ("rises from 0.1 at N = 10 to 0.9 at N = 10,000, not monotonically: it falls at "
+    assert generalisation.trend(rows, "c") == ("rises from 0.1 at N = 10 to 0.9 at N = 10,000, not monotonically: it falls at "
                                   "N = 1,000")
-    assert G.trend(rows[:2], "c").endswith("monotonically") and "not monotonically" not in G.trend(rows[:2], "c")
-    assert G.trend([{"n": 5, "c": 1.0}, {"n": 50, "c": 0.5}], "c").startswith("falls")
-    assert G.trend(rows[:1], "c") == "is 0.1 at N = 10 (one N so far)"
-    same = G.trend([{"n": 10, "c": 0.9641}, {"n": 100, "c": 0.5}, {"n": 1000, "c": 0.9638}], "c")
+    assert generalisation.trend(rows[:2], "c").endswith("monotonically") and "not monotonically" not in generalisation.trend(rows[:2], "c")
+    assert generalisation.trend([{"n": 5, "c": 1.0}, {"n": 50, "c": 0.5}], "c").startswith("falls")
+    assert generalisation.trend(rows[:1], "c") == "is 0.1 at N = 10 (one N so far)"
+    same = generalisation.trend([{"n": 10, "c": 0.9641}, {"n": 100, "c": 0.5}, {"n": 1000, "c": 0.9638}], "c")
     assert same.startswith("is about the same") and "rises" not in same and "falls" not in same
 
 
 def test_subset_images_index_the_subset(tiny):
     idx = np.array([3, 0, 7])
-    assert torch.equal(G.subset_images(tiny, 8, "B", idx), training_subset(tiny, 8, "B").train[idx])
+    assert torch.equal(generalisation.subset_images(tiny, 8, "B", idx), training_subset(tiny, 8, "B").train[idx])
 
 
 def test_subset_fingerprint_without_the_images(tiny):
-    from locality_core.subsets import subset_fingerprint
+    from locality_core.data.subsets import subset_fingerprint
 
     assert subset_fingerprint(tiny, 8, "A") == training_subset(tiny, 8, "A").fingerprint
     assert subset_fingerprint(tiny, 8, "A") != subset_fingerprint(tiny, 8, "B")

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from locality_core import basis as basis_mod
-from locality_core.basis import full_jacobian, jacobian_basis, jacobian_by_copies, trace_estimate, wiener_basis
-from locality_core.cli import main
+from locality_core.analysis import basis as basis_mod
+from locality_core.analysis.basis import full_jacobian, jacobian_basis, jacobian_by_copies, trace_estimate, wiener_basis
+from locality_core.analysis.fields import locality_size, wiener_field
+from locality_core.analysis.linear_fit import fit_linear_denoiser
+from locality_core.cli.main import main
 from locality_core.data import load_dataset
-from locality_core.fields import locality_size, wiener_field
-from locality_core.linear_fit import fit_linear_denoiser
-from locality_core.stats import TooLargeError, compute_stats, get_stats
-from locality_core.unet import EDMDenoiser, UNetConfig
-from locality_core.wiener import WienerDenoiser
+from locality_core.denoisers.unet import EDMDenoiser, UNetConfig
+from locality_core.denoisers.wiener import WienerDenoiser
+from locality_core.stats.covariance import compute_stats, get_stats
+from locality_core.store.memory import TooLargeError
 
 
 def small_data(seed=0, n=400, side=4):
@@ -141,7 +142,7 @@ def test_grf_field_width_grows_with_alpha():
     Measured on the generator's exact covariance: with 20,000 samples the estimation noise of the
     covariance adds spurious far-away mass to the weak alpha = 1 field and hides the trend."""
     from locality_core.data.grf import grf_covariance
-    from locality_core.stats import DataStats, eigendecomposition
+    from locality_core.stats.covariance import DataStats, eigendecomposition
 
     widths = []
     for alpha in (1.0, 2.0, 3.0):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from locality_core.metrics import (
+from locality_core.analysis.metrics import (
     agreement,
     mean_rows,
     mse_scores,
@@ -60,8 +60,8 @@ def test_nearest_training_equals_brute_force():
 
 
 def test_same_input_agreement_of_a_denoiser_with_itself_and_a_worse_one():
-    from locality_core.stats import compute_stats
-    from locality_core.wiener import WienerDenoiser
+    from locality_core.denoisers.wiener import WienerDenoiser
+    from locality_core.stats.covariance import compute_stats
 
     g = torch.Generator().manual_seed(2)
     data = torch.tanh(torch.randn(200, 1, 4, 4, generator=g))
@@ -76,11 +76,11 @@ def test_same_input_agreement_of_a_denoiser_with_itself_and_a_worse_one():
 def test_agreement_table_reuses_cached_outputs(tmp_path):
     """With cache ids, a second table (here against another reference) calls a cached denoiser no more, and
     gives the same numbers as computing everything afresh."""
-    from locality_core.cache import ArrayCache
+    from locality_core.analysis.metrics import agreement_table
     from locality_core.data import Dataset
-    from locality_core.metrics import agreement_table
-    from locality_core.stats import compute_stats
-    from locality_core.wiener import WienerDenoiser
+    from locality_core.denoisers.wiener import WienerDenoiser
+    from locality_core.stats.covariance import compute_stats
+    from locality_core.store.cache import ArrayCache
 
     g = torch.Generator().manual_seed(5)
     images = torch.tanh(torch.randn(120, 1, 4, 4, generator=g))

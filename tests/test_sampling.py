@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from locality_core.sampling import initial_noise, sample_ddim, sample_many, sample_trajectories
+from locality_core.analysis.sampling import initial_noise, sample_ddim, sample_many, sample_trajectories
+from locality_core.denoisers.wiener import WienerDenoiser
 from locality_core.schedule import ddim_sigmas, karras_sigmas
-from locality_core.stats import DataStats
-from locality_core.wiener import WienerDenoiser
+from locality_core.stats.covariance import DataStats
 
 
 def test_initial_noise_scale_and_seed():
@@ -136,7 +136,7 @@ def tiny_world(tmp_path_factory):
     """A registered 12x12 data set, a 2-step UNet for it in a temporary model folder, a temporary cache."""
     from locality_core.data import Dataset, DatasetSpec
     from locality_core.data.registry import REGISTRY
-    from locality_core.train import train
+    from locality_core.denoisers.training import train
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(130, 1, 12, 12, generator=g)
@@ -156,7 +156,7 @@ def tiny_world(tmp_path_factory):
 def _run(argv: list[str]) -> int:
     import argparse
 
-    from locality_core.cli_sampling import add_commands
+    from locality_core.cli.sampling_commands import add_commands
 
     parser = argparse.ArgumentParser(prog="locality")
     add_commands(parser.add_subparsers(dest="command", required=True))
@@ -200,8 +200,8 @@ def test_cli_compare_prints_json(tiny_world, capsys):
 def test_cli_calibrate_saves_a_schedule_that_ls_then_uses(tiny_world, capsys):
     import json
 
-    from locality_core.denoisers import denoiser_cache_id
-    from locality_core.patches import load_calibrated
+    from locality_core.denoisers.patches import load_calibrated
+    from locality_core.denoisers.registry import denoiser_cache_id
 
     data, root = tiny_world
     assert _run(["calibrate", data.name, "--kind", "both", "--sizes", "3,23", "--n", "2", "--steps", "2",
@@ -215,7 +215,7 @@ def test_cli_calibrate_saves_a_schedule_that_ls_then_uses(tiny_world, capsys):
 def test_cli_errors_are_one_line(tiny_world, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("LOCALITY_MODEL_DIR", str(tmp_path / "empty"))
     data, _ = tiny_world
-    from locality_core.models import find_weights
+    from locality_core.denoisers.models import find_weights
 
     if find_weights(data.name) is not None:   # a user model folder may hold one; nothing to test then
         pytest.skip("a UNet for the test data exists outside the temporary folder")
@@ -232,9 +232,9 @@ def test_a_run_sampled_by_the_cli_is_a_hit_in_the_app_and_back(tiny_world, tmp_p
     import json
 
     pytest.importorskip("streamlit")
-    from locality_core.cache import ArrayCache
-    from locality_core.metrics import nearest_training
-    from ui import sampling as S
+    from locality_core.analysis.metrics import nearest_training
+    from locality_core.store.cache import ArrayCache
+    from ui import sample_rows
 
     data, _ = tiny_world
     monkeypatch.setenv("LOCALITY_CACHE_DIR", str(tmp_path / "cache"))  # cold
@@ -248,7 +248,7 @@ def test_a_run_sampled_by_the_cli_is_a_hit_in_the_app_and_back(tiny_world, tmp_p
     assert _run(cli + ["--seed", "1"]) == 0  # the CLI samples, the app reads
     with monkeypatch.context() as m:
         m.setattr(ArrayCache, "set", refuse)
-        app = {name: S.sample((data.name, "{}", ""), name, n, steps, 1, "cpu") for name in names}
+        app = {name: sample_rows.sample((data.name, "{}", ""), name, n, steps, 1, "cpu") for name in names}
     report = json.loads((tmp_path / "metrics.json").read_text())["denoisers"]
     for name in names:
         assert app[name]["x0_hat"].shape == (steps, n, *data.shape)
@@ -256,7 +256,7 @@ def test_a_run_sampled_by_the_cli_is_a_hit_in_the_app_and_back(tiny_world, tmp_p
         np.testing.assert_allclose(dist.numpy(), report[name]["nearest_distance"], rtol=1e-6)
 
     for name in names:  # the app samples, the CLI reads
-        S.sample((data.name, "{}", ""), name, n, steps, 2, "cpu")
+        sample_rows.sample((data.name, "{}", ""), name, n, steps, 2, "cpu")
     with monkeypatch.context() as m:
         m.setattr(ArrayCache, "set", refuse)
         assert _run(cli + ["--seed", "2"]) == 0
@@ -265,9 +265,9 @@ def test_a_run_sampled_by_the_cli_is_a_hit_in_the_app_and_back(tiny_world, tmp_p
 def test_cached_trajectory_keeps_denoiser_options_apart(tmp_path):
     """The Samples page's per-batch analytical option is its own cache entry with its own samples (the
     reference code's per-batch softmax), and the default options share the warm-up's entry."""
-    from locality_core.cache import ArrayCache
+    from locality_core.analysis.sampling import cached_trajectory, trajectory_key
     from locality_core.data import load_dataset
-    from locality_core.sampling import cached_trajectory, trajectory_key
+    from locality_core.store.cache import ArrayCache
 
     data = load_dataset("grf", n_train=600, n_test=8)
     cache = ArrayCache(tmp_path / "cache")
@@ -284,7 +284,7 @@ def test_paste_grid_puts_each_upscaled_tile_at_its_corner():
     """The one image-grid renderer (CLI grids, `locality sample`'s PNG, the app's PNG downloads)."""
     from PIL import Image
 
-    from locality_core.cli_sampling import sample_grid
+    from locality_core.cli.sampling_commands import sample_grid
     from locality_core.render import paste_grid
 
     tiles = [[Image.fromarray(np.full((2, 3), 40 * (3 * i + j), np.uint8)) for j in range(3)] for i in range(2)]

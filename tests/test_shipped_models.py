@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from locality_core.evaluate import heldout_mse_table
-from locality_core.models import ASSETS_MODELS, load_weights
+from locality_core.denoisers.evaluate import heldout_mse_table
+from locality_core.denoisers.models import ASSETS_MODELS, load_weights
 
 SHIPPED = sorted(p.parent.name for p in ASSETS_MODELS.glob("*/unet.pt"))
 
@@ -61,8 +61,8 @@ def test_natural_patches_unet_beats_wiener_on_new_photographs(natural_patches):
 
 
 def test_unet_field_is_computed_and_cached(fashion, tmp_path):
-    from locality_core.cache import ArrayCache
-    from locality_core.fields import denoiser_field
+    from locality_core.analysis.fields import denoiser_field
+    from locality_core.store.cache import ArrayCache
 
     cache = ArrayCache(tmp_path)
     f1 = denoiser_field(fashion, "unet", (14, 14), [1.0, 0.1], n=4, cache=cache)
@@ -76,8 +76,8 @@ def test_unet_field_is_computed_and_cached(fashion, tmp_path):
 def test_bfloat16_fields_agree_with_float32(fashion, tmp_path):
     """The dashboard's fast path: bfloat16 autocast Jacobians give the float32 maps (cosine >= 0.999 at every
     level, same 50 % square), and are cached under their own key."""
-    from locality_core.cache import ArrayCache
-    from locality_core.fields import cosine_similarity, denoiser_field, field_is_cached, locality_sizes
+    from locality_core.analysis.fields import cosine_similarity, denoiser_field, field_is_cached, locality_sizes
+    from locality_core.store.cache import ArrayCache
 
     cache = ArrayCache(tmp_path)
     sigmas = [12.0, 1.24, 0.1]

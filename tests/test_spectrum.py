@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from locality_core.spectrum import correlation_row, power_law_fit, variance_share
-from locality_core.stats import compute_stats
+from locality_core.stats.covariance import compute_stats
+from locality_core.stats.spectrum import correlation_row, power_law_fit, variance_share
 
 
 @pytest.mark.parametrize("beta", [0.8, 1.5, 2.5])

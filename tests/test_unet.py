@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from locality_core.data.base import Dataset, fingerprint
-from locality_core.models import ModelError, find_weights, load_unet, load_weights
-from locality_core.train import TrainConfig, learning_rate, train
-from locality_core.unet import EDMDenoiser, UNetConfig
+from locality_core.denoisers.models import ModelError, find_weights, load_unet, load_weights
+from locality_core.denoisers.training import TrainConfig, learning_rate, train
+from locality_core.denoisers.unet import EDMDenoiser, UNetConfig
 
 
 def tiny_dataset(name="tiny", seed=0) -> Dataset:
@@ -100,22 +100,22 @@ def test_resume_refuses_other_data(tmp_path):
 
 def test_interrupted_run_saves_its_step_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
     """Ctrl-C after step 2 leaves a checkpoint at step 2; resuming gives the weights of an uninterrupted run."""
-    from locality_core import train as T
+    from locality_core.denoisers import training
 
     ds, cfg = tiny_dataset(), TrainConfig(steps=4, batch=8, warmup=1)
     whole = train(ds, tmp_path / "whole", train_config=cfg, unet_config=TINY, evaluate=False, progress=False)
-    step = T.train_step
+    step = training.train_step
 
     def interrupt_at_2(run, *args):
         if run.step == 2:
             raise KeyboardInterrupt
         return step(run, *args)
 
-    monkeypatch.setattr(T, "train_step", interrupt_at_2)
+    monkeypatch.setattr(training, "train_step", interrupt_at_2)
     with pytest.raises(KeyboardInterrupt, match="interrupted at step 2.*--resume"):
         train(ds, tmp_path / "cut", train_config=cfg, unet_config=TINY, evaluate=False, progress=False)
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 2
-    monkeypatch.setattr(T, "train_step", step)
+    monkeypatch.setattr(training, "train_step", step)
     resumed = train(ds, tmp_path / "cut", resume=True, evaluate=False, progress=False)
     a, b = (torch.load(p, weights_only=True)["state_dict"] for p in (whole, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from locality_core import warmup
-from locality_core.analytical import cached_mask
-from locality_core.basis import basis_is_cached, denoiser_basis, last_basis_seconds
-from locality_core.cache import ArrayCache
+from locality_core.analysis.basis import basis_is_cached, denoiser_basis, last_basis_seconds
+from locality_core.analysis.fields import denoiser_field, field_is_cached
+from locality_core.analysis.sampling import cached_trajectory, trajectory_is_cached
+from locality_core.analysis.transforms import inject_pattern
 from locality_core.data import load_dataset
-from locality_core.experiments import inject_pattern
-from locality_core.fields import denoiser_field, field_is_cached
-from locality_core.models import save_weights
-from locality_core.sampling import cached_trajectory, trajectory_is_cached
-from locality_core.stats import get_stats
-from locality_core.unet import EDMDenoiser, UNetConfig
+from locality_core.denoisers.analytical import cached_mask
+from locality_core.denoisers.models import save_weights
+from locality_core.denoisers.unet import EDMDenoiser, UNetConfig
+from locality_core.stats.covariance import get_stats
+from locality_core.store.cache import ArrayCache
+from locality_core.views import warmup
 
 
 @pytest.fixture(scope="module")

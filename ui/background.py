@@ -1,6 +1,6 @@
 """The warm-up in the background: started once per server process (not per session) when the app first runs.
 
-It runs `python -m locality_core.warmup` as a child process at the lowest CPU priority with one torch thread, so
+It runs `python -m locality_core.views.warmup` as a child process at the lowest CPU priority with one torch thread, so
 that interactive requests keep their core; the child ends with the server. The library's cache locks keep it,
 a second server and a CLI run from computing the same entry twice. $LOCALITY_WARMUP=0 turns it off (tests).
 """
@@ -18,7 +18,7 @@ import streamlit as st
 def start_warmup() -> subprocess.Popen | None:
     if os.environ.get("LOCALITY_WARMUP", "1").strip() == "0":
         return None
-    from locality_core.cache import default_cache_dir
+    from locality_core.store.cache import default_cache_dir
 
     log_dir = default_cache_dir()
     log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -26,5 +26,5 @@ def start_warmup() -> subprocess.Popen | None:
     # started it, which ends with the first rerun)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LOCALITY_WARMUP_PARENT": str(os.getpid())}
     with open(log_dir / "warmup.log", "ab") as log:  # the child lowers its own priority (warmup.py's __main__)
-        return subprocess.Popen([sys.executable, "-m", "locality_core.warmup"], env=env, stdout=log,
+        return subprocess.Popen([sys.executable, "-m", "locality_core.views.warmup"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -7,9 +7,8 @@ from __future__ import annotations
 import streamlit as st
 
 from locality_core.data import Dataset
-
-from .state import View
-from .viewport import content_width
+from ui.state import View
+from ui.viewport import content_width
 
 # Streamlit's wide layout keeps 6rem above and 5rem beside the page: at a projector's 1280x720 that pushes the
 # key figure below the fold. The header bar (menu, sidebar arrow) stays; the page starts right under it.

@@ -1,4 +1,4 @@
-"""The trained linear denoiser experiment (locality_core.linear_fit): Adam on E||x0 - (A x + b)||^2 converges
+"""The trained linear denoiser experiment (locality_core.analysis.linear_fit): Adam on E||x0 - (A x + b)||^2 converges
 to the Wiener filter P_sigma; its field of the chosen pixel approaches the closed form.
 
 Fits are kept in `ui.memo` (the library does not cache them): a fit draws its own progress bar, which
@@ -10,16 +10,15 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from locality_core.analysis.linear_fit import fit_linear_denoiser
 from locality_core.data import Dataset
-from locality_core.linear_fit import fit_linear_denoiser
-from locality_core.stats import DataStats
-from locality_core.wiener import wiener_matrix
-
-from . import data as D
-from .figures import line_plot, map_grid
-from .memo import cached, memo
-from .state import View, noise_label
-from .widgets import current_pixel, run_button, show
+from locality_core.denoisers.wiener import wiener_matrix
+from locality_core.stats.covariance import DataStats
+from ui import loading
+from ui.figures import line_plot, map_grid
+from ui.memo import cached, memo
+from ui.state import View, noise_label
+from ui.widgets import current_pixel, run_button, show
 
 STEP_CHOICES = (300, 1000, 1500, 3000)
 
@@ -28,8 +27,8 @@ def fit(data_key: tuple[str, str, str], sigma: float, pixel: tuple[int, int], st
         progress=None) -> dict:
     """The fit's curves and fields (not A itself: small results only), memoised by their parameters."""
     def compute():
-        data = D.dataset(*data_key)
-        stats = D.stats(*data_key)
+        data = loading.dataset(*data_key)
+        stats = loading.stats(*data_key)
         P = wiener_matrix(stats.eigvecs, stats.eigvals, sigma)
         r = fit_linear_denoiser(data.train, sigma, P, pixel=pixel, steps=steps, seed=seed,
                                 record_every=max(1, steps // 60), progress=progress)
@@ -60,8 +59,8 @@ def linear_fit_section(view: View, data: Dataset, stats: DataStats, data_key: tu
     bar = st.empty()
     try:
         result = fit(*key, progress=lambda f, text: bar.progress(min(max(f, 0.0), 1.0), text=text))
-    except D.USER_ERRORS as exc:
-        D.show_error(exc)
+    except loading.USER_ERRORS as exc:
+        loading.show_error(exc)
         return
     finally:
         bar.empty()

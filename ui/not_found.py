@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 
 import streamlit as st
 
-from .navigation import HOME, PAGES
+from ui.navigation import HOME, PAGES
 
 
 def unknown_path() -> str | None:

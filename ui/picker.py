@@ -16,7 +16,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from .figures import MARK, colour_map, to_display
+from ui.figures import MARK, colour_map, to_display
 
 _CSS = f"""
 .lp-frame {{ position: relative; cursor: crosshair; user-select: none; }}

@@ -11,8 +11,7 @@ import torch
 
 from locality_core.data import DatasetError, default_dataset_name, get_spec, list_datasets
 from locality_core.schedule import REFERENCE_TIMESTEPS
-
-from .state import T_OPTIONS, View, noise_label, parse_dataset_env, resolve_sigmas
+from ui.state import T_OPTIONS, View, noise_label, parse_dataset_env, resolve_sigmas
 
 MAX_COUNT = 200_000
 

@@ -22,7 +22,7 @@ import numpy as np
 import streamlit as st
 
 from locality_core.schedule import REFERENCE_TIMESTEPS, T_DEFAULT, format_noise_level, t_to_sigma
-from locality_core.warmup import default_pixel  # the warm-up fills this pixel's fields ahead
+from locality_core.views.warmup import default_pixel  # the warm-up fills this pixel's fields ahead
 
 ENV_DATASET = "LOCALITY_APP_DATASET"
 VIEW_KEY = "_view"
@@ -59,7 +59,7 @@ def current_view() -> View:
         # A page ran without the frame: a link to a page of a freshly started server, before any session ran
         # app.py, runs the page file alone (Streamlit's legacy pages/ folder mode). Registering the navigation
         # leaves that mode; the rerun goes through app.py to the same page.
-        from .navigation import build_pages
+        from ui.navigation import build_pages
 
         st.navigation(build_pages(), position="hidden")
         st.rerun()

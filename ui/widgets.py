@@ -11,14 +11,13 @@ from collections.abc import Callable
 import numpy as np
 import streamlit as st
 
-from locality_core.analytical import mask_column
+from locality_core.analysis.fields import Field, denoiser_field
 from locality_core.data import Dataset
-from locality_core.fields import Field, denoiser_field
-
-from . import data as D
-from .figures import plotly_config
-from .picker import pixel_picker
-from .state import PIXEL_STORE, PIXEL_URL_KEY, default_pixel, parse_pixel, stored_pixel
+from locality_core.denoisers.analytical import mask_column
+from ui import loading
+from ui.figures import plotly_config
+from ui.picker import pixel_picker
+from ui.state import PIXEL_STORE, PIXEL_URL_KEY, default_pixel, parse_pixel, stored_pixel
 
 
 def pixel_inputs(shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -144,7 +143,7 @@ def show(fig, key: str, filename: str) -> None:
 @st.cache_data(max_entries=1024, show_spinner=False)
 def _mask_column(data_key: tuple[str, str, str], pixel: tuple[int, int], sigma: float, theta: float | None,
                  mode: str) -> tuple[np.ndarray, int, float, float]:
-    col = mask_column(D.stats(*data_key), pixel, sigma, theta, mode)
+    col = mask_column(loading.stats(*data_key), pixel, sigma, theta, mode)
     return col.map, col.size, col.max_abs_m, col.theta
 
 
@@ -159,7 +158,7 @@ def mask_maps(data_key: tuple[str, str, str], pixel: tuple[int, int], sigmas: tu
         for i, sigma in enumerate(sigmas):
             slot.progress(i / len(sigmas), text=f"Analytical masks: σ={sigma:.3g} ({i + 1}/{len(sigmas)}; computed "
                                                 f"once per noise level, then cached)")
-            with D.single_thread_blas():
+            with loading.single_thread_blas():
                 m, size, top, theta_used = _mask_column(data_key, pixel, float(sigma), theta, mode)
             maps.append(m)
             sizes.append(size)

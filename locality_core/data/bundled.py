@@ -16,7 +16,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from .base import DatasetError
+from locality_core.data.base import DatasetError
 
 
 def skimage_file(name: str) -> Path:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Dataset, DatasetError, fingerprint, to_signed_unit
-from .download import data_home, download, extract_tar, file_md5, offline
+from locality_core.data.base import Dataset, DatasetError, fingerprint, to_signed_unit
+from locality_core.data.download import data_home, download, extract_tar, file_md5, offline
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cache import default_cache_dir
-from ..files import atomic_write
+from locality_core.store.cache import default_cache_dir
+from locality_core.store.files import atomic_write
 
 META = "meta.json"
 

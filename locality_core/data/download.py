@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .base import DatasetError
+from locality_core.data.base import DatasetError
 
 
 def data_home() -> Path:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Dataset, DatasetError, fingerprint, to_signed_unit
-from .bundled import skimage_available, skimage_file
+from locality_core.data.base import Dataset, DatasetError, fingerprint, to_signed_unit
+from locality_core.data.bundled import skimage_available, skimage_file
 
 FILE = "lfw_subset.npy"
 N_FACES = 100

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Dataset, DatasetError, fingerprint
+from locality_core.data.base import Dataset, DatasetError, fingerprint
 
 SIZE = 28
 STD = 0.3

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import Dataset, DatasetError, fingerprint, to_signed_unit
-from .bundled import cut, grid, skimage_file, window_std
+from locality_core.data.base import Dataset, DatasetError, fingerprint, to_signed_unit
+from locality_core.data.bundled import cut, grid, skimage_file, window_std
 
 SIZE = 32
 BASE_SIDE = 512  # step 1: shorter side brought near this many pixels before the scales

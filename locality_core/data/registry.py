@@ -11,12 +11,14 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from . import cifar10, faces, grf, natural, textures, user
-from .base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
-from .decoded import decoded
-from .download import data_home, offline
-from .idx import SOURCES, SPLIT_FILES, candidate_dirs, download_idx, find_idx_dir, load_idx_split
+from locality_core.data import cifar10, faces, grf, natural, textures, user
+from locality_core.data.base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
+from locality_core.data.decoded import decoded
+from locality_core.data.download import data_home, offline
+from locality_core.data.idx import SOURCES, SPLIT_FILES, candidate_dirs, download_idx, find_idx_dir, load_idx_split
+from locality_core.store.memory import available_memory
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
@@ -59,8 +61,6 @@ def _load_idx_dataset(name: str, title: str, classes: tuple[str, ...], progress:
 
 
 def _labels(y: np.ndarray):
-    import torch
-
     return torch.from_numpy(y.astype(np.int64))
 
 
@@ -231,8 +231,6 @@ def _image_count(name: str, params: dict) -> int | None:
 
 def check_size(name: str, params: dict) -> None:
     """Refuse options whose data set would not fit in memory, before building it (DatasetError)."""
-    from ..stats import available_memory
-
     n = _image_count(name, params)
     spec = REGISTRY.get(name)
     if n is None or spec is None or spec.shape is None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Dataset, fingerprint, to_signed_unit
-from .bundled import cut, grid, read_image, skimage_available, skimage_file
+from locality_core.data.base import Dataset, fingerprint, to_signed_unit
+from locality_core.data.bundled import cut, grid, read_image, skimage_available, skimage_file
 
 SIZE = 28
 TEXTURES = ("brick", "grass", "gravel")

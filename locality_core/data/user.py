@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..files import atomic_write
-from ..locks import owned_lock
-from .base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
-from .download import data_home
+from locality_core.data.base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
+from locality_core.data.download import data_home
+from locality_core.store.files import atomic_write
+from locality_core.store.locks import owned_lock
 
 PREFIX = "user:"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -1,0 +1,161 @@
+"""Agreement between denoisers (an analytical model vs the trained network), and a memorisation check.
+
+Glossary
+    r2          as the public code of Lukoianov et al. defines it: 1 - sum_j (x_j - y_j)^2 / (d * Var(y)),
+                y the REFERENCE's image (the network's x0_hat), Var unbiased over its d pixels; per sample,
+                then averaged. Not symmetric: the reference goes second
+    pearson     correlation of the two mean-centred images (Kamb & Ganguli's statistic, which they call r^2);
+                per sample, reported as mean and median
+    mse         mean squared difference per pixel, per sample, averaged
+    same input  both denoisers on the same noisy held-out images at the grid sigmas (score matching)
+    trajectory  both samplers from the same initial noise; the final samples compared
+    nearest     the training image closest in L2 to a sample, and that distance (memorisation check)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from locality_core.analysis.sampling import sample_many
+from locality_core.denoisers.evaluate import grid_seed, noisy_heldout
+from locality_core.schedule import sigma_to_t
+from locality_core.store.cache import default_cache
+
+
+def _flat(a: torch.Tensor) -> torch.Tensor:
+    return a.reshape(len(a), -1).double()
+
+
+def r2_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(n,) r2 of x against the reference y, both (n, ...)."""
+    x, y = _flat(x), _flat(y)
+    return 1.0 - (x - y).pow(2).sum(1) / (y.shape[1] * y.var(dim=1, unbiased=True))
+
+
+def pearson_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(n,) Pearson correlation of the mean-centred images x, y (n, ...)."""
+    x, y = _flat(x), _flat(y)
+    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    return (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1)).clamp_min(1e-300)
+
+
+def mse_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(n,) mean squared difference per pixel."""
+    return (_flat(x) - _flat(y)).pow(2).mean(1)
+
+
+def agreement(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """r2 (mean), pearson (mean and median) and mse (mean) of x against the reference y."""
+    p = pearson_scores(x, y)
+    return {"r2": float(r2_scores(x, y).mean()), "pearson": float(p.mean()), "pearson_median": float(p.median()),
+            "mse": float(mse_scores(x, y).mean())}
+
+
+@torch.no_grad()
+def same_input_outputs(denoiser: Callable, x0: torch.Tensor, sigmas: list[float], *, seed: int = 0,
+                       batch_size: int = 64) -> torch.Tensor:
+    """(S, n, C, H, W): the denoiser on x0 + sigma * eps at each sigma (the evaluation's noise, `evaluate.grid_seed`,
+    the same for every denoiser)."""
+    out = []
+    for i, sigma in enumerate(sigmas):
+        x = noisy_heldout(x0, float(sigma), grid_seed(i, seed))[0]
+        out.append(torch.cat([denoiser(x[s:s + batch_size], sigma) for s in range(0, len(x), batch_size)]))
+    return torch.stack(out)
+
+
+def _per_sigma_rows(ours: torch.Tensor, ref: torch.Tensor, sigmas: list[float]) -> list[dict]:
+    return [{"sigma": float(sigma), "t": round(float(sigma_to_t(sigma)), 1), **agreement(a, b)}
+            for sigma, a, b in zip(sigmas, ours, ref, strict=True)]
+
+
+def same_input_agreement(denoiser: Callable, reference: Callable, x0: torch.Tensor, sigmas: list[float], *,
+                         seed: int = 0, batch_size: int = 64) -> list[dict]:
+    """Both denoisers on the same noisy inputs (`same_input_outputs`).
+
+    Rows {"sigma", "t", "r2", "pearson", "pearson_median", "mse"}, one per sigma.
+    """
+    ours = same_input_outputs(denoiser, x0, sigmas, seed=seed, batch_size=batch_size)
+    ref = same_input_outputs(reference, x0, sigmas, seed=seed, batch_size=batch_size)
+    return _per_sigma_rows(ours, ref, sigmas)
+
+
+def mean_rows(rows: list[dict], keys=("r2", "pearson", "mse")) -> dict[str, float]:
+    """Average of each key over rows (e.g. over the sigmas of `same_input_agreement`)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+
+
+@torch.no_grad()
+def nearest_training(samples: torch.Tensor, train: torch.Tensor, *, chunk_size: int = 4096,
+                     exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index (n,) of the training image nearest to each sample in L2, and the distance (n,), float64.
+
+    Streams over the training images; distances are computed as ||s||^2 - 2 s.t + ||t||^2 in float64.
+    ``exclude`` (n,): a training index per sample that does not count (the sample itself, when the samples are
+    training images).
+    """
+    s = _flat(samples)
+    s_sq = s.pow(2).sum(1)
+    best = torch.full((len(s),), float("inf"), dtype=torch.float64)
+    best_idx = torch.zeros(len(s), dtype=torch.long)
+    for start in range(0, len(train), chunk_size):
+        t = _flat(train[start:start + chunk_size])
+        d2 = s_sq[:, None] - 2.0 * s @ t.T + t.pow(2).sum(1)[None]
+        if exclude is not None:
+            inside = (exclude >= start) & (exclude < start + len(t))
+            d2[inside.nonzero()[:, 0], exclude[inside] - start] = float("inf")
+        val, idx = d2.min(dim=1)
+        better = val < best
+        best = torch.where(better, val, best)
+        best_idx = torch.where(better, idx + start, best_idx)
+    return best_idx, best.clamp_min(0).sqrt()
+
+
+def agreement_table(dataset, denoisers: dict[str, Callable], reference: Callable, *, sigmas: list[float],
+                    n_inputs: int = 8, n_samples: int = 8, seed: int = 0, batch_size: int = 8,
+                    progress: Callable[[str], None] | None = None, cache_ids: dict[str, str] | None = None,
+                    cache=None) -> list[dict]:
+    """One row per denoiser vs ``reference``: r2_same_input, mse_same_input, pearson_same_input (means over
+    sigmas), r2_trajectory, pearson_trajectory, pearson_trajectory_median, mse_trajectory, and per_sigma rows.
+
+    ``cache_ids``: for the denoisers named there (the key "reference" for the reference), their outputs (on the
+    same inputs and along the trajectories) are kept in the disk cache under that id, so a later table against
+    another reference, or with another denoiser added, computes only what is new.
+    """
+    x0 = dataset.test[:n_inputs]
+    shape = tuple(dataset.shape)
+    cache_ids = cache_ids or {}
+
+    def outputs(name: str, denoiser: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        if progress:
+            progress(name)
+
+        def compute() -> dict[str, np.ndarray]:
+            same = same_input_outputs(denoiser, x0, sigmas, seed=seed, batch_size=batch_size)
+            samples = sample_many({name: denoiser}, n_samples, seed, sigmas, shape=shape, batch_size=batch_size)
+            return {"same": same.numpy(), "samples": samples[name].numpy()}
+
+        if name not in cache_ids:
+            a = compute()
+        else:
+
+            store = cache or default_cache()
+            key = store.make_key("agreement-outputs", dataset.fingerprint, cache_ids[name],
+                                 ",".join(f"{s:.6g}" for s in sigmas), n_inputs, n_samples, seed)
+            a = store.get_or_compute(key, compute)
+        return torch.from_numpy(a["same"]), torch.from_numpy(a["samples"])
+
+    ref_same, ref_samples = outputs("reference", reference)
+    rows = []
+    for name, denoiser in denoisers.items():
+        same_out, samples = outputs(name, denoiser)
+        per_sigma = _per_sigma_rows(same_out, ref_same, sigmas)
+        same = mean_rows(per_sigma)
+        traj = agreement(samples, ref_samples)
+        rows.append({"denoiser": name, "r2_same_input": same["r2"], "r2_trajectory": traj["r2"],
+                     "pearson_trajectory": traj["pearson"], "mse_same_input": same["mse"],
+                     "pearson_same_input": same["pearson"], "pearson_trajectory_median": traj["pearson_median"],
+                     "mse_trajectory": traj["mse"], "per_sigma": per_sigma})
+    return rows

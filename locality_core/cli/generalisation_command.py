@@ -1,0 +1,71 @@
+"""`locality generalisation DATASET [--json]`: the memorisation-to-generalisation table, one row per N, for the
+networks trained on disjoint subsets (scripts/train_subsets.sh) and for the analytical denoiser fitted on each."""
+
+from __future__ import annotations
+
+import json
+
+from locality_core.analysis import generalisation
+from locality_core.cli.common import load, progress_bar
+from locality_core.denoisers.models import ModelError, how_to_train_subsets
+
+COLUMNS = (("n", "N", "{:,}"), ("cosine", "A-B cos", "{:.3f}"), ("mse_ab", "A-B MSE", "{:.4f}"),
+           ("dist_own", "d own", "{:.2f}"), ("dist_own_max", "max", "{:.2f}"), ("dist_own_rel", "/ typical", "{:.2f}"),
+           ("dist_other", "d other", "{:.2f}"), ("heldout_nn", "d test", "{:.2f}"),
+           ("train_mse_t300", "train MSE t300", "{:.4f}"), ("heldout_mse_t300", "test MSE t300", "{:.4f}"))
+
+
+def _cmd_generalisation(args) -> int:
+    dataset = load(args.dataset)
+    if not generalisation.family_sizes(dataset):
+        raise ModelError(how_to_train_subsets(dataset.name))
+    kinds = ("unet",) if args.no_analytical else generalisation.KINDS
+    update, close = progress_bar(f"generalisation {dataset.name}")
+    try:
+        result = generalisation.precompute(dataset, None if args.json else update, kinds=kinds)
+    finally:
+        close()
+    if args.json:
+        print(json.dumps({"dataset": dataset.name, **result}, indent=2))
+        return 0
+    if args.markdown:
+        print(markdown(result))
+        return 0
+    for kind, rows in result.items():
+        print(f"\n{kind}: A and B built from disjoint subsets of N images, {generalisation.N_SAMPLES} samples from the same noise"
+              f" (DDIM {generalisation.STEPS} steps); distances L2 on pixels in [-1, 1]; typical nearest-neighbour distance "
+              f"between training images {rows[0]['train_nn']:.2f}" if rows else f"\n{kind}: no rows")
+        print("  ".join(f"{title:>14}" for _, title, _ in COLUMNS))
+        for row in rows:
+            print("  ".join(f"{fmt.format(row[key]):>14}" for key, _, fmt in COLUMNS))
+    return 0
+
+
+MARKDOWN = (("cosine", "A-B cosine", "{:.3f}"), ("mse_ab", "A-B MSE", "{:.4f}"),
+            ("dist_own", "to own subset: mean (max)", None), ("dist_own_rel", "/ typical neighbour distance", "{:.2f}"),
+            ("dist_other", "to other subset", "{:.2f}"), ("heldout_nn", "test images to subset", "{:.2f}"),
+            ("train_mse_t300", "train MSE t=300", "{:.4f}"), ("heldout_mse_t300", "held-out MSE t=300", "{:.4f}"))
+
+
+def markdown(result: dict[str, list[dict]]) -> str:
+    """The README's table: one row per denoiser kind and N."""
+    head = "| denoiser | N | " + " | ".join(title for _, title, _ in MARKDOWN) + " |"
+    lines = [head, "|" + " --- |" * (2 + len(MARKDOWN))]
+    for kind, rows in result.items():
+        for r in rows:
+            cells = [f"{r['dist_own']:.2f} ({r['dist_own_max']:.2f})" if fmt is None else fmt.format(r[key])
+                     for key, _, fmt in MARKDOWN]
+            lines.append(f"| {kind} | {r['n']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def add_command(subparsers) -> None:
+    p = subparsers.add_parser("generalisation", help="memorisation to generalisation: subset networks A vs B per N")
+    p.add_argument("dataset")
+    p.add_argument("--json", action="store_true", help="print JSON: {unet: [row per N], analytical: [...]}")
+    p.add_argument("--markdown", action="store_true", help="print the README's markdown table")
+    p.add_argument("--no-analytical", action="store_true",
+                   help="networks only (the analytical denoiser at N = 30,000 takes minutes on a CPU)")
+    p.set_defaults(func=_cmd_generalisation)
+
+

@@ -1,0 +1,300 @@
+"""An on-disk cache of numpy arrays that never unpickles, computes each value once, and heals itself.
+
+Glossary
+    key       a string: what was computed, from which data (fingerprint), with which code version
+    entry     a dict of named numpy arrays, stored as one ``.npz`` blob behind a sha256 header
+    compute   a function returning such a dict; run at most once per key across threads and processes
+    kept      an entry asked for with ``keep=True``, also held decoded in this process's memory (`KEEP_BYTES`)
+
+The cache story. (1) Disk, owned by the library: each cached function of `locality_core` builds its key from
+its own arguments (data fingerprint, `denoisers.denoiser_cache_id`, sizes, seed), once per call, and the app,
+the CLI and the warm-up call the same functions, so what one computes is a hit for the others (`locality
+sample`, the Samples page and the warm-up share `sampling.cached_trajectory`). (2) Memory, in the library: what
+every rerun reads, the statistics (`stats.get_stats` asks for ``keep=True``, so per data fingerprint), and
+objects that are not arrays: the last data sets (`data.load_dataset`) and built denoisers
+(`denoisers.get_denoiser`). (3) The dashboard adds at most one layer over a library call and never builds a
+disk key; a module with such a layer says why at its top: st.cache_resource for objects all sessions share,
+st.cache_data for small results the library does not keep (mask columns, nearest training images, tr J
+estimates), `ui/memo.py` for results that draw their own progress or that a page asks about before computing
+(linear fits, Jacobian bases). ``on_miss`` lets a page say what it waits for, without a second key lookup.
+
+Why not diskcache's defaults: diskcache pickles values (CVE-2025-69872: whoever can write the cache folder
+runs code in the app) and its ``memoize`` lets concurrent processes compute the same cold value. Here
+values are raw bytes (diskcache stores bytes without pickling), reads refuse any pickled entry, every
+value carries a checksum (a truncated or corrupted entry is a miss: dropped and recomputed), and cold
+values are computed under a lock file (`locks.owned_lock`) that the owner's death releases at once.
+A damaged sqlite file is moved aside and a fresh cache started; an unusable folder gives an in-memory cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import diskcache
+import numpy as np
+
+from locality_core.store.locks import owned_lock
+
+MAGIC = b"LXC1"
+CODE_VERSION = "1"  # bump when a cached computation changes meaning
+DEFAULT_SIZE_LIMIT = 8 * 2**30
+KEEP_BYTES = 2**30  # kept entries held in memory per process (least recently used dropped beyond it)
+
+Arrays = dict[str, np.ndarray]
+
+
+class _NoPickleDisk(diskcache.Disk):
+    """A diskcache Disk that refuses to unpickle anything, keys or values."""
+
+    def fetch(self, mode, filename, value, read):
+        if mode == diskcache.core.MODE_PICKLE:
+            raise ValueError("refusing a pickled cache entry")
+        return super().fetch(mode, filename, value, read)
+
+    def get(self, key, raw):
+        if not raw:
+            raise ValueError("refusing a pickled cache key")
+        return super().get(key, raw)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("LOCALITY_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "locality-explorer"
+
+
+def encode(arrays: Arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    payload = buf.getvalue()
+    return MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def decode(blob: bytes) -> Arrays:
+    """Inverse of `encode`; raises ValueError on anything but an intact entry."""
+    if not isinstance(blob, bytes) or blob[:4] != MAGIC:
+        raise ValueError("not a Locality Explorer cache entry")
+    digest, payload = blob[4:36], blob[36:]
+    if hashlib.sha256(payload).digest() != digest:
+        raise ValueError("cache entry checksum mismatch (truncated or corrupted)")
+    with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+class MemoryStore:
+    """The part of diskcache's interface the cache uses, in memory, least recently used first out beyond
+    ``size_limit`` (of ``size`` summed over the values; the newest value always stays): the fallback when no
+    folder is usable (values: blobs), and the entries kept in memory (`ArrayCache`'s ``keep``; values: arrays)."""
+
+    def __init__(self, size_limit: int = DEFAULT_SIZE_LIMIT, size: Callable = len):
+        self.size_limit, self._size = size_limit, size
+        self._blobs: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, default=None, read: bool = False):
+        with self._lock:
+            if key not in self._blobs:
+                return default
+            self._blobs.move_to_end(key)
+            return self._blobs[key]
+
+    def set(self, key: str, blob) -> None:
+        with self._lock:
+            self._blobs[key] = blob
+            self._blobs.move_to_end(key)
+            while self.volume() > self.size_limit and len(self._blobs) > 1:
+                self._blobs.popitem(last=False)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._blobs.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._blobs.clear()
+
+    def volume(self) -> int:
+        return sum(self._size(b) for b in self._blobs.values())
+
+
+def _nbytes(arrays: Arrays) -> int:
+    return sum(a.nbytes for a in arrays.values())
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _damaged(exc: BaseException) -> bool:
+    """Whether a sqlite error says the file itself is damaged (rather than unreachable or read-only)."""
+    text = str(exc).lower()
+    return type(exc) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text
+
+
+def _make_private_dir(directory: Path, warn: Callable[[str], None] = _warn) -> None:
+    """Create ``directory`` readable by its owner only. An existing folder keeps its mode (it may be shared on
+    purpose), with a warning when anyone else may write to it: whoever can write the cache can plant wrong
+    numbers in it (never code: entries are not unpickled)."""
+    if not directory.is_dir():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return
+    mode = directory.stat().st_mode
+    if mode & 0o022 and not mode & 0o1000:  # group- or world-writable, and not sticky like /tmp
+        warn(f"warning: the cache folder {directory} is writable by other users, who could store wrong results "
+             f"in it; `chmod go-w {directory}` unless it is shared on purpose.")
+
+
+def open_values(folder: Path, size_limit: int, warn: Callable[[str], None] = _warn) -> diskcache.Cache:
+    """diskcache in ``folder``; a damaged ``cache.db`` is moved aside (with a warning) and a fresh one started."""
+    options = {"disk": _NoPickleDisk, "size_limit": size_limit, "eviction_policy": "least-recently-used"}
+    try:
+        cache = diskcache.Cache(str(folder), **options)
+        cache.get("probe:health", default=None)  # reads the tables: a damaged file fails here at the latest
+        return cache
+    except sqlite3.DatabaseError as exc:
+        if not _damaged(exc):
+            raise
+        db = folder / "cache.db"
+        aside = db.with_name(f"cache.db.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        os.replace(db, aside)
+        for extra in ("cache.db-wal", "cache.db-shm"):
+            (folder / extra).unlink(missing_ok=True)
+        warn(f"warning: the cache database {db} was damaged ({exc}); moved it to {aside.name} and started a "
+             "fresh cache.")
+        return diskcache.Cache(str(folder), **options)
+
+
+class ArrayCache:
+    """Named-array cache in ``directory`` (default ``$LOCALITY_CACHE_DIR`` or ``~/.cache/locality-explorer``).
+
+    A folder that cannot be used (read-only, not a folder, a database that cannot be opened) makes it an
+    in-memory cache for this process, with a one-line warning; ``memory_only`` tells which it is.
+    """
+
+    def __init__(self, directory: str | Path | None = None, size_limit: int = DEFAULT_SIZE_LIMIT,
+                 warn: Callable[[str], None] = _warn):
+        self.directory = Path(directory) if directory else default_cache_dir()
+        self.memory_only = False
+        self._warn = warn
+        self._thread_locks: dict[str, threading.Lock] = {}
+        self._kept = MemoryStore(KEEP_BYTES, size=_nbytes)  # entries read with keep=True
+        try:
+            _make_private_dir(self.directory, warn)
+            self._lock_dir = self.directory / "locks"
+            self._lock_dir.mkdir(mode=0o700, exist_ok=True)
+            self._values = open_values(self.directory / "values", size_limit, warn)
+        except (OSError, sqlite3.Error) as exc:
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        if not self.memory_only:
+            self._warn(f"warning: the cache folder {self.directory} cannot be used ({exc}); results are kept in "
+                       "memory for this process only: fix the folder or point LOCALITY_CACHE_DIR elsewhere.")
+        self.memory_only = True
+        self._values = MemoryStore()
+
+    @staticmethod
+    def make_key(kind: str, *parts) -> str:
+        return "/".join([f"v{CODE_VERSION}", kind, *(str(p) for p in parts)])
+
+    def get(self, key: str) -> Arrays | None:
+        """The entry, or None when missing or damaged (a damaged entry is deleted)."""
+        try:
+            blob = self._values.get(key, default=None, read=False)
+            return None if blob is None else decode(blob)
+        except Exception:  # truncated file, checksum mismatch, pickled entry, I/O error: all a miss
+            self.delete(key)
+            return None
+
+    def set(self, key: str, arrays: Arrays) -> None:
+        blob = encode(arrays)
+        try:
+            self._values.set(key, blob)
+        except (OSError, sqlite3.Error) as exc:  # the folder turned read-only or full: keep going in memory
+            self._fall_back(exc)
+            self._values.set(key, blob)
+
+    def delete(self, key: str) -> None:
+        self._kept.delete(key)
+        try:
+            self._values.delete(key)
+        except Exception:
+            pass
+
+    def __contains__(self, key: str) -> bool:
+        return self._kept.get(key) is not None or self.get(key) is not None
+
+    @contextlib.contextmanager
+    def _lock(self, key: str):
+        """Across processes: a lock file that its owner's death releases; in memory: a thread lock."""
+        if self.memory_only:
+            with self._thread_locks.setdefault(key, threading.Lock()):
+                yield
+            return
+        try:
+            lock = owned_lock(self._lock_dir, key, what=f"computing {key}")
+            lock.__enter__()
+        except OSError as exc:  # the lock folder became unusable
+            self._fall_back(exc)
+            with self._lock(key):
+                yield
+            return
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
+
+    def get_or_compute(self, key: str, compute: Callable[[], Arrays], *, keep: bool = False,
+                       on_miss: Callable[[], None] | None = None) -> Arrays:
+        """Check, lock, check again, compute: a cold key is computed once even by concurrent processes.
+
+        ``keep``: also hold the entry in this process's memory, so that later calls read no disk (values are
+        shared, not copied: treat them as read-only). ``on_miss()`` runs once when the key is not cached,
+        before waiting for another process that may be computing it: a page can say what it waits for.
+        """
+        hit = self._kept.get(key) if keep else None
+        if hit is not None:
+            return hit
+        hit = self.get(key)
+        if hit is None:
+            if on_miss is not None:
+                on_miss()
+            with self._lock(key):
+                hit = self.get(key)
+                if hit is None:
+                    hit = {k: np.asarray(v) for k, v in compute().items()}
+                    self.set(key, hit)
+        if keep:
+            self._kept.set(key, hit)
+        return hit
+
+    def clear(self) -> None:
+        self._kept.clear()
+        self._values.clear()
+
+    def volume(self) -> int:
+        """Bytes on disk (in memory for a memory-only cache)."""
+        return self._values.volume()
+
+
+_default: ArrayCache | None = None
+
+
+def default_cache() -> ArrayCache:
+    """The process-wide cache in `default_cache_dir()` (re-created if the environment points elsewhere)."""
+    global _default
+    if _default is None or _default.directory != default_cache_dir():
+        _default = ArrayCache()
+    return _default
