@@ -32,7 +32,8 @@ def table(kind: str, sizes: list[int]) -> list[dict]:
     """Rows of ``kind`` for ``sizes``, with a progress bar when something is computed (then cached on disk)."""
     bar = st.empty()
     try:
-        return generalisation.table(data, kind, sizes, progress=lambda f, text: bar.progress(min(max(f, 0.0), 1.0), text=text))
+        return generalisation.table(data, kind, sizes,
+                                    progress=lambda f, text: bar.progress(min(max(f, 0.0), 1.0), text=text))
     except loading.USER_ERRORS as exc:
         loading.show_error(exc, "Subset networks")
         st.stop()
@@ -77,7 +78,8 @@ st.caption("Rows: the A network's samples (one per noise seed), the image of sub
 
 # ---------------------------------------------------------------- curves against N
 st.subheader("Against N")
-t = st.radio("Denoising error at DDPM timestep t", generalisation.MSE_TIMESTEPS, index=1, key="gen_t", bind="query-params",
+t = st.radio("Denoising error at DDPM timestep t", generalisation.MSE_TIMESTEPS, index=1, key="gen_t",
+             bind="query-params",
              horizontal=True)
 c1, c2, c3 = st.columns(3)
 with c1:
@@ -89,11 +91,13 @@ with c3:
 
 lines = []
 for kind, rows in tables.items():
+    ratios = [{**r, "ratio": r[f"heldout_mse_t{t}"] / r[f"train_mse_t{t}"]} for r in rows]
     name = subset_figures.KIND_TITLES[kind].capitalize()
-    lines.append(f"**{name}**: the A-B cosine similarity {generalisation.trend(rows, 'cosine')}; the distance to the nearest own "
+    lines.append(f"**{name}**: the A-B cosine similarity {generalisation.trend(rows, 'cosine')}; the distance to "
+                 "the nearest own "
                  f"training image, relative to the typical neighbour distance ({rows[0]['train_nn']:.2f}), "
                  f"{generalisation.trend(rows, 'dist_own_rel')}; the held-out / training MSE ratio at t = {t} "
-                 f"{generalisation.trend([{**r, 'ratio': r[f'heldout_mse_t{t}'] / r[f'train_mse_t{t}']} for r in rows], 'ratio')}.")
+                 f"{generalisation.trend(ratios, 'ratio')}.")
 if "analytical" not in tables:
     lines.append("The analytical denoiser's curves appear once it is computed (button above).")
 st.markdown("\n\n".join(lines))
@@ -114,7 +118,8 @@ def card_note() -> str:
     return f"Networks: the same UNet for every N ({text}). "
 
 
-st.caption(card_note() + f"{generalisation.N_SAMPLES} noise seeds, DDIM {generalisation.STEPS} steps (t = 900 → 0). Cosine similarity after "
+st.caption(card_note() + f"{generalisation.N_SAMPLES} noise seeds, DDIM {generalisation.STEPS} steps (t = 900 → 0). "
+           "Cosine similarity after "
            "subtracting the data set's mean image. Typical neighbour distance: the median distance from a training "
            "image to the nearest other one; dotted: held-out test images to the nearest image of a subset of "
            f"size N. MSE on up to {generalisation.N_EVAL} own training images (all of them when N is smaller) and "

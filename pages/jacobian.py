@@ -62,7 +62,8 @@ def model_basis(model: str, s: float):
 
 
 def on_disk(model: str, s: float) -> bool:
-    return cached("jacobian_basis", model_basis(model, s)[0]) or basis_panels.basis_is_cached(data, model, image_index, s,
+    return cached("jacobian_basis", model_basis(model, s)[0]) or basis_panels.basis_is_cached(data, model,
+                                                                                                image_index, s,
                                                                                    view.seed)
 
 
@@ -148,7 +149,8 @@ fig.update_xaxes(autorange="reversed")
 show(fig, "jb_trace", f"{view.dataset}-jacobian-trace")
 note = (" Network Jacobians in bfloat16, which this CPU runs natively (2-3x faster; eigenvalues within about "
         "0.3 % of float32)." if loading.field_precision() == "bfloat16" and name is not None else "")
-note += (f" The {name} curve is a Hutchinson estimate (mean of vᵀJv over {basis_panels.PROBES} random ±1 probes v; error bars: "
+note += (f" The {name} curve is a Hutchinson estimate (mean of vᵀJv over {basis_panels.PROBES} random ±1 probes v; "
+         "error bars: "
         "one standard error), not the exact trace: the button above computes the exact one." if errors else "")
 st.caption(f"At test image #{image_index}. High noise keeps few dimensions, low noise nearly all {stats.d:,}. The "
            "Wiener filter's count is the same for every image; a network's depends on the image." + note)

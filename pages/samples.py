@@ -116,7 +116,8 @@ if "unet" in names:
         a = agreement(torch.from_numpy(finals[name]), ref)
         table.append({"denoiser": specs[name].title, "r² vs UNet": a["r2"], "Pearson (mean)": a["pearson"],
                       "Pearson (median)": a["pearson_median"], "MSE vs UNet": a["mse"],
-                      "nearest training image (mean L2)": float(np.mean(sample_rows.nearest(data_key, finals[name])[1]))})
+                      "nearest training image (mean L2)": float(np.mean(
+                          sample_rows.nearest(data_key, finals[name])[1]))})
     if table:
         st.dataframe(pd.DataFrame(table).set_index("denoiser").style.format("{:.3f}"), width="stretch")
     st.caption("Final samples from the same noise, compared pixel by pixel with the UNet's: r² = 1 − Σ(x−y)² / "

@@ -1,6 +1,5 @@
 """Your own data: import a .zip of images as a data set, then explore it on every page."""
 
-import os
 import secrets
 import tempfile
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from locality_core import settings
 from locality_core.data import (
     DatasetError,
     default_dataset_name,
@@ -22,7 +22,7 @@ from ui.state import View, current_view
 
 SIZES = [16, 24, 28, 32, 48, 64]
 MAX_UPLOAD_MB = st.get_option("server.maxUploadSize")
-READ_ONLY = os.environ.get("LOCALITY_READ_ONLY", "").strip() not in ("", "0")
+READ_ONLY = settings.READ_ONLY.flag()
 OWN = "own_imports"  # session state: the names this session imported, the only ones it may replace or delete
 
 view = current_view()

@@ -77,10 +77,11 @@ def unet_click(model, dataset, pixel, sigmas, cache, *, seed: int = 0, n: int = 
     import torch
 
     from locality_core.analysis.fields import autograd_field
+    from locality_core.store.cache import CacheKind
 
     for group in ([sigmas] if batched else [[s] for s in sigmas]):
-        key = cache.make_key("bench-field", dataset.fingerprint, f"{pixel}", ",".join(f"{s:.6g}" for s in group),
-                             n, seed, precision)
+        key = CacheKind("bench-field").key(dataset.fingerprint, f"{pixel}", ",".join(f"{s:.6g}" for s in group),
+                                           n, seed, precision)
 
         def compute(group=group):
             f = autograd_field(model, dataset.test[:n], pixel, group, generator=torch.Generator().manual_seed(seed),

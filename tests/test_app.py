@@ -186,7 +186,7 @@ def test_sensitivity_rows_unet_and_signed_toggle():
 def test_sensitivity_cold_unet_shows_a_preview_then_the_full_fields():
     """A pixel nobody clicked before: the page first computes the 4-image preview (all levels at once), then the
     32-image fields per level, and ends on the full view."""
-    from locality_core.analysis.fields import _field_key, field_is_cached
+    from locality_core.analysis.fields import field_is_cached, field_key
     from locality_core.data import load_dataset
     from locality_core.schedule import REFERENCE_TIMESTEPS
     from locality_core.store.cache import default_cache
@@ -197,7 +197,7 @@ def test_sensitivity_cold_unet_shows_a_preview_then_the_full_fields():
     kw = {"seed": 0, "precision": "float32"}
     cache = default_cache()
     for n, levels in [(PREVIEW_N, sigmas)] + [(32, [s]) for s in sigmas]:  # cold, even after an earlier run
-        cache.delete(_field_key(cache, data, "unet", pixel, levels, n, 0, "float32", {}))
+        cache.delete(field_key(data, "unet", pixel, levels, n, 0, "float32", {}))
     assert not field_is_cached(data, "unet", pixel, sigmas, n=PREVIEW_N, **kw)
     os.environ["LOCALITY_FIELD_PRECISION"] = "float32"
     try:
@@ -217,13 +217,13 @@ def test_sensitivity_builds_each_unet_field_key_once_per_click(monkeypatch):
     from locality_core.analysis import fields
 
     built = []
-    real = fields._field_key
+    real = fields.field_key
 
     def counting(cache, dataset, name, pixel, sigmas, *rest):
         built.append((name, tuple(pixel), tuple(sigmas), *rest[:2]))
         return real(cache, dataset, name, pixel, sigmas, *rest)
 
-    monkeypatch.setattr(fields, "_field_key", counting)
+    monkeypatch.setattr(fields, "field_key", counting)
     at = run_page(query={"pixel": "9,4"})
     assert_clean(at)
     assert built and len(built) == len(set(built)), built

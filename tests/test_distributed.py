@@ -18,7 +18,7 @@ from locality_core.denoisers.optimal import OptimalDenoiser, optimal_state
 from locality_core.denoisers.patches import LSDenoiser, ls_state
 from locality_core.denoisers.softmax import finish, merge_states
 from locality_core.denoisers.wiener import wiener_matrix
-from locality_core.stats.covariance import compute_stats, data_moments, merge_moments
+from locality_core.stats.covariance import compute_stats, data_moments, merge_moments, stats_key
 
 SHAPE = (1, 6, 6)
 N = 37
@@ -185,7 +185,7 @@ def test_precompute_under_torchrun_caches_the_one_process_statistics(fashion, tm
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("statistics cached") == 1                  # rank 0 alone prints
     cache = ArrayCache(tmp_path)
-    assert cache.make_key("stats", fashion.fingerprint) in cache        # stored by the ranks
+    assert stats_key(fashion) in cache        # stored by the ranks
     sharded = get_stats(fashion, cache=cache)
     one = compute_stats(fashion.train)
     np.testing.assert_allclose(sharded.cov, one.cov, atol=1e-6, rtol=0)

@@ -102,7 +102,8 @@ def test_typical_nn_distance_against_brute_force():
     x = torch.randn(50, 1, 3, 3, generator=torch.Generator().manual_seed(1))
     d = torch.cdist(x.flatten(1).double(), x.flatten(1).double())
     d.fill_diagonal_(float("inf"))
-    assert generalisation.typical_nn_distance(x, n_probes=50) == pytest.approx(float(d.min(1).values.median()), rel=1e-9)
+    expected = float(d.min(1).values.median())
+    assert generalisation.typical_nn_distance(x, n_probes=50) == pytest.approx(expected, rel=1e-9)
 
 
 class NearestCopy(torch.nn.Module):
@@ -129,7 +130,8 @@ def test_a_copying_denoiser_memorises_and_a_shared_one_generalises(tiny):
         assert (copy[s]["dist_other"] > 1.0).all()
         assert copy[s]["train_mse"][0] < 1e-10  # at t = 100 its own images come back exactly
         assert (copy[s]["train_mse"] < copy[s]["heldout_mse"]).all()
-    row = generalisation.pair_row(8, copy["A"], copy["B"], mean, train_nn=generalisation.typical_nn_distance(tiny.train))
+    row = generalisation.pair_row(8, copy["A"], copy["B"], mean,
+                                  train_nn=generalisation.typical_nn_distance(tiny.train))
     assert row["cosine"] < 0.5 and row["dist_own"] < 1e-4 and row["dist_other"] > 1.0
 
     from locality_core.denoisers.wiener import WienerDenoiser
@@ -271,8 +273,9 @@ def _row(**kw) -> dict:
 def test_describe_reads_every_claim_off_the_numbers():
     memorising = " ".join(generalisation.describe(_row()))
     assert "different images" in memorising and "a copy" in memorising and "it knows them" in memorising
-    general = " ".join(generalisation.describe(_row(n=30000, cosine=0.95, dist_own=9.0, dist_own_rel=1.8, dist_own_vs_heldout=0.9,
-                                       train_mse_t300=0.05, heldout_mse_t300=0.051)))
+    general = " ".join(generalisation.describe(_row(n=30000, cosine=0.95, dist_own=9.0, dist_own_rel=1.8,
+                                                    dist_own_vs_heldout=0.9, train_mse_t300=0.05,
+                                                    heldout_mse_t300=0.051)))
     assert "nearly the same image" in general and "a new image" in general and "about as well" in general
     between = " ".join(generalisation.describe(_row(cosine=0.8, dist_own_rel=0.7, dist_own_vs_heldout=0.5)))
     assert "similar images" in between and "between a copy and a new image" in between
@@ -280,9 +283,10 @@ def test_describe_reads_every_claim_off_the_numbers():
 
 def test_trend_says_where_a_curve_is_not_monotone():
     rows = [{"n": n, "c": c} for n, c in ((10, 0.1), (100, 0.5), (1000, 0.4), (10000, 0.9))]
-    assert generalisation.trend(rows, "c") == ("rises from 0.1 at N = 10 to 0.9 at N = 10,000, not monotonically: it falls at "
-                                  "N = 1,000")
-    assert generalisation.trend(rows[:2], "c").endswith("monotonically") and "not monotonically" not in generalisation.trend(rows[:2], "c")
+    assert generalisation.trend(rows, "c") == ("rises from 0.1 at N = 10 to 0.9 at N = 10,000, not monotonically: "
+                                               "it falls at N = 1,000")
+    two = generalisation.trend(rows[:2], "c")
+    assert two.endswith("monotonically") and "not monotonically" not in two
     assert generalisation.trend([{"n": 5, "c": 1.0}, {"n": 50, "c": 0.5}], "c").startswith("falls")
     assert generalisation.trend(rows[:1], "c") == "is 0.1 at N = 10 (one N so far)"
     same = generalisation.trend([{"n": 10, "c": 0.9641}, {"n": 100, "c": 0.5}, {"n": 1000, "c": 0.9638}], "c")

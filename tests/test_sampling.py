@@ -271,9 +271,9 @@ def test_cached_trajectory_keeps_denoiser_options_apart(tmp_path):
 
     data = load_dataset("grf", n_train=600, n_test=8)
     cache = ArrayCache(tmp_path / "cache")
-    exact_key = trajectory_key(cache, data, "analytical", 2, 3, 0)
-    assert trajectory_key(cache, data, "analytical", 2, 3, 0, {}) == exact_key
-    assert trajectory_key(cache, data, "analytical", 2, 3, 0, {"batch_normalised": True}) != exact_key
+    exact_key = trajectory_key(data, "analytical", 2, 3, 0)
+    assert trajectory_key(data, "analytical", 2, 3, 0, {}) == exact_key
+    assert trajectory_key(data, "analytical", 2, 3, 0, {"batch_normalised": True}) != exact_key
     exact = cached_trajectory(data, "analytical", 2, 3, 0, cache=cache)
     batched = cached_trajectory(data, "analytical", 2, 3, 0, cache=cache, options={"batch_normalised": True})
     assert exact["x0_hat"].shape == batched["x0_hat"].shape

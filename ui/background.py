@@ -13,10 +13,12 @@ import sys
 
 import streamlit as st
 
+from locality_core import settings
+
 
 @st.cache_resource(show_spinner=False)
 def start_warmup() -> subprocess.Popen | None:
-    if os.environ.get("LOCALITY_WARMUP", "1").strip() == "0":
+    if not settings.WARMUP.flag():
         return None
     from locality_core.store.cache import default_cache_dir
 

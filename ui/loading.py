@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable
 
 import streamlit as st
 
+from locality_core import settings
 from locality_core.analysis import transforms as experiments
 from locality_core.data import Dataset, DatasetError, load_dataset
 from locality_core.data.registry import file_stamp
@@ -51,10 +53,8 @@ def torch_threads() -> int:
     A server answers several sessions at once, and on a shared machine a Jacobian on 2 cores with a busy
     neighbour took 8x longer than on 1 (4.2 s against 0.5 s per noise level): fewer threads per computation
     are the better default for interactive use."""
-    import os
-
-    env = os.environ.get("LOCALITY_TORCH_THREADS", "")
-    return max(1, int(env)) if env.strip().isdigit() else max(1, (os.cpu_count() or 2) // 2)
+    env = settings.TORCH_THREADS.text()
+    return max(1, int(env)) if env.isdigit() else max(1, (os.cpu_count() or 2) // 2)
 
 
 def configure_threads() -> None:

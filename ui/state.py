@@ -15,16 +15,16 @@ Glossary
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
 
+from locality_core import settings
 from locality_core.schedule import REFERENCE_TIMESTEPS, T_DEFAULT, format_noise_level, t_to_sigma
 from locality_core.views.warmup import default_pixel  # the warm-up fills this pixel's fields ahead
 
-ENV_DATASET = "LOCALITY_APP_DATASET"
+ENV_DATASET = settings.APP_DATASET.name
 VIEW_KEY = "_view"
 MAX_SIGMAS = 12
 # timesteps offered in the sidebar: the reference DDIM grid and the points halfway between, plus t = 999
@@ -79,7 +79,7 @@ def _number(text: str):
 
 def parse_dataset_env(text: str | None = None) -> tuple[str | None, dict]:
     """``"grf:n_train=2000,alpha=3"`` -> ("grf", {"n_train": 2000, "alpha": 3}); unset -> (None, {})."""
-    text = os.environ.get(ENV_DATASET, "") if text is None else text
+    text = settings.APP_DATASET.text() if text is None else text
     text = text.strip()
     if not text:
         return None, {}

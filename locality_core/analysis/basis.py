@@ -26,7 +26,7 @@ from locality_core.denoisers.evaluate import noisy_heldout
 from locality_core.denoisers.registry import denoiser_cache_id, get_denoiser, get_spec
 from locality_core.denoisers.wiener import WienerDenoiser
 from locality_core.stats.covariance import DataStats
-from locality_core.store.cache import default_cache
+from locality_core.store.cache import cache_kind, default_cache
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,34 +154,38 @@ def denoiser_basis(dataset, name: str, image_index: int, sigma: float, *, seed: 
         start = time.perf_counter()
         J = full_jacobian(get_denoiser(name, dataset), y, sigma, precision=precision)
         b = basis_from_jacobian(J.double().numpy(), sigma, dataset.shape)
-        cache.set(_timing_key(cache, dataset, name), {"seconds": np.array(time.perf_counter() - start)})
+        cache.set(_timing_key(dataset, name), {"seconds": np.array(time.perf_counter() - start)})
         return {"eigvals": b.eigvals, "eigvecs": b.eigvecs.astype(np.float32), "trace": np.array(b.trace),
                 "asymmetry": np.array(b.asymmetry)}
 
-    a = cache.get_or_compute(_basis_key(cache, dataset, name, image_index, sigma, seed, precision), compute)
+    a = cache.get_or_compute(_basis_key(dataset, name, image_index, sigma, seed, precision), compute)
     return JacobianBasis(float(sigma), a["eigvals"], a["eigvecs"], float(a["trace"]), float(a["asymmetry"]),
                          tuple(dataset.shape)), y.numpy()
 
 
-def _basis_key(cache, dataset, name: str, image_index: int, sigma: float, seed: int, precision: str = "float32"
+BASES = cache_kind("basis-eig")
+TIMINGS = cache_kind("timing-basis")
+
+
+def _basis_key(dataset, name: str, image_index: int, sigma: float, seed: int, precision: str = "float32"
                ) -> str:
     # the eigendecomposition is stored (eigenvectors in float32), not J: no eigh on a cache hit
-    return cache.make_key("basis-eig", dataset.fingerprint, denoiser_cache_id(name, dataset), image_index,
+    return BASES.key(dataset.fingerprint, denoiser_cache_id(name, dataset), image_index,
                           f"{float(sigma):.6g}", seed, *(() if precision == "float32" else (precision,)))
 
 
-def _timing_key(cache, dataset, name: str) -> str:
-    return cache.make_key("timing-basis", dataset.fingerprint, denoiser_cache_id(name, dataset))
+def _timing_key(dataset, name: str) -> str:
+    return TIMINGS.key(dataset.fingerprint, denoiser_cache_id(name, dataset))
 
 
 def basis_is_cached(dataset, name: str, image_index: int, sigma: float, *, seed: int = 0, cache=None,
                     precision: str = "float32") -> bool:
     """Whether `denoiser_basis` with these arguments reads the disk cache (linear ones: always, closed form)."""
     cache = cache or default_cache()
-    return get_spec(name).linear or _basis_key(cache, dataset, name, image_index, sigma, seed, precision) in cache
+    return get_spec(name).linear or _basis_key(dataset, name, image_index, sigma, seed, precision) in cache
 
 
 def last_basis_seconds(dataset, name: str, cache=None) -> float | None:
     """How long the last full Jacobian of ``name`` on ``dataset`` took here (measured), or None."""
-    hit = (cache or default_cache()).get(_timing_key(cache or default_cache(), dataset, name))
+    hit = (cache or default_cache()).get(_timing_key(dataset, name))
     return None if hit is None else float(hit["seconds"])

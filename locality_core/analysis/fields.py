@@ -32,7 +32,7 @@ from locality_core.denoisers.evaluate import noisy_heldout
 from locality_core.denoisers.registry import denoiser_cache_id, get_denoiser, get_spec
 from locality_core.denoisers.wiener import WienerDenoiser
 from locality_core.stats.covariance import DataStats
-from locality_core.store.cache import default_cache
+from locality_core.store.cache import cache_kind, default_cache
 
 LOCALITY_LEVELS = (0.50, 0.75, 0.95)
 PRECISIONS = ("float32", "bfloat16")
@@ -195,10 +195,13 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / denom) if denom > 0 else 0.0
 
 
-def _field_key(cache, dataset, name: str, pixel: tuple[int, int], sigmas: list[float], n: int, seed: int,
+FIELDS = cache_kind("field")
+
+
+def field_key(dataset, name: str, pixel: tuple[int, int], sigmas: list[float], n: int, seed: int,
                precision: str, options: dict) -> str:
     check_precision(precision)
-    return cache.make_key("field", dataset.fingerprint, denoiser_cache_id(name, dataset, **options),
+    return FIELDS.key(dataset.fingerprint, denoiser_cache_id(name, dataset, **options),
                           f"{pixel[0]},{pixel[1]}", ",".join(f"{s:.6g}" for s in sigmas), n, seed,
                           *(() if precision == "float32" else (precision,)))
 
@@ -217,7 +220,7 @@ def denoiser_field(dataset, name: str, pixel: tuple[int, int], sigmas: list[floa
     if get_spec(name).linear and not options:
         return linear_field(get_denoiser(name, dataset), pixel, sigmas)
     cache = cache or default_cache()
-    key = _field_key(cache, dataset, name, pixel, sigmas, n, seed, precision, options)
+    key = field_key(dataset, name, pixel, sigmas, n, seed, precision, options)
 
     def compute():
         denoiser = get_denoiser(name, dataset, **options)
@@ -240,4 +243,4 @@ def field_is_cached(dataset, name: str, pixel: tuple[int, int], sigmas: list[flo
         return True
     cache = cache or default_cache()
     pixel = check_pixel(pixel, dataset.shape)
-    return _field_key(cache, dataset, name, pixel, [float(s) for s in sigmas], n, seed, precision, options) in cache
+    return field_key(dataset, name, pixel, [float(s) for s in sigmas], n, seed, precision, options) in cache

@@ -45,7 +45,7 @@ from locality_core.denoisers.models import (
     weights_id,
 )
 from locality_core.schedule import ddim_sigmas, t_to_sigma
-from locality_core.store.cache import ArrayCache, default_cache
+from locality_core.store.cache import ArrayCache, cache_kind, default_cache
 
 SIZES = (10, 100, 1000, 10000, 30000)
 KINDS = ("unet", "analytical")
@@ -55,7 +55,6 @@ SEED = 0
 MSE_TIMESTEPS = (100, 300, 500)
 N_EVAL = 64
 NN_PROBES = 1000
-VERSION = "1"  # bump when a side's arrays change meaning
 
 Progress = Callable[[float, str], None]
 
@@ -139,7 +138,6 @@ def side_id(dataset: Dataset, kind: str, n: int, split: str) -> str:
     """What a side's results depend on besides the sampling settings: the network's weights (their hash), or
     the analytical denoiser's recipe and its subset (the subset's fingerprint)."""
     if kind == "unet":
-
         path = find_subset_weights(dataset.name, n, split)
         if path is None:
             raise ModelError(how_to_train_subsets(dataset.name, n, split))
@@ -157,15 +155,18 @@ def subset_images(dataset: Dataset, n: int, split: str, idx: np.ndarray) -> torc
 def build_denoiser(dataset: Dataset, kind: str, n: int, split: str):
     """The network trained on subset (n, split), or the analytical denoiser fitted on it."""
     if kind == "unet":
-
         return load_subset_unet(dataset, n, split)
 
     return AnalyticalDenoiser().fit(training_subset(dataset, n, split))
 
 
-def side_key(cache: ArrayCache, dataset: Dataset, kind: str, n: int, split: str) -> str:
-    return cache.make_key("generalisation-side", VERSION, dataset.fingerprint, side_id(dataset, kind, n, split), n,
-                          split, N_SAMPLES, STEPS, SEED, N_EVAL, ",".join(map(str, MSE_TIMESTEPS)))
+SIDES = cache_kind("generalisation-side")
+TRAIN_NN = cache_kind("generalisation-train-nn")
+
+
+def side_key(dataset: Dataset, kind: str, n: int, split: str) -> str:
+    return SIDES.key(dataset.fingerprint, side_id(dataset, kind, n, split), n, split, N_SAMPLES, STEPS, SEED, N_EVAL,
+                     ",".join(map(str, MSE_TIMESTEPS)))
 
 
 def side(dataset: Dataset, kind: str, n: int, split: str, *, cache: ArrayCache | None = None,
@@ -180,12 +181,12 @@ def side(dataset: Dataset, kind: str, n: int, split: str, *, cache: ArrayCache |
         return side_arrays(build_denoiser(dataset, kind, n, split), own, other, dataset.test, batch=batch,
                            progress=progress)
 
-    return cache.get_or_compute(side_key(cache, dataset, kind, n, split), compute, keep=True)  # read every rerun
+    return cache.get_or_compute(side_key(dataset, kind, n, split), compute, keep=True)  # read every rerun
 
 
 def side_is_cached(dataset: Dataset, kind: str, n: int, split: str, cache: ArrayCache | None = None) -> bool:
     cache = cache or default_cache()
-    return side_key(cache, dataset, kind, n, split) in cache
+    return side_key(dataset, kind, n, split) in cache
 
 
 # ---------------------------------------------------------------- the table
@@ -193,7 +194,7 @@ def side_is_cached(dataset: Dataset, kind: str, n: int, split: str, cache: Array
 def train_nn_distance(dataset: Dataset, cache: ArrayCache | None = None) -> float:
     """`typical_nn_distance` of the full training set, cached."""
     cache = cache or default_cache()
-    key = cache.make_key("generalisation-train-nn", VERSION, dataset.fingerprint, NN_PROBES, SEED)
+    key = TRAIN_NN.key(dataset.fingerprint, NN_PROBES, SEED)
     return float(cache.get_or_compute(key, lambda: {"d": np.array(typical_nn_distance(dataset.train))},
                                       keep=True)["d"])  # read on every rerun of the page
 

@@ -22,7 +22,7 @@ import torch
 from locality_core.analysis.sampling import sample_many
 from locality_core.denoisers.evaluate import grid_seed, noisy_heldout
 from locality_core.schedule import sigma_to_t
-from locality_core.store.cache import default_cache
+from locality_core.store.cache import cache_kind, default_cache
 
 
 def _flat(a: torch.Tensor) -> torch.Tensor:
@@ -113,6 +113,9 @@ def nearest_training(samples: torch.Tensor, train: torch.Tensor, *, chunk_size: 
     return best_idx, best.clamp_min(0).sqrt()
 
 
+AGREEMENT_OUTPUTS = cache_kind("agreement-outputs")
+
+
 def agreement_table(dataset, denoisers: dict[str, Callable], reference: Callable, *, sigmas: list[float],
                     n_inputs: int = 8, n_samples: int = 8, seed: int = 0, batch_size: int = 8,
                     progress: Callable[[str], None] | None = None, cache_ids: dict[str, str] | None = None,
@@ -140,10 +143,9 @@ def agreement_table(dataset, denoisers: dict[str, Callable], reference: Callable
         if name not in cache_ids:
             a = compute()
         else:
-
             store = cache or default_cache()
-            key = store.make_key("agreement-outputs", dataset.fingerprint, cache_ids[name],
-                                 ",".join(f"{s:.6g}" for s in sigmas), n_inputs, n_samples, seed)
+            key = AGREEMENT_OUTPUTS.key(dataset.fingerprint, cache_ids[name], ",".join(f"{s:.6g}" for s in sigmas),
+                                        n_inputs, n_samples, seed)
             a = store.get_or_compute(key, compute)
         return torch.from_numpy(a["same"]), torch.from_numpy(a["samples"])
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from locality_core.denoisers.registry import denoiser_cache_id, get_denoiser
 from locality_core.schedule import ddim_sigmas, initial_scale, sigma_to_t
-from locality_core.store.cache import default_cache
+from locality_core.store.cache import cache_kind, default_cache
 
 
 def initial_noise(n: int, shape: tuple[int, int, int], seed: int, sigma_start: float, *,
@@ -90,7 +90,6 @@ def _on_device(denoiser, device: str):
     if device == "cpu" or not isinstance(denoiser, torch.nn.Module):
         return denoiser, "cpu"
     try:
-
         return copy.deepcopy(denoiser).to(device), device
     except (RuntimeError, AssertionError, TypeError):  # no such device, or a model that cannot move
         return denoiser, "cpu"
@@ -113,17 +112,19 @@ def trajectories(denoiser: Callable, z: torch.Tensor, sigmas: list[float], *, ba
     return {k: np.concatenate([p[k] for p in parts], axis=1) for k in ("x", "x0_hat")}
 
 
-def trajectory_key(cache, dataset, name: str, n: int, steps: int, seed: int, options: dict | None = None) -> str:
+TRAJECTORIES = cache_kind("trajectories")
+
+
+def trajectory_key(dataset, name: str, n: int, steps: int, seed: int, options: dict | None = None) -> str:
     """The key of one sampling run: data, denoiser (its cache id with ``options``), n, steps, seed. Not the batch
     size nor the device: they change the samples by round-off only."""
-    return cache.make_key("trajectories", dataset.fingerprint, denoiser_cache_id(name, dataset, **(options or {})),
-                          n, steps, seed)
+    return TRAJECTORIES.key(dataset.fingerprint, denoiser_cache_id(name, dataset, **(options or {})), n, steps, seed)
 
 
 def trajectory_is_cached(dataset, name: str, n: int, steps: int, seed: int, cache=None,
                          options: dict | None = None) -> bool:
     cache = cache or default_cache()
-    return trajectory_key(cache, dataset, name, n, steps, seed, options) in cache
+    return trajectory_key(dataset, name, n, steps, seed, options) in cache
 
 
 def cached_trajectory(dataset, name: str, n: int, steps: int, seed: int, *, options: dict | None = None,
@@ -156,5 +157,5 @@ def cached_trajectory(dataset, name: str, n: int, steps: int, seed: int, *, opti
         if progress is not None:
             progress(0.0, f"{name}: sampling {n} images through {steps} DDIM steps")
 
-    return cache.get_or_compute(trajectory_key(cache, dataset, name, n, steps, seed, options), compute,
+    return cache.get_or_compute(trajectory_key(dataset, name, n, steps, seed, options), compute,
                                 on_miss=on_miss)

@@ -32,8 +32,9 @@ def _cmd_generalisation(args) -> int:
         print(markdown(result))
         return 0
     for kind, rows in result.items():
-        print(f"\n{kind}: A and B built from disjoint subsets of N images, {generalisation.N_SAMPLES} samples from the same noise"
-              f" (DDIM {generalisation.STEPS} steps); distances L2 on pixels in [-1, 1]; typical nearest-neighbour distance "
+        print(f"\n{kind}: A and B built from disjoint subsets of N images, {generalisation.N_SAMPLES} samples from "
+              f"the same noise (DDIM {generalisation.STEPS} steps); distances L2 on pixels in [-1, 1]; typical "
+              "nearest-neighbour distance "
               f"between training images {rows[0]['train_nn']:.2f}" if rows else f"\n{kind}: no rows")
         print("  ".join(f"{title:>14}" for _, title, _ in COLUMNS))
         for row in rows:

@@ -154,12 +154,10 @@ def _field_png(dataset, field, maps, args):
 
 def _cmd_train(args) -> int:
     if args.threads:
-
         torch.set_num_threads(args.threads)
     dataset = load(args.dataset)
     out = args.out or user_model_dir(dataset.name)
     if args.subset is not None:
-
         if args.split is None:
             raise DatasetError("--subset needs --split A or --split B")
         dataset = training_subset(dataset, args.subset, args.split)
@@ -209,7 +207,6 @@ def _cmd_basis(args) -> int:
             np.savez(out, eigvals=basis.eigvals, eigvecs=basis.eigvecs[:, :k], trace=basis.trace,
                      asymmetry=basis.asymmetry, noisy_image=y)
         elif out.suffix == ".png":
-
             vecs = basis.eigenimages(k).sum(axis=1)
             tiles = [[to_uint8_image(np.clip(y, -1, 1)).convert("RGB")] + [heat(v, "signed") for v in vecs]]
             labelled_grid(tiles, [args.denoiser], ["noisy y"] + [f"{v:.2f}" for v in basis.eigvals[:k]], scale=4,
@@ -256,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset")
     p.add_argument("--denoiser", type=validate.arg(_one_denoiser), default="wiener")
     p.add_argument("--pixel", type=validate.arg(validate.int_pair, "--pixel"), required=True, help="ROW,COL")
-    p.add_argument("--sigmas", type=validate.arg(validate.sigma_list), default=None, help="comma-separated (default: DDIM grid)")
+    p.add_argument("--sigmas", type=validate.arg(validate.sigma_list), default=None,
+                   help="comma-separated (default: DDIM grid)")
     p.add_argument("--n", type=validate.arg(validate.count, "--n"), default=32,
                    help="held-out images averaged over (autograd denoisers)")
     p.add_argument("--seed", type=int, default=0)
@@ -268,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a UNet denoiser on a data set (resumable)")
     p.add_argument("dataset")
-    p.add_argument("--steps", type=validate.arg(validate.count, "--steps"), default=None, help="training steps (default 6000)")
-    p.add_argument("--batch", type=validate.arg(validate.count, "--batch"), default=None, help="batch size (default 128)")
+    p.add_argument("--steps", type=validate.arg(validate.count, "--steps"), default=None,
+                   help="training steps (default 6000)")
+    p.add_argument("--batch", type=validate.arg(validate.count, "--batch"), default=None,
+                   help="batch size (default 128)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     p.add_argument("--force", action="store_true", help="replace existing weights (and checkpoint) in <out>")
@@ -314,7 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "sigmas", "absent") is None:
-
         args.sigmas = list(REFERENCE_SIGMAS)
     try:
         return args.func(args)

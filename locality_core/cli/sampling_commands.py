@@ -81,7 +81,6 @@ def _to_pixels(images: torch.Tensor) -> np.ndarray:
 
 def sample_grid(rows: dict[str, torch.Tensor], scale: int = SCALE):
     """A labelled PIL image: one row per entry of ``rows`` (label -> (n, C, H, W)), one column per sample."""
-
     first = next(iter(rows.values()))
     n, _, h, w = first.shape
     cell_h, cell_w, pad = h * scale, w * scale, 4
@@ -235,12 +234,15 @@ def add_commands(subparsers) -> None:
                    help=f"comma list (default: {','.join(DEFAULT_SAMPLE)}, skipping unavailable ones)")
     p.add_argument("--n", "--samples", dest="n", type=validate.arg(validate.count, "--n"), default=8,
                    help="samples per denoiser (--samples under torchrun, whose own options --n abbreviates)")
-    p.add_argument("--steps", type=validate.arg(validate.count, "--steps", 900), default=10, help="DDIM steps from t = 900")
+    p.add_argument("--steps", type=validate.arg(validate.count, "--steps", 900), default=10,
+                   help="DDIM steps from t = 900")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch", type=validate.arg(validate.count, "--batch"), default=8,
                    help="images per denoiser call (not part of the cache key: it changes samples by round-off only)")
-    p.add_argument("--out", type=validate.arg(validate.out_file, (".png",)), default="grid.png", help="grid image (PNG)")
-    p.add_argument("--json", type=validate.arg(_json_out), default=None, help="write metrics JSON here ('-' for stdout)")
+    p.add_argument("--out", type=validate.arg(validate.out_file, (".png",)), default="grid.png",
+                   help="grid image (PNG)")
+    p.add_argument("--json", type=validate.arg(_json_out), default=None,
+                   help="write metrics JSON here ('-' for stdout)")
     p.add_argument("--distributed", action="store_true",
                    help="under torchrun: optimal, analytical and LS on one shard of the training set per rank")
     p.set_defaults(func=friendly(_cmd_sample))
@@ -263,7 +265,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--steps", type=validate.arg(validate.count, "--steps", 900), default=10,
                    help="noise levels: the DDIM grid with this many steps")
     p.add_argument("--metric", choices=["mse", "cosine"], default="mse")
-    p.add_argument("--n-train", type=validate.arg(validate.count, "--n-train"), default=2000, help="ELS training subset")
+    p.add_argument("--n-train", type=validate.arg(validate.count, "--n-train"), default=2000,
+                   help="ELS training subset")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=validate.arg(validate.out_file, (".json",)), default=None,
                    help="JSON path (default: beside the UNet weights)")

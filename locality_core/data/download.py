@@ -20,17 +20,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from locality_core import settings
 from locality_core.data.base import DatasetError
 
 
 def data_home() -> Path:
     """Where downloads and imported user data sets go: $LOCALITY_DATA_DIR or ~/.local/share/locality-explorer."""
-    env = os.environ.get("LOCALITY_DATA_DIR")
-    return Path(env) if env else Path.home() / ".local" / "share" / "locality-explorer"
+    return settings.DATA_DIR.path() or Path.home() / ".local" / "share" / "locality-explorer"
 
 
 def offline() -> bool:
-    return os.environ.get("LOCALITY_OFFLINE", "") not in ("", "0")
+    return settings.OFFLINE.flag()
 
 
 def file_md5(path: Path) -> str:

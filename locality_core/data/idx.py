@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
+from locality_core import settings
 from locality_core.data.base import DatasetError
 from locality_core.data.download import download
 
@@ -83,8 +83,8 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
 def candidate_dirs(name: str) -> list[Path]:
     """Where to look for a data set's IDX files, in order: $LOCALITY_DATA_DIR/<name>, the Debian package."""
     dirs = []
-    if os.environ.get("LOCALITY_DATA_DIR"):
-        dirs.append(Path(os.environ["LOCALITY_DATA_DIR"]) / name)
+    if settings.DATA_DIR.is_set():
+        dirs.append(settings.DATA_DIR.path() / name)
     dirs += [Path(p) for p in SOURCES[name]["system_dirs"]]
     return dirs
 

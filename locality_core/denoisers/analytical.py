@@ -72,7 +72,7 @@ from locality_core.denoisers.softmax import (
 from locality_core.denoisers.wiener import wiener_matrix
 from locality_core.schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS
 from locality_core.stats.covariance import DataStats, compute_stats, mean_float64
-from locality_core.store.cache import ArrayCache, default_cache
+from locality_core.store.cache import ArrayCache, cache_kind, default_cache
 
 DIAG_EPS = 1e-6
 THRESHOLD_MODES = ("global", "row")
@@ -87,6 +87,7 @@ MIN_CHUNK = 64               # training images per chunk at least: fewer would b
 GROUP_SLACK = 0.95           # gathered blocks padded together have at least this share of their group's rows
 LOG2E = 1.0 / math.log(2.0)  # logits in base-2 units: exp2 instead of exp
 MAX_BLOCKS = 64
+MASKS = cache_kind("analytical-mask")
 
 
 # ---------------------------------------------------------------- masks
@@ -138,7 +139,7 @@ def cached_mask(stats: DataStats, sigma: float, theta: float | None = None, mode
     if cache is False or not stats.fingerprint:
         return mask_and_max(stats, sigma, theta, mode)
     cache = cache or default_cache()
-    key = cache.make_key("analytical-mask", stats.fingerprint, f"{sigma:.6g}", f"{theta:.6g}", mode)
+    key = MASKS.key(stats.fingerprint, f"{sigma:.6g}", f"{theta:.6g}", mode)
 
     def compute():
         mask, top = mask_and_max(stats, sigma, theta, mode)

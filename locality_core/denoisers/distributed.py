@@ -155,7 +155,7 @@ def sharded_get_stats(dataset: Dataset, shard: torch.Tensor, *, cache: ArrayCach
     """`stats.get_stats` of ``dataset`` computed from the ranks' shards: read from the cache when every rank
     has it, else computed by `sharded_stats` and stored by each machine's first rank (LOCAL_RANK 0)."""
     cache = cache or default_cache()
-    key = stats_key(cache, dataset)
+    key = stats_key(dataset)
     a = cache.get(key)
     if not _all_ranks(a is not None, group):
         s = sharded_stats(shard, fingerprint=dataset.fingerprint, progress=progress, group=group)

@@ -69,7 +69,6 @@ def heldout_mse_table(dataset: Dataset, denoisers: dict, *, n: int = EVAL_IMAGES
     x0 = dataset.test[:n]
     models = dict(denoisers)
     if include_wiener and "wiener" not in models:
-
         models["wiener"] = WienerDenoiser().fit(dataset)
     columns = {name: heldout_mse(m, x0, sigmas, seed=seed, progress=progress, desc=name) for name, m in models.items()}
     rows = []

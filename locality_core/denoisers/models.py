@@ -16,11 +16,11 @@ import functools
 import hashlib
 import importlib.resources
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from locality_core import settings
 from locality_core.data import Dataset
 from locality_core.data.registry import data_home
 from locality_core.data.subsets import subset_tag, training_subset
@@ -43,8 +43,8 @@ def user_model_dir(name: str) -> Path:
 
 def model_dirs(name: str) -> list[Path]:
     dirs = []
-    if os.environ.get("LOCALITY_MODEL_DIR"):
-        dirs.append(Path(os.environ["LOCALITY_MODEL_DIR"]) / name.replace(":", "_"))
+    if settings.MODEL_DIR.is_set():
+        dirs.append(settings.MODEL_DIR.path() / name.replace(":", "_"))
     return dirs + [user_model_dir(name), ASSETS_MODELS / name.replace(":", "_")]
 
 

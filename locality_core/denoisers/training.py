@@ -279,7 +279,6 @@ def export(ema: EDMDenoiser, dataset: Dataset, out_dir: Path, train_config: Trai
     if "subset" in dataset.params:  # the training subset: N, split, permutation seed, hash of the indices
         card["subset"] = {k: dataset.params[k] for k in ("subset", "split", "subset_seed", "indices_sha256")}
     if evaluate:
-
         card["heldout_mse"] = heldout_mse_table(dataset, {"unet": ema}, progress=progress)
     write_card(out_dir, card)
     return weights_path

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from locality_core.data import Dataset
-from locality_core.store.cache import ArrayCache, default_cache
+from locality_core.store.cache import ArrayCache, cache_kind, default_cache
 from locality_core.store.memory import check_fits
 
 
@@ -177,9 +177,12 @@ def stats_from_arrays(a: dict[str, np.ndarray], dataset: Dataset) -> DataStats:
                      dataset.fingerprint)
 
 
-def stats_key(cache: ArrayCache, dataset: Dataset) -> str:
+STATS = cache_kind("stats")
+
+
+def stats_key(dataset: Dataset) -> str:
     """The cache key of ``dataset``'s statistics: its fingerprint (which changes with its images)."""
-    return cache.make_key("stats", dataset.fingerprint)
+    return STATS.key(dataset.fingerprint)
 
 
 def get_stats(dataset: Dataset, *, cache: ArrayCache | None = None,
@@ -192,4 +195,4 @@ def get_stats(dataset: Dataset, *, cache: ArrayCache | None = None,
     def compute():
         return stats_arrays(compute_stats(dataset.train, fingerprint=dataset.fingerprint, progress=progress))
 
-    return stats_from_arrays(cache.get_or_compute(stats_key(cache, dataset), compute, keep=True), dataset)
+    return stats_from_arrays(cache.get_or_compute(stats_key(dataset), compute, keep=True), dataset)

@@ -38,15 +38,16 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import diskcache
 import numpy as np
 
+from locality_core import settings
 from locality_core.store.locks import owned_lock
 
 MAGIC = b"LXC1"
-CODE_VERSION = "1"  # bump when a cached computation changes meaning
 DEFAULT_SIZE_LIMIT = 8 * 2**30
 KEEP_BYTES = 2**30  # kept entries held in memory per process (least recently used dropped beyond it)
 
@@ -68,9 +69,8 @@ class _NoPickleDisk(diskcache.Disk):
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("LOCALITY_CACHE_DIR")
-    if env:
-        return Path(env)
+    if settings.CACHE_DIR.is_set():
+        return settings.CACHE_DIR.path()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "locality-explorer"
 
@@ -176,6 +176,31 @@ def open_values(folder: Path, size_limit: int, warn: Callable[[str], None] = _wa
         return diskcache.Cache(str(folder), **options)
 
 
+@dataclass(frozen=True)
+class CacheKind:
+    """One cached computation: a name, unique in the project, and a version declared beside its code. Bump the
+    version when what it computes changes meaning: only its own entries are recomputed. Every key is
+    ``kind.key(*parts)``: "v<version>/<name>/<part>/...", parts being what the value depends on (data
+    fingerprint, denoiser id, sizes, seed)."""
+
+    name: str
+    version: int = 1
+
+    def key(self, *parts) -> str:
+        return "/".join([f"v{self.version}", self.name, *(str(p) for p in parts)])
+
+
+KINDS: dict[str, CacheKind] = {}
+
+
+def cache_kind(name: str, version: int = 1) -> CacheKind:
+    """Declare a cached computation (once per name: two computations never share keys)."""
+    if name in KINDS:
+        raise ValueError(f"cache kind {name!r} declared twice")
+    KINDS[name] = CacheKind(name, version)
+    return KINDS[name]
+
+
 class ArrayCache:
     """Named-array cache in ``directory`` (default ``$LOCALITY_CACHE_DIR`` or ``~/.cache/locality-explorer``).
 
@@ -204,10 +229,6 @@ class ArrayCache:
                        "memory for this process only: fix the folder or point LOCALITY_CACHE_DIR elsewhere.")
         self.memory_only = True
         self._values = MemoryStore()
-
-    @staticmethod
-    def make_key(kind: str, *parts) -> str:
-        return "/".join([f"v{CODE_VERSION}", kind, *(str(p) for p in parts)])
 
     def get(self, key: str) -> Arrays | None:
         """The entry, or None when missing or damaged (a damaged entry is deleted)."""

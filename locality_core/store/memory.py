@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from locality_core import settings
+
 BYTES_PER_COVARIANCE = 4  # Sigma, U, eigh workspace and a margin, each d x d float64
 
 
@@ -23,8 +25,8 @@ def covariance_bytes(d: int) -> int:
 
 def available_memory() -> int:
     """Bytes of memory available now ($LOCALITY_MAX_MEMORY_GB overrides, e.g. for tests or shared hosts)."""
-    if os.environ.get("LOCALITY_MAX_MEMORY_GB"):
-        return int(float(os.environ["LOCALITY_MAX_MEMORY_GB"]) * 2**30)
+    if settings.MAX_MEMORY_GB.number() is not None:
+        return int(settings.MAX_MEMORY_GB.number() * 2**30)
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from locality_core import settings
 from locality_core.analysis.basis import denoiser_basis
 from locality_core.analysis.fields import PRECISIONS, denoiser_field, native_bfloat16
 from locality_core.analysis.generalisation import precompute
@@ -119,7 +120,7 @@ def default_pixel(shape) -> tuple[int, int]:
 def default_field_precision() -> str:
     """Precision of network Jacobians in the app (fields and bases): bfloat16 where the CPU runs it natively,
     else float32; $LOCALITY_FIELD_PRECISION overrides."""
-    env = os.environ.get("LOCALITY_FIELD_PRECISION", "").strip()
+    env = settings.FIELD_PRECISION.text()
     if env in PRECISIONS:
         return env
     return "bfloat16" if native_bfloat16() else "float32"
@@ -348,8 +349,8 @@ def exit_with_parent(pid: int, every: float = 5.0) -> None:
 if __name__ == "__main__":  # the app's background warm-up: every data set, in priority order, on one thread
     import torch
 
-    if os.environ.get("LOCALITY_WARMUP_PARENT", "").isdigit():  # started by the app (ui/background.py)
+    if settings.WARMUP_PARENT.text().isdigit():  # started by the app (ui/background.py)
         os.nice(19)  # here, not in a preexec_fn: that is unsafe in the threaded server that forks us
-        exit_with_parent(int(os.environ["LOCALITY_WARMUP_PARENT"]))
+        exit_with_parent(int(settings.WARMUP_PARENT.text()))
     torch.set_num_threads(1)
     run_with_bar()

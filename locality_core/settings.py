@@ -1,0 +1,78 @@
+"""Every environment variable Locality Explorer reads, in one place (the README's table is `table()`).
+
+Each is read when it is used, not at import, so a test or a server that sets one afterwards is obeyed. Nothing
+else in the project reads ``os.environ`` for a ``LOCALITY_`` name (a test checks it).
+
+    settings.CACHE_DIR.path()          # a Path, or None when unset
+    settings.OFFLINE.flag()            # True for anything but "", "0"
+    settings.MAX_MEMORY_GB.number()    # a float, or None when unset or not a number
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    meaning: str
+    default: str = ""
+
+    def text(self) -> str:
+        """The value, stripped; the default when unset."""
+        return os.environ.get(self.name, self.default).strip()
+
+    def is_set(self) -> bool:
+        return bool(os.environ.get(self.name, "").strip())
+
+    def flag(self) -> bool:
+        return self.text() not in ("", "0", "false", "no")
+
+    def path(self) -> Path | None:
+        return Path(self.text()).expanduser() if self.text() else None
+
+    def number(self) -> float | None:
+        try:
+            return float(self.text()) if self.text() else None
+        except ValueError:
+            return None
+
+
+SETTINGS: list[Setting] = []
+
+
+def _setting(name: str, meaning: str, default: str = "") -> Setting:
+    setting = Setting(name, meaning, default)
+    SETTINGS.append(setting)
+    return setting
+
+
+CACHE_DIR = _setting("LOCALITY_CACHE_DIR", "where computed arrays are kept (default `$XDG_CACHE_HOME` or "
+                                           "`~/.cache`, then `/locality-explorer`)")
+DATA_DIR = _setting("LOCALITY_DATA_DIR", "downloads, imported data sets and your trained models (default "
+                                         "`~/.local/share/locality-explorer`)")
+MODEL_DIR = _setting("LOCALITY_MODEL_DIR", "a folder of weights searched first: `NAME/unet.pt` per data set")
+OFFLINE = _setting("LOCALITY_OFFLINE", "`1`: never download; a missing data set says where to put its files")
+MAX_MEMORY_GB = _setting("LOCALITY_MAX_MEMORY_GB", "the memory a data set may take, in GiB (default: what the "
+                                                   "machine has available)")
+READ_ONLY = _setting("LOCALITY_READ_ONLY", "`1`: the dashboard allows no upload and no deletion (a class server)")
+APP_DATASET = _setting("LOCALITY_APP_DATASET", "the dashboard's default data set, with options: "
+                                               "`grf:n_train=2000,n_test=200`")
+WARMUP = _setting("LOCALITY_WARMUP", "`0`: the dashboard computes no default view ahead (tests)", "1")
+TORCH_THREADS = _setting("LOCALITY_TORCH_THREADS", "torch threads per dashboard computation (default half the "
+                                                   "cores)")
+FIELD_PRECISION = _setting("LOCALITY_FIELD_PRECISION", "`float32` or `bfloat16`: the precision of network "
+                                                       "Jacobians in the dashboard (default bfloat16 where the CPU "
+                                                       "runs it natively)")
+WARMUP_PARENT = _setting("LOCALITY_WARMUP_PARENT", "internal: the server's process id, given to its warm-up "
+                                                   "process (which ends with it)")
+
+
+def table() -> str:
+    """The settings as a Markdown table (the README's)."""
+    rows = ["| variable | what it sets |", "| --- | --- |"]
+    rows += [f"| `{s.name}` | {s.meaning} |" for s in SETTINGS]
+    return "\n".join(rows)
