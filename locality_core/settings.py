@@ -67,8 +67,11 @@ TORCH_THREADS = _setting("LOCALITY_TORCH_THREADS", "torch threads per dashboard 
 FIELD_PRECISION = _setting("LOCALITY_FIELD_PRECISION", "`float32` or `bfloat16`: the precision of network "
                                                        "Jacobians in the dashboard (default bfloat16 where the CPU "
                                                        "runs it natively)")
-WARMUP_PARENT = _setting("LOCALITY_WARMUP_PARENT", "internal: the server's process id, given to its warm-up "
-                                                   "process (which ends with it)")
+JOBS = _setting("LOCALITY_JOBS", "how the dashboard runs long work: `process` (a background worker process for the "
+                                 "warm-up; the default), `thread` (all in the server; the default when the cache "
+                                 "folder cannot be used), `inline` (in the page's own run: headless tests)")
+WARMUP_PARENT = _setting("LOCALITY_WARMUP_PARENT", "internal: the server's process id, given to its background "
+                                                   "worker (which ends with it)")
 
 
 def table() -> str:

@@ -219,9 +219,9 @@ def test_sensitivity_builds_each_unet_field_key_once_per_click(monkeypatch):
     built = []
     real = fields.field_key
 
-    def counting(cache, dataset, name, pixel, sigmas, *rest):
+    def counting(dataset, name, pixel, sigmas, *rest):
         built.append((name, tuple(pixel), tuple(sigmas), *rest[:2]))
-        return real(cache, dataset, name, pixel, sigmas, *rest)
+        return real(dataset, name, pixel, sigmas, *rest)
 
     monkeypatch.setattr(fields, "field_key", counting)
     at = run_page(query={"pixel": "9,4"})

@@ -50,7 +50,10 @@ FLAT_STD = 0.02  # a mean image this uniform (natural patches, random fields) sh
 
 
 def is_flat(image: np.ndarray) -> bool:
-    return float(np.std(image)) < FLAT_STD
+    """Whether an image (C, H, W) varies so little across its pixels that it shows nothing: each channel's own
+    spread (a uniform brown square has three different channel levels, and no structure)."""
+    image = np.asarray(image, dtype=np.float64)
+    return float(image.reshape(image.shape[0], -1).std(axis=1).max()) < FLAT_STD
 
 
 def to_display(image: np.ndarray) -> np.ndarray:

@@ -134,6 +134,14 @@ def linear_basis(denoiser: LinearDenoiser, sigma: float) -> JacobianBasis:
     return JacobianBasis(float(sigma), vals, vecs, float(vals.sum()), asymmetry, tuple(denoiser.shape))
 
 
+def noisy_test_image(dataset, image_index: int, sigma: float, seed: int = 0) -> torch.Tensor:
+    """Test image ``image_index`` plus noise of ``sigma`` from ``seed`` (C, H, W): the one draw every Jacobian of
+    the dashboard is taken at (`denoiser_basis`, the tr J estimate)."""
+    if not 0 <= image_index < len(dataset.test):
+        raise ValueError(f"image index {image_index} is outside the test set (0..{len(dataset.test) - 1})")
+    return noisy_heldout(dataset.test[image_index][None], float(sigma), seed)[0, 0]
+
+
 def denoiser_basis(dataset, name: str, image_index: int, sigma: float, *, seed: int = 0, cache=None,
                    precision: str = "float32") -> tuple[JacobianBasis, np.ndarray]:
     """Basis of registered denoiser ``name`` at test image ``image_index`` plus noise from ``seed``.
@@ -142,10 +150,7 @@ def denoiser_basis(dataset, name: str, image_index: int, sigma: float, *, seed: 
     on disk by (data, denoiser id, image, sigma, seed, precision), with the time the Jacobian took
     (`last_basis_seconds`). ``precision``: see `full_jacobian`.
     """
-    if not 0 <= image_index < len(dataset.test):
-        raise ValueError(f"image index {image_index} is outside the test set (0..{len(dataset.test) - 1})")
-    x0 = dataset.test[image_index]
-    y = noisy_heldout(x0[None], float(sigma), seed)[0, 0]
+    y = noisy_test_image(dataset, image_index, sigma, seed)
     if get_spec(name).linear:
         return linear_basis(get_denoiser(name, dataset), sigma), y.numpy()
     cache = cache or default_cache()

@@ -121,6 +121,10 @@ class MemoryStore:
         with self._lock:
             self._blobs.pop(key, None)
 
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._blobs
+
     def clear(self) -> None:
         with self._lock:
             self._blobs.clear()
@@ -255,7 +259,11 @@ class ArrayCache:
             pass
 
     def __contains__(self, key: str) -> bool:
-        return self._kept.get(key) is not None or self.get(key) is not None
+        """Whether an entry exists, without reading it (a damaged one still reads as a miss, and is recomputed)."""
+        try:
+            return key in self._kept or key in self._values
+        except Exception:  # an unreadable database: nothing is known to be there
+            return False
 
     @contextlib.contextmanager
     def _lock(self, key: str):
