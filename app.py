@@ -21,7 +21,7 @@ st.set_page_config(page_title="Locality Explorer", page_icon=":material/grid_on:
 
 configure_threads()
 start_warmup()  # once per server process (serve.py starts it with the server): every page's default view
-page = st.navigation(build_pages())
+page = st.navigation(build_pages(), position="top")  # one press to change page; the sidebar stays shut
 if (missing := unknown_path()) is not None:
     page_not_found(missing)
     st.stop()

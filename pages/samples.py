@@ -62,14 +62,16 @@ def row_tiles(view: View, data, name: str, final: np.ndarray) -> tuple[list, lis
     return images, titles
 
 
-def draw_row(slot, view: View, data, spec, name: str, run: dict, options: dict, columns: int, page_width: int):
+def draw_row(slot, view: View, data, spec, name: str, run: dict, options: dict, columns: int, page_width: int,
+             tile_px: int = 150):
     images, titles = row_tiles(view, data, name, run["x0_hat"][-1])
     with slot.container():
         variant = ", ".join(f"{k}={v}" for k, v in options.items())
         moved = f" (ran on {run['device']} instead of {view.device})" if run["device"] != view.device else ""
         st.markdown(f"**{spec.title}**" + (f" ({variant})" if variant else "") + ", then the nearest training "
                     f"images{moved}")
-        show(tiles_figure(np.stack(images), titles, columns=columns, kind="image", page_width=page_width),
+        show(tiles_figure(np.stack(images), titles, columns=columns, kind="image", page_width=page_width,
+                          tile_px=tile_px),
              f"samples_{name}", f"{view.dataset}-samples-{name}-seed{view.seed}")
     return images, [f"{name} {t}" if i < len(images) // 2 else f"nearest: {t}" for i, t in enumerate(titles)]
 
@@ -102,8 +104,9 @@ def sample_all(view: View, data, specs: dict, names: list[str], n: int, steps: i
                     loading.show_error(exc, specs[m].title)
                 continue
             side = m in pair and len(pair) == 2
+            # side by side: four columns of tiles small enough that samples and nearest images fit at 1280x720
             drawn[m] = draw_row(slots[m], view, data, specs[m], m, results[m], options.get(m) or {},
-                                4 if side else min(n, 8), page_width=460 if side else 940)
+                                4 if side else min(n, 8), page_width=460 if side else 940, tile_px=72 if side else 150)
         if pending:
             time.sleep(waiting.POLL_S)
     images = [image for m in names if m in drawn for image in drawn[m][0]]

@@ -116,8 +116,9 @@ def wait_text(q: JobQueue, job: Job, what: str | None = None) -> str:
     left = job.time_left()
     eta = f", about {left:.0f} s left" if left is not None else ""
     who = "the warm-up" if job.priority == BACKGROUND else "the server"
-    return f"{title}: {job.text or 'starting'} ({who}, running for {time.time() - (job.started or time.time()):.0f} s" \
-           f"{eta}; it goes on if you leave this page)"
+    now = f" Now: {job.text}." if job.text else ""
+    return (f"{title}.{now} Computed by {who} for {time.time() - (job.started or time.time()):.0f} s{eta}; it goes "
+            "on if you leave this page.")
 
 
 def is_ready(task: Task) -> bool:

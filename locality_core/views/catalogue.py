@@ -162,8 +162,7 @@ def field(data: Dataset, *, name: str, pixel, sigmas, n: int, seed: int, precisi
 
     for i, sigma in enumerate(sigmas):
         if progress:
-            progress(i / len(sigmas), f"{name}: Jacobians of {n} noisy images at σ={sigma:.3g} "
-                                      f"({i + 1}/{len(sigmas)})")
+            progress(i / len(sigmas), f"σ={sigma:.3g} ({i + 1}/{len(sigmas)})")
         fields.append(denoiser_field(data, name, tuple(pixel), [float(sigma)], n=n, seed=seed, precision=precision,
                                      on_miss=missed))
     return np.concatenate([f.abs_mean for f in fields]), np.concatenate([f.signed_mean for f in fields])
@@ -205,7 +204,7 @@ def trace(data: Dataset, *, name: str, image: int, sigmas, seed: int, precision:
     out = []
     for i, sigma in enumerate(sigmas):
         if progress:
-            progress(i / len(sigmas), f"{name}: full Jacobian at σ={sigma:.3g} ({i + 1}/{len(sigmas)})")
+            progress(i / len(sigmas), f"full Jacobian at σ={sigma:.3g} ({i + 1}/{len(sigmas)})")
         out.append(denoiser_basis(data, name, image, sigma, seed=seed, precision=precision)[0].trace)
     return out
 
