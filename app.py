@@ -12,7 +12,7 @@ from ui.navigation import build_pages
 from ui.not_found import page_not_found, unknown_path
 from ui.sidebar import render_sidebar
 from ui.state import set_view
-from ui.waiting import start_warmup
+from ui.waiting import cache_warning, start_warmup
 
 st.set_page_config(page_title="Locality Explorer", page_icon=":material/grid_on:", layout="wide",
                    initial_sidebar_state="collapsed",  # the figures get the width; the sidebar is one click away
@@ -28,4 +28,6 @@ if (missing := unknown_path()) is not None:
 view = render_sidebar()
 set_view(view)
 apply_css(view.present)
+if (warning := cache_warning()) is not None:
+    st.warning(warning, icon=":material/folder_off:")
 page.run()

@@ -7,7 +7,7 @@ time (`ui.basis_panels`), then a disk-cache hit.
 import numpy as np
 import streamlit as st
 
-from locality_core.analysis.basis import denoiser_basis
+from locality_core.analysis.basis import PROBES, denoiser_basis
 from locality_core.denoisers.registry import list_denoisers
 from locality_core.denoisers.wiener import wiener_gain
 from locality_core.views.defaults import DEFAULTS, jacobian_denoiser
@@ -18,6 +18,7 @@ from ui.state import View, current_view, noise_label
 from ui.widgets import png_download, run_button, show
 
 N_VECTORS = 8
+EXACT = "jb_exact"  # session state: the exact tr J asked for (its task's key: that image, those levels)
 
 
 def controls(view: View, data) -> tuple[int, float, str | None, dict]:
@@ -39,7 +40,8 @@ def controls(view: View, data) -> tuple[int, float, str | None, dict]:
 
 
 def network_basis(view: View, data, name: str | None, status: dict, image_index: int, sigma: float):
-    """The denoiser's basis (a shared job when new), or None with a message saying why there is none."""
+    """The denoiser's leading eigenpairs (a shared job when new), or None with a message saying why there are
+    none."""
     if name is None:
         st.info("No trained or data-driven denoiser is registered besides Wiener.")
         return None
@@ -47,13 +49,14 @@ def network_basis(view: View, data, name: str | None, status: dict, image_index:
         st.info(f"{name}: {status[name][1]}", icon=":material/model_training:")
         return None
     try:
-        return basis_panels.model_basis(view.ref, data, name, image_index, sigma, view.seed)
+        return basis_panels.leading(view.ref, name, image_index, sigma, view.seed)
     except loading.USER_ERRORS as exc:
         loading.show_error(exc, name)
         return None
 
 
-def inputs_and_spectrum(view: View, data, stats, sigma: float, image_index: int, y, wiener_b, name, model_b) -> None:
+def inputs_and_spectrum(view: View, data, stats, sigma: float, image_index: int, y, wiener_b, name, model_b,
+                        trace: tuple[float, float] | None) -> None:
     left, right = st.columns([1, 2.2])
     with left:
         column = int(PAGE_WIDTH / 3.2) - 10  # the left of columns [1, 2.2]: a wider figure would be shrunk into it
@@ -63,20 +66,28 @@ def inputs_and_spectrum(view: View, data, stats, sigma: float, image_index: int,
         st.caption(f"The noisy image at {noise_label(sigma)} is shown divided by √(1+σ²), the DDPM scale, so that "
                    "it fits the gray range.")
         metrics = {"Wiener tr J": f"{wiener_b.trace:.1f}"}
+        if trace is not None:
+            value, error = trace
+            metrics[f"{name} tr J"] = f"{value:.1f}" if error == 0 else f"{value:.1f} ± {error:.1f} (estimate)"
         if model_b is not None:
-            metrics[f"{name} tr J"] = f"{model_b.trace:.1f}"
-            metrics[f"{name} asymmetry ‖J−Jᵀ‖/‖J‖"] = f"{model_b.asymmetry:.3f}"
+            metrics[f"{name} asymmetry ‖J−Jᵀ‖/‖J‖"] = f"≈ {model_b.asymmetry:.3f}"
         for metric_label, value in metrics.items():
             st.metric(metric_label, value)
     with right:
-        k = np.arange(1, stats.d + 1)
         curves = {"Wiener": wiener_b.eigvals}
         if model_b is not None:
             curves[name] = model_b.eigvals
-        show(line_plot(k, curves, x_title="rank", y_title="eigenvalue of (J+Jᵀ)/2", log_x=True, height=360),
-             "jb_spectrum", f"{view.dataset}-jacobian-eigenvalues")
+        fig = line_plot(np.arange(1, stats.d + 1), curves, x_title="rank", y_title="eigenvalue of (J+Jᵀ)/2",
+                        log_x=True, height=360)
+        for trace_ in fig.data:  # the network's few leading eigenvalues: points on the Wiener filter's curve
+            if trace_.name == name:
+                trace_.x, trace_.mode = np.arange(1, len(model_b.eigvals) + 1), "lines+markers"
+        show(fig, "jb_spectrum", f"{view.dataset}-jacobian-eigenvalues")
         st.caption("Eigenvalues in decreasing order. Wiener's are the gains λ/(λ+σ²) of the principal components, "
-                   "the same for every image; a network's depend on the image: " + spectrum_sentence(name, model_b))
+                   "the same for every image; a network's depend on the image: " + spectrum_sentence(name, model_b)
+                   + ("" if model_b is None else f" The network's {len(model_b.eigvals)} leading eigenpairs come "
+                      "from block Krylov iterations on Jacobian-vector products; each eigenvalue is within "
+                      f"{float(np.max(model_b.residuals)):.1g} of the exact one (its residual)."))
 
 
 def spectrum_sentence(name: str | None, model_b) -> str:
@@ -107,22 +118,39 @@ def eigenvectors(view: View, rows: list) -> None:
                  f"{view.dataset}-jacobian-eigenvectors.png", key="jb_png")
 
 
-def trace_curve(view: View, data, stats, name: str | None, status: dict, image_index: int) -> None:
+def network_trace(view: View, data, name: str | None, status: dict, image_index: int
+                  ) -> tuple[list[float], list[float]] | None:
+    """The network's tr J at every level: exact (full Jacobians, a job) once asked for or cached, else the
+    Hutchinson estimate (a job too, in the warm-up); (values, standard errors: 0 when exact), or None."""
+    if name is None or not status[name][0]:
+        return None
+    task = basis_panels.trace_task(view.ref, name, image_index, view.sigmas, view.seed)
+    try:
+        if st.session_state.get(EXACT) == task.key or waiting.is_ready(task):
+            return waiting.result(task, what=basis_panels.exact_what(data, name, len(view.sigmas))), \
+                [0.0] * len(view.sigmas)
+        est, err = basis_panels.estimates(view.ref, name, image_index, view.sigmas, view.seed)
+        return list(est), list(err)
+    except loading.USER_ERRORS as exc:
+        loading.show_error(exc, name)
+        return None
+
+
+def trace_curve(view: View, stats, name: str | None, traces, image_index: int) -> None:
     """tr J against sigma: Wiener's exact; the network's exact once computed (a job behind a button), else a
     Hutchinson estimate with error bars."""
     st.subheader("Dimensions kept against noise: tr J")
     trace = {"Wiener": [float(wiener_gain(stats.eigvals, s).sum()) for s in view.sigmas]}
     errors = {}
-    if name is not None and status[name][0]:
-        task = basis_panels.trace_task(view.ref, name, image_index, view.sigmas, view.seed)
-        done = waiting.is_ready(task)
-        if done or run_button(f"Exact tr J of {name} at every noise level (a full Jacobian each)", "jb_all", False):
-            trace[name] = waiting.result(task, what=f"Exact tr J of {name} at {len(view.sigmas)} noise levels")
+    if traces is not None:
+        values, err = traces
+        if any(err):
+            trace[f"{name} (estimate)"], errors[f"{name} (estimate)"] = values, err
+            exact = basis_panels.trace_task(view.ref, name, image_index, view.sigmas, view.seed).key
+            run_button(f"Exact tr J of {name} at every noise level (a full Jacobian each)", "jb_all", False,
+                       on_click=lambda: st.session_state.update({EXACT: exact}))
         else:
-            with st.spinner(basis_panels.estimate_wait_text(data, name, len(view.sigmas))):
-                est, err = basis_panels.trace_estimates(view.ref, name, loading.denoiser_id(name, data), image_index,
-                                                        tuple(view.sigmas), view.seed)
-            trace[f"{name} (estimate)"], errors[f"{name} (estimate)"] = list(est), list(err)
+            trace[name] = values
     fig = line_plot(list(view.sigmas), trace, x_title="noise level σ (high noise on the left)",
                     y_title="tr J (dimensions kept)", log_x=True, log_y=True, markers=True, height=360)
     basis_panels.add_error_bars(fig, errors)
@@ -131,9 +159,8 @@ def trace_curve(view: View, data, stats, name: str | None, status: dict, image_i
     note = (" Network Jacobians in bfloat16, which this CPU runs natively (2-3x faster; eigenvalues within about "
             "0.3 % of float32)." if loading.field_precision() == "bfloat16" and name is not None else "")
     if errors:
-        note += (f" The {name} curve is a Hutchinson estimate (mean of vᵀJv over {basis_panels.PROBES} random ±1 "
-                 "probes v; error bars: one standard error), not the exact trace: the button above computes the "
-                 "exact one.")
+        note += (f" The {name} curve is a Hutchinson estimate (mean of vᵀJv over {PROBES} random ±1 probes v; error "
+                 "bars: one standard error), not the exact trace: the button above computes the exact one.")
     st.caption(f"At test image #{image_index}. High noise keeps few dimensions, low noise nearly all {stats.d:,}. "
                "The Wiener filter's count is the same for every image; a network's depends on the image." + note)
 
@@ -152,9 +179,11 @@ def main() -> None:
     image_index, sigma, name, status = controls(view, data)
     wiener_b, y = denoiser_basis(data, "wiener", image_index, sigma, seed=view.seed)
     model_b = network_basis(view, data, name, status, image_index, sigma)
-    inputs_and_spectrum(view, data, stats, sigma, image_index, y, wiener_b, name, model_b)
+    traces = network_trace(view, data, name, status, image_index)
+    here = None if traces is None else (traces[0][view.sigmas.index(sigma)], traces[1][view.sigmas.index(sigma)])
+    inputs_and_spectrum(view, data, stats, sigma, image_index, y, wiener_b, name, model_b, here)
     eigenvectors(view, [("Wiener", wiener_b)] + ([(name, model_b)] if model_b is not None else []))
-    trace_curve(view, data, stats, name, status, image_index)
+    trace_curve(view, stats, name, traces, image_index)
 
 
 main()

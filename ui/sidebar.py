@@ -11,6 +11,7 @@ import torch
 
 from locality_core.data import DatasetError, default_dataset_name, get_spec, list_datasets
 from locality_core.views import defaults
+from ui import waiting
 from ui.state import T_OPTIONS, View, noise_label, parse_dataset_env, resolve_sigmas
 
 MAX_COUNT = 200_000
@@ -118,4 +119,16 @@ def render_sidebar() -> View:
         present = st.toggle("Presentation mode", key="present", bind="query-params",
                             help="For a projector: explanations hidden, larger text. It is part of the URL, so a "
                                  "prepared link opens in it.")
+        warmup_status()
     return View(name, params, tuple(sigmas), seed, device, present)
+
+
+def warmup_status() -> None:
+    """What the server computes ahead: how many of the default views are done, and which runs now (as of this
+    rerun: a timer would make the page's running indicator blink at a projector)."""
+    counts = waiting.queue_counts()
+    if not counts["total"]:
+        return
+    now = counts["running"]
+    st.caption(f"**Prepared views**: {counts['done']} of {counts['total']} ready" +
+               (f"; now: {now}" if now else "") + (f"; {counts['failed']} failed" if counts["failed"] else ""))

@@ -72,32 +72,16 @@ def set_view(view: View) -> None:
 
 # ---------------------------------------------------------------- parsing
 
-def _number(text: str):
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
 def parse_dataset_env(text: str | None = None) -> tuple[str | None, dict]:
     """``"grf:n_train=2000,alpha=3"`` -> ("grf", {"n_train": 2000, "alpha": 3}); unset -> (None, {})."""
     text = settings.APP_DATASET.text() if text is None else text
-    text = text.strip()
-    if not text:
+    if not text.strip():
         return None, {}
-    # a user data set is "user:<name>": only what follows a second colon is options
-    prefix = ""
-    if text.startswith("user:"):
-        prefix, text = "user:", text[len("user:"):]
-    name, _, opts = text.partition(":")
-    params = {}
-    for item in filter(None, (p.strip() for p in opts.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{ENV_DATASET}: expected key=value, got {item!r}")
-        try:
-            params[key.strip()] = _number(value.strip())
-        except ValueError:
-            params[key.strip()] = value.strip()
-    return prefix + name, params
+    try:
+        ref = DataRef.parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_DATASET}: {exc}") from None
+    return ref.name, dict(ref.params)
 
 
 def parse_sigmas(text: str) -> list[float]:

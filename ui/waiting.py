@@ -20,9 +20,10 @@ import time
 import streamlit as st
 
 from locality_core import settings
+from locality_core.store.cache import default_cache
 from locality_core.views.catalogue import Task
 from locality_core.views.jobs import BACKGROUND, INTERACTIVE, Job, JobQueue, server_queue
-from locality_core.views.plan import plan
+from locality_core.views.plan import plan, warmup_datasets
 
 POLL_S = 0.4
 
@@ -50,7 +51,9 @@ def start_warmup(queue: JobQueue | None = None) -> bool:
 
     def queue_plan() -> None:
         try:
-            queue.submit_all(plan(), BACKGROUND)
+            datasets = warmup_datasets()
+            if datasets != []:
+                queue.submit_all(plan(datasets), BACKGROUND)
         except Exception as exc:  # the warm-up is a convenience: the pages compute what they need without it
             print(f"warning: the warm-up could not be planned ({type(exc).__name__}: {exc}); each page computes "
                   "its views when they are first opened.", file=sys.stderr)
@@ -119,6 +122,22 @@ def wait_text(q: JobQueue, job: Job, what: str | None = None) -> str:
     now = f" Now: {job.text}." if job.text else ""
     return (f"{title}.{now} Computed by {who} for {time.time() - (job.started or time.time()):.0f} s{eta}; it goes "
             "on if you leave this page.")
+
+
+def queue_counts() -> dict:
+    """The server's jobs at a glance: total, done, failed, and the title of the one running (or "")."""
+    jobs = queue().jobs()
+    running = next((j.task.title for j in jobs if j.state == "running"), "")
+    return {"total": len(jobs), "done": sum(j.state == "done" for j in jobs),
+            "failed": sum(j.state == "failed" for j in jobs), "running": running}
+
+
+def cache_warning() -> str | None:
+    """One sentence when results cannot be kept on disk (an unusable cache folder or home): what to do."""
+    if not default_cache().memory_only:
+        return None
+    return ("The cache folder cannot be used (see the server's log), so results are kept in this server's memory "
+            "only and computed again after a restart: point $LOCALITY_CACHE_DIR at a writable folder.")
 
 
 def is_ready(task: Task) -> bool:

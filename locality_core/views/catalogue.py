@@ -23,7 +23,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from locality_core.analysis import generalisation
-from locality_core.analysis.basis import JacobianBasis, basis_is_cached, denoiser_basis
+from locality_core.analysis.basis import (
+    PROBES,
+    JacobianBasis,
+    LeadingBasis,
+    basis_is_cached,
+    denoiser_basis,
+    denoiser_leading_basis,
+    denoiser_trace_estimates,
+    leading_basis_is_cached,
+    trace_estimates_are_cached,
+)
 from locality_core.analysis.fields import denoiser_field, field_is_cached
 from locality_core.analysis.linear_fit import fit_linear_denoiser
 from locality_core.analysis.sampling import cached_trajectory, trajectory_is_cached
@@ -193,6 +203,29 @@ def basis(data: Dataset, *, name: str, image: int, sigma: float, seed: int, prec
     if progress:
         progress(0.0, f"{name}: full Jacobian at σ={sigma:.3g}")
     return denoiser_basis(data, name, image, sigma, seed=seed, precision=precision)
+
+
+@view_function("leading_basis", ready=lambda data, name, image, sigma, seed, precision, k: leading_basis_is_cached(
+    data, name, image, sigma, seed=seed, precision=precision, k=k),
+    describe=lambda name, image, sigma, seed, precision, k:
+    f"{name}: the {k} leading Jacobian eigenpairs of test image #{image} at σ={sigma:.3g}")
+def leading_basis(data: Dataset, *, name: str, image: int, sigma: float, seed: int, precision: str, k: int,
+                  progress: Progress | None = None) -> tuple[LeadingBasis, np.ndarray]:
+    """The leading eigenpairs (with residuals) and the noisy image y they are taken at."""
+    if progress:
+        progress(0.0, f"block Krylov on Jacobian-vector products at σ={sigma:.3g}")
+    return denoiser_leading_basis(data, name, image, sigma, seed=seed, precision=precision, k=k)
+
+
+@view_function("trace_estimate", ready=lambda data, name, image, sigmas, seed: trace_estimates_are_cached(
+    data, name, image, sigmas, seed=seed),
+    describe=lambda name, image, sigmas, seed: f"{name}: tr J estimated at {_levels(sigmas)}")
+def trace_estimates(data: Dataset, *, name: str, image: int, sigmas, seed: int,
+                    progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Hutchinson tr J with its standard error at every sigma (one batched pass)."""
+    if progress:
+        progress(0.0, f"{len(sigmas) * PROBES} random probes in one batched pass")
+    return denoiser_trace_estimates(data, name, image, list(sigmas), seed=seed)
 
 
 @view_function("trace", ready=lambda data, name, image, sigmas, seed, precision: all(

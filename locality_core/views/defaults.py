@@ -36,6 +36,7 @@ class Defaults:
     sample_steps: int = 10
     jacobian_image: int = 0
     jacobian_sigma_index: int = 4   # into `sigmas`, high to low: sigma = 3.44 (t = 500)
+    jacobian_pairs: int = 16        # leading eigenpairs of a network's Jacobian (`analysis.basis.leading_basis`)
     field_n: int = 32
     experiment: str = "inject"      # "Locality follows the data" opens on the W pattern
     inject_strength: float = 1.0

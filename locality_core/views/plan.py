@@ -17,6 +17,7 @@ Tiers, in order (a task already computed costs nothing: the worker checks first)
 
 from __future__ import annotations
 
+from locality_core import settings
 from locality_core.analysis import generalisation
 from locality_core.data import DatasetError, list_datasets
 from locality_core.data import get_spec as dataset_spec
@@ -56,6 +57,13 @@ def samples(ref: DataRef, name: str) -> Task:
                    options=())
 
 
+def leading_basis(ref: DataRef, name: str, sigma: float) -> Task:
+    """The Jacobian page's default view: the network's leading eigenpairs at the default image and level."""
+    D = defaults.DEFAULTS
+    return Task.of("leading_basis", ref, name=name, image=D.jacobian_image, sigma=sigma, seed=D.seed,
+                   precision=field_precision(), k=D.jacobian_pairs)
+
+
 def basis(ref: DataRef, name: str, sigma: float) -> Task:
     D = defaults.DEFAULTS
     return Task.of("basis", ref, name=name, image=D.jacobian_image, sigma=sigma, seed=D.seed,
@@ -88,7 +96,8 @@ def landing(ref: DataRef, data) -> list[Task]:
     tasks += [samples(ref, n) for n in D.sample_denoisers if n in D.fast_samplers and _available(n, data)]
     name = jacobian_denoiser(data)
     if name is not None:
-        tasks.append(basis(ref, name, D.jacobian_sigma()))
+        tasks += [leading_basis(ref, name, D.jacobian_sigma()),
+                  Task.of("trace_estimate", ref, name=name, image=D.jacobian_image, sigmas=D.sigmas, seed=D.seed)]
     tasks.append(_masks(experiment_refs(ref, data)["inject"][0]))
     sizes = generalisation.family_sizes(data)
     if sizes:
@@ -134,10 +143,9 @@ def large_memorisation(ref: DataRef, data) -> list[Task]:
     return [Task.of("memorisation", ref, kind="analytical", sizes=(n,)) for n in sizes[1:]]
 
 
-def _loaded(names: list[str]) -> list[tuple[DataRef, object]]:
+def _loaded(refs: list[DataRef]) -> list[tuple[DataRef, object]]:
     out = []
-    for name in names:
-        ref = DataRef.of(name)
+    for ref in refs:
         try:
             out.append((ref, ref.load()))
         except (DatasetError, OSError):  # not available here: not in the plan
@@ -145,15 +153,17 @@ def _loaded(names: list[str]) -> list[tuple[DataRef, object]]:
     return out
 
 
-def plan(datasets: list[str] | None = None) -> list[Task]:
-    """Every default-view task of ``datasets`` (default: the lecture data sets, then every other registered one
-    available here without a download), in the order above, without repeats."""
+def plan(datasets: list[str | DataRef] | None = None) -> list[Task]:
+    """Every default-view task of ``datasets`` (names or DataRefs; default: the lecture data sets, then every other
+    registered one available here without a download), in the order above, without repeats. Given data sets are
+    all "first": their landing views come before anyone's slow views."""
     if datasets is None:
         others = [s.name for s in list_datasets() if s.name not in LECTURE_DATASETS and not s.name.startswith("user:")
                   and available_here(s.name)]
-        first, rest = _loaded([n for n in LECTURE_DATASETS if available_here(n)]), _loaded(others)
+        first = _loaded([DataRef.of(n) for n in LECTURE_DATASETS if available_here(n)])
+        rest = _loaded([DataRef.of(n) for n in others])
     else:
-        first, rest = _loaded(list(datasets)), []
+        first, rest = _loaded([d if isinstance(d, DataRef) else DataRef.of(d) for d in datasets]), []
     tasks: list[Task] = []
     for ref, data in first:
         tasks += landing(ref, data)
@@ -169,6 +179,17 @@ def plan(datasets: list[str] | None = None) -> list[Task]:
     for ref, data in first + rest:
         tasks += large_memorisation(ref, data)
     return list(dict.fromkeys(tasks))
+
+
+def warmup_datasets() -> list[DataRef] | None:
+    """What $LOCALITY_WARMUP asks to warm up: None for the whole plan ("1"), [] for nothing ("0"), else the listed
+    data sets ("fashion-mnist;grf:n_train=2000")."""
+    text = settings.WARMUP.text()
+    if text in ("", "1"):
+        return None
+    if not settings.WARMUP.flag():
+        return []
+    return [DataRef.parse(part) for part in text.split(";") if part.strip()]
 
 
 def available_here(name: str) -> bool:

@@ -28,6 +28,15 @@ TRANSFORMS = {
 KEEP_TRANSFORMED = 4  # transformed data sets kept per process (each a copy of its base's images)
 
 
+def _number(text: str):
+    """An option's value: an int, a float, or the text itself."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
 def _pairs(mapping: dict | tuple | None) -> tuple[tuple[str, object], ...]:
     return tuple(sorted(dict(mapping or ()).items()))
 
@@ -45,6 +54,22 @@ class DataRef:
         if ref.transform and kind not in TRANSFORMS:
             raise DatasetError(f"unknown transform {kind!r}; known: {', '.join(TRANSFORMS)}")
         return ref
+
+    @classmethod
+    def parse(cls, text: str) -> DataRef:
+        """``"grf:n_train=2000,alpha=3"`` -> DataRef("grf", (("alpha", 3), ("n_train", 2000))). A user data set is
+        ``user:NAME``, its options after a second colon. ValueError for an option without ``=``."""
+        text, prefix = text.strip(), ""
+        if text.startswith("user:"):
+            prefix, text = "user:", text[len("user:"):]
+        name, _, opts = text.partition(":")
+        params = {}
+        for item in filter(None, (p.strip() for p in opts.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"expected key=value in the options of {prefix + name!r}, got {item!r}")
+            params[key.strip()] = _number(value.strip())
+        return cls.of(prefix + name, params)
 
     def with_transform(self, kind: str, **params) -> DataRef:
         return DataRef.of(self.name, self.params, {"kind": kind, **params})
