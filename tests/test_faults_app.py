@@ -171,3 +171,37 @@ def test_memory_bomb_url_options_show_a_message_and_build_nothing():
     at.switch_page("pages/components.py").run()
     assert not at.exception
     assert any("GiB of memory" in e.value for e in at.error)
+
+
+def test_the_page_html_gets_the_chunk_retry_and_nothing_else_does():
+    """ChunkRetry puts its script at the top of a page's HTML (asked for uncompressed, not sent from its file), and
+    leaves Streamlit's own routes and other content alone."""
+    import asyncio
+
+    from ui.chunk_retry import SCRIPT, ChunkRetry
+
+    async def run(path: str, content_type: bytes, body: bytes):
+        seen, out = {}, []
+
+        async def app(scope, receive, send):
+            seen.update(scope)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        async def send(message):
+            out.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "extensions": {"http.response.pathsend": {}},
+                 "headers": [(b"accept-encoding", b"gzip")]}
+        await ChunkRetry(app)(scope, None, send)
+        return seen, out
+
+    seen, out = asyncio.run(run("/components", b"text/html; charset=utf-8", b"<html><head><title>x</title>"))
+    body = out[-1]["body"]
+    assert body.startswith(b"<html><head>" + SCRIPT.encode()) and body.endswith(b"<title>x</title>")
+    assert dict(out[0]["headers"])[b"content-length"] == str(len(body)).encode()
+    assert "http.response.pathsend" not in seen["extensions"] and not seen["headers"]
+    for path in ("/_stcore/health", "/static/js/index.js", "/component/x"):
+        _, out = asyncio.run(run(path, b"text/html", b"<head>"))
+        assert out[-1]["body"] == b"<head>"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from locality_core.data import Dataset
-from ui import figures
+from ui import chunk_retry, figures
 from ui.state import VIEW_KEY, View
 from ui.viewport import content_width
 
@@ -34,43 +34,9 @@ PRESENT_CSS = """
 GAP = 16  # px between st.columns(gap="small")
 
 
-# Streamlit loads each kind of element's code (PlotlyChart.js, ...) lazily; under heavy load such a fetch can fail,
-# and the page then shows "Failed to fetch dynamically imported module" in place of every chart until a reload.
-# This reloads once, by itself (the view lives in the URL, long work in the server's jobs: nothing is lost); a
-# second failure within a minute is left on the screen, so that a real outage does not loop.
-CHUNK_RETRY = """
-<script>
-(() => {
-  if (window.__chunkRetry) return;
-  window.__chunkRetry = true;
-  const KEY = "locality-chunk-reload", FAILED = "Failed to fetch dynamically imported module";
-  const reload = () => {
-    const last = Number(sessionStorage.getItem(KEY) || 0);
-    if (Date.now() - last < 60000) return;
-    sessionStorage.setItem(KEY, String(Date.now()));
-    location.reload();
-  };
-  window.addEventListener("vite:preloadError", (event) => { event.preventDefault(); reload(); });
-  window.addEventListener("unhandledrejection", (event) => {
-    if (String(event.reason && event.reason.message || event.reason).includes(FAILED)) reload();
-  });
-  let pending = false;  // look at most once a second, and at the text only (no layout)
-  new MutationObserver(() => {
-    if (pending) return;
-    pending = true;
-    setTimeout(() => {
-      pending = false;
-      if (document.body && document.body.textContent.includes(FAILED)) reload();
-    }, 1000);
-  }).observe(document.documentElement, {childList: true, subtree: true});
-})();
-</script>
-"""
-
-
 def apply_css(present: bool) -> None:
     st.html(CSS + (PRESENT_CSS if present else ""))
-    st.html(CHUNK_RETRY, unsafe_allow_javascript=True, width="content")
+    st.html(chunk_retry.SCRIPT, unsafe_allow_javascript=True, width="content")
 
 
 def presentation() -> bool:

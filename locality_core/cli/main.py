@@ -4,6 +4,7 @@
     locality import NAME FOLDER_OR_ZIP [--size H,W] [--mode L|RGB] [--force]
     locality precompute DATASET [--all]     statistics (--all: every page's default view too)
     locality precompute --all [--plan]      every lecture default view in talk order (--plan: list, with CPU s)
+    locality pack export FILE [DATASET...]  the computed default views in one file; `locality pack import FILE`
     locality stats DATASET [--json]         top eigenvalues, trace, components for 90/95/99 %
     locality field DATASET --denoiser NAME --pixel R,C --sigmas S1,S2 --out F.npy|F.png
     locality train DATASET [--steps N] [--resume]
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from locality_core.analysis.basis import denoiser_basis
 from locality_core.analysis.fields import cosine_similarity, denoiser_field, locality_sizes
 from locality_core.cli import validate
-from locality_core.cli.common import USER_ERRORS, load, statistics
+from locality_core.cli.common import USER_ERRORS, load, progress_bar, statistics
 from locality_core.cli.generalisation_command import add_command as add_generalisation
 from locality_core.cli.sampling_commands import add_commands
 from locality_core.data import DatasetError, default_dataset_name, list_datasets
@@ -42,6 +43,7 @@ from locality_core.denoisers.registry import get_denoiser, list_denoisers
 from locality_core.denoisers.training import TrainConfig, default_unet_config, train
 from locality_core.render import heat, labelled_grid, mark_pixel, to_uint8_image
 from locality_core.schedule import REFERENCE_SIGMAS, format_noise_level
+from locality_core.views import pack
 from locality_core.views.jobs import read_record, run_task
 from locality_core.views.plan import plan
 
@@ -109,6 +111,32 @@ def _cmd_precompute(args) -> int:
         print(f"{cpu:8.1f} CPU s {wall:8.1f} s  {title}")
     print(f"{sum(t[1] for t in computed):8.1f} CPU s {sum(t[2] for t in computed):8.1f} s  for {len(computed)} views "
           f"({len(times) - len(computed)} were cached already)")
+    return 0
+
+
+def _cmd_pack_export(args) -> int:
+    update, close = progress_bar("pack")
+    try:
+        report = pack.export_pack(args.file, args.datasets or None, progress=update)
+    finally:
+        close()
+    print(f"{args.file}: {report.written} cache entries, {report.bytes / 2**20:.1f} MB")
+    if report.missing:
+        print(f"{len(report.missing)} default views are not computed here and are not in the pack (run "
+              "`locality precompute --all` first), e.g. " + "; ".join(report.missing[:3]), file=sys.stderr)
+    return 0
+
+
+def _cmd_pack_import(args) -> int:
+    update, close = progress_bar("pack")
+    try:
+        report = pack.import_pack(args.file, progress=update)
+    finally:
+        close()
+    print(f"{report.written} entries imported ({report.bytes / 2**20:.1f} MB), {report.present} already here, "
+          f"{len(report.skipped)} skipped")
+    for key, why in report.skipped[:10]:
+        print(f"  skipped {key[:70]}: {why}", file=sys.stderr)
     return 0
 
 
@@ -332,6 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("pack", help="carry a prepared cache: export the default views computed here, import them "
+                                    "on another machine")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    q = verbs.add_parser("export", help="write the cache entries of every computed default view to FILE")
+    q.add_argument("file", type=validate.arg(validate.out_file, (".zip",)), help="the pack to write (.zip)")
+    q.add_argument("datasets", nargs="*", help="data sets (default: every lecture default view, in talk order)")
+    q.set_defaults(func=_cmd_pack_export)
+    q = verbs.add_parser("import", help="load a pack into this machine's cache (checked; nothing replaced)")
+    q.add_argument("file", help="a pack made by `locality pack export`")
+    q.set_defaults(func=_cmd_pack_import)
 
     p = sub.add_parser("basis", help="Jacobian eigenbasis of a denoiser at one noisy test image")
     p.add_argument("dataset")
