@@ -151,7 +151,7 @@ def fields(view: View, e: Experiment, data, stats, mdata, mstats) -> None:
                    "shuffled field put back in place. They are the same maps.")
     show(tiles_figure(mdata.train[:8].numpy(), [f"#{i}" for i in range(8)], columns=8, kind="image",
                       page_width=min(900, grid_width)), "exp_samples", f"{e.modified.name}-modified-samples")
-    st.caption(f"Eight training images of the modified data: {mdata.description}")
+    st.caption(f"Eight training images of the modified data: {loading.public(mdata.description)}")
     png_download("Download the maps (PNG)", lambda: grid_png(rows, [" ".join(t) for t in titles], pixel=outlines,
                                                              title=f"{EXPERIMENTS[e.kind]}: pixel (row {pixel[0]}, "
                                                                    f"col {pixel[1]})"),

@@ -105,7 +105,8 @@ def main() -> None:
                   "same new image.")
     sizes = generalisation.family_sizes(data)
     if not sizes:
-        st.info("This page waits for networks trained on disjoint subsets. " + how_to_train_subsets(data.name),
+        st.info("This page waits for networks trained on disjoint subsets. " + loading.public(
+            how_to_train_subsets(data.name)),
                 icon=":material/model_training:")
         st.stop()
     n = st.select_slider("Training images per denoiser, N (A and B each)", sizes, value=sizes[0], key="gen_n",

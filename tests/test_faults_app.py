@@ -205,3 +205,14 @@ def test_the_page_html_gets_the_chunk_retry_and_nothing_else_does():
     for path in ("/_stcore/health", "/static/js/index.js", "/component/x"):
         _, out = asyncio.run(run(path, b"text/html", b"<head>"))
         assert out[-1]["body"] == b"<head>"
+
+
+def test_messages_on_a_page_name_the_servers_folders_and_show_no_path():
+    from locality_core.data.download import data_home
+    from locality_core.denoisers.models import how_to_train
+    from ui.loading import public
+
+    text = public(how_to_train("faces"))
+    assert str(data_home()) not in text and "the server's model folder" in text and "locality train faces" in text
+    assert public("(/usr/share/datasets/fashion-mnist)") == "(…/fashion-mnist)"
+    assert public("power spectrum 1/f^alpha, a ratio 1/2") == "power spectrum 1/f^alpha, a ratio 1/2"

@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import streamlit as st
 
 from locality_core import settings
 from locality_core.data import Dataset, DatasetError
+from locality_core.data.download import data_home
 from locality_core.data.registry import file_stamp
 from locality_core.data.user import PREFIX
-from locality_core.denoisers.models import ModelError
+from locality_core.denoisers.models import ASSETS_MODELS, ModelError
 from locality_core.denoisers.registry import DenoiserError, denoiser_cache_id
 from locality_core.denoisers.registry import get_spec as get_denoiser_spec
 from locality_core.stats.covariance import DataStats
+from locality_core.store.cache import default_cache_dir
 from locality_core.store.memory import TooLargeError
 from locality_core.views import defaults as views_defaults
 from locality_core.views.catalogue import Task
@@ -105,11 +108,28 @@ def stats(ref: DataRef, slot=None) -> DataStats:
     return waiting.result(Task.of("stats", ref), slot, what="Data statistics (computed once, then cached)")
 
 
+_FOLDERS = None
+
+
+def public(text: str) -> str:
+    """A library message as a visitor may read it: the server's own folders named by what they are, any other
+    absolute path shortened to its last part (a page is no place to show a server's file system)."""
+    global _FOLDERS
+    if _FOLDERS is None:
+        _FOLDERS = [(str(data_home() / "models"), "the server's model folder"),
+                    (str(data_home()), "the server's data folder"), (str(default_cache_dir()), "the server's cache"),
+                    (str(ASSETS_MODELS), "the shipped models")]
+    for folder, name in _FOLDERS:
+        text = text.replace(folder, name)
+    return re.sub(r"(?<![\w.])~?/(?:[\w.+-]+/)+([\w.+-]+)", r"…/\1", text)
+
+
 def show_error(exc: BaseException, what: str = "") -> None:
     """A user-facing failure as a message (with what to do, which the library's messages carry); a failed job
     shows its error's message the same way."""
     prefix = f"{what}: " if what else ""
     kind = exc.kind if isinstance(exc, waiting.JobFailed) else type(exc).__name__
+    exc = public(str(exc))
     if kind == TooLargeError.__name__:
         st.error(f"{prefix}{exc}", icon=":material/memory:")
     elif kind in (DenoiserError.__name__, ModelError.__name__):
@@ -125,7 +145,7 @@ def require_data(ref: DataRef) -> tuple[Dataset, DataStats]:
         with st.spinner(f"Loading {ref.label}…"):
             data = dataset(ref)
         if data.notice:
-            st.info(data.notice)
+            st.info(public(data.notice))
         return data, stats(ref)
     except USER_ERRORS as exc:
         show_error(exc, f"Data set {ref.label!r}")
@@ -142,9 +162,10 @@ def require_data(ref: DataRef) -> tuple[Dataset, DataStats]:
 def denoiser_status(name: str, data: Dataset) -> tuple[bool, str]:
     """(usable, message): whether denoiser ``name`` is registered and available for ``data``, and why not."""
     try:
-        return get_denoiser_spec(name).availability(data)
+        ok, message = get_denoiser_spec(name).availability(data)
     except USER_ERRORS as exc:
-        return False, str(exc)
+        ok, message = False, str(exc)
+    return ok, public(message)
 
 
 def denoiser_id(name: str, data: Dataset, **options) -> str:

@@ -12,6 +12,7 @@ import torch
 from locality_core.data import DatasetError, default_dataset_name, get_spec, list_datasets
 from locality_core.views import defaults
 from ui import waiting
+from ui.loading import public
 from ui.state import T_OPTIONS, View, noise_label, parse_dataset_env, resolve_sigmas
 
 MAX_COUNT = 200_000
@@ -86,9 +87,9 @@ def render_sidebar() -> View:
                                       "each one is and which are available here.")
         ok, message = availability(name)
         if ok:
-            st.caption(f"**{titles[name]}.** {get_spec(name).description}")
+            st.caption(f"**{titles[name]}.** {public(get_spec(name).description)}")
         else:
-            st.warning(f"**{titles[name]}** is not available here: {message}")
+            st.warning(f"**{titles[name]}** is not available here: {public(message)}")
         with st.expander("All data sets"):
             for spec in specs:
                 usable, why = availability(spec.name)
