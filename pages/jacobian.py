@@ -55,8 +55,9 @@ def network_basis(view: View, data, name: str | None, status: dict, image_index:
         return None
 
 
-def inputs_and_spectrum(view: View, data, stats, sigma: float, image_index: int, y, wiener_b, name, model_b,
-                        trace: tuple[float, float] | None) -> None:
+def inputs_and_spectrum(view: View, data, stats, sigma: float, image_index: int, y, wiener_b, name, model_b):
+    """The clean and noisy image, the metrics, and the spectrum; returns a slot for the network's tr J (filled when
+    its estimate is there: the rest of the page does not wait for it)."""
     left, right = st.columns([1, 2.2])
     with left:
         column = int(PAGE_WIDTH / 3.2) - 10  # the left of columns [1, 2.2]: a wider figure would be shrunk into it
@@ -65,14 +66,10 @@ def inputs_and_spectrum(view: View, data, stats, sigma: float, image_index: int,
                           kind="image", page_width=column), "jb_inputs", f"{view.dataset}-jacobian-input")
         st.caption(f"The noisy image at {noise_label(sigma)} is shown divided by √(1+σ²), the DDPM scale, so that "
                    "it fits the gray range.")
-        metrics = {"Wiener tr J": f"{wiener_b.trace:.1f}"}
-        if trace is not None:
-            value, error = trace
-            metrics[f"{name} tr J"] = f"{value:.1f}" if error == 0 else f"{value:.1f} ± {error:.1f} (estimate)"
+        st.metric("Wiener tr J", f"{wiener_b.trace:.1f}")
+        trace_slot = st.empty()
         if model_b is not None:
-            metrics[f"{name} asymmetry ‖J−Jᵀ‖/‖J‖"] = f"≈ {model_b.asymmetry:.3f}"
-        for metric_label, value in metrics.items():
-            st.metric(metric_label, value)
+            st.metric(f"{name} asymmetry ‖J−Jᵀ‖/‖J‖", f"≈ {model_b.asymmetry:.3f}")
     with right:
         curves = {"Wiener": wiener_b.eigvals}
         if model_b is not None:
@@ -88,6 +85,12 @@ def inputs_and_spectrum(view: View, data, stats, sigma: float, image_index: int,
                    + ("" if model_b is None else f" The network's {len(model_b.eigvals)} leading eigenpairs come "
                       "from block Krylov iterations on Jacobian-vector products; each eigenvalue is within "
                       f"{float(np.max(model_b.residuals)):.1g} of the exact one (its residual)."))
+    return trace_slot
+
+
+def show_trace_metric(slot, name: str, trace: tuple[float, float]) -> None:
+    value, error = trace
+    slot.metric(f"{name} tr J", f"{value:.1f}" if error == 0 else f"{value:.1f} ± {error:.1f} (estimate)")
 
 
 def spectrum_sentence(name: str | None, model_b) -> str:
@@ -179,10 +182,11 @@ def main() -> None:
     image_index, sigma, name, status = controls(view, data)
     wiener_b, y = denoiser_basis(data, "wiener", image_index, sigma, seed=view.seed)
     model_b = network_basis(view, data, name, status, image_index, sigma)
-    traces = network_trace(view, data, name, status, image_index)
-    here = None if traces is None else (traces[0][view.sigmas.index(sigma)], traces[1][view.sigmas.index(sigma)])
-    inputs_and_spectrum(view, data, stats, sigma, image_index, y, wiener_b, name, model_b, here)
+    trace_slot = inputs_and_spectrum(view, data, stats, sigma, image_index, y, wiener_b, name, model_b)
     eigenvectors(view, [("Wiener", wiener_b)] + ([(name, model_b)] if model_b is not None else []))
+    traces = network_trace(view, data, name, status, image_index)
+    if traces is not None:
+        show_trace_metric(trace_slot, name, (traces[0][view.sigmas.index(sigma)], traces[1][view.sigmas.index(sigma)]))
     trace_curve(view, stats, name, traces, image_index)
 
 

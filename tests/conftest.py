@@ -43,3 +43,15 @@ def natural_patches():
     if not ok:
         pytest.skip(why)
     return load_dataset("natural-patches")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for a module's browser tests (Debian's, with the flags this closed network needs)."""
+    from servers import ARGS, CHROMIUM
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()

@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import CHROMIUM, running
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 SHOTS = ROOT / "docs" / "screenshots"
 LONG = 300_000  # ms: a cold start computes the data statistics (and, with a trained UNet, its fields)
 VIEWPORT = {"width": 1280, "height": 720}  # a projector: the key figures must fit this first screen
@@ -40,52 +34,12 @@ PICKER = ".st-key-picker [data-testid=pixel-picker]"
 GRID = ".st-key-field_grid .js-plotly-plot"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("LOCALITY_APP_DATASET", None)  # the default data set: what the README shows
-    log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        else:
-            raise RuntimeError(f"streamlit did not become healthy in 60 s: {log_path.read_text()[-2000:]}")
+    with running("app.py", env, tmp_path_factory.mktemp("streamlit") / "server.log") as url:
         yield url
-        assert "Traceback" not in log_path.read_text(), log_path.read_text()[-4000:]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

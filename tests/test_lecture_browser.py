@@ -11,22 +11,16 @@ import contextlib
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
+from servers import CHROMIUM, running
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 VIEWPORT = {"width": 1280, "height": 720}
 LONG = 300_000  # ms
 SMALL_GRF = "grf:n_train=300,n_test=16"
@@ -39,42 +33,10 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 @contextlib.contextmanager
 def serve(tmp_path: Path, **env):
     """`streamlit run serve.py` with ``env`` on a free port; yields its URL; stops it and checks its log."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     full = {**os.environ, "PYTHONUNBUFFERED": "1", "LOCALITY_CACHE_DIR": str(tmp_path / "cache"), **env}
     full.pop("LOCALITY_JOBS", None)  # the server chooses, as a deployment does (the tests' inline mode is for AppTest)
-    log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "serve.py", "--server.headless", "true",
-                                 "--server.port", str(port), "--server.fileWatcherType", "none",
-                                 "--browser.gatherUsageStats", "false"], cwd=ROOT, env=full, stdout=log,
-                                stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(240):
-                try:
-                    if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                except OSError:
-                    time.sleep(0.5)
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-            yield url
-            assert "Traceback" not in log_path.read_text(), log_path.read_text()[-4000:]
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+    with running("serve.py", full, tmp_path / "server.log", healthy_within_s=120) as url:
+        yield url
 
 
 def open_page(browser, url: str):
