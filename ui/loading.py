@@ -108,18 +108,12 @@ def stats(ref: DataRef, slot=None) -> DataStats:
     return waiting.result(Task.of("stats", ref), slot, what="Data statistics (computed once, then cached)")
 
 
-_FOLDERS = None
-
-
 def public(text: str) -> str:
     """A library message as a visitor may read it: the server's own folders named by what they are, any other
     absolute path shortened to its last part (a page is no place to show a server's file system)."""
-    global _FOLDERS
-    if _FOLDERS is None:
-        _FOLDERS = [(str(data_home() / "models"), "the server's model folder"),
-                    (str(data_home()), "the server's data folder"), (str(default_cache_dir()), "the server's cache"),
-                    (str(ASSETS_MODELS), "the shipped models")]
-    for folder, name in _FOLDERS:
+    folders = [(str(data_home() / "models"), "the server's model folder"), (str(data_home()), "the server's data "
+               "folder"), (str(default_cache_dir()), "the server's cache"), (str(ASSETS_MODELS), "the shipped models")]
+    for folder, name in folders:  # read each time: the settings may change while the server runs
         text = text.replace(folder, name)
     return re.sub(r"(?<![\w.])~?/(?:[\w.+-]+/)+([\w.+-]+)", r"…/\1", text)
 
