@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from locality_core.analysis.calibration import calibrate
+from locality_core.analysis.metrics import per_batch_difference
 from locality_core.data import Dataset
 from locality_core.denoisers.analytical import (
     AnalyticalDenoiser,
@@ -18,7 +19,6 @@ from locality_core.denoisers.analytical import (
     cached_mask,
     default_theta,
     mask_column,
-    per_batch_difference,
 )
 from locality_core.denoisers.optimal import OptimalDenoiser, optimal_denoise
 from locality_core.denoisers.patches import (
@@ -321,7 +321,7 @@ def test_plans_for_one_input_and_for_a_batch_give_the_same_denoiser():
     """A plan is made for the number of inputs per call (one input cannot amortise row gathers). For discs of
     radius 8 on 12x12x3 images (70 % of the mask set, like natural-patches at t = 500) one input gets one block
     over all rows, eight inputs get gathered complement tiles; each call gives the dense formula."""
-    from locality_core.denoisers.analytical import plan_mask
+    from locality_core.denoisers.masked_engine import plan_mask
 
     shape = (3, 12, 12)
     yy, xx = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
@@ -438,7 +438,7 @@ def test_mask_reference_numbers_fashion(fashion_stats):
 def test_fast_analytical_matches_dense_on_fashion(fashion, fashion_stats):
     """Exact mode on real data: float32 fast engine vs the dense formula in float64, within 1e-5, for a batch
     (expanded and cross terms, float64 below sigma 1) and for one input at a time (float32 down to 0.05, direct
-    terms below 0.4: see `work_form`), on the reference grid and on both sides of each switch."""
+    terms below 0.4: see `softmax.PRECISION`), on the reference grid and on both sides of each switch."""
     train = fashion.train[:2000]
     den = AnalyticalDenoiser().fit(Dataset.from_tensor(train, stats=fashion_stats))
     g = torch.Generator().manual_seed(0)
@@ -563,10 +563,10 @@ def test_grouped_engine_equals_dense_formula_for_every_block_kind(slack, batch, 
     one group per distinct row count) gives the dense formula in float64, for one input and for eight, exactly
     (1e-12), at low, middle and high noise, with chunks that do not divide N; groups over all rows in the cross
     form (narrow groups) and in the expanded form (``EXPANDED_MIN_COLUMNS`` = 1)."""
-    from locality_core.denoisers import analytical
-    from locality_core.denoisers.analytical import masked_softmax_denoise, plan_mask
+    from locality_core.denoisers import masked_engine
+    from locality_core.denoisers.masked_engine import masked_softmax_denoise, plan_mask
 
-    monkeypatch.setattr(analytical, "EXPANDED_MIN_COLUMNS", expanded_min)
+    monkeypatch.setattr(masked_engine, "EXPANDED_MIN_COLUMNS", expanded_min)
 
     shape, mask = (1, 10, 10), _mixed_mask()
     plan = plan_mask(mask, shape, tile=4, batch=batch, slack=slack)
@@ -589,7 +589,7 @@ def test_grouped_engine_per_sample_sigma_float32_sharded_and_batch_normalised():
     """The same mixed plan through the denoiser: per-sample sigma equals one call per input; float32 inputs
     match float64 within 1e-5; two shards' states merge to the whole; the batch-normalised variant is the
     dense one's."""
-    from locality_core.denoisers.analytical import masked_softmax_denoise, masked_softmax_state, plan_mask
+    from locality_core.denoisers.masked_engine import masked_softmax_denoise, masked_softmax_state, plan_mask
     from locality_core.denoisers.softmax import finish, merge_states
 
     shape, mask = (1, 10, 10), _mixed_mask()
@@ -615,7 +615,7 @@ def test_grouped_engine_per_sample_sigma_float32_sharded_and_batch_normalised():
 def test_grouped_engine_jacobian_equals_the_dense_formula():
     """Gradients through the checkpointed grouped engine (every block kind, one and two inputs) equal those of
     the dense formula."""
-    from locality_core.denoisers.analytical import masked_softmax_denoise, plan_mask
+    from locality_core.denoisers.masked_engine import masked_softmax_denoise, plan_mask
 
     shape, mask = (1, 10, 10), _mixed_mask()
     train = _images(23, shape, seed=31)

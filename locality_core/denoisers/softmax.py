@@ -11,33 +11,102 @@ Glossary
                 see `distributed.all_merge_states`)
     threads     within one process, `threaded_state` splits the candidates over threads of one torch thread
                 each and merges their states the same way
+    precision   `PRECISION`: per engine, the noise levels below which float32 inputs are computed in float64
+                and below which squared distances are summed from direct rather than expanded terms
 
 Shapes: shared weights m, s (B,), acc (B, F); per coordinate (one softmax per (row, feature)) all (B, F).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
 
 EXP_FLOOR = -87.0    # exp(x) for x below this takes a slow path (float32 underflow); see `exp_shifted`
-
-# Precision of the squared-distance terms of float32 inputs in the engines that sum them per pixel (LS, the mask
-# engine). At low noise the terms are "direct", (x - x0)^2: no cancellation, exact for the near neighbours that
-# decide a low-noise softmax; float32 is exact enough until the logit scale 1 / (2 sigma^2) passes 200, so they
-# are float64 below DIRECT_FLOAT64_BELOW. At higher noise, where noise makes every (x - x0)^2 large but the
-# softmax only sees differences between training images, the terms are "expanded", x0c (x0c - 2 xc) on centred
-# images: the k-independent part (x - centre)^2 dropped, an order of magnitude smaller, and so is the float32
-# round-off. The direct terms' round-off grows with the distance they sum, the expanded terms' with
-# 1 / sigma^2, so each engine measures where it switches (`patches.LS_EXPANDED_ABOVE`, `analytical.DIRECT_BELOW`)
-DIRECT_FLOAT64_BELOW = 0.05
 THREAD_SHARD_MIN = 512  # candidates per thread at least in `threaded_state` (fewer: start-up and merge outweigh it)
 
+
+# ---------------------------------------------------------------- precision
+
+class WorkForm(NamedTuple):
+    """How one call computes its squared distances: in ``dtype``, from ``direct`` terms (x - x0)^2 or from
+    expanded ones (x0 (x0 - 2 x) on centred images, ||x0||^2 - 2 x.x0 for whole images)."""
+
+    dtype: torch.dtype
+    direct: bool
+
+
+@dataclass(frozen=True)
+class Switches:
+    """The noise levels where one engine changes form (see `Precision`).
+
+    float64_below  float32 inputs are computed in float64 below this sigma
+    direct_below   the terms are direct below this sigma, expanded from it up (engines that sum per-pixel terms)
+    batch          the switches of a call with several inputs, where they differ from one input's (None: same)
+    """
+
+    float64_below: float = 0.0
+    direct_below: float = 0.0
+    batch: Switches | None = None
+
+    def form(self, dtype: torch.dtype, sigma: float | torch.Tensor, n_inputs: int = 1) -> WorkForm:
+        """The form of a call with ``n_inputs`` inputs of ``dtype`` at ``sigma`` (a float, or a tensor of one
+        sigma per input: the smallest decides)."""
+        switches = self if n_inputs == 1 or self.batch is None else self.batch
+        low = float(sigma) if not isinstance(sigma, torch.Tensor) else min(sigma.reshape(-1).tolist(), default=math.inf)
+        wide = dtype == torch.float32 and low < switches.float64_below
+        return WorkForm(torch.float64 if wide else dtype, low < switches.direct_below)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Where each softmax engine computes float32 inputs in float64, and which terms it sums: one place for
+    every engine's measured switches. Float64 inputs stay float64.
+
+    Why: a logit is a squared distance times 1 / (2 sigma^2), and the softmax sees differences between logits,
+    so round-off in a distance is amplified by 1 / (2 sigma^2) and matters below some sigma. Where depends on
+    how an engine forms its distances, so each engine keeps its own measured numbers:
+    - expanded terms (||x0||^2 - 2 x.x0, or x0c (x0c - 2 xc) on images centred on the training mean): the
+      k-independent ||x||^2 dropped, so no large constant, but the two parts cancel, and their round-off grows
+      with 1 / sigma^2. Direct terms (x - x0)^2 do not cancel: exact for the near neighbours that decide a
+      low-noise softmax, but at high noise every (x - x0)^2 is large and their round-off grows with the
+      distance they sum. Engines that sum per-pixel terms (LS, the mask engine) switch from direct to expanded
+      at ``direct_below``, and keep float32 direct terms until the logit scale passes 200 (sigma 0.05)
+    - optimal (whole-image distances, expanded): float64 below sigma 2, where logits are distances / 2 sigma^2
+      and float32 round-off in ||x0||^2 - 2 x.x0 (sums over all d pixels) would move them by O(1)
+    - els (patch distances by one GEMM, expanded, uncentred): float64 below sigma 0.5
+    - ls (box sums of per-pixel terms, centred): direct below sigma 1, expanded above; float64 below 0.05
+    - masked (the analytical denoiser's engine, centred), measured on Fashion-MNIST with 20,000 training images,
+      4 inputs one at a time, float32 against float64: one input sums direct terms below sigma 0.4 (1.6-5.0e-6,
+      up to 1.1e-5 near sigma 1, where a mask sums hundreds of noisy terms) and expanded ones from 0.4 up
+      (1.5-6.3e-6, 9.6e-6 at 0.2); float32 down to 0.05, since its logits come from one GEMM over the terms and
+      float32 runs at 2.4x float64's GEMM rate. A batch keeps expanded and cross terms, whose gathered rows
+      serve every input (direct terms are per input: B times the gathered data), in float64 below sigma 1: in
+      float32 the cross form's two GEMMs cancel to 1.7e-5 at sigma 0.34, past the 1e-5 the engine is held to
+    """
+
+    optimal: Switches
+    els: Switches
+    ls: Switches
+    masked: Switches
+
+
+PRECISION = Precision(
+    optimal=Switches(float64_below=2.0),
+    els=Switches(float64_below=0.5),
+    ls=Switches(float64_below=0.05, direct_below=1.0),
+    masked=Switches(float64_below=0.05, direct_below=0.4, batch=Switches(float64_below=1.0)),
+)
+
+
+# ---------------------------------------------------------------- states
 
 class SoftmaxState(NamedTuple):
     """Partial softmax of some candidates. Shared weights: m, s (B,), acc (B, F); per coordinate: all (B, F)."""
