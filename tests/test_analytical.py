@@ -181,6 +181,33 @@ def test_engines_split_over_threads_equal_their_dense_formulas(two_threads, engi
             assert torch.allclose(got, want, atol=1e-12), (sigma, len(xs))
 
 
+def test_batch_normalised_variant_split_over_threads_is_the_one_thread_result(two_threads, monkeypatch):
+    """The public code's variant (softmax within batches of 512, batch results averaged) over 1,300 training images:
+    split over 2 threads at a batch boundary it equals the one-thread result exactly, and the dense formula."""
+    from locality_core.denoisers import masked_engine
+
+    train = _images(1300, seed=3, dtype=torch.float32)
+    noise = torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(5))
+    x = _images(3, seed=4, dtype=torch.float32) + 0.3 * noise
+    den = AnalyticalDenoiser(0.05, batch_normalised=True).fit(Dataset.from_tensor(train))
+    threads, states = set(), masked_engine._chunk_group_states
+
+    def spy(x, sigma, train, *args):
+        threads.add((threading.current_thread().name.split("_")[0], len(train)))
+        return states(x, sigma, train, *args)
+
+    monkeypatch.setattr(masked_engine, "_chunk_group_states", spy)
+    for sigma in (0.3, 2.0):
+        split = den(x, sigma)
+        torch.set_num_threads(1)
+        one = den(x, sigma)
+        torch.set_num_threads(2)
+        assert torch.equal(split, one), sigma
+        want = analytical_dense(x.double(), sigma, train.double(), den.mask_fn(sigma), batch_normalised=True)
+        assert torch.allclose(split.double(), want, atol=1e-5), sigma
+    assert threads == {("softmax-shard", 512), ("softmax-shard", 788), ("MainThread", 1300)}
+
+
 # ---------------------------------------------------------------- the optimal denoiser
 
 def _optimal_brute(x, sigma, train):

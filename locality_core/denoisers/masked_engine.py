@@ -57,6 +57,7 @@ from locality_core.denoisers.softmax import (
     finish,
     finite_or_zero,
     merge_all,
+    threaded_map,
     threaded_state,
 )
 
@@ -381,13 +382,10 @@ def _state2(logits: torch.Tensor, values: torch.Tensor, dtype: torch.dtype, ws: 
     return SoftmaxState(m, p.sum(2), torch.mul(p, values[:, None, :], out=ws.inplace(p)).sum(2))
 
 
-def _chunk_size(plan: MaskPlan, B: int, N: int, chunk_size: int | None, batch_normalised: bool,
-                itemsize: int = 4) -> int:
+def _chunk_size(plan: MaskPlan, B: int, N: int, chunk_size: int | None, itemsize: int = 4) -> int:
     """Training images per chunk: the widest group's logits within GROUP_ELEMENTS float32 numbers (half as many
     of ``itemsize`` 8), times THREADED_CHUNKS with several torch threads (each operation ends in a wait for
     every thread: fewer, larger ones)."""
-    if batch_normalised:
-        return REFERENCE_BATCH
     widest = max(grp.cols.numel() for grp in plan.groups)
     budget = GROUP_ELEMENTS * 4 // itemsize * (THREADED_CHUNKS if torch.get_num_threads() > 1 else 1)
     return chunk_size or int(min(max(N, 1), max(MIN_CHUNK, budget // (B * widest))))
@@ -463,7 +461,7 @@ def _masked_state(x: torch.Tensor, sigma: float, train: torch.Tensor, plan: Mask
     """`masked_softmax_state` in the calling thread."""
     B, d = x.shape
     form = PRECISION.masked.form(x.dtype, sigma, B)
-    chunk_size = _chunk_size(plan, B, len(train), chunk_size, False, form.dtype.itemsize)
+    chunk_size = _chunk_size(plan, B, len(train), chunk_size, form.dtype.itemsize)
     total = merge_all(_chunk_group_states(x, sigma, train, plan, chunk_size, centre, form), exp=torch.exp2)
     if total is None:
         return empty_state((B, d), (B, d), dtype=x.dtype, m_dtype=form.dtype, device=x.device)
@@ -477,8 +475,10 @@ def masked_softmax_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, p
                            ) -> torch.Tensor:
     """x0_hat (B, d) of the per-coordinate softmax denoiser with mask ``plan`` at one ``sigma``.
 
-    x (B, d); train (N, d), streamed in chunks of ``chunk_size`` images (default: a cache-sized budget; 512
-    when ``batch_normalised``). The terms and their precision follow `softmax.PRECISION.masked`.
+    x (B, d); train (N, d), streamed in chunks of ``chunk_size`` images (default: a cache-sized budget), or,
+    ``batch_normalised``, in the public code's batches of REFERENCE_BATCH. Either is split over torch threads
+    (`softmax.threaded_map`; the batches whole, so the result is the one-thread one). The terms and their
+    precision follow `softmax.PRECISION.masked`.
     ``centre`` (d,): subtracted from inputs and training images before the distances (which it leaves
     unchanged) to shrink round-off; the training mean is a good choice.
     ``shard_merge``: ``train`` is one shard of the training set, and this merges its state with the others'.
@@ -489,8 +489,11 @@ def masked_softmax_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, p
         return finish(state if shard_merge is None else shard_merge(state)).to(x.dtype)
     if shard_merge is not None:
         raise ValueError("the batch-normalised variant is not available on a sharded training set")
-    chunk_size = _chunk_size(plan, len(x), len(train), chunk_size, True)
     form = PRECISION.masked.form(x.dtype, sigma, len(x))
-    results = [_output_order(plan, acc / s)
-               for _, s, acc in _chunk_group_states(x, sigma, train, plan, chunk_size, centre, form)]
-    return torch.stack(results).mean(0).to(x.dtype)
+
+    def batch_results(part: slice) -> list[torch.Tensor]:                # (B, d) per batch of the training set
+        states = _chunk_group_states(x, sigma, train[part], plan, REFERENCE_BATCH, centre, form)
+        return [_output_order(plan, acc / s) for _, s, acc in states]
+
+    shards = threaded_map(batch_results, len(train), inputs=(x, train, centre), align=REFERENCE_BATCH)
+    return torch.stack([r for results in shards for r in results]).mean(0).to(x.dtype)

@@ -24,13 +24,14 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.autograd.forward_ad as fwAD
 
 EXP_FLOOR = -87.0    # exp(x) for x below this takes a slow path (float32 underflow); see `exp_shifted`
-THREAD_SHARD_MIN = 512  # candidates per thread at least in `threaded_state` (fewer: start-up and merge outweigh it)
+THREAD_SHARD_MIN = 512  # candidates per thread at least in `threaded_map` (fewer: start-up and merge outweigh it)
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- precision
@@ -203,18 +204,26 @@ def merge_all(states: Iterable[SoftmaxState], *, exp: Callable = torch.exp) -> S
 def threaded_state(state_of: Callable[[slice], SoftmaxState], n: int, *, inputs: Iterable[torch.Tensor | None]
                    ) -> SoftmaxState:
     """``state_of(slice(0, n))``, the softmax state of ``n`` candidates, computed as one contiguous slice of them
-    per torch thread, each slice in its own Python thread running torch with one thread, the slices' states
-    merged exactly. ``inputs``: every tensor the computation reads (None entries are skipped).
+    per torch thread (`threaded_map`), the slices' states merged exactly. ``inputs``: every tensor the
+    computation reads (None entries are skipped)."""
+    return merge_all(threaded_map(state_of, n, inputs=inputs))
+
+
+def threaded_map(work: Callable[[slice], T], n: int, *, inputs: Iterable[torch.Tensor | None], align: int = 1
+                 ) -> list[T]:
+    """``work`` of contiguous slices that cover range(n), one slice per torch thread, each in its own Python
+    thread running torch with one thread; the results in slice order. Slices start at multiples of ``align``.
+    ``inputs``: every tensor the computation reads (None entries are skipped).
 
     Why: with several threads every torch operation ends in a wait for all of them, and a call of the mask
     engine is thousands of operations. Under CPU contention each wait is for a descheduled thread (the
     engine's 2-thread calls slowed 2.6-2.7x beside one busy process, split over threads 1.5-1.7x), and alone
-    the waits cost 10-20 %. Shards share nothing but the inputs and merge exactly, so each thread runs alone.
+    the waits cost 10-20 %. Shards share nothing but the inputs, so each thread runs alone.
 
     Shards run in other threads, outside the caller's autograd and torch.func transforms, so a call through which
-    a derivative could flow (`derivative_free`) is not split. Nor is one with a single torch thread (so also
-    one inside a shard), fewer than THREAD_SHARD_MIN candidates per thread, or inputs off the CPU. An interrupt
-    or a shard's error takes effect once the running shards finish.
+    a derivative could flow (`derivative_free`) is not split: [work(slice(0, n))]. Nor is one with a single torch
+    thread (so also one inside a shard), fewer than THREAD_SHARD_MIN candidates (or ``align``) per thread, or
+    inputs off the CPU. An interrupt or a shard's error takes effect once the running shards finish.
     ``torch.set_num_threads(1)`` in a worker also sets the process default that threads read when they first
     use torch. As soon as every worker holds its one thread (a barrier), the caller sets its own count again,
     which makes that count the default; a thread whose first use of torch falls inside that window of
@@ -222,18 +231,18 @@ def threaded_state(state_of: Callable[[slice], SoftmaxState], n: int, *, inputs:
     `ui.data.configure_threads`).
     """
     inputs = [t for t in inputs if t is not None]
-    shards = min(torch.get_num_threads(), n // THREAD_SHARD_MIN)
+    shards = min(torch.get_num_threads(), n // max(THREAD_SHARD_MIN, align))
     if shards <= 1 or any(t.device.type != "cpu" for t in inputs) or not derivative_free(inputs):
-        return state_of(slice(0, n))
-    bounds = [n * i // shards for i in range(shards + 1)]
+        return [work(slice(0, n))]
+    bounds = [n * i // shards // align * align for i in range(shards)] + [n]
     ready, caller_threads = threading.Barrier(shards + 1, timeout=60.0), torch.get_num_threads()
 
-    def shard(i: int) -> SoftmaxState:
+    def shard(i: int) -> T:
         torch.get_num_threads()  # torch's lazy per-thread set-up first: it would reset the count on first use
         torch.set_num_threads(1)
         ready.wait()
         with torch.no_grad():
-            return state_of(slice(bounds[i], bounds[i + 1]))
+            return work(slice(bounds[i], bounds[i + 1]))
 
     with ThreadPoolExecutor(shards, thread_name_prefix="softmax-shard") as pool:
         try:
@@ -244,7 +253,7 @@ def threaded_state(state_of: Callable[[slice], SoftmaxState], n: int, *, inputs:
             raise
         finally:
             torch.set_num_threads(caller_threads)
-        return merge_all(f.result() for f in futures)
+        return [f.result() for f in futures]
 
 
 def derivative_free(tensors: list[torch.Tensor]) -> bool:
