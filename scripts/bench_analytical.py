@@ -195,9 +195,10 @@ def plan_flop(plan: MaskPlan, N: int, B: int) -> float:
     return 2 * N * plan.work * ((B + 1) / B if B > 1 else 1.0)
 
 
-def executed_flop(plan: MaskPlan, N: int, B: int) -> float:
-    """FLOP per input image the new engine executes, padding included."""
-    return N * analytical_executed_flop(plan, B) / B
+def executed_flop(plan: MaskPlan, N: int, B: int, sigma: float) -> float:
+    """FLOP per input image the new engine executes on float32 inputs, padding included."""
+    compensated = PRECISION.masked.form(torch.float32, sigma, B).compensated
+    return N * analytical_executed_flop(plan, B, compensated) / B
 
 
 # ---------------------------------------------------------------- timing
@@ -305,7 +306,7 @@ def main(argv=None) -> int:
             plan = info["plans"][t]
             kinds = [("all rows" if grp.rows is None else "gathered") + (" complement" if grp.complement else "")
                      for grp in plan.groups]
-            padded = executed_flop(plan, N, B) / plan_flop(plan, N, B)
+            padded = executed_flop(plan, N, B, sigmas[t]) / plan_flop(plan, N, B)
             print(f"  t = {t}: sigma {sigmas[t]:.4g}, mask {info['masks'][t].mean():.1%} full, {len(plan.blocks)} "
                   f"blocks of {plan.tile}x{plan.tile} in {len(plan.groups)} groups ({', '.join(sorted(set(kinds)))}); "
                   f"plan work {plan.work / d**2:.0%} of d^2; executed {padded:.2f}x the plan's FLOP")

@@ -1,8 +1,14 @@
-"""The analytical denoiser's batch paths before and after: the per-batch variant split over threads.
+"""The analytical denoiser's batch paths before and after: float32 batches below sigma 1, and the per-batch variant
+split over threads.
 
-    nice -n 5 .venv/bin/python scripts/bench_batch_paths.py                   # about 6 minutes
+    nice -n 5 .venv/bin/python scripts/bench_batch_paths.py                   # both tables, about 15 minutes
+    nice -n 5 .venv/bin/python scripts/bench_batch_paths.py --only precision --n 60000
 
 Fashion-MNIST, a batch of noisy test images per call (`evaluate.noisy_heldout`), N training images, nothing scaled:
+  precision   1 torch thread, t = 100 / 300 / 500: the batch path in float64 below sigma 1 (before) against the
+              compensated float32 form (after, `softmax.PRECISION.masked`), alternated per repeat; CPU seconds
+              per image-step (process time / batch), and max |x0_hat - float64| of each, the float64 reference
+              being the engine on float64 data (equal to the dense formula to 1e-12 in the tests)
   per-batch   2 torch threads, the batch-normalised variant (the public code's) before (one call over all
               threads) and after (the training set split over threads at batch boundaries, `softmax.threaded_map`),
               alone and beside one busy-loop process, alternated; CPU seconds of this process and wall seconds
@@ -13,6 +19,7 @@ The machine's load average is printed with each table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import subprocess
@@ -29,8 +36,12 @@ from locality_core.denoisers import masked_engine  # noqa: E402
 from locality_core.denoisers.analytical import cached_mask  # noqa: E402
 from locality_core.denoisers.evaluate import noisy_heldout  # noqa: E402
 from locality_core.denoisers.masked_engine import masked_softmax_denoise, plan_mask  # noqa: E402
+from locality_core.denoisers.softmax import PRECISION, Switches  # noqa: E402
 from locality_core.schedule import t_to_sigma  # noqa: E402
 from locality_core.stats.covariance import get_stats, mean_float64  # noqa: E402
+
+# the mask engine's policy before the compensated form: a batch below sigma 1 in float64
+BEFORE = dataclasses.replace(PRECISION, masked=Switches(0.05, 0.4, batch=Switches(float64_below=1.0)))
 
 
 def load() -> str:
@@ -52,6 +63,39 @@ def setup(n: int, batch: int, ts: list[int]) -> tuple[torch.Tensor, torch.Tensor
     xs = dict(zip(ts, noisy_heldout(data.test[:batch], list(sigmas.values()), 0).flatten(2), strict=True))
     plans = {t: plan_mask(cached_mask(stats, s)[0], tuple(data.shape), batch=batch) for t, s in sigmas.items()}
     return train, mean_float64(train), {t: (sigmas[t], xs[t]) for t in ts}, plans
+
+
+def precision_table(args) -> None:
+    torch.set_num_threads(1)
+    ts = [int(t) for t in args.t.split(",")]
+    train, centre, inputs, plans = setup(args.n, args.batch, ts)
+    train64 = train.double()
+    policies = {"before": BEFORE, "after": PRECISION}
+    cpu = {(p, t): [] for p in policies for t in ts}
+    error = {}
+    with torch.no_grad():
+        for t in ts:
+            sigma, x = inputs[t]
+            want = masked_softmax_denoise(x.double(), sigma, train64, plans[t], centre=centre)
+            for rep in range(args.repeats):
+                for name in list(policies)[::1 if rep % 2 == 0 else -1]:
+                    masked_engine.PRECISION = policies[name]
+                    seconds, _, got = timed(lambda s=sigma, x=x, t=t: masked_softmax_denoise(x, s, train, plans[t],
+                                                                                             centre=centre))
+                    cpu[name, t].append(seconds / args.batch)
+                    error[name, t] = float((got.double() - want).abs().max())
+    masked_engine.PRECISION = PRECISION
+    print(f"\nprecision: N = {args.n:,}, {args.batch} inputs per call, 1 thread, {args.repeats} repeats alternated, "
+          f"load average {load()}")
+    print(f"{'t':>4} {'sigma':>7} {'before s':>9} {'after s':>8} {'x':>5} {'before err':>11} {'after err':>10} "
+          f"{'form':>22}")
+    for t in ts:
+        sigma = inputs[t][0]
+        form = PRECISION.masked.form(torch.float32, sigma, args.batch)
+        kind = f"{'float32' if form.dtype == torch.float32 else 'float64'}{' compensated' if form.compensated else ''}"
+        before, after = statistics.median(cpu["before", t]), statistics.median(cpu["after", t])
+        print(f"{t:>4} {sigma:>7.4f} {before:>9.3f} {after:>8.3f} {before / after:>5.2f} {error['before', t]:>11.1e} "
+              f"{error['after', t]:>10.1e} {kind:>22}")
 
 
 def busy() -> subprocess.Popen:
@@ -106,13 +150,17 @@ def per_batch_table(args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=("per-batch",))
+    p.add_argument("--only", choices=("precision", "per-batch"))
+    p.add_argument("--n", type=int, default=60_000, help="training images, precision table")
     p.add_argument("--n-per-batch", type=int, default=10_000, help="training images, per-batch table")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--t", default="100,300,500", help="timesteps, precision table")
     p.add_argument("--t-per-batch", default="100,500", help="timesteps, per-batch table")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}; Fashion-MNIST; load average {load()}")
+    if args.only in (None, "precision"):
+        precision_table(args)
     if args.only in (None, "per-batch"):
         per_batch_table(args)
     return 0

@@ -35,6 +35,7 @@ from locality_core.data import Dataset, load_dataset  # noqa: E402
 from locality_core.denoisers import distributed  # noqa: E402
 from locality_core.denoisers.analytical import AnalyticalDenoiser  # noqa: E402
 from locality_core.denoisers.masked_engine import executed_flop  # noqa: E402
+from locality_core.denoisers.softmax import PRECISION  # noqa: E402
 from locality_core.schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS  # noqa: E402
 from locality_core.stats.covariance import compute_stats, get_stats  # noqa: E402
 
@@ -72,7 +73,9 @@ def run_measurements(train, stats, dataset, args, barrier=lambda: None, make=Non
         with torch.no_grad():
             out[sigma] = timed(lambda x=x, s=sigma: den(x, s), barrier)
     out["work"] = {s: den.plan_for(s, args.batch).work for s in sigmas_of(args.t)}
-    out["flop"] = {s: executed_flop(den.plan_for(s, args.batch), args.batch) for s in sigmas_of(args.t)}
+    out["flop"] = {s: executed_flop(den.plan_for(s, args.batch), args.batch,
+                                    PRECISION.masked.form(torch.float32, s, args.batch).compensated)
+                   for s in sigmas_of(args.t)}
     return out
 
 

@@ -29,8 +29,11 @@ Glossary
                 faster than exp and has no slow path for underflow. Images are centred on the training
                 mean first (distances do not change, the terms get smaller)
     form        the work dtype and the kind of terms, `softmax.PRECISION.masked`: one input runs in float32 down
-                to sigma 0.05 and sums the direct terms (x - x0)^2 below sigma 0.4; a batch below sigma 1 is
-                computed in float64, where round-off in its terms would be amplified by 1 / (2 sigma^2)
+                to sigma 0.05 and sums the direct terms (x - x0)^2 below sigma 0.4; a batch runs in float32 down
+                to sigma 0.15, in the compensated cross form below sigma 1, and in float64 below 0.15
+    compensated the cross form of a batch as one GEMM over a table of the chunk's x0c^2, x0c and ones
+                (`_compensation_table`), interleaved so that its partial sums stay near the distance
+                (`_compensated_weights`): float32 round-off of small sums instead of two large ones that cancel
     workspace   buffers that every chunk of a call computes into (`Workspace`); under autograd none: each
                 operation then allocates its result (``out=None``)
     batch-normalised  the public reference code's variant: the softmax normalised within each batch of
@@ -45,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from locality_core.denoisers.softmax import (
@@ -70,6 +74,7 @@ MIN_CHUNK = 64               # training images per chunk at least: fewer would b
 GROUP_SLACK = 0.95           # gathered blocks padded together have at least this share of their group's rows
 LOG2E = 1.0 / math.log(2.0)  # logits in base-2 units: exp2 instead of exp
 MAX_BLOCKS = 64
+COMPENSATION_ROWS = 16       # pixels between rows of ones in the compensated cross form (`_compensated_index`)
 
 
 # ---------------------------------------------------------------- plans: masked distances as blocked GEMMs
@@ -256,11 +261,17 @@ def _uses_terms(grp: BlockGroup, B: int) -> bool:
     return B == 1 or (grp.rows is None and grp.cols.numel() >= EXPANDED_MIN_COLUMNS)
 
 
-def executed_flop(plan: MaskPlan, batch: int) -> float:
+def executed_flop(plan: MaskPlan, batch: int, compensated: bool = False) -> float:
     """FLOP per training image of one call with ``batch`` inputs, as the engine executes ``plan`` (padding
     included): per group 2 g c r multiply-adds per input with the per-input terms, and per input plus one for the
     shared x0^2 term in the cross form; plus the full distances' cross term when the plan needs them and no
-    group computes the terms they sum."""
+    group computes the terms they sum. ``compensated``: per group 2 g c L per input, L the table rows it sums,
+    plus those of the full distances."""
+    if compensated:
+        d = plan.inverse.numel()
+        total = sum(2.0 * batch * grp.cols.numel() * _table_rows(d if grp.rows is None else grp.rows.shape[1])
+                    for grp in plan.groups)
+        return total + (2.0 * batch * _table_rows(d) if plan.needs_full else 0.0)
     needs_cross = plan.needs_full and not any(_uses_terms(grp, batch) for grp in plan.groups)
     total = 2.0 * batch * plan.inverse.numel() if needs_cross else 0.0
     for grp in plan.groups:
@@ -288,6 +299,78 @@ def _group_weights(xw: torch.Tensor, plan: MaskPlan, scale: float) -> list[tuple
         else:
             out.append((w, cross.reshape(len(w), w.shape[1] * B, w.shape[2])))
     return out
+
+
+def _table_rows(r: int) -> int:
+    """Rows of the compensation table that a block over ``r`` input rows sums (`_compensated_index`)."""
+    return -(-r // COMPENSATION_ROWS) * (2 * COMPENSATION_ROWS + 1)
+
+
+def _compensated_index(rows: torch.Tensor, d: int) -> torch.Tensor:
+    """(g, L) rows of the compensation table (`_compensation_table`) that blocks summing over input rows ``rows``
+    (g, r) read: per row n, 2n (x0c_n^2) and 2n + 1 (x0c_n), and after every COMPENSATION_ROWS of them the row of
+    ones 2d; r padded to a multiple of COMPENSATION_ROWS with row 0 (whose weights are 0)."""
+    g, r = rows.shape
+    runs = -(-r // COMPENSATION_ROWS)
+    padded = F.pad(rows, (0, runs * COMPENSATION_ROWS - r))
+    pairs = torch.stack([2 * padded, 2 * padded + 1], -1).view(g, runs, 2 * COMPENSATION_ROWS)
+    ones = torch.full((g, runs, 1), 2 * d, dtype=torch.long)
+    return torch.cat([pairs, ones], -1).view(g, -1)
+
+
+def _compensated_weights(w: torch.Tensor, xr: torch.Tensor, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    """(g, c * B, L) left factor of the compensated cross form in ``dtype``, in `_compensated_index` order, for
+    weights w (g, c, r) (the scale folded in) and the centred inputs at the blocks' rows xr (g, B, r), both
+    float64: per row, w (times x0c^2) and -2 w x (times x0c); per run of COMPENSATION_ROWS rows, the sum of
+    w (x^2 - sigma^2) (times 1). Summed in that order, the GEMM's partial sums follow the distance minus sigma^2
+    per row, which is small for the training images that carry the softmax's weight, instead of growing to
+    sum x0c^2 and -2 sum x x0c apart (two large sums whose difference would keep their float32 round-off)."""
+    (g, c, r), B = w.shape, xr.shape[1]
+    runs = -(-r // COMPENSATION_ROWS)
+    w = F.pad(w, (0, runs * COMPENSATION_ROWS - r)).view(g, c, 1, runs, COMPENSATION_ROWS)
+    xr = F.pad(xr, (0, runs * COMPENSATION_ROWS - r)).view(g, 1, B, runs, COMPENSATION_ROWS)
+    out = w.new_empty((g, c, B, runs, 2 * COMPENSATION_ROWS + 1), dtype=dtype)
+    out[..., 0:-1:2] = w
+    out[..., 1:-1:2] = -2.0 * w * xr
+    out[..., -1] = (w * (xr * xr - sigma**2)).sum(-1)
+    return out.view(g, c * B, -1)
+
+
+def _compensated_group_weights(xw: torch.Tensor, plan: MaskPlan, scale: float, sigma: float, dtype: torch.dtype
+                               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per group (weights (g, c * B, L) in ``dtype``, table rows (g, L)) of the compensated cross form, from the
+    centred inputs xw (B, d) in float64; a group over all rows is one block over rows 0 .. d - 1. When the plan
+    needs full distances, one more entry: a block of one column over all rows, whose sums are the full
+    distances (B, K)."""
+    B, d = xw.shape
+    every_row = torch.arange(d)[None]
+    blocks = [(grp.weight.reshape(1, -1, d), every_row) if grp.rows is None else (grp.weight, grp.rows)
+              for grp in plan.groups]
+    if plan.needs_full:
+        blocks.append((torch.ones(1, 1, d), every_row))
+    out = []
+    for weight, rows in blocks:
+        xr = xw[:, rows].permute(1, 0, 2)                                              # (g, B, r)
+        w = _compensated_weights(weight.to(xw) * scale, xr, sigma, dtype)
+        out.append((w, _compensated_index(rows, d)))
+    return out
+
+
+def _compensation_table(x0T: torch.Tensor, ws: Workspace) -> torch.Tensor:
+    """(2 d + 1, K) rows the compensated cross form gathers from a chunk x0T (d, K) of centred training images:
+    2n = x0c_n^2, 2n + 1 = x0c_n, and a last row of ones."""
+    (d, K), dtype = x0T.shape, x0T.dtype
+    square = torch.mul(x0T, x0T, out=ws.out("x0T_sq", (d, K), dtype))
+    pairs = torch.stack([square, x0T], 1, out=ws.out("pairs", (d, 2, K), dtype)).view(2 * d, K)
+    return torch.cat([pairs, x0T.new_ones(1, K)], out=ws.out("table", (2 * d + 1, K), dtype))
+
+
+def _compensated_sum(w: torch.Tensor, rows: torch.Tensor, table: torch.Tensor, ws: Workspace, name: str
+                     ) -> torch.Tensor:
+    """(g, c * B, K): the weights w (g, c * B, L) times the table's rows ``rows`` (g, L): one gather, one GEMM."""
+    K = table.shape[1]
+    gathered = torch.index_select(table, 0, rows.flatten(), out=ws.out("rows", (rows.numel(), K), table.dtype))
+    return torch.bmm(w, gathered.view(*rows.shape, K), out=ws.out(name, (len(w), w.shape[1], K), table.dtype))
 
 
 class Workspace:
@@ -323,19 +406,23 @@ class Workspace:
 
 
 def _group_logits(grp: BlockGroup, w: tuple[torch.Tensor, ...], x0T: torch.Tensor, x0T_sq: torch.Tensor | None,
-                  e: torch.Tensor | None, full: torch.Tensor | None, B: int, ws: Workspace) -> torch.Tensor:
+                  e: torch.Tensor | None, full: torch.Tensor | None, B: int, ws: Workspace,
+                  table: torch.Tensor | None = None) -> torch.Tensor:
     """(g * c, B, K) logits of one group's (padded) columns for a chunk x0T (d, K) of training images.
 
     logit = scale * sum_rows weight * (x0^2 - 2 x x0): the squared distance minus its k-independent part
     sum x^2, which the softmax ignores (the whole distance with direct terms). ``e`` (d, B, K): the per-input
     terms, expanded x0^2 - 2 x x0 or direct (x - x0)^2 (`_input_terms`; None when no group uses them);
     ``x0T_sq`` (d, K) squares (None when no group over all rows uses the cross form). Complement groups: the
-    full distance ``full`` (B, K) minus the sum over the complement.
+    full distance ``full`` (B, K) minus the sum over the complement. ``table``: the compensated cross form's
+    rows (`_compensation_table`; None in the other forms), which ``w`` (weights, rows) sums.
     """
     g, c = grp.cols.shape
     K, dtype = x0T.shape[1], x0T.dtype
     shape = (g * c, B, K)
-    if grp.rows is None and len(w) == 1:                                    # one GEMM over all rows
+    if table is not None:                                                   # compensated: one gather, one GEMM
+        logits = _compensated_sum(*w, table, ws, "logits")
+    elif grp.rows is None and len(w) == 1:                                  # one GEMM over all rows
         logits = torch.mm(w[0], e.view(len(e), B * K), out=ws.out("logits", (g * c, B * K), dtype))
     elif grp.rows is None:                                                  # cross and (shared) square terms
         sq = (w[0] @ x0T_sq).view(g * c, 1, K)
@@ -406,33 +493,40 @@ def _chunk_group_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
     centre = torch.zeros(d, dtype=dtype, device=x.device) if centre is None else centre.to(x.device, dtype)
     xw = x.to(dtype) - centre
     scale = -LOG2E / (2.0 * sigma**2)                       # base-2 logits: exp2 is 3x faster than exp
-    need_e = any(_uses_terms(grp, B) for grp in plan.groups)
-    need_sq = any(grp.rows is None and not _uses_terms(grp, B) for grp in plan.groups)
+    need_e = not form.compensated and any(_uses_terms(grp, B) for grp in plan.groups)
+    need_sq = not form.compensated and any(grp.rows is None and not _uses_terms(grp, B) for grp in plan.groups)
     grad = torch.is_grad_enabled() and x.requires_grad
     ws = Workspace(x.device, reuse=derivative_free([x, train, centre]))   # in place only without derivatives
 
     def chunk_states(xf: torch.Tensor, start: int, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         values = ws.converted("values", train[start:start + chunk_size].T, x.dtype)            # (d, K)
         x0T = torch.sub(values, centre[:, None], out=ws.out("x0T", tuple(values.shape), dtype))
-        e = _input_terms(x0T, xf, ws, form.direct) if need_e else None
-        x0T_sq = torch.mul(x0T, x0T, out=ws.out("x0T_sq", tuple(x0T.shape), dtype)) if need_sq else None
+        table = e = x0T_sq = full = None
+        if form.compensated:
+            table = _compensation_table(x0T, ws)
+            if plan.needs_full:                                # (B, K): the last block sums over all rows
+                full = _compensated_sum(*weights[-2:], table, ws, "full").view(B, -1)
+        else:
+            e = _input_terms(x0T, xf, ws, form.direct) if need_e else None
+            x0T_sq = torch.mul(x0T, x0T, out=ws.out("x0T_sq", tuple(x0T.shape), dtype)) if need_sq else None
         if plan.needs_full and e is not None:                  # (B, K): the terms, summed over all rows
             full = scale * e.sum(0)
-        elif plan.needs_full:                                  # (B, K): the same from the squares and x @ x0
+        elif plan.needs_full and table is None:                # (B, K): the same from the squares and x @ x0
             full = scale * ((x0T * x0T if x0T_sq is None else x0T_sq).sum(0)[None] - 2.0 * (xf @ x0T))
-        else:
-            full = None
         states, i = [], 0
         for grp, n in zip(plan.groups, counts, strict=True):
-            logits = _group_logits(grp, weights[i:i + n], x0T, x0T_sq, e, full, B, ws)
+            logits = _group_logits(grp, weights[i:i + n], x0T, x0T_sq, e, full, B, ws, table)
             idx = grp.cols.flatten()
             v = torch.index_select(values, 0, idx, out=ws.out("v", (len(idx), values.shape[1]), values.dtype))
             states.append(_state2(logits, v, x.dtype, ws))
             i += n
         return SoftmaxState(*(torch.cat(parts) for parts in zip(*states, strict=True)))
 
-    grouped = _group_weights(xw, plan, scale)
-    counts = [len(w) for w in grouped]
+    if form.compensated:                                     # weights from float64 inputs: rounded once
+        grouped = _compensated_group_weights(x.double() - centre.double(), plan, scale, sigma, dtype)
+    else:
+        grouped = _group_weights(xw, plan, scale)
+    counts = [len(w) for w in grouped[:len(plan.groups)]]  # (the compensated form's full distances: last)
     weights = [w for ws_ in grouped for w in ws_]
     for start in range(0, len(train), chunk_size):
         if grad:
