@@ -21,9 +21,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@touch $(STAMP)
 
 app: setup
-	$(BIN)/streamlit run app.py --server.port $(PORT)
+	$(BIN)/streamlit run serve.py --server.port $(PORT)
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest
 
 test-fast: setup
@@ -31,6 +31,8 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/python scripts/lint_imports_inside.py
 
 bench: setup
 	$(BIN)/python scripts/bench_core.py
