@@ -6,7 +6,7 @@
 Fashion-MNIST, noise levels t = 900, 500, 100, 0, a batch of noisy test images per call. All in one run, the
 engines' calls alternated (engine order rotated every repeat), best of the repeats (on a shared machine the
 least disturbed one; the GEMM peak likewise, measured between the calls):
-  new        the engine in locality_core/analytical.py (padded block groups, base-2 logits; with several
+  new        the engine in locality_core/denoisers/masked_engine.py (padded block groups, base-2 logits; with several
              threads the training set split over them, `softmax.threaded_state`)
   old        the per-block engine it replaced (copied below verbatim, on the same plan's blocks)
   reference  the public code's computation alone, without its data loader: per batch of 512 training images,
@@ -36,24 +36,31 @@ from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from locality_core.denoisers.analytical import (  # noqa: E402
-    FLOAT64_BELOW,
+from locality_core.denoisers.analytical import cached_mask  # noqa: E402
+from locality_core.denoisers.evaluate import noisy_heldout  # noqa: E402
+from locality_core.denoisers.masked_engine import (  # noqa: E402
     REFERENCE_BATCH,
     Block,
     MaskPlan,
-    cached_mask,
     masked_softmax_denoise,
     plan_mask,
-    work_form,
 )
-from locality_core.denoisers.analytical import (
+from locality_core.denoisers.masked_engine import (  # noqa: E402
     executed_flop as analytical_executed_flop,
 )
-from locality_core.denoisers.softmax import SoftmaxState, empty_state, finish, merge_states, softmax_state  # noqa: E402
+from locality_core.denoisers.softmax import (  # noqa: E402
+    PRECISION,
+    SoftmaxState,
+    empty_state,
+    finish,
+    merge_states,
+    softmax_state,
+)
 from locality_core.schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS  # noqa: E402
 from locality_core.stats.covariance import get_stats, mean_float64  # noqa: E402
 
 BLOCK_ELEMENTS = 1 << 18     # the old engine's chunk budget
+OLD_FLOAT64_BELOW = 1.0      # the old engine's switch: float32 inputs in float64 below this sigma, any batch
 
 
 # ---------------------------------------------------------------- the old per-block engine (commit 2b27b43)
@@ -103,7 +110,7 @@ def _chunk_block_states(x: torch.Tensor, sigma: float, train: torch.Tensor, plan
     its streaming softmax while they are in cache. Under autograd each chunk is checkpointed.
     """
     B, d = x.shape
-    dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
+    dtype = torch.float64 if x.dtype == torch.float32 and sigma < OLD_FLOAT64_BELOW else x.dtype
     centre = torch.zeros(d, dtype=dtype, device=x.device) if centre is None else centre.to(x.device, dtype)
     xw = x.to(dtype) - centre
     scale = -1.0 / (2.0 * sigma**2)
@@ -146,7 +153,7 @@ def masked_softmax_state(x: torch.Tensor, sigma: float, train: torch.Tensor, pla
     for states in _chunk_block_states(x, sigma, train, plan, chunk_size, centre):
         total = states if total is None else [merge_states(a, b) for a, b in zip(total, states, strict=True)]
     if total is None:
-        m_dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
+        m_dtype = torch.float64 if x.dtype == torch.float32 and sigma < OLD_FLOAT64_BELOW else x.dtype
         return empty_state((B, d), (B, d), dtype=x.dtype, m_dtype=m_dtype, device=x.device)
     return SoftmaxState(*(torch.cat(parts, dim=1)[:, plan.inverse] for parts in zip(*total, strict=True)))
 
@@ -188,9 +195,10 @@ def plan_flop(plan: MaskPlan, N: int, B: int) -> float:
     return 2 * N * plan.work * ((B + 1) / B if B > 1 else 1.0)
 
 
-def executed_flop(plan: MaskPlan, N: int, B: int) -> float:
-    """FLOP per input image the new engine executes, padding included."""
-    return N * analytical_executed_flop(plan, B) / B
+def executed_flop(plan: MaskPlan, N: int, B: int, sigma: float) -> float:
+    """FLOP per input image the new engine executes on float32 inputs, padding included."""
+    compensated = PRECISION.masked.form(torch.float32, sigma, B).compensated
+    return N * analytical_executed_flop(plan, B, compensated) / B
 
 
 # ---------------------------------------------------------------- timing
@@ -216,9 +224,8 @@ def load() -> str:
 
 def setup(fashion, stats, train, B: int, ts: list[int], sigmas: dict, centre: torch.Tensor) -> tuple[dict, dict]:
     """Inputs, plans and the three engines for calls of B inputs."""
-    g = torch.Generator().manual_seed(0)
-    clean = fashion.test[:B]
-    xs = {t: (clean + s * torch.randn(clean.shape, generator=g)).flatten(1) for t, s in sigmas.items()}
+    noisy = noisy_heldout(fashion.test[:B], list(sigmas.values()), 0)
+    xs = {t: x.flatten(1) for t, x in zip(sigmas, noisy, strict=True)}
     masks = {t: cached_mask(stats, s)[0] for t, s in sigmas.items()}
     plans = {t: plan_mask(masks[t], tuple(fashion.shape), batch=B) for t in ts}
     maskf = {t: torch.from_numpy(masks[t]).float() for t in ts}
@@ -252,7 +259,7 @@ def table(engines, info, ts, sigmas, B, args, scale) -> None:
           f"{'old/new':>8}")
     tot = dict.fromkeys(("new", "old", "reference", "floor"), 0.0)
     for t in ts:
-        peak = peak64 if work_form(torch.float32, sigmas[t], B)[0] == torch.float64 else peak32
+        peak = peak64 if PRECISION.masked.form(torch.float32, sigmas[t], B).dtype == torch.float64 else peak32
         row = {"new": r["new", t], "old": r["old", t], "reference": r["reference", t],
                "floor": plan_flop(info["plans"][t], args.scale_to, B) / (peak * 1e9)}
         for k in tot:
@@ -299,7 +306,7 @@ def main(argv=None) -> int:
             plan = info["plans"][t]
             kinds = [("all rows" if grp.rows is None else "gathered") + (" complement" if grp.complement else "")
                      for grp in plan.groups]
-            padded = executed_flop(plan, N, B) / plan_flop(plan, N, B)
+            padded = executed_flop(plan, N, B, sigmas[t]) / plan_flop(plan, N, B)
             print(f"  t = {t}: sigma {sigmas[t]:.4g}, mask {info['masks'][t].mean():.1%} full, {len(plan.blocks)} "
                   f"blocks of {plan.tile}x{plan.tile} in {len(plan.groups)} groups ({', '.join(sorted(set(kinds)))}); "
                   f"plan work {plan.work / d**2:.0%} of d^2; executed {padded:.2f}x the plan's FLOP")

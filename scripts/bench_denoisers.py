@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from locality_core.analysis.metrics import per_batch_difference  # noqa: E402
 from locality_core.data import Dataset  # noqa: E402
-from locality_core.denoisers.analytical import AnalyticalDenoiser, analytical_dense, cached_mask, per_batch_difference  # noqa: E402
+from locality_core.denoisers.analytical import AnalyticalDenoiser, analytical_dense, cached_mask  # noqa: E402
 from locality_core.denoisers.optimal import OptimalDenoiser  # noqa: E402
 from locality_core.denoisers.patches import ELSDenoiser, LSDenoiser, published_schedule_for, square_mask  # noqa: E402
 from locality_core.denoisers.softmax import finish, merge_states, softmax_state  # noqa: E402

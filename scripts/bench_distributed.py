@@ -31,9 +31,11 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from locality_core import distributed  # noqa: E402
 from locality_core.data import Dataset, load_dataset  # noqa: E402
-from locality_core.denoisers.analytical import AnalyticalDenoiser, executed_flop  # noqa: E402
+from locality_core.denoisers import distributed  # noqa: E402
+from locality_core.denoisers.analytical import AnalyticalDenoiser  # noqa: E402
+from locality_core.denoisers.masked_engine import executed_flop  # noqa: E402
+from locality_core.denoisers.softmax import PRECISION  # noqa: E402
 from locality_core.schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS  # noqa: E402
 from locality_core.stats.covariance import compute_stats, get_stats  # noqa: E402
 
@@ -71,7 +73,9 @@ def run_measurements(train, stats, dataset, args, barrier=lambda: None, make=Non
         with torch.no_grad():
             out[sigma] = timed(lambda x=x, s=sigma: den(x, s), barrier)
     out["work"] = {s: den.plan_for(s, args.batch).work for s in sigmas_of(args.t)}
-    out["flop"] = {s: executed_flop(den.plan_for(s, args.batch), args.batch) for s in sigmas_of(args.t)}
+    out["flop"] = {s: executed_flop(den.plan_for(s, args.batch), args.batch,
+                                    PRECISION.masked.form(torch.float32, s, args.batch).compensated)
+                   for s in sigmas_of(args.t)}
     return out
 
 
@@ -145,7 +149,7 @@ def report(rows: dict, args, n: int, peak1: float) -> None:
 def estimate(one: dict, sigmas: list[float], n: int, batch: int, peak1: float) -> None:
     print(f"\nper-rank throughput (1 rank, 1 thread; 1-thread GEMM peak measured now: {peak1:.0f} GFLOP/s):")
     for s in sigmas:
-        flops = n * one["flop"][s]                            # as executed (`analytical.executed_flop`)
+        flops = n * one["flop"][s]                            # as executed (`masked_engine.executed_flop`)
         rate = flops / one[s] / 1e9
         frac = one["work"][s] / 784**2
         share = rate / peak1

@@ -13,11 +13,12 @@ import torch.multiprocessing as mp
 
 from locality_core.data import Dataset
 from locality_core.denoisers import distributed
-from locality_core.denoisers.analytical import AnalyticalDenoiser, masked_softmax_state, plan_mask
+from locality_core.denoisers.analytical import AnalyticalDenoiser
+from locality_core.denoisers.masked_engine import masked_softmax_state, plan_mask
 from locality_core.denoisers.optimal import OptimalDenoiser, optimal_state
-from locality_core.denoisers.patches import LSDenoiser, ls_state
+from locality_core.denoisers.patches import ELSDenoiser, LSDenoiser, ls_state
 from locality_core.denoisers.softmax import finish, merge_states
-from locality_core.denoisers.wiener import wiener_matrix
+from locality_core.denoisers.wiener import WienerDenoiser, wiener_matrix
 from locality_core.stats.covariance import compute_stats, data_moments, merge_moments, stats_key
 
 SHAPE = (1, 6, 6)
@@ -157,8 +158,15 @@ def test_two_gloo_ranks_equal_one_process(two_ranks, split, rank):
 
 
 def test_sharding_refuses_approximations():
+    """Each denoiser says why it cannot be sharded, before any collective (no process group here)."""
     with pytest.raises(ValueError, match="top_k"):
         distributed.shard_denoiser(OptimalDenoiser(top_k=3), smooth_data())
+    with pytest.raises(ValueError, match="batch-normalised"):
+        distributed.shard_denoiser(AnalyticalDenoiser(batch_normalised=True), smooth_data())
+    with pytest.raises(TypeError, match="ELS cannot be sharded"):
+        distributed.shard_denoiser(ELSDenoiser(patch_size=3), smooth_data())
+    with pytest.raises(TypeError, match="WienerDenoiser cannot be sharded"):
+        distributed.shard_denoiser(WienerDenoiser(), smooth_data())
     with pytest.raises(TypeError, match="cannot be sharded"):
         distributed.shard_denoiser(torch.nn.Identity(), smooth_data())
 

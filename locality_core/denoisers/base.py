@@ -18,6 +18,10 @@ Glossary
                 (``jacobian_rows``) and the eigenpairs of (J + J^T) / 2 (``jacobian_eigh``), so fields and bases
                 need no autograd (its registry entry sets ``DenoiserSpec.linear``)
     by_sigma    for denoisers that work one noise level at a time: the batch grouped by level
+    shard       one process's part of a training set split over processes (`Shard`, made by `distributed.py`).
+                ``fit_shard(shard) -> self`` fits a denoiser so that every process gets the outputs of the
+                denoiser fitted to all shards; the softmax denoisers (optimal, analytical, LS) can, the others
+                refuse and say why
     sigma_key   sigma rounded to 6 significant digits: float32 and float64 copies of one level are one level
 
 Example
@@ -32,17 +36,33 @@ from x, never chosen inside forward.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from locality_core.data import Dataset
+from locality_core.denoisers.softmax import ShardMerge
 from locality_core.stats.covariance import DataStats, compute_stats, get_stats
 
 
 class NotFittedError(RuntimeError):
     """A data-dependent denoiser was called before ``fit``."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One process's part of a training set split over processes, as a denoiser fits to it (`fit_shard`).
+
+    ``mean`` and ``stats`` are collectives: every process calls them, in the same order (the same denoisers
+    fitted in the same order do), and only denoisers that need them do.
+    """
+
+    images: torch.Tensor                # (n, C, H, W) this process's training images, disjoint from the others'
+    merge: ShardMerge                   # merges a softmax state over ``images`` with the other shards' states
+    mean: Callable[[], torch.Tensor]    # -> (C, H, W) float64 mean image of all shards
+    stats: Callable[[], DataStats]      # -> the statistics of all shards
 
 
 class Denoiser(nn.Module):
@@ -58,6 +78,11 @@ class Denoiser(nn.Module):
 
     def fit(self, dataset: Dataset) -> Denoiser:
         raise NotImplementedError(f"{type(self).__name__} learns nothing from a data set: it has no fit")
+
+    def fit_shard(self, shard: Shard) -> Denoiser:
+        """Fit to one process's ``shard`` so that this process gets the outputs of the denoiser fitted to all
+        shards together (the softmax denoisers: optimal, analytical, LS)."""
+        raise TypeError(f"{type(self).__name__} cannot be sharded (optimal, analytical and LS can)")
 
     @property
     def fitted(self) -> bool:

@@ -12,8 +12,9 @@ Glossary
     SoftmaxState  softmax.SoftmaxState (m, s, acc) of a shard's candidates. Over ranks (`all_merge_states`):
                   all_reduce MAX of m, each rank rescales its s and acc to that max (`softmax.rescaled`), then
                   one all_reduce SUM each: the log-sum-exp merge `softmax.merge_states` of all shards at once
-    shard_merge   the hook of the optimal, analytical and LS denoisers: their state over the local shard goes
-                  through it before `finish`. `shard_denoiser` fits a denoiser on a shard and sets it
+    Shard         `base.Shard`: a rank's images, the merge over ranks, and (collectives, on first use) the mean
+                  and statistics of all shards. `shard_denoiser` hands one to a denoiser's ``fit_shard``, which
+                  fits to it (optimal, analytical, LS) or says why it cannot
 
 Collectives pair up by call order: every rank calls the same functions with the same inputs (same noise, same
 sigmas) in the same order. One process needs none of this: the hooks default to None.
@@ -32,7 +33,8 @@ import torch.distributed as dist
 from torch import nn
 
 from locality_core.data import Dataset
-from locality_core.denoisers.analytical import AnalyticalDenoiser, MaskedSoftmaxDenoiser
+from locality_core.denoisers.analytical import AnalyticalDenoiser
+from locality_core.denoisers.base import Denoiser, Shard
 from locality_core.denoisers.optimal import OptimalDenoiser
 from locality_core.denoisers.patches import LSDenoiser, resolve_schedule
 from locality_core.denoisers.registry import DenoiserError
@@ -184,30 +186,23 @@ def global_mean(shard: torch.Tensor, group=None) -> torch.Tensor:
     return (total[:-1] / total[-1].clamp(min=1)).view(shard.shape[1:])
 
 
+def make_shard(shard: torch.Tensor, *, stats: Callable[[], DataStats] | None = None, group=None) -> Shard:
+    """This rank's `Shard` of ``shard`` (n_r, C, H, W): states merged over the group, the mean of all shards,
+    and their statistics (``stats``, default `sharded_stats`), each computed on first use and kept."""
+    stats = stats or (lambda: sharded_stats(shard, group=group))
+    return Shard(shard, functools.partial(all_merge_states, group=group),
+                 functools.cache(lambda: global_mean(shard, group)), functools.cache(stats))
+
+
 def shard_denoiser(denoiser: nn.Module, shard: torch.Tensor, *, stats: DataStats | None = None,
                    group=None) -> nn.Module:
     """Fit a softmax denoiser (optimal, analytical or LS) on this rank's ``shard`` (n_r, C, H, W) so that its
-    outputs are those of the denoiser fitted on all shards together, on every rank.
-
-    The analytical denoiser's masks need the statistics of all shards: ``stats`` (default: `sharded_stats`).
-    Centring (the training mean) is the mean of all shards, so every rank drops the same constant from its
-    logits.
-    """
-    if getattr(denoiser, "batch_normalised", False):
-        raise ValueError("the batch-normalised variant is not available on a sharded training set")
-    if isinstance(denoiser, AnalyticalDenoiser):
-        stats = stats if stats is not None else sharded_stats(shard, group=group)
-        denoiser.fit(Dataset.from_tensor(shard, stats=stats))
-    elif isinstance(denoiser, OptimalDenoiser | MaskedSoftmaxDenoiser | LSDenoiser):
-        if getattr(denoiser, "top_k", None) is not None:
-            raise ValueError("top_k is not available on a sharded training set")
-        denoiser.fit(Dataset.from_tensor(shard))
-    else:
-        raise TypeError(f"{type(denoiser).__name__} cannot be sharded (optimal, analytical and LS can)")
-    if hasattr(denoiser, "mean_"):
-        denoiser.mean_ = global_mean(shard, group).reshape(denoiser.mean_.shape)
-    denoiser.shard_merge = functools.partial(all_merge_states, group=group)
-    return denoiser
+    outputs are those of the denoiser fitted on all shards together, on every rank (`Denoiser.fit_shard`;
+    others raise and say why). The analytical denoiser's masks need the statistics of all shards: ``stats``
+    (default: `sharded_stats`)."""
+    if not isinstance(denoiser, Denoiser):
+        raise TypeError(f"{type(denoiser).__name__} is not a denoiser: it cannot be sharded")
+    return denoiser.fit_shard(make_shard(shard, stats=None if stats is None else lambda: stats, group=group))
 
 
 # ---------------------------------------------------------------- what the CLI runs under torchrun
@@ -236,5 +231,5 @@ def sharded_denoisers(dataset: Dataset, names: list[str]) -> dict[str, nn.Module
         raise DenoiserError(f"{', '.join(unknown)} cannot run sharded; sharded denoisers: {', '.join(SHARDABLE)}")
     init()
     shard = shard_of(dataset.train)
-    stats = sharded_get_stats(dataset, shard) if "analytical" in names else None
-    return {name: shard_denoiser(builders[name](), shard, stats=stats) for name in names}
+    part = make_shard(shard, stats=lambda: sharded_get_stats(dataset, shard))   # one of each collective for all
+    return {name: builders[name]().fit_shard(part) for name in names}

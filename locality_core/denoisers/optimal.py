@@ -10,9 +10,7 @@ Glossary
     top_k       an APPROXIMATION: keep only the K nearest training images (the public reference code uses
                 K = 200, which at t = 900 on Fashion-MNIST holds only ~3 % of the softmax weight)
 
-Precision: below ``FLOAT64_BELOW`` the distances of float32 inputs are computed in float64. There the
-logits are distances divided by 2 sigma^2 ~ 1e-4, and float32 round-off in ||x0||^2 - 2 x.x0 would move
-them by O(1).
+Precision: below sigma 2 the distances of float32 inputs are computed in float64 (`softmax.PRECISION.optimal`).
 """
 
 from __future__ import annotations
@@ -22,8 +20,9 @@ from collections.abc import Iterator
 import torch
 
 from locality_core.data import Dataset
-from locality_core.denoisers.base import Denoiser, as_batch_sigma
+from locality_core.denoisers.base import Denoiser, Shard, as_batch_sigma
 from locality_core.denoisers.softmax import (
+    PRECISION,
     ShardMerge,
     SoftmaxState,
     empty_state,
@@ -33,7 +32,6 @@ from locality_core.denoisers.softmax import (
     threaded_state,
 )
 
-FLOAT64_BELOW = 2.0  # sigma below which float32 inputs get float64 distances
 DEFAULT_CHUNK = 4096
 
 
@@ -43,13 +41,13 @@ def distance_logits(x: torch.Tensor, x0: torch.Tensor, x0_sq: torch.Tensor, sigm
 
 
 def _work_dtype(x: torch.Tensor, sigma: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float32 and bool((sigma < FLOAT64_BELOW).any()) else x.dtype
+    return PRECISION.optimal.form(x.dtype, sigma).dtype
 
 
 def optimal_state(x: torch.Tensor, sigma: float | torch.Tensor, train: torch.Tensor, *,
                   chunk_size: int = DEFAULT_CHUNK, train_sq: torch.Tensor | None = None) -> SoftmaxState:
     """The softmax state of D_opt over ``train`` (N, ...) for x (B, C, H, W): m, s (B,), acc (B, d), in the
-    work dtype (float64 for float32 inputs below FLOAT64_BELOW). ``train`` may be empty (a shard with no
+    work dtype (`softmax.PRECISION.optimal`). ``train`` may be empty (a shard with no
     images): the empty state. `finish` of it is D_opt; states of disjoint shards merge exactly. With several
     torch threads (and no derivatives) the training set is split over threads (`softmax.threaded_state`)."""
     sigma = as_batch_sigma(sigma, x)
@@ -120,7 +118,7 @@ class OptimalDenoiser(Denoiser):
 
     def __init__(self, chunk_size: int = DEFAULT_CHUNK, top_k: int | None = None):
         super().__init__()
-        self.shard_merge: ShardMerge | None = None  # set by `distributed.shard_denoiser`
+        self.shard_merge: ShardMerge | None = None  # set by `fit_shard`
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
         self.chunk_size = int(chunk_size)
@@ -134,6 +132,15 @@ class OptimalDenoiser(Denoiser):
         self.train_ = train.flatten(1).contiguous()          # (N, d)
         self.train_sq_ = self.train_.double().pow(2).sum(1)                # (N,)
         self._train64 = None
+        return self
+
+    def fit_shard(self, shard: Shard) -> OptimalDenoiser:
+        """`fit` to one process's shard of the training set; its softmax states merge with the other shards'."""
+        if self.top_k is not None:
+            raise ValueError("top_k is not available on a sharded training set: the K nearest images of one "
+                             "shard are not the K nearest of all")
+        self.fit(Dataset.from_tensor(shard.images))
+        self.shard_merge = shard.merge
         return self
 
     def _train_float64(self) -> torch.Tensor:

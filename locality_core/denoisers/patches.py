@@ -40,10 +40,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from locality_core.data import Dataset
-from locality_core.denoisers.base import Denoiser, by_sigma
+from locality_core.denoisers.base import Denoiser, Shard, by_sigma
 from locality_core.denoisers.models import find_weights, model_dirs, user_model_dir
 from locality_core.denoisers.softmax import (
-    DIRECT_FLOAT64_BELOW,
+    PRECISION,
     ShardMerge,
     SoftmaxState,
     empty_state,
@@ -63,12 +63,10 @@ KAMB_SCHEDULES: dict[str, tuple[int, ...]] = {
 KAMB_STEPS = 20
 ELS_TRAIN = 2000
 SCHEDULE_FILE = "patch_schedule.json"
-FLOAT64_BELOW = 0.5       # sigma below which float32 inputs get float64 patch distances
 LOGIT_ELEMENTS = 1 << 22  # logits per streamed chunk of candidates
 PATCH_ELEMENTS = 1 << 23  # unfolded training patches per chunk
 BOX_ELEMENTS = 1 << 19    # LS: inputs x training images x pixels per chunk (2 MB of float32)
 GRAD_SPAN = 4096          # LS under autograd: training images per checkpoint
-LS_EXPANDED_ABOVE = 1.0   # LS sums expanded terms from here up, direct ones below (`softmax.DIRECT_FLOAT64_BELOW`)
 
 
 # ---------------------------------------------------------------- schedules
@@ -243,18 +241,19 @@ def ls_state(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
     float64). Under autograd spans of GRAD_SPAN images are checkpointed; without it, with several torch threads,
     the training set is split over threads of one torch thread each (`softmax.threaded_state`).
 
-    Precision: images are centred on ``centre`` (C, H, W) (the training mean is a good choice). Below
-    LS_EXPANDED_ABOVE the terms are (x - x0)^2, exact for near neighbours, which decide a low-noise softmax
-    (float64 below DIRECT_FLOAT64_BELOW). Above it, where noise makes every (x - x0)^2 large but the softmax only
-    sees differences between training images, they are (x - x0)^2 - (x - centre)^2 = x0c (x0c - 2 xc),
-    k-independent terms dropped: an order of magnitude smaller, so float32 round-off is too (`_ls_terms`).
+    Precision (`softmax.PRECISION.ls`): images are centred on ``centre`` (C, H, W) (the training mean is a good
+    choice). At low noise the terms are (x - x0)^2, exact for near neighbours, which decide a low-noise softmax.
+    At high noise, where noise makes every (x - x0)^2 large but the softmax only sees differences between
+    training images, they are (x - x0)^2 - (x - centre)^2 = x0c (x0c - 2 xc), k-independent terms dropped: an
+    order of magnitude smaller, so float32 round-off is too (`_ls_terms`).
     """
     if patch < 1 or patch % 2 == 0:
         raise ValueError(f"patch size must be odd and positive, got {patch}")
     B, C, H, W = x.shape
     if not len(train):
         return empty_state((B, H * W), (B, H * W, C), dtype=torch.float64, device=x.device)
-    centre, expanded = _ls_work_centre(x, sigma, centre), sigma >= LS_EXPANDED_ABOVE
+    form = PRECISION.ls.form(x.dtype, sigma)
+    centre, expanded = _ls_work_centre(x, form.dtype, centre), not form.direct
     xw = (x.to(centre.dtype) - centre) * (2.0 if expanded else 1.0)
     scale = -1.0 / (2.0 * sigma**2)
     per_chunk = chunk_size or max(8, BOX_ELEMENTS // (B * C * H * W))
@@ -277,11 +276,9 @@ def ls_state(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, *,
     return merge_all(SoftmaxState(*flat) for flat in spans)
 
 
-def _ls_work_centre(x: torch.Tensor, sigma: float, centre: torch.Tensor | None) -> torch.Tensor:
-    """The centre (C, H, W) in the LS work dtype at ``sigma`` (float64 for float32 inputs below
-    DIRECT_FLOAT64_BELOW, else x's) on x's device; zeros when None."""
+def _ls_work_centre(x: torch.Tensor, dtype: torch.dtype, centre: torch.Tensor | None) -> torch.Tensor:
+    """The centre (C, H, W) in the work ``dtype`` on x's device; zeros when None."""
     C, H, W = x.shape[1:]
-    dtype = torch.float64 if x.dtype == torch.float32 and sigma < DIRECT_FLOAT64_BELOW else x.dtype
     if centre is None:
         return torch.zeros((C, H, W), dtype=dtype, device=x.device)
     return centre.to(x.device, dtype).view(C, H, W)
@@ -326,7 +323,7 @@ class LSDenoiser(Denoiser):
         if schedule is None and patch_size is None:
             raise ValueError("give a schedule or a patch_size")
         self.schedule, self.patch_size, self.chunk_size = schedule, patch_size, chunk_size
-        self.shard_merge: ShardMerge | None = None  # set by `distributed.shard_denoiser`
+        self.shard_merge: ShardMerge | None = None  # set by `fit_shard`
 
     def size_for(self, sigma: float) -> int:
         return int(self.patch_size) if self.patch_size is not None else self.schedule.size_for(sigma)
@@ -334,6 +331,14 @@ class LSDenoiser(Denoiser):
     def fit(self, dataset: Dataset) -> LSDenoiser:
         self.train_ = dataset.train
         self.mean_ = mean_float64(dataset.train)  # (C, H, W) centring: smaller terms, less round-off
+        return self
+
+    def fit_shard(self, shard: Shard) -> LSDenoiser:
+        """`fit` to one process's shard of the training set, centred on the mean of all shards (every process
+        drops the same constant from its logits); its softmax states merge with the other shards'."""
+        self.fit(Dataset.from_tensor(shard.images))
+        self.mean_ = shard.mean().reshape(self.mean_.shape)
+        self.shard_merge = shard.merge
         return self
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
@@ -396,7 +401,7 @@ def els_denoise(x: torch.Tensor, sigma: float, train: torch.Tensor, patch: int, 
     if patch < 1 or patch % 2 == 0:
         raise ValueError(f"patch size must be odd and positive, got {patch}")
     B, C, H, W = x.shape
-    dtype = torch.float64 if x.dtype == torch.float32 and sigma < FLOAT64_BELOW else x.dtype
+    dtype = PRECISION.els.form(x.dtype, sigma).dtype
     scale = -1.0 / (2.0 * sigma**2)
     groups = position_groups(H, W, patch, broken)
     q_all = _patches(x.to(dtype), patch)                                       # (B, D, HW)
@@ -457,6 +462,11 @@ class ELSDenoiser(Denoiser):
             train = train[torch.sort(pick).values]
         self.train_ = train
         return self
+
+    def fit_shard(self, shard: Shard) -> ELSDenoiser:
+        raise TypeError("ELS cannot be sharded: it draws its subset of training images from all of them, and its "
+                        "softmax over every patch of that subset runs in one process (els_denoise keeps no state "
+                        "to merge across processes)")
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W), sigma scalar or (B,) -> x0_hat (B, C, H, W)."""
