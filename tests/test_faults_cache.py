@@ -201,3 +201,75 @@ def test_concurrent_threads_compute_a_shared_result_once(tmp_path):
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda _: cache.get_or_compute("same-pixel", compute), range(6)))
     assert len(calls) == 1 and all(r["v"][-1] == 2 for r in results)
+
+
+def _in_thread(action, timeout: float = 10.0):
+    """``action()`` in a daemon thread: its result or error, or TimeoutError when it hangs (a leaked lock)."""
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = action()
+        except BaseException as exc:  # reported to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"still waiting after {timeout} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+@pytest.mark.parametrize("record", [
+    {"pid": 1, "host": "h", "started": 0.0, "heartbeat": "abc"},
+    {"pid": 1, "host": "h", "started": 0.0, "heartbeat": None},
+    {"pid": 1},
+    {"pid": 1, "heartbeat": [1, 2], "started": {"a": 1}, "host": 7, "what": None},
+    {"pid": 1, "heartbeat": 1e400},
+    [1, 2, 3],
+    "a string",
+    None,
+], ids=["heartbeat-abc", "heartbeat-null", "pid-only", "wrong-types", "infinite", "list", "string", "null"])
+def test_a_crafted_owner_record_never_leaks_the_lock(tmp_path, record):
+    """A record left in a lock file (its owner died) that is not what the library writes: the lock is taken over
+    with a note, and a later attempt in the same process gets it too, at once."""
+    path = locks.lock_path(tmp_path, "name")
+    path.write_text(json.dumps(record))
+    notes = []
+
+    def take():
+        with locks.owned_lock(tmp_path, "name", notify=notes.append):
+            return json.loads(path.read_text())["pid"]
+
+    assert _in_thread(take) == os.getpid()
+    path.write_text(json.dumps(record))  # the same garbage again, for the second attempt
+    assert _in_thread(take) == os.getpid()
+    assert all(isinstance(n, str) for n in notes)
+
+
+def test_an_error_after_the_lock_is_taken_releases_it(tmp_path, monkeypatch):
+    def broken(fd, owner):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(locks, "_write_owner", broken)
+    with pytest.raises(OSError, match="disk full"), locks.owned_lock(tmp_path, "name"):
+        pass
+    monkeypatch.undo()
+
+    def take():
+        with locks.owned_lock(tmp_path, "name"):
+            return True
+
+    assert _in_thread(take)
+
+
+def test_describe_never_raises_on_a_garbage_owner(tmp_path):
+    path = locks.lock_path(tmp_path, "x")
+    for text in ['{"heartbeat": "abc", "pid": "x"}', "[", "\u00ff\u00fe", '{"started": null}', "1e999"]:
+        path.write_text(text)
+        assert isinstance(locks._describe(locks.read_owner(path)), str)
