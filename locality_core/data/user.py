@@ -10,9 +10,12 @@ Glossary
     user:<name> how an imported data set appears in the registry, as soon as it is saved
 
 The user's files are never modified, and nothing from a .zip is written to disk. Limits guard against
-hostile input: ``max_images`` files, ``max_total_bytes`` bytes read (the zip's declared uncompressed sizes
-are checked before anything is decompressed) and decoded, Pillow's decompression-bomb limit on the pixels of
-one image (``Image.MAX_IMAGE_PIXELS``, left as it is), no ``..`` or absolute paths in an archive.
+hostile input: ``max_images`` files, ``max_total_bytes`` bytes read and decoded, Pillow's decompression-bomb
+limit on the pixels of one image (``Image.MAX_IMAGE_PIXELS``, left as it is), no ``..`` or absolute paths in an
+archive. Sizes are checked twice: as declared (the zip's headers, a folder's listing) before anything is read,
+then as read: every file is read as a stream, in chunks of `READ_CHUNK` bytes, with a running count that stops
+at its declared size and at what is left of ``max_total_bytes``, whatever the header says (a member that
+declares 100 bytes and inflates to gigabytes costs one chunk of memory, then is refused).
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from locality_core.data.base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
 from locality_core.data.download import data_home
@@ -45,8 +49,9 @@ MAX_SIDE = 256
 TEST_FRACTION = 0.1
 MAX_IMAGES = 50_000
 MAX_TOTAL_BYTES = 2**30
+READ_CHUNK = 2**20
 
-Entry = tuple[str, int, Callable[[], bytes]]  # (name relative to the source, size in bytes, reader)
+Entry = tuple[str, int, Callable[[], BinaryIO]]  # (name relative to the source, declared size in bytes, opener)
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ def folder_entries(root: Path) -> list[Entry]:
             path = Path(dirpath) / fname
             rel = path.relative_to(root).as_posix()
             if not _hidden(rel) and path.is_file():
-                entries.append((rel, path.stat().st_size, path.read_bytes))
+                entries.append((rel, path.stat().st_size, lambda path=path: open(path, "rb")))
     return sorted(entries, key=lambda e: e[0])
 
 
@@ -121,7 +126,7 @@ def zip_entries(archive: zipfile.ZipFile) -> list[Entry]:
         if name.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", name) or re.match(r"^[A-Za-z]:", name):
             raise DatasetError(f"the archive contains the unsafe path {name!r}; refused.")
         if not info.is_dir() and not _hidden(name):
-            entries.append((name, info.file_size, lambda info=info: archive.read(info)))
+            entries.append((name, info.file_size, lambda info=info: archive.open(info)))
     return sorted(entries, key=lambda e: e[0])
 
 
@@ -156,10 +161,16 @@ def decode(data: bytes, mode: str, size: tuple[int, int] | None) -> np.ndarray:
             return np.asarray(img)
 
 
+OBJECT_REPR = re.compile(r"<[\w.]+ (object )?at 0x[0-9a-fA-F]+>")  # <_io.BytesIO object at 0x7f...>
+
+
 def _reason(exc: BaseException) -> str:
+    """Why a file was skipped, in words: never an object's repr (the file is named beside the reason)."""
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"more than {Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's decompression-bomb limit)"
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"
+    text = OBJECT_REPR.sub("the file", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return text if len(text) < 120 else text[:117] + "..."
 
 
@@ -184,16 +195,40 @@ def split_by_name(names: list[str], test_fraction: float = TEST_FRACTION) -> tup
     return sorted(n for n in names if n not in test), sorted(test)
 
 
+class LongerThanDeclared(OSError):
+    """A file held more bytes than its header or listing declared."""
+
+
+def read_counted(opener: Callable[[], BinaryIO], declared: int, left: int, fname: str) -> bytes:
+    """The bytes of one file, read in chunks with a running count: LongerThanDeclared past ``declared`` bytes,
+    DatasetError past ``left`` (what remains of the import's byte limit). Never holds more than
+    ``min(declared, left)`` bytes plus one chunk."""
+    parts, count = [], 0
+    with opener() as stream:
+        while chunk := stream.read(min(READ_CHUNK, max(1, min(declared, left) - count + 1))):
+            count += len(chunk)
+            if count > left:
+                raise DatasetError(f"the files read so far exceed max_total_bytes ({fname} among them); import a "
+                                   "smaller selection or raise the limit.")
+            if count > declared:
+                raise LongerThanDeclared(f"it holds more than the {declared:,} bytes its header declares")
+            parts.append(chunk)
+    return b"".join(parts)
+
+
 def _read_all(entries: list[Entry], mode: str, size, max_total_bytes: int):
     images: dict[str, np.ndarray] = {}
     skipped: list[tuple[str, str]] = []
-    decoded = 0
-    for fname, _, read in entries:
+    decoded = read = 0
+    for fname, declared, opener in entries:
         try:
-            data = read()
+            data = read_counted(opener, declared, max_total_bytes - read, fname)
+        except DatasetError:  # over the import's limit: refused as a whole (a DatasetError is a RuntimeError)
+            raise
         except (OSError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError) as exc:
             skipped.append((fname, f"cannot be read: {_reason(exc)}"))  # e.g. no permission, encrypted, bad CRC
             continue
+        read += len(data)
         try:
             arr = decode(data, mode, size)
         except DatasetError as exc:
