@@ -5,7 +5,7 @@ else in the project reads ``os.environ`` for a ``LOCALITY_`` name (a test checks
 
     settings.CACHE_DIR.path()          # a Path, or None when unset
     settings.OFFLINE.flag()            # True for anything but "", "0"
-    settings.MAX_MEMORY_GB.number()    # a float, or None when unset or not a number
+    settings.MEMORY_BUDGET_GB.number() # a float, or None when unset or not a number
 """
 
 from __future__ import annotations
@@ -56,8 +56,11 @@ DATA_DIR = _setting("LOCALITY_DATA_DIR", "downloads, imported data sets and your
                                          "`~/.local/share/locality-explorer`)")
 MODEL_DIR = _setting("LOCALITY_MODEL_DIR", "a folder of weights searched first: `NAME/unet.pt` per data set")
 OFFLINE = _setting("LOCALITY_OFFLINE", "`1`: never download; a missing data set says where to put its files")
-MAX_MEMORY_GB = _setting("LOCALITY_MAX_MEMORY_GB", "the memory a data set may take, in GiB (default: what the "
-                                                   "machine has available)")
+MEMORY_BUDGET_GB = _setting("LOCALITY_MEMORY_BUDGET_GB", "the memory budget of one process (a server, a command), "
+                                                         "in GiB: what the data sets, imports, statistics and "
+                                                         "sampling runs that requests start and the in-memory "
+                                                         "caches may hold together; larger requests are refused "
+                                                         "(default 2, for a 2-core 8 GB laptop)")
 READ_ONLY = _setting("LOCALITY_READ_ONLY", "`1`: the dashboard allows no upload and no deletion (a class server)")
 APP_DATASET = _setting("LOCALITY_APP_DATASET", "the dashboard's default data set, with options: "
                                                "`grf:n_train=2000,n_test=200`")

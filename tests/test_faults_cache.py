@@ -59,8 +59,14 @@ def _read_only_as_root(monkeypatch) -> None:
     monkeypatch.setattr(cache_module.diskcache, "Cache", refuse)
 
 
-def test_read_only_warm_cache_falls_back_to_memory(tmp_path, monkeypatch):
+BIG = {"x": np.arange(10_000.0)}  # 80 kB: diskcache keeps it in a value file beside the database
+
+
+def test_a_read_only_cache_folder_serves_its_entries(tmp_path, monkeypatch):
+    """A cache prepared before a class and mounted read-only: its entries are hits (nothing recomputed), what is
+    new is computed and kept in memory, and that is said once."""
     _warm(tmp_path / "c")
+    ArrayCache(tmp_path / "c").set("big", BIG)
     if os.geteuid() == 0:
         _read_only_as_root(monkeypatch)
     for p in [tmp_path / "c", *(tmp_path / "c").rglob("*")]:
@@ -68,12 +74,56 @@ def test_read_only_warm_cache_falls_back_to_memory(tmp_path, monkeypatch):
     try:
         warnings = []
         cache = ArrayCache(tmp_path / "c", warn=warnings.append)
-        assert cache.get_or_compute("new", lambda: {"y": np.ones(3)})["y"].sum() == 3
-        assert cache.get_or_compute("k", lambda: VALUE)["x"][-1] == 5
-        assert len(warnings) == 1 and "memory" in warnings[0]
+        assert cache.read_only and not cache.memory_only
+        never = lambda: pytest.fail("a hit of the read-only folder was computed again")  # noqa: E731
+        assert cache.get_or_compute("k", never)["x"][-1] == 5
+        assert cache.get_or_compute("big", never)["x"][-1] == 9999
+        calls = []
+        assert cache.get_or_compute("new", lambda: calls.append(1) or {"y": np.ones(3)})["y"].sum() == 3
+        assert cache.get_or_compute("new", lambda: calls.append(1) or {"y": np.ones(3)})["y"].sum() == 3
+        assert calls == [1] and "new" not in ArrayCache(tmp_path / "c", warn=lambda m: None)  # memory only
+        assert len(warnings) == 1 and "read-only" in warnings[0] and "memory" in warnings[0]
     finally:
         for p in [tmp_path / "c", *(tmp_path / "c").rglob("*")]:
             p.chmod(0o700)
+
+
+def test_a_full_disk_keeps_serving_its_hits(tmp_path, monkeypatch):
+    import sqlite3
+
+    cache = ArrayCache(tmp_path, warn=(warnings := []).append)
+    cache.set("k", VALUE)
+    cache.set("big", BIG)
+
+    def full(key, blob):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(cache._values, "set", full)
+    assert cache.get("k")["x"][-1] == 5 and cache.get("big")["x"][-1] == 9999  # hits kept
+    for key in ("new", "newer"):
+        assert cache.get_or_compute(key, lambda: {"y": np.ones(2)})["y"].sum() == 2
+    assert cache.get("new") is not None and not cache.memory_only
+    assert cache.get("k")["x"][-1] == 5 and cache.get("big")["x"][-1] == 9999  # and still, after the failures
+    assert len(warnings) == 1 and "full" in warnings[0]
+    monkeypatch.undo()
+    cache.set("later", VALUE)  # space again: written to the folder
+    assert "later" in ArrayCache(tmp_path, warn=lambda m: None)
+
+
+def test_a_moved_aside_database_takes_its_value_files_along(tmp_path):
+    cache = ArrayCache(tmp_path)
+    for i in range(3):
+        cache.set(f"big{i}", BIG)
+    del cache
+    assert len(list((tmp_path / "values").rglob("*.val"))) == 3
+    time.sleep(0.05)
+    _scribble(tmp_path / "values" / "cache.db")
+    warnings = []
+    fresh = ArrayCache(tmp_path, warn=warnings.append)
+    assert not list((tmp_path / "values").rglob("*.val")), "orphaned value files left on disk"
+    assert len(warnings) == 1 and "3 value files" in warnings[0]
+    fresh.set("big", BIG)
+    assert fresh.get("big")["x"][-1] == 9999 and len(list((tmp_path / "values").rglob("*.val"))) == 1
 
 
 def test_values_path_that_is_a_file_falls_back_to_memory(tmp_path):

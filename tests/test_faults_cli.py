@@ -10,6 +10,7 @@ import pytest
 from locality_core.cli import validate
 from locality_core.cli.main import main
 from locality_core.data import DatasetError, load_dataset
+from locality_core.store.memory import TooLargeError
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
@@ -116,9 +117,9 @@ def test_good_values_pass():
 
 def test_memory_bomb_options_are_refused_before_building():
     start = time.time()
-    with pytest.raises(DatasetError, match="GiB of memory"):
+    with pytest.raises(TooLargeError, match="GiB of memory.*LOCALITY_MEMORY_BUDGET_GB"):
         load_dataset("natural-patches", stride=1, max_per_photo=200_000)
-    with pytest.raises(DatasetError, match="GiB of memory"):
+    with pytest.raises(TooLargeError, match="GiB of memory.*LOCALITY_MEMORY_BUDGET_GB"):
         load_dataset("grf", n_train=10**9)
     with pytest.raises(DatasetError, match="not all numbers"):
         load_dataset("grf", n_train="many")

@@ -46,11 +46,12 @@ def test_intact_model_with_hash_loads(tmp_path):
     assert isinstance(load_weights(path), EDMDenoiser)
 
 
-def test_card_without_hash_still_loads(tmp_path):
-    """Cards of user-trained models written before cards carried hashes keep working."""
+def test_card_without_hash_still_loads_with_a_warning(tmp_path):
+    """Cards of user-trained models written before cards carried hashes keep working, and say they are unchecked."""
     path = save_model(tmp_path, card=False)
     (tmp_path / CARD).write_text(json.dumps({"dataset": "tiny"}))
-    assert isinstance(load_weights(path), EDMDenoiser)
+    with pytest.warns(UserWarning, match="no sha256"):
+        assert isinstance(load_weights(path), EDMDenoiser)
 
 
 def test_flipped_byte_in_tensor_data_is_refused(tmp_path):
@@ -170,13 +171,6 @@ def test_an_unreadable_card_is_refused_not_skipped(tmp_path, kind):
     else:
         (tmp_path / CARD).symlink_to(tmp_path / "nowhere.json")
     with pytest.raises(ModelError, match="cannot be read"):
-        load_weights(path)
-
-
-def test_an_old_card_without_hashes_loads_with_a_warning(tmp_path):
-    path = save_model(tmp_path, card=False)
-    (tmp_path / CARD).write_text(json.dumps({"dataset": "tiny"}))
-    with pytest.warns(UserWarning, match="no sha256"):
         load_weights(path)
 
 

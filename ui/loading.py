@@ -31,7 +31,7 @@ from locality_core.denoisers.models import ModelError
 from locality_core.denoisers.registry import DenoiserError, denoiser_cache_id
 from locality_core.denoisers.registry import get_spec as get_denoiser_spec
 from locality_core.stats.covariance import DataStats, get_stats
-from locality_core.store.memory import TooLargeError
+from locality_core.store.memory import TooLargeError, bounded_cache
 from ui.memo import clear as memo_clear
 from ui.state import View
 
@@ -111,7 +111,7 @@ def forget_if_reimported(name: str) -> None:
         memo_clear()
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
+@bounded_cache(key=lambda fingerprint, transform, _data: (fingerprint, transform))  # within the memory budget
 def _transformed(fingerprint: str, transform: str, _data: Dataset) -> Dataset:
     return apply_transform(_data, json.loads(transform))
 

@@ -403,6 +403,32 @@ def load_user_dataset(name: str) -> Dataset:
     )
 
 
+def stored_shapes(path: Path) -> list[tuple[int, ...]]:
+    """The shapes of the uint8 arrays ``train`` and ``test`` in an imported data set's npz, read from their
+    headers without reading (or allocating) the arrays; DatasetError when they cannot be read."""
+    shapes = []
+    try:
+        with zipfile.ZipFile(path) as npz:
+            for member in ("train.npy", "test.npy"):
+                with npz.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shapes.append(tuple(int(n) for n in header(f)[0]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path} is corrupt ({_reason(exc)}); import the images again.") from exc
+    return shapes
+
+
+LOAD_BYTES_PER_VALUE = 5  # the uint8 arrays read from the npz and their float32 copy
+
+
+def load_peak_bytes(name: str) -> int:
+    """Upper bound on the memory `load_user_dataset` takes, from the arrays' headers (a crafted npz declaring a
+    huge array is refused before it is allocated)."""
+    return sum(LOAD_BYTES_PER_VALUE * int(np.prod(shape)) for shape in stored_shapes(dataset_path(name))) + 2**24
+
+
 def user_spec(name: str) -> DatasetSpec:
     """The registry entry of an imported data set; DatasetError when there is none of that name."""
     if not dataset_path(name).is_file():
@@ -413,7 +439,7 @@ def user_spec(name: str) -> DatasetSpec:
     counts = f"{meta.get('n_train', '?')} train, {meta.get('n_test', '?')} test"
     return DatasetSpec(PREFIX + name, f"{name} (imported)", f"Your images, imported from {source} ({counts}).",
                        lambda: load_user_dataset(name), lambda: (True, f"imported into {dataset_path(name)}"),
-                       shape=shape)
+                       shape=shape, peak_bytes=lambda: load_peak_bytes(name))
 
 
 def delete_user_dataset(name: str) -> None:
