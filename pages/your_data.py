@@ -17,8 +17,9 @@ from locality_core.data import (
 )
 from locality_core.data.user import MAX_IMAGES, MAX_SIDE, MAX_TOTAL_BYTES, MIN_IMAGES, PREFIX, metadata
 from locality_core.store.memory import covariance_bytes
+from locality_core.views.refs import DataRef
 from ui import loading
-from ui.state import View, current_view
+from ui.state import current_view
 
 SIZES = [16, 24, 28, 32, 48, 64]
 MAX_UPLOAD_MB = st.get_option("server.maxUploadSize")
@@ -116,7 +117,7 @@ if submitted:
                              hide_index=True)
             # precompute the statistics (with a progress bar) so every page opens at once; on a problem
             # (too large for memory) require_data says so and stops here
-            loading.require_data(View(PREFIX + report.name, (), view.sigmas, view.seed, view.device))
+            loading.require_data(DataRef.of(PREFIX + report.name))
             st.success("Statistics computed: the data set is ready on every page.")
             st.button(f"Explore `{PREFIX}{report.name}` now", on_click=_use, args=(report.name,), type="primary",
                       icon=":material/arrow_forward:")

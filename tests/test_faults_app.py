@@ -123,6 +123,15 @@ def test_page_relative_streamlit_routes_are_served_at_the_root():
     assert deep_paths.strip_page_prefix("/a/b/c") is None
 
 
+def test_the_clients_base_probe_below_a_page_is_not_found():
+    """Answered, the client would take /samples for the server's base and open the first page at /samples."""
+    assert deep_paths.is_base_probe_below_page("/samples/_stcore/health")
+    assert deep_paths.is_base_probe_below_page("/app1/samples/_stcore/host-config", "app1")
+    assert not deep_paths.is_base_probe_below_page("/_stcore/health")
+    assert not deep_paths.is_base_probe_below_page("/app1/_stcore/health", "app1")
+    assert not deep_paths.is_base_probe_below_page("/samples/_stcore/stream")
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Chromium not found at /usr/bin/chromium")

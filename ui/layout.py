@@ -7,7 +7,8 @@ from __future__ import annotations
 import streamlit as st
 
 from locality_core.data import Dataset
-from ui.state import View
+from ui import figures
+from ui.state import VIEW_KEY, View
 from ui.viewport import content_width
 
 # Streamlit's wide layout keeps 6rem above and 5rem beside the page: at a projector's 1280x720 that pushes the
@@ -21,21 +22,73 @@ CSS = """
 .st-key-pixel_url { display: none; }
 </style>
 """
+# presentation mode: the prose larger (the controls keep their size, so that a row of them still fits 1280 px)
 PRESENT_CSS = """
 <style>
-html { font-size: 17px; }
-[data-testid="stMainBlockContainer"] h1 { font-size: 2rem; }
+[data-testid="stMainBlockContainer"] h1 { font-size: 2.1rem; }
+[data-testid="stMarkdown"] [data-testid="stMarkdownContainer"] p,
+[data-testid="stMarkdown"] [data-testid="stMarkdownContainer"] li { font-size: 1.3rem; }
+[data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] p { font-size: 1.1rem; }
 </style>
 """
 GAP = 16  # px between st.columns(gap="small")
 
 
+# Streamlit loads each kind of element's code (PlotlyChart.js, ...) lazily; under heavy load such a fetch can fail,
+# and the page then shows "Failed to fetch dynamically imported module" in place of every chart until a reload.
+# This reloads once, by itself (the view lives in the URL, long work in the server's jobs: nothing is lost); a
+# second failure within a minute is left on the screen, so that a real outage does not loop.
+CHUNK_RETRY = """
+<script>
+(() => {
+  if (window.__chunkRetry) return;
+  window.__chunkRetry = true;
+  const KEY = "locality-chunk-reload", FAILED = "Failed to fetch dynamically imported module";
+  const reload = () => {
+    const last = Number(sessionStorage.getItem(KEY) || 0);
+    if (Date.now() - last < 60000) return;
+    sessionStorage.setItem(KEY, String(Date.now()));
+    location.reload();
+  };
+  window.addEventListener("vite:preloadError", (event) => { event.preventDefault(); reload(); });
+  window.addEventListener("unhandledrejection", (event) => {
+    if (String(event.reason && event.reason.message || event.reason).includes(FAILED)) reload();
+  });
+  let pending = false;  // look at most once a second, and at the text only (no layout)
+  new MutationObserver(() => {
+    if (pending) return;
+    pending = true;
+    setTimeout(() => {
+      pending = false;
+      if (document.body && document.body.textContent.includes(FAILED)) reload();
+    }, 1000);
+  }).observe(document.documentElement, {childList: true, subtree: true});
+})();
+</script>
+"""
+
+
 def apply_css(present: bool) -> None:
     st.html(CSS + (PRESENT_CSS if present else ""))
+    st.html(CHUNK_RETRY, unsafe_allow_javascript=True, width="content")
+
+
+def presentation() -> bool:
+    """Whether this session's view is in presentation mode (in any rerun, fragments included)."""
+    view = st.session_state.get(VIEW_KEY)
+    return bool(view is not None and view.present)
+
+
+# every figure built in this process asks the session it is built for (see ui.figures.text_minimum)
+figures.text_minimum = lambda: figures.PRESENT_MIN if presentation() else 0
 
 
 def page_header(title: str, view: View, data: Dataset) -> None:
-    """Title and, in one line beside it, what the page shows: data set, image size, noise levels, seed."""
+    """Title and, in one line below it, what the page shows: data set, image size, noise levels, seed. In
+    presentation mode the data set joins the title and the line goes (the figures need the height)."""
+    if view.present:
+        st.title(f"{title} · {view.dataset}")
+        return
     st.title(title)
     size = "x".join(str(s) for s in data.shape[1:]) + ("" if data.shape[0] == 1 else " RGB")
     st.caption(f"**{view.dataset}**: {len(data.train):,} training images of {size} · {len(view.sigmas)} noise "

@@ -109,6 +109,9 @@ class MemoryValues:
     def __len__(self) -> int:
         return len(self._blobs)
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._blobs
+
     def get(self, key: str, default=None, read: bool = False):
         return self._blobs.get(key, default)
 
@@ -149,6 +152,10 @@ class ReadOnlyValues:
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM Cache").fetchone()[0]
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone() is not None
 
     def get(self, key: str, default=None, read: bool = False):
         with self._lock:
@@ -352,7 +359,13 @@ class ArrayCache:
                 self._values.delete(key)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._kept or self.get(key) is not None
+        """Whether an entry exists, without reading it (a damaged one still reads as a miss, and is recomputed)."""
+        if key in self._kept or key in self._memory:
+            return True
+        try:
+            return self._values is not None and key in self._values
+        except Exception:  # an unreadable database: nothing is known to be there
+            return False
 
     @contextlib.contextmanager
     def _lock(self, key: str):
