@@ -176,3 +176,14 @@ def test_skip_reasons_name_no_python_object(tmp_path, home):
     report = user.import_images(source, "mixed")
     reason = dict(report.skipped)["notes.png"]
     assert "object at 0x" not in reason and "BytesIO" not in reason and "not an image file" in reason
+
+
+@pytest.mark.slow  # 15-40 s: builds 400,000 fields
+def test_the_issue_url_stays_within_the_budget(tmp_path):
+    """The campaign's URL took a server to 5 GB. Under a 2 GiB budget it is built within it (or refused)."""
+    growth, out = peak_growth(
+        "from locality_core.data import load_dataset\nfrom locality_core.store.memory import TooLargeError",
+        "try:\n    load_dataset('grf', n_train=200_000, n_test=200_000)\nexcept TooLargeError as exc:\n"
+        "    print('REFUSED', exc)",
+        env={"LOCALITY_MEMORY_BUDGET_GB": "2", "LOCALITY_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"})
+    assert "REFUSED" in out or growth <= 2 * 2**30, f"grew by {growth / 2**30:.2f} GiB"

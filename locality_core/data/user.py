@@ -37,10 +37,12 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from locality_core import settings
 from locality_core.data.base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
 from locality_core.data.download import data_home
 from locality_core.store.files import atomic_write
 from locality_core.store.locks import owned_lock
+from locality_core.store.memory import BUDGET, budget_bytes
 
 PREFIX = "user:"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -144,10 +146,25 @@ def _flatten(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode(data: bytes, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+def decode_bytes_per_pixel(img: Image.Image) -> int:
+    """Upper bound on the memory per pixel of decoding and fitting ``img`` (measured at 3000x3000: float TIFF
+    32.3 bytes, 16-bit PNG 28.1, RGBA PNG 20.0, RGB JPEG 12.1)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return 40  # through float64 (`_flatten`)
+    if img.mode in ("RGBA", "LA", "PA", "P", "CMYK"):
+        return 24
+    return 16
+
+
+class TooManyPixels(ValueError):
+    """An image whose decoding would take more memory than an import may use for one image."""
+
+
+def decode(data: bytes, mode: str, size: tuple[int, int] | None, max_decode_bytes: int | None = None) -> np.ndarray:
     """Image bytes -> uint8 (H, W) for "L" or (H, W, 3) for "RGB"; fitted to ``size`` = (H, W) when given.
 
-    Raises whatever Pillow raises on a bad file; images above Pillow's pixel limit raise too.
+    Raises whatever Pillow raises on a bad file; images above Pillow's pixel limit raise too, and TooManyPixels
+    when decoding would take more than ``max_decode_bytes`` (checked from the header, before decoding).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -155,6 +172,12 @@ def decode(data: bytes, mode: str, size: tuple[int, int] | None) -> np.ndarray:
             if size is None and max(img.size) > MAX_SIDE:
                 raise DatasetError(f"it is {img.size[1]}x{img.size[0]}, larger than {MAX_SIDE} on a side; "
                                    "choose a size, e.g. size=(64, 64)")
+            pixels = img.size[0] * img.size[1]
+            if max_decode_bytes is not None and pixels * decode_bytes_per_pixel(img) > max_decode_bytes:
+                most = max_decode_bytes // decode_bytes_per_pixel(img)
+                raise TooManyPixels(f"{img.size[0]}x{img.size[1]} is more than the {most:,} pixels one image of it "
+                                    f"may have within the memory budget ({settings.MEMORY_BUDGET_GB.name}); scale "
+                                    "it down")
             img = _flatten(ImageOps.exif_transpose(img)).convert(mode)
             if size is not None:
                 img = ImageOps.fit(img, (size[1], size[0]), method=Image.Resampling.LANCZOS)
@@ -216,7 +239,11 @@ def read_counted(opener: Callable[[], BinaryIO], declared: int, left: int, fname
     return b"".join(parts)
 
 
-def _read_all(entries: list[Entry], mode: str, size, max_total_bytes: int):
+def _read_all(entries: list[Entry], mode: str, size, max_total_bytes: int, max_decode_bytes: int | None = None,
+              max_kept_bytes: int | None = None):
+    """The decoded images by file name, and the files skipped with why. Refused as a whole (DatasetError) when
+    the files read pass ``max_total_bytes`` or the decoded images pass ``max_kept_bytes`` (default the same)."""
+    max_kept_bytes = max_total_bytes if max_kept_bytes is None else max_kept_bytes
     images: dict[str, np.ndarray] = {}
     skipped: list[tuple[str, str]] = []
     decoded = read = 0
@@ -230,16 +257,17 @@ def _read_all(entries: list[Entry], mode: str, size, max_total_bytes: int):
             continue
         read += len(data)
         try:
-            arr = decode(data, mode, size)
+            arr = decode(data, mode, size, max_decode_bytes)
         except DatasetError as exc:
             raise DatasetError(f"{fname}: {exc}") from None
         except Exception as exc:  # a hostile or broken file may make Pillow raise anything
             skipped.append((fname, _reason(exc)))
             continue
         decoded += arr.nbytes
-        if decoded > max_total_bytes:
-            raise DatasetError(f"the decoded images exceed max_total_bytes={max_total_bytes:,}; choose a smaller "
-                               "size or fewer images.")
+        if decoded > max_kept_bytes:
+            raise DatasetError(f"the decoded images exceed {max_kept_bytes:,} bytes (max_total_bytes, or a sixth of "
+                               f"the memory budget {settings.MEMORY_BUDGET_GB.name}); choose a smaller size or "
+                               "fewer images.")
         images[fname] = arr
     return images, skipped
 
@@ -285,10 +313,36 @@ def import_images(source: str | Path, name: str, size: tuple[int, int] | None = 
     entries, archive = _entries(source)
     try:
         _check_limits(entries, source, max_images, max_total_bytes)
-        images, skipped = _read_all(entries, mode, size, max_total_bytes)
+        need, decoding, kept = import_peak_bytes(entries, size, mode, max_total_bytes)
+        with BUDGET.reserve(need, f"importing {len(entries):,} files", "import fewer images or choose a smaller size"):
+            return _build_import(source, name, size, mode, entries, max_total_bytes, decoding, kept, replace)
     finally:
         if archive is not None:
             archive.close()
+
+
+KEPT_COPIES = 3               # the decoded images, their stack, the (N, C, H, W) copy
+DECODE_SHARE = 4              # one image may use a quarter of the memory budget to decode
+IMPORT_MARGIN = 32 * 2**20
+
+
+def import_peak_bytes(entries: list[Entry], size: tuple[int, int] | None, mode: str,
+                      max_total_bytes: int = MAX_TOTAL_BYTES) -> tuple[int, int, int]:
+    """(upper bound on an import's memory, the bytes one image may take to decode, the bytes the decoded images
+    may take): the decoded images in `KEPT_COPIES` copies (at most half the budget: an import past it is refused
+    as it reads), the largest file as read, one image's decoding (an image whose header says more is skipped),
+    and a margin."""
+    side = size or (MAX_SIDE, MAX_SIDE)
+    per_image = side[0] * side[1] * (3 if mode == "RGB" else 1)
+    kept = min(len(entries) * per_image, max_total_bytes, budget_bytes() // 2 // KEPT_COPIES)
+    largest = max((declared for _, declared, _ in entries), default=0)
+    decoding = min(budget_bytes() // DECODE_SHARE, Image.MAX_IMAGE_PIXELS * 40)
+    return KEPT_COPIES * kept + largest + decoding + IMPORT_MARGIN, decoding, kept
+
+
+def _build_import(source: Path, name: str, size, mode: str, entries: list[Entry], max_total_bytes: int,
+                  decoding: int, kept: int, replace: bool) -> ImportReport:
+    images, skipped = _read_all(entries, mode, size, max_total_bytes, decoding, kept)
     if len(images) < MIN_IMAGES:
         why = f"; skipped: {', '.join(f'{f} ({r})' for f, r in skipped[:5])}" if skipped else ""
         raise DatasetError(f"{source} has {len(images)} readable images; at least {MIN_IMAGES} are needed{why}.")

@@ -279,7 +279,8 @@ class ArrayCache:
     A read-only folder is served read-only (``read_only``): its entries are hits, results computed anew are kept
     in memory. A folder that stops taking writes (full disk, turned read-only) keeps serving its hits, new results
     in memory. A folder that cannot be used at all (not a folder, a database that cannot be opened) gives an
-    in-memory cache (``memory_only``). Each case is said once, in one line.
+    in-memory cache. ``memory_only``: new results stay in this process's memory (no usable folder, or a read-only
+    one), so another process cannot see them. Each case is said once, in one line.
     """
 
     def __init__(self, directory: str | Path | None = None, size_limit: int = DEFAULT_SIZE_LIMIT,
@@ -313,7 +314,8 @@ class ArrayCache:
             self._warn(message)
 
     def _read_only_now(self) -> None:
-        self.read_only, self._lock_dir = True, None
+        self.read_only = self.memory_only = True
+        self._lock_dir = None
         self._say("read-only", f"warning: the cache folder {self.directory} is read-only: its results are served, "
                   "and what is computed anew is kept in memory for this process only.")
 
