@@ -171,3 +171,18 @@ def test_memory_bomb_url_options_show_a_message_and_build_nothing():
     at.switch_page("pages/components.py").run()
     assert not at.exception
     assert any("GiB of memory" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize(("given", "shown"), [("999,999", "27,27"), ("-5,3", "0,3"), ("4;9", "4,9")])
+def test_a_pixel_outside_the_image_is_clamped_and_the_url_corrected(given, shown):
+    """?pixel=999,999 shows the corner pixel, and the address says so (it kept 999,999 before)."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params["pixel"] = given
+    at.query_params["dataset"] = "grf"
+    at.run()
+    assert not at.exception
+    row, col = shown.split(",")
+    assert any(f"pixel row {row}, col {col}" in m.value for m in [*at.markdown, *at.caption])
+    # the hidden input bound to ?pixel= holds what is shown: Streamlit writes it into the address (AppTest keeps
+    # the query it was given; the browser test of the pixel's URL sees the address itself)
+    assert at.text_input(key="pixel").value == shown

@@ -29,14 +29,18 @@ def pixel_inputs(shape: tuple[int, int, int]) -> tuple[int, int]:
     _, h, w = shape
     pixel = stored_pixel(shape)
     current = st.session_state.get(PIXEL_URL_KEY, st.query_params.get(PIXEL_URL_KEY))  # widget, else a link
-    if parse_pixel(current, shape) is None:
-        st.session_state[PIXEL_URL_KEY] = f"{pixel[0]},{pixel[1]}"
+    parsed = parse_pixel(current, shape)
+    if parsed is None or f"{parsed[0]},{parsed[1]}" != str(current).strip():  # unreadable, or clamped (?pixel=999,999):
+        st.session_state[PIXEL_URL_KEY] = "{},{}".format(*(parsed or pixel))  # the URL says what is shown
     r0, c0 = default_pixel(shape)
     with st.container(key="pixel_url"):  # hidden by ui.layout.CSS: it is the URL's copy of the pixel
         # the image centre is the default, left out of the URL; Back to an address without ?pixel= restores it
         text = st.text_input("Pixel", f"{r0},{c0}", key=PIXEL_URL_KEY, bind="query-params",
                              label_visibility="collapsed")
     pixel = parse_pixel(text, shape) or pixel
+    if text.strip() != "{},{}".format(*pixel) and st.session_state.get("_pixel_fixed") != text:
+        st.session_state["_pixel_fixed"] = text  # a link's value wins on a first load: once more, to correct it
+        st.rerun()
     st.session_state[PIXEL_STORE] = pixel
     st.session_state["row"], st.session_state["col"] = pixel
 
