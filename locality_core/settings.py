@@ -75,6 +75,9 @@ FIELD_PRECISION = _setting("LOCALITY_FIELD_PRECISION", "`float32` or `bfloat16`:
 JOBS = _setting("LOCALITY_JOBS", "how the dashboard runs long work: `process` (a background worker process for the "
                                  "warm-up; the default), `thread` (all in the server; the default when the cache "
                                  "folder cannot be used), `inline` (in the page's own run: headless tests)")
+DIST_TIMEOUT_S = _setting("LOCALITY_DIST_TIMEOUT_S", "under torchrun: how long a rank waits in a collective for the "
+                                                     "others before it fails with an error, in seconds (a rank that "
+                                                     "died or hangs then ends the run)", "600")
 WARMUP_PARENT = _setting("LOCALITY_WARMUP_PARENT", "internal: the server's process id, given to its background "
                                                    "worker (which ends with it)")
 
