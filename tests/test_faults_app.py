@@ -186,3 +186,19 @@ def test_a_pixel_outside_the_image_is_clamped_and_the_url_corrected(given, shown
     # the hidden input bound to ?pixel= holds what is shown: Streamlit writes it into the address (AppTest keeps
     # the query it was given; the browser test of the pixel's URL sees the address itself)
     assert at.text_input(key="pixel").value == shown
+
+
+def test_a_data_set_deleted_by_its_owner_leaves_a_session_viewing_it_working(tmp_path):
+    """Session B explores user:shared when its owner (session A, or the CLI) deletes it: B's next rerun shows the
+    default data set, with no traceback, and nothing else is touched. (It says nothing about the deletion: the
+    sidebar's select box drops a value that is no longer among its options.)"""
+    import_elsewhere(tmp_path, "shared")
+    import_elsewhere(tmp_path, "other")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params["dataset"] = "user:shared"
+    at.run()
+    assert not at.exception and at.selectbox(key="dataset").value == "user:shared"
+    user.delete_user_dataset("shared")
+    at.run()
+    assert not at.exception and at.selectbox(key="dataset").value == "grf"
+    assert user.list_user_datasets() == ["other"] and user.read_arrays("other")[0].shape[2:] == (8, 8)

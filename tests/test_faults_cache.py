@@ -323,3 +323,39 @@ def test_describe_never_raises_on_a_garbage_owner(tmp_path):
     for text in ['{"heartbeat": "abc", "pid": "x"}', "[", "\u00ff\u00fe", '{"started": null}', "1e999"]:
         path.write_text(text)
         assert isinstance(locks._describe(locks.read_owner(path)), str)
+
+
+COUNTED_PRECOMPUTE = """
+import sys, time
+import locality_core.stats.covariance as stats
+real = stats.compute_stats
+def counted(*args, **kwargs):
+    with open(sys.argv[1], "a") as log:
+        log.write("computed\\n")
+    time.sleep(1.0)  # long enough for the others to arrive while it computes
+    return real(*args, **kwargs)
+stats.compute_stats = counted
+from locality_core.cli.main import main
+sys.exit(main(["precompute", "user:tiny"]))
+"""
+
+
+@pytest.mark.slow  # 15-40 s: four interpreters with torch at once on two cores
+def test_four_processes_doing_the_same_cold_precompute_compute_it_once(tmp_path, monkeypatch):
+    """Four `locality precompute` started together on one cold cache: one computes, three wait and read its
+    result; all end with the same statistics, and no lock is left held."""
+    env = {**os.environ, "LOCALITY_CACHE_DIR": str(tmp_path / "cache"), "LOCALITY_DATA_DIR": str(tmp_path / "data"),
+           "OMP_NUM_THREADS": "1"}
+    monkeypatch.setenv("LOCALITY_DATA_DIR", env["LOCALITY_DATA_DIR"])
+    import_tiny(tmp_path / "data", side=6)
+    log = tmp_path / "computed.log"
+    procs = [subprocess.Popen([sys.executable, "-c", COUNTED_PRECOMPUTE, str(log)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    assert log.read_text().count("computed") == 1
+    traces = {o[0].split("trace ")[1].split(",")[0] for o in outs}
+    assert len(traces) == 1, traces
+    assert sum("waiting for" in o[1] for o in outs) >= 1  # the others said whom they waited for
+    for lock in (tmp_path / "cache" / "locks").glob("*.lock"):
+        assert lock.read_text() == ""  # released cleanly: no owner record left
