@@ -29,18 +29,20 @@ def pixel_inputs(shape: tuple[int, int, int]) -> tuple[int, int]:
     _, h, w = shape
     pixel = stored_pixel(shape)
     current = st.session_state.get(PIXEL_URL_KEY, st.query_params.get(PIXEL_URL_KEY))  # widget, else a link
-    parsed = parse_pixel(current, shape)
-    if parsed is None or f"{parsed[0]},{parsed[1]}" != str(current).strip():  # unreadable, or clamped (?pixel=999,999):
-        st.session_state[PIXEL_URL_KEY] = "{},{}".format(*(parsed or pixel))  # the URL says what is shown
+    shown = "{},{}".format(*(parse_pixel(current, shape) or pixel))  # clamped (?pixel=999,999), or readable
+    if current is not None and str(current).strip() != shown:  # the address must say what is shown
+        if PIXEL_URL_KEY in st.session_state:  # the input exists: its value wins over the address
+            st.session_state[PIXEL_URL_KEY] = shown
+        elif st.session_state.get("_pixel_fixed") != current:  # a link's first load, where the address wins:
+            st.session_state["_pixel_fixed"] = current  # correct the address (not bound yet) and run again, once
+            st.query_params[PIXEL_URL_KEY] = shown
+            st.rerun()
     r0, c0 = default_pixel(shape)
     with st.container(key="pixel_url"):  # hidden by ui.layout.CSS: it is the URL's copy of the pixel
         # the image centre is the default, left out of the URL; Back to an address without ?pixel= restores it
         text = st.text_input("Pixel", f"{r0},{c0}", key=PIXEL_URL_KEY, bind="query-params",
                              label_visibility="collapsed")
     pixel = parse_pixel(text, shape) or pixel
-    if text.strip() != "{},{}".format(*pixel) and st.session_state.get("_pixel_fixed") != text:
-        st.session_state["_pixel_fixed"] = text  # a link's value wins on a first load: once more, to correct it
-        st.rerun()
     st.session_state[PIXEL_STORE] = pixel
     st.session_state["row"], st.session_state["col"] = pixel
 
