@@ -30,7 +30,9 @@ def pixel_inputs(shape: tuple[int, int, int]) -> tuple[int, int]:
     pixel = stored_pixel(shape)
     current = st.session_state.get(PIXEL_URL_KEY, st.query_params.get(PIXEL_URL_KEY))  # widget, else a link
     shown = "{},{}".format(*(parse_pixel(current, shape) or pixel))  # clamped (?pixel=999,999), or readable
-    if current is not None and str(current).strip() != shown:  # the address must say what is shown
+    if current is None:  # no value in the address: the input starts from the session's pixel
+        st.session_state[PIXEL_URL_KEY] = shown
+    elif str(current).strip() != shown:  # the address must say what is shown
         if PIXEL_URL_KEY in st.session_state:  # the input exists: its value wins over the address
             st.session_state[PIXEL_URL_KEY] = shown
         elif st.session_state.get("_pixel_fixed") != current:  # a link's first load, where the address wins:
