@@ -37,7 +37,7 @@ PICKER, GRID = ".st-key-picker [data-testid=pixel-picker]", ".st-key-field_grid 
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 # the picker is an image with one PNG pixel per image pixel: its natural size is the image's (H, W)
 SHAPE = "el => { const img = el.querySelector('img'); return [img.naturalHeight, img.naturalWidth]; }"
-FIRST_SHAPE = "gd => JSON.stringify(gd.layout.shapes && gd.layout.shapes[0])"
+FIRST_SHAPE = "gd => JSON.stringify(gd.layout && gd.layout.shapes && gd.layout.shapes[0])"
 DATASETS = ("grf", "mnist-5k", "faces", "textures", "fashion-mnist", "natural-patches")
 
 
@@ -122,7 +122,7 @@ async def click_pixels(page, clicks: int, rng, timeout_ms: int, times: list, err
         await page.mouse.click(x, y)
         await page.get_by_text(f"pixel row {r}, col {c}").first.wait_for(timeout=timeout_ms)
         await page.wait_for_function(
-            "([sel, before]) => { const gd = document.querySelector(sel); return gd && "
+            "([sel, before]) => { const gd = document.querySelector(sel); return gd && gd.layout && "
             "JSON.stringify(gd.layout.shapes && gd.layout.shapes[0]) !== before; }",
             arg=[GRID, before], timeout=timeout_ms)
         times.append(time.perf_counter() - t)

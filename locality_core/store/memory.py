@@ -11,8 +11,8 @@ Glossary
                  least recently used first; when other builds hold the rest, it waits (at most `WAIT_S`)
     storage      a block of memory that arrays share (a tensor's storage, a numpy array's root buffer),
                  counted once however many cached entries reach it (`storages`)
-    BoundedCache a least-recently-used cache whose entries are counted in bytes against the budget; the
-                 library's data sets, denoisers and kept cache entries, and the dashboard's memos, are ones
+    BoundedCache a least-recently-used cache whose entries are counted in bytes against the budget: the
+                 library's data sets, denoisers, kept cache entries and values a cache folder could not take
     covariance   a (d, d) float64 matrix; statistics hold a few of them (covariance, eigenvectors, eigh's
                  workspace): ``covariance_bytes(d)``
 
