@@ -115,6 +115,7 @@ async def click_pixels(page, clicks: int, rng, timeout_ms: int, times: list, err
         r, c = int(rng.integers(0, h)), int(rng.integers(0, w))
         if (r, c) == shown:
             continue
+        await page.wait_for_selector(GRID, timeout=timeout_ms)  # a rerun may be redrawing it
         before = await page.eval_on_selector(GRID, FIRST_SHAPE)
         box = await page.locator(PICKER).bounding_box()
         x, y = box["x"] + (c + 0.5) * box["width"] / w, box["y"] + (r + 0.5) * box["height"] / h
