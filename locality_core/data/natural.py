@@ -128,6 +128,17 @@ def _split(photos: dict[str, tuple[str, str]], first_id: int, limit: int, seed: 
     return np.concatenate(parts), np.concatenate(ids)
 
 
+PHOTO_BYTES = 256 * 2**20  # decoding, reducing and scanning the largest photograph (2560x1600 RGB): ~100 MB measured
+
+
+def peak_bytes(max_per_photo: int = 2000, max_per_test_photo: int = 1500, **_) -> int:
+    """Upper bound on the memory `load_natural_patches` takes: at most ``max_per_photo`` patches per training
+    photo and ``max_per_test_photo`` per test photo, 6 bytes per patch pixel (uint8 patches, their concatenation,
+    the float32 copy), plus one photograph's work."""
+    n = len(TRAIN_PHOTOS) * int(max_per_photo) + len(TEST_PHOTOS) * int(max_per_test_photo)
+    return 6 * n * 3 * SIZE * SIZE + PHOTO_BYTES
+
+
 def load_natural_patches(stride: int = 6, scales: tuple[int, ...] = (1, 2, 4), min_std: float = 0.02,
                          max_per_photo: int = 2000, max_per_test_photo: int = 1500, seed: int = 0) -> Dataset:
     """Train: patches of 26 photos (about 52,000); test: 4 other photos (6,000). (3, 32, 32) in [-1, 1]."""
