@@ -8,11 +8,13 @@ a 5.6 GB environment instead of 2.0 GB), and PyTorch keeps its CPU build on an i
 pip already finds the CPU build (a local wheel, a configured mirror) must not be sent to that index, nor wait for
 it when it is unreachable. So:
 
-1. resolve the requirements with this machine's own pip configuration, installing nothing
-   (``pip install --dry-run --report``); when no CUDA package is in the report, install exactly that;
+1. resolve the pinned torch (the one requirement with a CUDA build) and its dependencies with this machine's own
+   pip configuration, installing nothing (``pip install --dry-run --report``); when no CUDA package is in the
+   report, install the requirements as the machine's configuration gives them;
 2. otherwise (``--torch cpu``, the default) check in one request that the CPU index answers, and resolve again
    with it as an extra index (``2.13.0+cpu`` satisfies ``torch==2.13.0`` and is preferred to ``2.13.0``);
 3. when a CUDA package would still come, stop with a message and install nothing: never a silent multi-GB download.
+After the installation, the environment is checked once more: with ``--torch cpu`` no CUDA package may be in it.
 
 ``--torch cuda`` installs PyPI's default build (CUDA on Linux). Switching an existing environment from one build to
 the other first uninstalls the build it has. ``--dry-run`` stops after the resolution: it shows what would be
@@ -86,13 +88,25 @@ def requirement_args() -> list[str]:
     return [arg for name in REQUIREMENTS for arg in ("-r", str(ROOT / name))]
 
 
+def torch_requirement() -> str:
+    """The torch line of requirements.txt (``torch==2.13.0``)."""
+    lines = (ROOT / REQUIREMENTS[0]).read_text().splitlines()
+    return next(line.split("#")[0].strip() for line in lines if line.replace(" ", "").startswith("torch="))
+
+
 def resolve(venv: Path, extra_index: str | None) -> dict:
-    """pip's report for a fresh install of the requirements (nothing is installed)."""
+    """pip's report for a fresh install of the pinned torch and its dependencies (nothing is installed)."""
     out = venv / "setup-report.json"
     index = ["--extra-index-url", extra_index] if extra_index else []
-    pip(venv, "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(out),
-        *index, *requirement_args())
+    pip(venv, "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(out), *index,
+        torch_requirement())
     return json.loads(out.read_text())
+
+
+def installed_cuda_packages(venv: Path) -> list[str]:
+    listed = subprocess.run([str(venv_python(venv)), "-m", "pip", "list", "--format", "json"],
+                            capture_output=True, text=True, check=True)
+    return [f"{p['name']}=={p['version']}" for p in json.loads(listed.stdout) if is_cuda(p["name"], p["version"])]
 
 
 def index_answers(url: str) -> str | None:
@@ -123,7 +137,7 @@ class SetupError(Exception):
 
 def choose_index(venv: Path, torch: str, cpu_index: str) -> str | None:
     """The extra index to install with (None: this machine's configuration as it is); SetupError to stop."""
-    say("resolving the pinned requirements with this machine's pip configuration (pip install --dry-run --report)")
+    say(f"resolving {torch_requirement()} with this machine's pip configuration (pip install --dry-run --report)")
     report = resolve(venv, None)
     cuda = cuda_packages(report)
     say(f"it would install {len(installs(report))} packages: {torch_line(report)}; "
@@ -155,9 +169,7 @@ def drop_other_build(venv: Path, torch: str) -> None:
     has_cuda = installed_torch_cuda(venv)
     if has_cuda is None or (has_cuda == "yes") == (torch == "cuda"):
         return
-    listed = subprocess.run([str(venv_python(venv)), "-m", "pip", "list", "--format", "json"],
-                            capture_output=True, text=True, check=True)
-    names = ["torch"] + [p["name"] for p in json.loads(listed.stdout) if is_cuda(p["name"], p["version"])]
+    names = ["torch"] + [package.split("==")[0] for package in installed_cuda_packages(venv)]
     say(f"the environment has the {'CUDA' if has_cuda == 'yes' else 'CPU'} build of torch; uninstalling it "
         f"({len(names)} packages) for TORCH={torch}")
     pip(venv, "uninstall", "--yes", "--quiet", *names)
@@ -174,6 +186,9 @@ def setup(venv: Path, torch: str, cpu_index: str, dry_run: bool) -> None:
     drop_other_build(venv, torch)
     pip(venv, "install", "--quiet", *(["--extra-index-url", extra] if extra else []), *requirement_args())
     pip(venv, "install", "--quiet", "--no-deps", "--no-build-isolation", "-e", str(ROOT))
+    if torch == "cpu" and (cuda := installed_cuda_packages(venv)):
+        raise SetupError(f"the environment holds CUDA packages after all ({', '.join(cuda[:5])}); remove "
+                         f"{venv} and run the set-up again, or use TORCH=cuda.")
     done = subprocess.run([str(venv_python(venv)), "-c",
                            "import torch; print(torch.__version__, torch.version.cuda or 'CPU only')"],
                           capture_output=True, text=True, check=True)

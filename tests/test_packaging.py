@@ -92,6 +92,11 @@ def test_cuda_packages_are_recognised_in_a_report():
     assert setup_venv.torch_line(CPU_SET) == "torch 2.13.0+cpu from https://example.org/torch.whl"
 
 
+def test_the_resolved_requirement_is_the_pinned_torch():
+    pinned = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("torch")]
+    assert setup_venv.torch_requirement() == pinned[0] and pinned[0].startswith("torch==")
+
+
 @pytest.fixture
 def resolutions(monkeypatch):
     """Fake resolutions: the report without the CPU index, and with it; records which indexes were asked."""
