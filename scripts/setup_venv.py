@@ -121,9 +121,8 @@ def index_answers(url: str) -> str | None:
 
 def installed_torch_cuda(venv: Path) -> str | None:
     """"yes" / "no" for the torch in the environment (CUDA build or not), None when there is none."""
-    code = ("import importlib.util, json, sys\n"
-            "spec = importlib.util.find_spec('torch')\n"
-            "if spec is None: sys.exit(3)\n"
+    code = ("import importlib.util, sys\n"
+            "if importlib.util.find_spec('torch') is None: sys.exit(3)\n"
             "import torch; print('yes' if torch.version.cuda else 'no')")
     done = subprocess.run([str(venv_python(venv)), "-c", code], capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else None

@@ -143,6 +143,19 @@ def test_torch_cuda_keeps_pypis_build(resolutions, tmp_path):
     assert setup_venv.choose_index(tmp_path, "cuda", setup_venv.CPU_INDEX) is None and asked == [None]
 
 
+@pytest.mark.parametrize(("has", "asked", "removed"), [
+    ("yes", "cpu", ["torch", "nvidia-cublas-cu12", "triton"]), ("no", "cpu", []), ("no", "cuda", ["torch"]),
+    (None, "cpu", [])])
+def test_switching_builds_uninstalls_the_other_one(monkeypatch, tmp_path, has, asked, removed):
+    calls = []
+    monkeypatch.setattr(setup_venv, "installed_torch_cuda", lambda venv: has)
+    cuda = ["nvidia-cublas-cu12==12.9.1.4", "triton==3.6.0"] if has == "yes" else []
+    monkeypatch.setattr(setup_venv, "installed_cuda_packages", lambda venv: cuda)
+    monkeypatch.setattr(setup_venv, "pip", lambda venv, *args: calls.append(args))
+    setup_venv.drop_other_build(tmp_path, asked)
+    assert calls == ([("uninstall", "--yes", "--quiet", *removed)] if removed else [])
+
+
 @pytest.mark.slow
 def test_a_real_pip_report_of_this_machine_has_no_cuda_package(tmp_path):
     """pip's own report for the pinned torch, resolved with this machine's configuration (no install)."""
