@@ -12,7 +12,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(TORCH)
 PORT ?= 8501
 IMAGE ?= locality-explorer
-# e.g. make image BUILD_ARGS="--build-arg PRECOMPUTE='fashion-mnist natural-patches'"
+# e.g. make image BUILD_ARGS='--build-arg PRECOMPUTE="python -m locality_core precompute fashion-mnist --all"'
 BUILD_ARGS ?=
 CONTAINER ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null || echo docker)
 
@@ -34,9 +34,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 endif
 
 app: setup
-	$(BIN)/streamlit run app.py --server.port $(PORT)
+	$(BIN)/streamlit run serve.py --server.port $(PORT)
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest
 
 test-fast: setup
@@ -45,6 +45,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/lint_imports_inside.py
 
 bench: setup
 	$(BIN)/python scripts/bench_core.py

@@ -96,8 +96,18 @@ def initial_scale(sigma_start: float) -> float:
     return math.sqrt(1.0 + sigma_start**2)
 
 
+def timestep_label(sigma: float) -> str:
+    """"t=300" for a level of the DDPM grid, "t≈312" between grid points, "t<0" below sigma(0) = 0.01. A level
+    rounded to 6 digits may sit 1e-8 off its grid point: within 0.05 of an integer counts as on it."""
+    t = float(sigma_to_t(sigma))
+    if t <= -0.05:
+        return "t<0"
+    t = max(t, 0.0)
+    return f"t={t:.0f}" if abs(t - round(t)) < 0.05 else f"t≈{t:.0f}"
+
+
 def format_noise_level(sigma: float, ascii: bool = False) -> str:
     """'t=300 (σ=1.24)' style label (``ascii``: 'sigma='); t is rounded to the nearest integer timestep."""
     t = sigma_to_t(sigma)
-    t_label = f"{t:.0f}" if t >= 0 else "<0"
+    t_label = f"{max(t, 0.0):.0f}" if t > -0.05 else "<0"
     return f"t={t_label} ({'sigma' if ascii else chr(0x3C3)}={sigma:.3g})"

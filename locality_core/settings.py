@@ -61,14 +61,19 @@ MAX_MEMORY_GB = _setting("LOCALITY_MAX_MEMORY_GB", "the memory a data set may ta
 READ_ONLY = _setting("LOCALITY_READ_ONLY", "`1`: the dashboard allows no upload and no deletion (a class server)")
 APP_DATASET = _setting("LOCALITY_APP_DATASET", "the dashboard's default data set, with options: "
                                                "`grf:n_train=2000,n_test=200`")
-WARMUP = _setting("LOCALITY_WARMUP", "`0`: the dashboard computes no default view ahead (tests)", "1")
+WARMUP = _setting("LOCALITY_WARMUP", "`0`: the dashboard computes no default view ahead (tests); `1`: every default "
+                                     "view, in the order a talk needs (the default); or the data sets to warm up, "
+                                     "`;`-separated, with options: `fashion-mnist;grf:n_train=2000`", "1")
 TORCH_THREADS = _setting("LOCALITY_TORCH_THREADS", "torch threads per dashboard computation (default half the "
                                                    "cores)")
 FIELD_PRECISION = _setting("LOCALITY_FIELD_PRECISION", "`float32` or `bfloat16`: the precision of network "
                                                        "Jacobians in the dashboard (default bfloat16 where the CPU "
                                                        "runs it natively)")
-WARMUP_PARENT = _setting("LOCALITY_WARMUP_PARENT", "internal: the server's process id, given to its warm-up "
-                                                   "process (which ends with it)")
+JOBS = _setting("LOCALITY_JOBS", "how the dashboard runs long work: `process` (a background worker process for the "
+                                 "warm-up; the default), `thread` (all in the server; the default when the cache "
+                                 "folder cannot be used), `inline` (in the page's own run: headless tests)")
+WARMUP_PARENT = _setting("LOCALITY_WARMUP_PARENT", "internal: the server's process id, given to its background "
+                                                   "worker (which ends with it)")
 
 
 def table() -> str:

@@ -11,88 +11,89 @@ from ui import loading
 from ui.figures import ABS_SCALE, cumulative_plot, gains_plot, images_png, noise_header, spectrum_plot, tiles_figure
 from ui.layout import explain, page_header
 from ui.picker import colour_bar
-from ui.state import current_view
+from ui.state import View, current_view
 from ui.widgets import picker, png_download, show
 
 PER_PAGE = 16
 
-view = current_view()
-data, stats = loading.require_data(view)
-C, H, W = data.shape
 
-page_header("Principal components", view, data)
-explain(view, "The covariance of the training images, Σ = U diag(λ) Uᵀ, is all the Wiener filter knows. Each "
-              "principal component (a column of U) is a pattern of pixels that vary together; its eigenvalue λₖ "
-              "is how much they vary. Denoising keeps component k with gain λₖ/(λₖ+σ²), so the noise level decides "
-              "which patterns survive, and with them how wide the sensitivity fields are.")
-
-summary = stats.summary()
-cols = st.columns(5)
-cols[0].metric("Training images", f"{stats.n:,}")
-cols[1].metric("Dimensions d", f"{stats.d:,}", help=f"{C} x {H} x {W}")
-cols[2].metric("Total variance tr Σ", f"{stats.trace:.4g}")
-for col, q, n in zip(cols[3:], (0.90, 0.99), (summary["components_90_95_99"][0], summary["components_90_95_99"][2])):
-    col.metric(f"Components for {int(q * 100)} %", f"{n:,}")
-
-# ---------------------------------------------------------------- eigen-images, paged
-st.subheader("Eigen-images")
-n_pages = max(1, min(50, -(-stats.d // PER_PAGE)))
-page = st.pagination(n_pages, key="pc_page", bind="query-params", max_visible_pages=9)
-first = (page - 1) * PER_PAGE
-ks = np.arange(first, min(first + PER_PAGE, stats.d))
-images = stats.eigvecs[:, ks].T.reshape(len(ks), C, H, W)
-share = stats.eigvals / stats.trace
-titles = [f"#{k + 1}: {100 * share[k]:.2g} %" for k in ks]
-show(tiles_figure(images, titles, columns=8), "eigen_images", f"{view.dataset}-components-{first + 1}-{ks[-1] + 1}")
-st.caption(f"Components {first + 1} to {ks[-1] + 1} of {stats.d:,}, each scaled to its own largest |value| "
-           "(red positive, blue negative), titled with its share of the variance. The leading ones are broad, "
-           "smooth patterns; later ones oscillate faster. On nearly stationary data they look like Fourier modes; "
-           "on specialised data (faces, one clothing class) they take the objects' shapes.")
-png_download("Download these eigen-images (PNG)",
-             lambda: images_png(list(images / np.abs(images).reshape(len(ks), -1).max(1)[:, None, None, None]),
-                                [f"#{k + 1}" for k in ks], columns=8),
-             f"{view.dataset}-components-{first + 1}-{ks[-1] + 1}.png", key="pc_png")
-
-# ---------------------------------------------------------------- spectrum and cumulative variance
-left, right = st.columns(2)
-with left:
-    st.subheader("Spectrum")
-    try:
-        fit = power_law_fit(stats.eigvals)
-        fit_args = (fit.amplitude, fit.beta, fit.k_min, fit.k_max)
-    except ValueError as exc:
-        fit, fit_args = None, None
-        st.info(f"No power-law fit: {exc}")
-    show(spectrum_plot(stats.eigvals, fit_args), "spectrum", f"{view.dataset}-spectrum")
-    if fit is not None:
-        how = "fall as a power law" if fit.r2 >= 0.95 else "follow a power law only roughly"
-        st.caption(f"Eigenvalues {how}, λ_k ≈ {fit.amplitude:.3g} · k^(−{fit.beta:.2f}) (least squares in "
-                   f"log-log over ranks {fit.k_min}–{fit.k_max}, R² = {fit.r2:.3f}). The steeper the fall, the "
-                   "fewer components carry the signal.")
-with right:
-    st.subheader("Cumulative variance")
-    marks = {q: stats.components_for(q) for q in (0.90, 0.95, 0.99)}
-    show(cumulative_plot(stats.eigvals, marks), "cumulative", f"{view.dataset}-cumulative-variance")
-    st.caption("Share of the total variance held by the first k components. " +
-               ", ".join(f"{int(q * 100)} % needs {n:,}" for q, n in marks.items()) + f" of {stats.d:,}.")
-
-# ---------------------------------------------------------------- gains per noise level
-st.subheader("What survives denoising at each noise level")
-show(gains_plot(stats.eigvals, list(view.sigmas), view.labels), "gains", f"{view.dataset}-wiener-gains")
-table = pd.DataFrame({
-    "components with λ > σ²": [passing_components(stats.eigvals, s) for s in view.sigmas],
-    "effective dimension tr P_σ": [f"{float(wiener_gain(stats.eigvals, s).sum()):.1f}" for s in view.sigmas],
-}, index=[" ".join(noise_header(s)) for s in view.sigmas]).T
-st.dataframe(table.astype(str), width="stretch")
-st.caption("A component passes when its signal-to-noise ratio λ/σ² exceeds 1 (gain above one half). tr P_σ, the "
-           "sum of the gains, is how many dimensions the Wiener filter keeps. Few components pass at high noise, "
-           "and each is spread over the image: the sensitivity fields are broad. "
-           + rank_claim(effective_rank(stats.eigvals), stats.d, stats.n).text)
+def summary_metrics(view: View, data, stats) -> None:
+    C, H, W = data.shape
+    summary = stats.summary()
+    cols = st.columns(5)
+    cols[0].metric("Training images", f"{stats.n:,}")
+    cols[1].metric("Dimensions d", f"{stats.d:,}", help=f"{C} x {H} x {W}")
+    cols[2].metric("Total variance tr Σ", f"{stats.trace:.4g}")
+    counts = summary["components_90_95_99"]
+    for col, q, n in zip(cols[3:], (0.90, 0.99), (counts[0], counts[2]), strict=True):
+        col.metric(f"Components for {int(q * 100)} %", f"{n:,}")
 
 
-# ---------------------------------------------------------------- correlation map of a clicked pixel
+def eigen_images(view: View, data, stats) -> None:
+    """Eigen-images, paged."""
+    C, H, W = data.shape
+    st.subheader("Eigen-images")
+    n_pages = max(1, min(50, -(-stats.d // PER_PAGE)))
+    page = st.pagination(n_pages, key="pc_page", bind="query-params", max_visible_pages=9)
+    first = (page - 1) * PER_PAGE
+    ks = np.arange(first, min(first + PER_PAGE, stats.d))
+    images = stats.eigvecs[:, ks].T.reshape(len(ks), C, H, W)
+    share = stats.eigvals / stats.trace
+    titles = [f"#{k + 1}: {100 * share[k]:.2g} %" for k in ks]
+    show(tiles_figure(images, titles, columns=8), "eigen_images", f"{view.dataset}-components-{first + 1}-{ks[-1] + 1}")
+    st.caption(f"Components {first + 1} to {ks[-1] + 1} of {stats.d:,}, each scaled to its own largest |value| "
+               "(red positive, blue negative), titled with its share of the variance. The leading ones are broad, "
+               "smooth patterns; later ones oscillate faster. On nearly stationary data they look like Fourier modes; "
+               "on specialised data (faces, one clothing class) they take the objects' shapes.")
+    png_download("Download these eigen-images (PNG)",
+                 lambda: images_png(list(images / np.abs(images).reshape(len(ks), -1).max(1)[:, None, None, None]),
+                                    [f"#{k + 1}" for k in ks], columns=8),
+                 f"{view.dataset}-components-{first + 1}-{ks[-1] + 1}.png", key="pc_png")
+
+
+def spectrum(view: View, stats) -> None:
+    """The spectrum with its power-law fit, and the cumulative variance."""
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Spectrum")
+        try:
+            fit = power_law_fit(stats.eigvals)
+            fit_args = (fit.amplitude, fit.beta, fit.k_min, fit.k_max)
+        except ValueError as exc:
+            fit, fit_args = None, None
+            st.info(f"No power-law fit: {exc}")
+        show(spectrum_plot(stats.eigvals, fit_args), "spectrum", f"{view.dataset}-spectrum")
+        if fit is not None:
+            how = "fall as a power law" if fit.r2 >= 0.95 else "follow a power law only roughly"
+            st.caption(f"Eigenvalues {how}, λ_k ≈ {fit.amplitude:.3g} · k^(−{fit.beta:.2f}) (least squares in "
+                       f"log-log over ranks {fit.k_min}–{fit.k_max}, R² = {fit.r2:.3f}). The steeper the fall, the "
+                       "fewer components carry the signal.")
+    with right:
+        st.subheader("Cumulative variance")
+        marks = {q: stats.components_for(q) for q in (0.90, 0.95, 0.99)}
+        show(cumulative_plot(stats.eigvals, marks), "cumulative", f"{view.dataset}-cumulative-variance")
+        st.caption("Share of the total variance held by the first k components. " +
+                   ", ".join(f"{int(q * 100)} % needs {n:,}" for q, n in marks.items()) + f" of {stats.d:,}.")
+
+
+def gains(view: View, stats) -> None:
+    """What survives denoising at each noise level."""
+    st.subheader("What survives denoising at each noise level")
+    show(gains_plot(stats.eigvals, list(view.sigmas), view.labels), "gains", f"{view.dataset}-wiener-gains")
+    table = pd.DataFrame({
+        "components with λ > σ²": [passing_components(stats.eigvals, s) for s in view.sigmas],
+        "effective dimension tr P_σ": [f"{float(wiener_gain(stats.eigvals, s).sum()):.1f}" for s in view.sigmas],
+    }, index=[" ".join(noise_header(s)) for s in view.sigmas]).T
+    st.dataframe(table.astype(str), width="stretch")
+    st.caption("A component passes when its signal-to-noise ratio λ/σ² exceeds 1 (gain above one half). tr P_σ, the "
+               "sum of the gains, is how many dimensions the Wiener filter keeps. Few components pass at high noise, "
+               "and each is spread over the image: the sensitivity fields are broad. "
+               + rank_claim(effective_rank(stats.eigvals), stats.d, stats.n).text)
+
+
 @st.fragment
-def correlation_section():
+def correlation_section(data, stats) -> None:
+    C = data.shape[0]
     st.subheader("Which pixels vary together?")
     channel = 0
     if C > 1:
@@ -123,4 +124,19 @@ def correlation_section():
         st.metric("Strongest correlation with another pixel", f"{np.nanmax(near):.3f}")
 
 
-correlation_section()
+def main() -> None:
+    view = current_view()
+    data, stats = loading.require_data(view.ref)
+    page_header("Principal components", view, data)
+    explain(view, "The covariance of the training images, Σ = U diag(λ) Uᵀ, is all the Wiener filter knows. Each "
+                  "principal component (a column of U) is a pattern of pixels that vary together; its eigenvalue λₖ "
+                  "is how much they vary. Denoising keeps component k with gain λₖ/(λₖ+σ²), so the noise level "
+                  "decides which patterns survive, and with them how wide the sensitivity fields are.")
+    summary_metrics(view, data, stats)
+    eigen_images(view, data, stats)
+    spectrum(view, stats)
+    gains(view, stats)
+    correlation_section(data, stats)
+
+
+main()

@@ -7,49 +7,25 @@ import streamlit as st
 
 from locality_core.analysis import generalisation
 from locality_core.denoisers.models import find_subset_weights, how_to_train_subsets
-from ui import loading, subset_figures
+from locality_core.views.catalogue import Task
+from ui import loading, subset_figures, waiting
 from ui.figures import images_png
 from ui.layout import explain
 from ui.state import current_view
 from ui.widgets import png_download, run_button, show
 
-view = current_view()
-data, _ = loading.require_data(view)
 
-st.title("Memorisation to generalisation")
-explain(view,
-    "Two denoisers built from **disjoint** sets A and B of N training images start from the same noise. Memorising, "
-    "each copies its own training images and A and B differ; generalising, both draw the same new image.")
-
-sizes = generalisation.family_sizes(data)
-if not sizes:
-    st.info("This page waits for networks trained on disjoint subsets. " + how_to_train_subsets(data.name),
-            icon=":material/model_training:")
-    st.stop()
-
-
-def table(kind: str, sizes: list[int]) -> list[dict]:
-    """Rows of ``kind`` for ``sizes``, with a progress bar when something is computed (then cached on disk)."""
-    bar = st.empty()
+def table(data, ref, kind: str, sizes) -> list[dict]:
+    """Rows of ``kind`` for ``sizes``: a shared job when something is not cached (its progress on the page)."""
     try:
-        return generalisation.table(data, kind, sizes,
-                                    progress=lambda f, text: bar.progress(min(max(f, 0.0), 1.0), text=text))
+        return waiting.result(Task.of("memorisation", ref, kind=kind, sizes=tuple(sizes)),
+                              what=f"Memorisation: {kind} denoisers of N = {', '.join(f'{n:,}' for n in sizes)}")
     except loading.USER_ERRORS as exc:
         loading.show_error(exc, "Subset networks")
         st.stop()
-    finally:
-        bar.empty()
 
 
-n = st.select_slider("Training images per denoiser, N (A and B each)", sizes, value=sizes[0], key="gen_n",
-                     bind="query-params")  # no format_func: the URL holds the formatted value
-tables = {"unet": table("unet", sizes)}
-ready = [m for m in sizes if all(generalisation.side_is_cached(data, "analytical", m, s) for s in "AB")]
-if ready:
-    tables["analytical"] = table("analytical", ready)
-
-
-def pair(kind: str, key: str) -> None:
+def pair(data, tables: dict, kind: str, n: int, key: str) -> None:
     sides = {s: generalisation.side(data, kind, n, s) for s in "AB"}
     nearest = {s: generalisation.subset_images(data, n, s, sides[s]["own_idx"]).numpy() for s in "AB"}
     fig, images, titles = subset_figures.pair_figure(sides, nearest, columns=5, tile_px=56)
@@ -59,51 +35,53 @@ def pair(kind: str, key: str) -> None:
     png_download("PNG", lambda: images_png(images, titles, columns=5), f"{data.name}-{kind}-n{n}.png", f"{key}_png")
 
 
-left, right = st.columns(2)
-with left:
-    st.markdown("**Networks** (each sample above its nearest training image)")
-    pair("unet", "gen_pair_unet")
-with right:
-    st.markdown("**Analytical denoiser** (Lukoianov et al.), the same way")
-    if n in ready:
-        pair("analytical", "gen_pair_analytical")
-    elif run_button("Compute the analytical version", "gen_analytical_go", False,
-                    note="It compares every pixel's neighbourhood with every training image at every step. Measured "
-                         "on one busy CPU core, per subset: seconds up to N = 1,000, 5 minutes at N = 10,000, 19 at "
-                         "N = 30,000. Computed once, then cached for everyone."):
-        table("analytical", [n])  # this N only, not the family; cached, so the rerun finds it ready
-        st.rerun()
-st.caption("Rows: the A network's samples (one per noise seed), the image of subset A nearest to each (L2 distance "
-           "above it), then the same for B from the same seeds. Distance 0: a copy of a training image.")
-
-# ---------------------------------------------------------------- curves against N
-st.subheader("Against N")
-t = st.radio("Denoising error at DDPM timestep t", generalisation.MSE_TIMESTEPS, index=1, key="gen_t",
-             bind="query-params",
-             horizontal=True)
-c1, c2, c3 = st.columns(3)
-with c1:
-    show(subset_figures.similarity_figure(tables, n), "gen_curves_cos", f"{data.name}-generalisation-similarity")
-with c2:
-    show(subset_figures.distance_figure(tables, n), "gen_curves_dist", f"{data.name}-generalisation-distance")
-with c3:
-    show(subset_figures.mse_figure(tables, t, n), "gen_curves_mse", f"{data.name}-generalisation-mse")
-
-lines = []
-for kind, rows in tables.items():
-    ratios = [{**r, "ratio": r[f"heldout_mse_t{t}"] / r[f"train_mse_t{t}"]} for r in rows]
-    name = subset_figures.KIND_TITLES[kind].capitalize()
-    lines.append(f"**{name}**: the A-B cosine similarity {generalisation.trend(rows, 'cosine')}; the distance to "
-                 "the nearest own "
-                 f"training image, relative to the typical neighbour distance ({rows[0]['train_nn']:.2f}), "
-                 f"{generalisation.trend(rows, 'dist_own_rel')}; the held-out / training MSE ratio at t = {t} "
-                 f"{generalisation.trend(ratios, 'ratio')}.")
-if "analytical" not in tables:
-    lines.append("The analytical denoiser's curves appear once it is computed (button above).")
-st.markdown("\n\n".join(lines))
+def pairs(view, data, tables: dict, ready: list[int], n: int) -> None:
+    """The networks' A and B samples at N beside the analytical denoiser's (a job behind a button when new)."""
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Networks** (each sample above its nearest training image)")
+        pair(data, tables, "unet", n, "gen_pair_unet")
+    with right:
+        st.markdown("**Analytical denoiser** (Lukoianov et al.), the same way")
+        task = Task.of("memorisation", view.ref, kind="analytical", sizes=(n,))
+        if n in ready:
+            pair(data, tables, "analytical", n, "gen_pair_analytical")
+        elif waiting.running(task) or run_button(
+                "Compute the analytical version", "gen_analytical_go", False,
+                note="It compares every pixel's neighbourhood with every training image at every step. Measured on "
+                     "one busy CPU core, per subset: seconds up to N = 1,000, 5 minutes at N = 10,000, 19 at "
+                     "N = 30,000. Computed once for everyone, and it goes on if you leave the page."):
+            table(data, view.ref, "analytical", [n])  # this N only, not the family; cached, so the rerun finds it
+            st.rerun()
+    st.caption("Rows: the A network's samples (one per noise seed), the image of subset A nearest to each (L2 "
+               "distance above it), then the same for B from the same seeds. Distance 0: a copy of a training image.")
 
 
-def card_note() -> str:
+def curves(data, tables: dict, n: int) -> None:
+    st.subheader("Against N")
+    t = st.radio("Denoising error at DDPM timestep t", generalisation.MSE_TIMESTEPS, index=1, key="gen_t",
+                 bind="query-params", horizontal=True)
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        show(subset_figures.similarity_figure(tables, n), "gen_curves_cos", f"{data.name}-generalisation-similarity")
+    with c2:
+        show(subset_figures.distance_figure(tables, n), "gen_curves_dist", f"{data.name}-generalisation-distance")
+    with c3:
+        show(subset_figures.mse_figure(tables, t, n), "gen_curves_mse", f"{data.name}-generalisation-mse")
+    lines = []
+    for kind, rows in tables.items():
+        ratios = [{**r, "ratio": r[f"heldout_mse_t{t}"] / r[f"train_mse_t{t}"]} for r in rows]
+        name = subset_figures.KIND_TITLES[kind].capitalize()
+        lines.append(f"**{name}**: the A-B cosine similarity {generalisation.trend(rows, 'cosine')}; the distance "
+                     f"to the nearest own training image, relative to the typical neighbour distance "
+                     f"({rows[0]['train_nn']:.2f}), {generalisation.trend(rows, 'dist_own_rel')}; the held-out / "
+                     f"training MSE ratio at t = {t} {generalisation.trend(ratios, 'ratio')}.")
+    if "analytical" not in tables:
+        lines.append("The analytical denoiser's curves appear once it is computed (button above).")
+    st.markdown("\n\n".join(lines))
+
+
+def card_note(data, sizes: list[int]) -> str:
     """How the networks were trained, read from their model cards."""
     cards = []
     for m in sizes:
@@ -118,9 +96,32 @@ def card_note() -> str:
     return f"Networks: the same UNet for every N ({text}). "
 
 
-st.caption(card_note() + f"{generalisation.N_SAMPLES} noise seeds, DDIM {generalisation.STEPS} steps (t = 900 → 0). "
-           "Cosine similarity after "
-           "subtracting the data set's mean image. Typical neighbour distance: the median distance from a training "
-           "image to the nearest other one; dotted: held-out test images to the nearest image of a subset of "
-           f"size N. MSE on up to {generalisation.N_EVAL} own training images (all of them when N is smaller) and "
-           f"{generalisation.N_EVAL} held-out images.")
+def main() -> None:
+    view = current_view()
+    data, _ = loading.require_data(view.ref)
+    st.title("Memorisation to generalisation")
+    explain(view, "Two denoisers built from **disjoint** sets A and B of N training images start from the same noise. "
+                  "Memorising, each copies its own training images and A and B differ; generalising, both draw the "
+                  "same new image.")
+    sizes = generalisation.family_sizes(data)
+    if not sizes:
+        st.info("This page waits for networks trained on disjoint subsets. " + loading.public(
+            how_to_train_subsets(data.name)),
+                icon=":material/model_training:")
+        st.stop()
+    n = st.select_slider("Training images per denoiser, N (A and B each)", sizes, value=sizes[0], key="gen_n",
+                         bind="query-params")  # no format_func: the URL holds the formatted value
+    tables = {"unet": table(data, view.ref, "unet", sizes)}
+    ready = [m for m in sizes if all(generalisation.side_is_cached(data, "analytical", m, s) for s in "AB")]
+    if ready:
+        tables["analytical"] = table(data, view.ref, "analytical", ready)
+    pairs(view, data, tables, ready, n)
+    curves(data, tables, n)
+    st.caption(card_note(data, sizes) + f"{generalisation.N_SAMPLES} noise seeds, DDIM {generalisation.STEPS} steps "
+               "(t = 900 → 0). Cosine similarity after subtracting the data set's mean image. Typical neighbour "
+               "distance: the median distance from a training image to the nearest other one; dotted: held-out test "
+               f"images to the nearest image of a subset of size N. MSE on up to {generalisation.N_EVAL} own training "
+               f"images (all of them when N is smaller) and {generalisation.N_EVAL} held-out images.")
+
+
+main()

@@ -17,8 +17,10 @@ from locality_core.data import (
 )
 from locality_core.data.user import MAX_IMAGES, MAX_SIDE, MAX_TOTAL_BYTES, MIN_IMAGES, PREFIX, metadata
 from locality_core.store.memory import covariance_bytes
+from locality_core.views.pack import PackError, import_pack
+from locality_core.views.refs import DataRef
 from ui import loading
-from ui.state import View, current_view
+from ui.state import current_view
 
 SIZES = [16, 24, 28, 32, 48, 64]
 MAX_UPLOAD_MB = st.get_option("server.maxUploadSize")
@@ -116,7 +118,7 @@ if submitted:
                              hide_index=True)
             # precompute the statistics (with a progress bar) so every page opens at once; on a problem
             # (too large for memory) require_data says so and stops here
-            loading.require_data(View(PREFIX + report.name, (), view.sigmas, view.seed, view.device))
+            loading.require_data(DataRef.of(PREFIX + report.name))
             st.success("Statistics computed: the data set is ready on every page.")
             st.button(f"Explore `{PREFIX}{report.name}` now", on_click=_use, args=(report.name,), type="primary",
                       icon=":material/arrow_forward:")
@@ -137,3 +139,36 @@ for n in names:
                   help="Removes the imported copy; your original files are not touched.")
 if "delete_error" in st.session_state:
     st.error(st.session_state.pop("delete_error"))
+
+
+def prepared_cache() -> None:
+    """Import a pack of computed default views (`locality pack export` on another machine): off in read-only mode,
+    where nobody may fill the server's disk."""
+    st.subheader("A prepared cache")
+    st.markdown("Computed the default views on a faster machine? `locality pack export talk.zip` there, then load "
+                "the file here: every page it covers opens at once. Entries are checked (sizes, checksums, code "
+                "version, data), nothing already here is replaced, nothing in the file is ever run.")
+    if READ_ONLY:
+        st.caption("Turned off on this read-only server.")
+        return
+    upload = st.file_uploader("Pack (.zip)", type=["zip"], key="pack_zip")
+    if upload is None or not st.button("Load the pack", icon=":material/download_done:", key="pack_go"):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / (Path(upload.name).name or "pack.zip")
+        path.write_bytes(upload.getbuffer())
+        bar = st.progress(0.0)
+        try:
+            report = import_pack(path, progress=lambda f, text: bar.progress(min(max(f, 0.0), 1.0), text=text))
+        except PackError as exc:  # name the uploaded file, never the server's temporary path
+            st.error(f"Not loaded: {str(exc).replace(str(path), path.name)}", icon=":material/error:")
+            return
+        finally:
+            bar.empty()
+    st.success(f"{report.written} entries loaded ({report.bytes / 2**20:.1f} MB); {report.present} were here "
+               f"already; {len(report.skipped)} skipped.", icon=":material/check_circle:")
+    if report.skipped:
+        st.dataframe(pd.DataFrame(report.skipped, columns=["entry", "why skipped"]), width="stretch", hide_index=True)
+
+
+prepared_cache()

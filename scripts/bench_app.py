@@ -9,7 +9,6 @@ headless Chromium against `streamlit run app.py` and times click-to-caption-and-
 
     python scripts/bench_app.py                       # default data set (Fashion-MNIST when installed)
     python scripts/bench_app.py --dataset grf --clicks 50 --browser
-    python scripts/bench_app.py --lecture [--dataset NAME]    # the lecture table (scripts/bench_lecture.py)
 
 Without trained UNet weights the UNet timings use an untrained network of the same architecture (same cost),
 and say so.
@@ -225,15 +224,7 @@ def main(argv=None) -> int:
     parser.add_argument("--browser-clicks", type=int, default=12)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--lecture", action="store_true",
-                        help="the lecture table instead (scripts/bench_lecture.py): warm-up, default views, "
-                             "new basis, new samples, on --dataset (default: fashion-mnist and natural-patches)")
     args = parser.parse_args(argv)
-    if args.lecture:
-        from scripts.bench_lecture import lecture_table, print_table
-
-        print_table(lecture_table([args.dataset] if args.dataset else ["fashion-mnist", "natural-patches"]))
-        return 0
 
     result = {"compute": compute_bench(args)}
     if args.browser:

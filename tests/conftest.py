@@ -10,6 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("LOCALITY_CACHE_DIR", str(ROOT / ".cache" / "test"))
 os.environ.setdefault("LOCALITY_WARMUP", "0")  # no background warm-up from the apps the tests run
+os.environ.setdefault("LOCALITY_JOBS", "inline")  # headless page runs compute in their own script run (tests of the
+#                                                   job queue and the browser tests of it ask for it explicitly)
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(

@@ -219,9 +219,9 @@ def test_sensitivity_builds_each_unet_field_key_once_per_click(monkeypatch):
     built = []
     real = fields.field_key
 
-    def counting(cache, dataset, name, pixel, sigmas, *rest):
+    def counting(dataset, name, pixel, sigmas, *rest):
         built.append((name, tuple(pixel), tuple(sigmas), *rest[:2]))
-        return real(cache, dataset, name, pixel, sigmas, *rest)
+        return real(dataset, name, pixel, sigmas, *rest)
 
     monkeypatch.setattr(fields, "field_key", counting)
     at = run_page(query={"pixel": "9,4"})
@@ -311,8 +311,9 @@ def test_jacobian_page_shows_the_unet_basis_without_a_click(monkeypatch, tmp_pat
     assert_clean(at)
     # no button before the basis (from the warm-up, or computed at once); only the optional exact tr J curve
     assert [b.key for b in at.button] == ["jb_all"]
-    metrics = {m.label: float(m.value) for m in at.metric if "tr J" in m.label}
-    assert metrics["unet tr J"] > 0 and metrics["Wiener tr J"] > 0
+    metrics = {m.label: m.value for m in at.metric if "tr J" in m.label}
+    assert float(metrics["Wiener tr J"]) > 0
+    assert metrics["unet tr J"].endswith("(estimate)") and float(metrics["unet tr J"].split()[0]) > 0
     for row in ("Wiener", "unet"):
         titles = [a["text"] for a in figure(at, f"jb_vectors_{row}")["layout"]["annotations"]]
         assert titles[0].startswith("#1: ") and max(len(t) for t in titles) <= 9  # short: never run into each other
@@ -323,6 +324,8 @@ def test_jacobian_page_shows_the_unet_basis_without_a_click(monkeypatch, tmp_pat
     at.button(key="jb_all").click().run()
     assert_clean(at)
     assert [t["name"] for t in figure(at, "jb_trace")["data"]] == ["Wiener", "unet"]
+    exact = {m.label: m.value for m in at.metric if "tr J" in m.label}["unet tr J"]
+    assert "estimate" not in exact and float(exact) > 0  # the exact trace replaces the estimate
 
 
 def test_jacobian_controls_live_in_the_url():

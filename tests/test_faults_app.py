@@ -123,6 +123,15 @@ def test_page_relative_streamlit_routes_are_served_at_the_root():
     assert deep_paths.strip_page_prefix("/a/b/c") is None
 
 
+def test_the_clients_base_probe_below_a_page_is_not_found():
+    """Answered, the client would take /samples for the server's base and open the first page at /samples."""
+    assert deep_paths.is_base_probe_below_page("/samples/_stcore/health")
+    assert deep_paths.is_base_probe_below_page("/app1/samples/_stcore/host-config", "app1")
+    assert not deep_paths.is_base_probe_below_page("/_stcore/health")
+    assert not deep_paths.is_base_probe_below_page("/app1/_stcore/health", "app1")
+    assert not deep_paths.is_base_probe_below_page("/samples/_stcore/stream")
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Chromium not found at /usr/bin/chromium")
@@ -162,3 +171,48 @@ def test_memory_bomb_url_options_show_a_message_and_build_nothing():
     at.switch_page("pages/components.py").run()
     assert not at.exception
     assert any("GiB of memory" in e.value for e in at.error)
+
+
+def test_the_page_html_gets_the_chunk_retry_and_nothing_else_does():
+    """ChunkRetry puts its script at the top of a page's HTML (asked for uncompressed, not sent from its file), and
+    leaves Streamlit's own routes and other content alone."""
+    import asyncio
+
+    from ui.chunk_retry import SCRIPT, ChunkRetry
+
+    async def run(path: str, content_type: bytes, body: bytes):
+        seen, out = {}, []
+
+        async def app(scope, receive, send):
+            seen.update(scope)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        async def send(message):
+            out.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "extensions": {"http.response.pathsend": {}},
+                 "headers": [(b"accept-encoding", b"gzip")]}
+        await ChunkRetry(app)(scope, None, send)
+        return seen, out
+
+    seen, out = asyncio.run(run("/components", b"text/html; charset=utf-8", b"<html><head><title>x</title>"))
+    body = out[-1]["body"]
+    assert body.startswith(b"<html><head>" + SCRIPT.encode()) and body.endswith(b"<title>x</title>")
+    assert dict(out[0]["headers"])[b"content-length"] == str(len(body)).encode()
+    assert "http.response.pathsend" not in seen["extensions"] and not seen["headers"]
+    for path in ("/_stcore/health", "/static/js/index.js", "/component/x"):
+        _, out = asyncio.run(run(path, b"text/html", b"<head>"))
+        assert out[-1]["body"] == b"<head>"
+
+
+def test_messages_on_a_page_name_the_servers_folders_and_show_no_path():
+    from locality_core.data.download import data_home
+    from locality_core.denoisers.models import how_to_train
+    from ui.loading import public
+
+    text = public(how_to_train("faces"))
+    assert str(data_home()) not in text and "the server's model folder" in text and "locality train faces" in text
+    assert public("(/usr/share/datasets/fashion-mnist)") == "(…/fashion-mnist)"
+    assert public("power spectrum 1/f^alpha, a ratio 1/2") == "power spectrum 1/f^alpha, a ratio 1/2"

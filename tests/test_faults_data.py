@@ -113,6 +113,7 @@ def test_import_command(tmp_path, home):
 def test_reimport_shows_new_data_in_the_app_at_once(tmp_path, home):
     import streamlit as st
 
+    from locality_core.views.refs import DataRef
     from ui import loading
 
     calls = []
@@ -120,11 +121,12 @@ def test_reimport_shows_new_data_in_the_app_at_once(tmp_path, home):
     @st.cache_data
     def by_name(name: str) -> int:  # a page-level cache keyed on the name, as the pages' are
         calls.append(name)
-        return loading.dataset(name).d
+        return loading.dataset(DataRef.of(name)).d
 
+    ref = DataRef.of("user:re")
     user.import_images(write_images(tmp_path / "g", 18, 28, "L", 0), "re")
-    assert loading.stats("user:re").mean.size == 784 and by_name("user:re") == 784
+    assert loading.stats(ref).mean.size == 784 and by_name("user:re") == 784
     user.import_images(write_images(tmp_path / "c", 23, 28, "RGB", 1), "re", mode="RGB")
-    assert len(loading.dataset("user:re").train) + len(loading.dataset("user:re").test) == 23
-    assert loading.stats("user:re").mean.size == 2352
+    assert len(loading.dataset(ref).train) + len(loading.dataset(ref).test) == 23
+    assert loading.stats(ref).mean.size == 2352
     assert by_name("user:re") == 2352 and len(calls) == 2

@@ -234,6 +234,7 @@ def test_a_run_sampled_by_the_cli_is_a_hit_in_the_app_and_back(tiny_world, tmp_p
     pytest.importorskip("streamlit")
     from locality_core.analysis.metrics import nearest_training
     from locality_core.store.cache import ArrayCache
+    from locality_core.views.refs import DataRef
     from ui import sample_rows
 
     data, _ = tiny_world
@@ -248,7 +249,7 @@ def test_a_run_sampled_by_the_cli_is_a_hit_in_the_app_and_back(tiny_world, tmp_p
     assert _run(cli + ["--seed", "1"]) == 0  # the CLI samples, the app reads
     with monkeypatch.context() as m:
         m.setattr(ArrayCache, "set", refuse)
-        app = {name: sample_rows.sample((data.name, "{}", ""), name, n, steps, 1, "cpu") for name in names}
+        app = {name: sample_rows.sample(DataRef.of(data.name), name, n, steps, 1) for name in names}
     report = json.loads((tmp_path / "metrics.json").read_text())["denoisers"]
     for name in names:
         assert app[name]["x0_hat"].shape == (steps, n, *data.shape)
@@ -256,7 +257,7 @@ def test_a_run_sampled_by_the_cli_is_a_hit_in_the_app_and_back(tiny_world, tmp_p
         np.testing.assert_allclose(dist.numpy(), report[name]["nearest_distance"], rtol=1e-6)
 
     for name in names:  # the app samples, the CLI reads
-        sample_rows.sample((data.name, "{}", ""), name, n, steps, 2, "cpu")
+        sample_rows.sample(DataRef.of(data.name), name, n, steps, 2)
     with monkeypatch.context() as m:
         m.setattr(ArrayCache, "set", refuse)
         assert _run(cli + ["--seed", "2"]) == 0

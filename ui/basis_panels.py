@@ -1,66 +1,54 @@
-"""The Jacobian page's calls: bases (the library's disk cache, with their measured time), honest waiting texts,
-and the batched Hutchinson estimate of tr J that stands in for the exact curve until it is computed. The
-estimate is cached here (st.cache_data) because the library does not keep it."""
+"""The Jacobian page's calls, each a shared job the first time: a network's leading eigenpairs ("leading_basis"),
+the Hutchinson estimate of tr J at every level ("trace_estimate"), and the exact tr J from full Jacobians behind a
+button ("trace")."""
 
 from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
-import streamlit as st
-import torch
 
-from locality_core.analysis import basis
-from locality_core.denoisers.evaluate import noisy_heldout
-from locality_core.views import warmup
-from ui import loading
+from locality_core.analysis.basis import PROBES, LeadingBasis, last_basis_seconds
+from locality_core.views.catalogue import Task
+from locality_core.views.defaults import DEFAULTS
+from locality_core.views.refs import DataRef
+from ui import loading, waiting
 from ui.state import noise_label
 
-PROBES = 32  # random probes per noise level of the tr J estimate
+
+def leading_task(ref: DataRef, name: str, image_index: int, sigma: float, seed: int) -> Task:
+    """The view the warm-up precomputes: same arguments, same precision (`ui.loading.field_precision`)."""
+    return Task.of("leading_basis", ref, name=name, image=image_index, sigma=float(sigma), seed=seed,
+                   precision=loading.field_precision(), k=DEFAULTS.jacobian_pairs)
 
 
-def model_basis(data, name: str, image_index: int, sigma: float, seed: int) -> basis.JacobianBasis:
-    """The basis the warm-up precomputes: same arguments, same precision (`ui.data.field_precision`)."""
-    return basis.denoiser_basis(data, name, image_index, sigma, seed=seed, precision=loading.field_precision())[0]
+def estimate_task(ref: DataRef, name: str, image_index: int, sigmas, seed: int) -> Task:
+    return Task.of("trace_estimate", ref, name=name, image=image_index, sigmas=tuple(float(s) for s in sigmas),
+                   seed=seed)
 
 
-def basis_is_cached(data, name: str, image_index: int, sigma: float, seed: int) -> bool:
-    return basis.basis_is_cached(data, name, image_index, sigma, seed=seed, precision=loading.field_precision())
+def trace_task(ref: DataRef, name: str, image_index: int, sigmas, seed: int) -> Task:
+    return Task.of("trace", ref, name=name, image=image_index, sigmas=tuple(float(s) for s in sigmas), seed=seed,
+                   precision=loading.field_precision())
 
 
-def basis_wait_text(data, name: str, sigma: float, dataset: str, task: str) -> str:
-    """What the page waits for, and roughly how long: the warm-up's own status when it is computing this view,
-    else the time the last full Jacobian of this denoiser took here (measured), else a rough figure."""
-    busy = warmup.waiting_text(dataset, task)
-    if busy:
-        return busy
+def leading(ref: DataRef, name: str, image_index: int, sigma: float, seed: int, slot=None) -> LeadingBasis:
+    return waiting.result(leading_task(ref, name, image_index, sigma, seed), slot,
+                          what=f"The {DEFAULTS.jacobian_pairs} leading Jacobian eigenpairs of {name} at "
+                               f"{noise_label(sigma)} (block Krylov on Jacobian-vector products)")[0]
+
+
+def estimates(ref: DataRef, name: str, image_index: int, sigmas, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return waiting.result(estimate_task(ref, name, image_index, sigmas, seed),
+                          what=f"tr J of {name} estimated at {len(sigmas)} noise levels ({PROBES} random probes "
+                               "each, one batched pass)")
+
+
+def exact_what(data, name: str, n_sigmas: int) -> str:
+    """What the exact tr J waits for: a full Jacobian per level, with the time the last one took here."""
     d = int(np.prod(data.shape))
-    last = basis.last_basis_seconds(data, name)
-    eta = (f"about {last:.0f} s, as measured last time" if last is not None else
-           f"roughly {max(2, round(d / 120))} s on 2 CPU cores")
-    return (f"Full Jacobian of {name} at {noise_label(sigma)}: {d:,} vector-Jacobian products in batches of 128 "
-            f"after one forward pass ({loading.field_precision()}), {eta}; cached afterwards…")
-
-
-def estimate_wait_text(data, name: str, n_sigmas: int) -> str:
-    """The spinner of the tr J estimate: what it computes, and its time scaled from the last full Jacobian."""
-    d = int(np.prod(data.shape))
-    last = basis.last_basis_seconds(data, name)
-    eta = "" if last is None else f", about {max(1, round(last * PROBES * n_sigmas / d))} s"
-    return (f"Estimating tr J of {name} at {n_sigmas} noise levels ({PROBES} random probes each, "
-            f"{PROBES * n_sigmas} vector-Jacobian products in one batched pass{eta})…")
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def trace_estimates(data_key: tuple[str, str, str], name: str, model_id: str, image_index: int,
-                    sigmas: tuple[float, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hutchinson tr J and its standard error at each sigma, the noisy inputs drawn as `denoiser_basis` draws
-    them (same image, same noise), all levels in one batched pass."""
-    from locality_core.denoisers.registry import get_denoiser
-
-    data = loading.dataset(*data_key)
-    x0 = data.test[image_index]
-    ys = torch.stack([noisy_heldout(x0[None], float(s), seed)[0, 0] for s in sigmas])
-    return basis.trace_estimate(get_denoiser(name, data), ys, sigmas, probes=PROBES, seed=seed)
+    last = last_basis_seconds(data, name)
+    eta = f", about {last:.0f} s each last time" if last is not None else ""
+    return f"Exact tr J of {name}: a full Jacobian ({d:,} products) at each of {n_sigmas} noise levels{eta}"
 
 
 def add_error_bars(fig: go.Figure, errors: dict[str, list[float]]) -> None:

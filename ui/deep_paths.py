@@ -1,9 +1,18 @@
-"""ASGI middleware: an unknown address of several segments (``/a/b/c``) is redirected to its first segment.
+"""ASGI middleware for `serve.py`: deep unknown addresses, and page addresses opened directly.
 
-Why: Streamlit answers every unknown path with its index page, whose scripts are linked relative to the
-address (``./static/js/...``). Below ``/a/b/`` they resolve to ``/a/b/static/js/...``, which is the index page
-again, not a script: the browser shows a blank page forever. One segment deep they resolve correctly, and the
-app then shows its "page not found" (`ui.not_found`). Streamlit's own routes pass through untouched.
+Two things it does:
+
+- An unknown address of several segments (``/a/b/c``) is redirected to its first segment. Streamlit answers
+  every unknown path with its index page, whose scripts are linked relative to the address (``./static/js/...``).
+  Below ``/a/b/`` they resolve to ``/a/b/static/js/...``, which is the index page again, not a script: the
+  browser shows a blank page forever. One segment deep they resolve correctly, and the app then shows its "page
+  not found" (`ui.not_found`).
+- A page's address opened directly (``/samples``): Streamlit's client first guesses that the whole path is the
+  server's base and probes ``/samples/_stcore/health`` and ``/samples/_stcore/host-config``; the first guess
+  that answers becomes the base, and the page is what follows it. Those two probes are answered 404 below a
+  page, so the client falls back to the real base and opens the page (answered, it opened the first page at
+  every page's address). Streamlit's other page-relative routes (``/samples/_stcore/stream``) are served as the
+  root's.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 STREAMLIT_PREFIXES = frozenset({"_stcore", "static", "media", "component", "app", "auth", "oauth2callback", "~"})
+BASE_PROBES = frozenset({"_stcore/health", "_stcore/host-config"})  # what the client asks to find the server's base
 
 
 def strip_page_prefix(path: str, base: str = "") -> str | None:
@@ -23,6 +33,13 @@ def strip_page_prefix(path: str, base: str = "") -> str | None:
     if len(parts) >= 3 and parts[0] not in STREAMLIT_PREFIXES and parts[1] in STREAMLIT_PREFIXES:
         return head + "/" + "/".join(parts[1:])
     return None
+
+
+def is_base_probe_below_page(path: str, base: str = "") -> bool:
+    """Whether ``path`` is the client's probe for a base below a page (``/samples/_stcore/health``)."""
+    stripped = strip_page_prefix(path, base)
+    head = "/" + base.strip("/") if base.strip("/") else ""
+    return stripped is not None and stripped[len(head):].strip("/") in BASE_PROBES
 
 
 def redirect_target(path: str, base: str = "") -> str | None:
@@ -47,6 +64,10 @@ class DeepPathRedirect:
         self.base = base
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and is_base_probe_below_page(scope.get("path", ""), self.base):
+            await send({"type": "http.response.start", "status": 404, "headers": [(b"cache-control", b"no-cache")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
         stripped = strip_page_prefix(scope.get("path", ""), self.base) if scope["type"] in ("http", "websocket") \
             else None
         if stripped is not None:

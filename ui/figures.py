@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections.abc import Callable
 
 import numpy as np
 import plotly.colors as pcolors
@@ -21,8 +22,22 @@ import plotly.graph_objects as go
 from PIL import Image, ImageDraw, ImageFont
 
 from locality_core.render import paste_grid
+from locality_core.schedule import timestep_label
 
 FONT = dict(size=15)
+PRESENT_MIN = 20  # px: the smallest figure text in presentation mode (read at a projector from the back row)
+# Presentation mode, asked when a figure is built: `ui.layout` points it at the session's view (this module stays
+# free of streamlit, so its figures can be built and tested anywhere)
+text_minimum: Callable[[], int] = lambda: 0  # noqa: E731
+
+
+def fs(size: float) -> int:
+    """A font size in px, at least the presentation minimum when presentation mode is on."""
+    return int(max(round(size), text_minimum()))
+
+
+def font(size: float = FONT["size"]) -> dict:
+    return dict(size=fs(size))
 
 
 def _rgb_scale(colours: list[str]) -> list[list]:
@@ -50,7 +65,10 @@ FLAT_STD = 0.02  # a mean image this uniform (natural patches, random fields) sh
 
 
 def is_flat(image: np.ndarray) -> bool:
-    return float(np.std(image)) < FLAT_STD
+    """Whether an image (C, H, W) varies so little across its pixels that it shows nothing: each channel's own
+    spread (a uniform brown square has three different channel levels, and no structure)."""
+    image = np.asarray(image, dtype=np.float64)
+    return float(image.reshape(image.shape[0], -1).std(axis=1).max()) < FLAT_STD
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
@@ -93,11 +111,7 @@ CONTRASTS = {"linear": "linear", "sqrt": "square root (weak values visible)"}
 
 def noise_header(sigma: float) -> list[str]:
     """Two short header lines for a noise level: 't=300', 'σ=1.24' (typed levels off the grid: 't≈312')."""
-    from locality_core.schedule import sigma_to_t
-
-    t = float(sigma_to_t(sigma))
-    t_text = f"t={t:.0f}" if abs(t - round(t)) < 0.05 and t >= 0 else (f"t≈{t:.0f}" if t >= 0 else "t<0")
-    return [t_text, f"σ={sigma:.3g}"]
+    return [timestep_label(sigma), f"σ={sigma:.3g}"]
 
 
 def scaled_maps(rows: list[tuple[str, np.ndarray, str]], scale: str = "map", contrast: str = "linear",
@@ -142,9 +156,9 @@ def _colorbar(kind: str, scale: str, contrast: str, length: int) -> dict:
     title = {"map": "× map's max", "surround": "× max around the pixel", "column": "× column's max",
              "row": "× row's max"}[scale]
     return dict(orientation="h", x=1.0, xanchor="right", y=0, yanchor="top", ypad=4, len=length, lenmode="pixels",
-                thickness=10, tickvals=pos, ticktext=labels, tickfont=dict(size=12),
+                thickness=10, tickvals=pos, ticktext=labels, tickfont=font(12),
                 title=dict(text=title + (" (√ contrast)" if contrast == "sqrt" else ""), side="right",
-                           font=dict(size=12)), outlinewidth=0)
+                           font=font(12)), outlinewidth=0)
 
 
 def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list, *, pixel=None, page_width: int = PAGE_WIDTH,
@@ -161,20 +175,24 @@ def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list, *, pixel
     Sensitivity page redraws it in a few milliseconds (subplots cost a third of a second to build). Colours
     follow ``scale`` and ``contrast`` (see `scaled_maps`), shown by a colour bar; hover gives raw values.
     """
+    if text_minimum():  # presentation mode: a row is named by its first line (the denoiser), large enough to read
+        rows = [(label.split("<br>")[0], maps, kind) for label, maps, kind in rows]
     n_rows, n_cols = len(rows), len(col_titles)
     h, w = rows[0][1].shape[-2:]
     titles = [t if isinstance(t, list) else t.split("<br>") for t in col_titles]
     label_lines = max(len(label.split("<br>")) for label, _, _ in rows)
-    label_width = 16 + 18 * label_lines  # labels stand rotated beside their row: the maps get the width
+    label_width = 16 + round(1.3 * fs(14)) * label_lines  # labels stand rotated beside their row: maps get the width
     gap = max(1, round(0.04 * max(h, w)))
     step_x, step_y = w + gap, h + gap
     full_w, full_h = n_cols * step_x - gap, n_rows * step_y - gap
-    zoom = min(max_cell / max(h, w), (page_width - label_width - 6) / full_w)  # screen pixels per map pixel
+    right = 6 + 2 * (fs(12) - 12)  # room for the colour bar's last tick label
+    zoom = min(max_cell / max(h, w), (page_width - label_width - right) / full_w)  # screen pixels per map pixel
     cell_px = zoom * step_x
     longest = max(len(line) for lines in titles for line in lines)
-    head_font = int(np.clip((cell_px - 6) / (CHAR_EM * longest), 9, 15))
+    head_font = fs(np.clip((cell_px - 6) / (CHAR_EM * longest), 9, 15))
     label_chars = max(len(re.sub(r"<[^>]+>", "", line)) for label, _, _ in rows for line in label.split("<br>"))
-    label_font = int(np.clip((zoom * h - 4) / (0.6 * label_chars), 9, 14))  # rotated: fits its row's height
+    # rotated, a label must fit its row's height: as large as that allows (up to the presentation size)
+    label_font = int(np.clip((zoom * h - 4) / (0.6 * label_chars), 9, max(14, text_minimum())))
     per_row = pixel if isinstance(pixel, list) else [pixel] * n_rows
     z_rows = scaled_maps(rows, scale, contrast, per_row)
     traces, notes, shapes = [], [], []
@@ -206,7 +224,7 @@ def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list, *, pixel
     if colorbar and any(kind == "mask" for _, _, kind in rows):
         notes.append(dict(text=f"<span style='color:{MASK_SCALE[-1][1]}'>■</span> inside the mask or patch",
                           xref="paper", yref="paper", x=0, y=0, xanchor="left", yanchor="top", yshift=-6,
-                          showarrow=False, font=dict(size=12)))
+                          showarrow=False, font=font(12)))
     for i, p in enumerate(per_row):  # an outline around the pixel in every map, leaving its value visible
         if p is not None:
             r, c = p
@@ -217,10 +235,12 @@ def map_grid(rows: list[tuple[str, np.ndarray, str]], col_titles: list, *, pixel
     _square_axes(fig, full_h, full_w)
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
     top = 10 + round(1.25 * head_font) * max(len(lines) for lines in titles)
-    bottom = 48 if colorbar else 6
+    bottom = 24 + 2 * fs(12) if colorbar else 6
     # a fixed size (`show` draws it at its own width), its plot area shaped like the maps: no blank bands
-    fig.update_layout(width=int(round(zoom * full_w) + label_width + 6), height=round(zoom * full_h) + top + bottom,
-                      margin=dict(l=label_width, r=6, t=top, b=bottom), font=FONT, plot_bgcolor="white",
+    fig.update_layout(width=int(round(zoom * full_w) + label_width + right),
+                      height=round(zoom * full_h) + top + bottom,
+                      margin=dict(l=label_width, r=right, t=top, b=bottom), font=font(),
+                      plot_bgcolor="white",
                       paper_bgcolor="white", dragmode=False, hovermode="closest")
     return fig
 
@@ -244,8 +264,9 @@ def locality_plot(sigmas: list[float], sizes: dict[str, np.ndarray], levels=(0.5
         ticks = [v for v in np.linspace(0, image_side, 5).round().astype(int)[:-1]] + [image_side]
         fig.update_yaxes(range=[0, image_side * 1.04], tickvals=ticks,
                          ticktext=[str(v) for v in ticks[:-1]] + [f"{image_side} (image)"])
-    fig.update_layout(height=height, font=FONT, margin=dict(l=60, r=20, t=30, b=50),
+    fig.update_layout(height=height, font=font(), margin=dict(l=60, r=20, t=30, b=50),
                       legend=dict(orientation="v", x=1.01, y=1), plot_bgcolor="white", paper_bgcolor="white")
+    fig.update_xaxes(automargin=True)
     fig.update_xaxes(showgrid=True, gridcolor="#e5e5e5")
     fig.update_yaxes(showgrid=True, gridcolor="#e5e5e5")
     return fig
@@ -261,8 +282,10 @@ def line_plot(x, ys: dict[str, np.ndarray], *, x_title: str, y_title: str, log_x
                      dtick=1 if log_x else None)
     fig.update_yaxes(title=y_title, type="log" if log_y else "linear", showgrid=True, gridcolor="#e5e5e5",
                      dtick=1 if log_y else None)
-    fig.update_layout(height=height, font=FONT, margin=dict(l=60, r=20, t=30, b=50), plot_bgcolor="white",
+    fig.update_layout(height=height, font=font(), margin=dict(l=60, r=20, t=30, b=50), plot_bgcolor="white",
                       paper_bgcolor="white", legend=dict(x=1.01, y=1))
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig
 
 
@@ -329,6 +352,8 @@ def grid_png(rows: list[tuple[str, np.ndarray, str]], col_titles: list[str], *, 
              cell: int = 168, scale: str = "surround", contrast: str = "linear") -> bytes:
     """The same grid as `map_grid`, coloured by the same ``scale`` and ``contrast`` (`scaled_maps`), as a crisp
     PNG (nearest-neighbour upscaling), for slides; the scale is named under the title."""
+    if text_minimum():  # presentation mode: a row is named by its first line (the denoiser), large enough to read
+        rows = [(label.split("<br>")[0], maps, kind) for label, maps, kind in rows]
     n_rows, n_cols = len(rows), len(col_titles)
     h, w = rows[0][1].shape[-2:]
     zoom = max(1, cell // max(h, w))
@@ -405,9 +430,13 @@ def tiles_figure(images: np.ndarray, titles: list[str], *, columns: int = 8, kin
     images = np.asarray(images, dtype=np.float64)
     k, c, h, w = images.shape
     gap = max(1, round(0.15 * max(h, w)))
-    step_x, step_y = w + gap, h + gap + max(3, round(0.25 * h))  # room for a title above each row
+    step_x = w + gap
+    full_w = columns * step_x - gap
+    zoom = min(tile_px / max(h, w), (page_width - 8) / full_w)  # screen pixels per image pixel
+    title_px = fs(13)
+    step_y = h + gap + max(3, round(0.25 * h), int(np.ceil(1.3 * title_px / zoom)))  # a title above each row
     n_rows = -(-k // columns)
-    full_w, full_h = columns * step_x - gap, n_rows * step_y
+    full_h = n_rows * step_y
     if c == 1:
         canvas = np.full((full_h, full_w), np.nan, dtype=np.float32)
     else:
@@ -424,7 +453,7 @@ def tiles_figure(images: np.ndarray, titles: list[str], *, columns: int = 8, kin
             canvas[y0:y0 + h, x0:x0 + w] = (np.clip((scaled.transpose(1, 2, 0) + 1) / 2, 0, 1) * 255
                                             + 0.5).astype(np.uint8)
         notes.append(dict(text=titles[i], x=x0 + (w - 1) / 2, y=y0 - 0.6, xref="x", yref="y", yanchor="bottom",
-                          showarrow=False, font=dict(size=13)))
+                          showarrow=False, font=dict(size=title_px)))
     if c == 1:
         scale = SIGNED_SCALE if kind == "signed" else _rgb_scale(["#000000", "#ffffff"])
         trace = go.Heatmap(z=canvas, zmin=-1.0, zmax=1.0, colorscale=scale, showscale=False, hoverinfo="skip")
@@ -433,9 +462,8 @@ def tiles_figure(images: np.ndarray, titles: list[str], *, columns: int = 8, kin
     fig = go.Figure(trace, layout=dict(annotations=notes))
     _square_axes(fig, full_h, full_w)
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
-    zoom = min(tile_px / max(h, w), (page_width - 8) / full_w)  # screen pixels per image pixel
     fig.update_layout(width=round(zoom * full_w) + 8, height=round(zoom * full_h) + 8, margin=dict(l=4, r=4, t=4, b=4),
-                      font=FONT, plot_bgcolor="white", paper_bgcolor="white", dragmode=False)
+                      font=font(), plot_bgcolor="white", paper_bgcolor="white", dragmode=False)
     return fig
 
 
@@ -454,7 +482,7 @@ def spectrum_plot(eigvals: np.ndarray, fit: tuple[float, float, int, int] | None
     fig.update_yaxes(type="log", title=dict(text="variance λ<sub>k</sub>", standoff=12), showgrid=True,
                      gridcolor="#e5e5e5", exponentformat="power", automargin=True)
     # the legend above the plot: inside it, it covered the start of the curve on some data sets
-    fig.update_layout(height=400, font=FONT, margin=dict(l=70, r=20, t=50, b=50), plot_bgcolor="white",
+    fig.update_layout(height=400, font=font(), margin=dict(l=70, r=20, t=50, b=50), plot_bgcolor="white",
                       paper_bgcolor="white", legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"))
     return fig
 
@@ -474,7 +502,7 @@ def cumulative_plot(eigvals: np.ndarray, marks: dict[float, int]) -> go.Figure:
     fig.update_xaxes(type="log", title="number of components k", showgrid=True, gridcolor="#e5e5e5", dtick=1,
                      range=[0, np.log10(len(eigvals)) + 0.2])  # room right of the last marker for its label
     fig.update_yaxes(title="variance held (%)", range=[0, 101], showgrid=True, gridcolor="#e5e5e5")
-    fig.update_layout(height=380, font=FONT, margin=dict(l=60, r=20, t=20, b=50), plot_bgcolor="white",
+    fig.update_layout(height=380, font=font(), margin=dict(l=60, r=20, t=20, b=50), plot_bgcolor="white",
                       paper_bgcolor="white")
     return fig
 
@@ -491,6 +519,6 @@ def gains_plot(eigvals: np.ndarray, sigmas: list[float], labels: list[str]) -> g
                   annotation_position="bottom left")
     fig.update_xaxes(type="log", title="component k", showgrid=True, gridcolor="#e5e5e5", dtick=1)
     fig.update_yaxes(title="gain λ/(λ+σ²)", range=[0, 1.02], showgrid=True, gridcolor="#e5e5e5")
-    fig.update_layout(height=400, font=FONT, margin=dict(l=60, r=20, t=20, b=50), plot_bgcolor="white",
+    fig.update_layout(height=400, font=font(), margin=dict(l=60, r=20, t=20, b=50), plot_bgcolor="white",
                       paper_bgcolor="white", legend=dict(x=1.01, y=1))
     return fig

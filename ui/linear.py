@@ -1,8 +1,8 @@
 """The trained linear denoiser experiment (locality_core.analysis.linear_fit): Adam on E||x0 - (A x + b)||^2 converges
 to the Wiener filter P_sigma; its field of the chosen pixel approaches the closed form.
 
-Fits are kept in `ui.memo` (the library does not cache them): a fit draws its own progress bar, which
-Streamlit's caches cannot replay.
+A fit is the "linear_fit" view function: a shared job behind a button (seconds to minutes), its small result
+cached on disk, so that it is shown at once to whoever asks again.
 """
 
 from __future__ import annotations
@@ -10,35 +10,19 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from locality_core.analysis.linear_fit import fit_linear_denoiser
 from locality_core.data import Dataset
-from locality_core.denoisers.wiener import wiener_matrix
 from locality_core.stats.covariance import DataStats
-from ui import loading
+from locality_core.views.catalogue import Task
+from ui import loading, waiting
 from ui.figures import line_plot, map_grid
-from ui.memo import cached, memo
 from ui.state import View, noise_label
 from ui.widgets import current_pixel, run_button, show
 
 STEP_CHOICES = (300, 1000, 1500, 3000)
 
 
-def fit(data_key: tuple[str, str, str], sigma: float, pixel: tuple[int, int], steps: int, seed: int,
-        progress=None) -> dict:
-    """The fit's curves and fields (not A itself: small results only), memoised by their parameters."""
-    def compute():
-        data = loading.dataset(*data_key)
-        stats = loading.stats(*data_key)
-        P = wiener_matrix(stats.eigvecs, stats.eigvals, sigma)
-        r = fit_linear_denoiser(data.train, sigma, P, pixel=pixel, steps=steps, seed=seed,
-                                record_every=max(1, steps // 60), progress=progress)
-        return {"steps": r.steps, "rel_error": r.rel_error, "fields": r.fields, "target": r.target_field}
-
-    return memo("linear_fit", (data_key, sigma, pixel, steps, seed), compute, max_entries=16)
-
-
 @st.fragment
-def linear_fit_section(view: View, data: Dataset, stats: DataStats, data_key: tuple[str, str, str]) -> None:
+def linear_fit_section(view: View, data: Dataset, stats: DataStats) -> None:
     st.markdown(
         "The Wiener filter is also the best *affine* denoiser. Train one, $\\hat x_0 = A x + b$, by gradient "
         "descent on noisy training images and watch its matrix $A$ approach $P_\\sigma$: the field of the "
@@ -52,18 +36,15 @@ def linear_fit_section(view: View, data: Dataset, stats: DataStats, data_key: tu
                         help="Batches of 512 noisy training images per step.")
     d = data.d
     c.caption(f"A has {d * d:,} entries: roughly {max(1, steps * d * d * 512 * 6 / 4e10):.0f} s on 2 free CPU cores.")
-    key = (data_key, float(sigma), pixel, int(steps), view.seed)
-    if not run_button("Train the linear denoiser", "lin_go", cached("linear_fit", key),
+    task = Task.of("linear_fit", view.ref, sigma=float(sigma), pixel=tuple(pixel), steps=int(steps), seed=view.seed)
+    if not run_button("Train the linear denoiser", "lin_go", waiting.is_ready(task),
                       note=f"Pixel (row {pixel[0]}, col {pixel[1]}), {noise_label(sigma)}."):
         return
-    bar = st.empty()
     try:
-        result = fit(*key, progress=lambda f, text: bar.progress(min(max(f, 0.0), 1.0), text=text))
+        result = waiting.result(task)
     except loading.USER_ERRORS as exc:
         loading.show_error(exc)
         return
-    finally:
-        bar.empty()
     steps_rec, err = result["steps"], result["rel_error"]
     show(line_plot(steps_rec, {"‖A − P_σ‖ / ‖P_σ‖": err}, x_title="Adam step", y_title="relative distance to P_σ",
                    log_y=True, height=320), "lin_curve", f"{view.dataset}-linear-fit-curve")

@@ -1,13 +1,14 @@
 """Calls into locality_core shared by every page, and the one place that turns errors into messages.
 
 Glossary
-    data key      (name, params_json, transform_json): a data set, its options, and an optional transform of
-                  `locality_core.analysis.transforms` as canonical JSON ({"kind": "permute"|"inject"|"class", ...})
-    require_data  load the data set and its statistics with a progress bar, or show what went wrong and stop
+    DataRef       a data set as a small value (`locality_core.views.refs`): name, options, transform; what pages
+                  pass to cached functions instead of the data set itself
+    require_data  load the data set and its statistics (a shared job the first time, with a progress bar), or
+                  show what went wrong and stop
 
-The library caches the data sets (by name, options and file stamp) and their statistics (in memory per
-fingerprint, and on disk); this module adds st.cache_resource only for objects that every session of the server
-shares and the library does not keep: transformed data sets, the BLAS thread controller, the imports' stamps.
+The library keeps the data sets (by name, options and file stamp; transformed ones by their base's fingerprint)
+and their statistics (in memory per fingerprint, and on disk); this module adds st.cache_resource only for what
+the library does not keep: the BLAS thread controller and the imports' stamps.
 
 User-facing failures (DatasetError, DenoiserError, ModelError, TooLargeError) become st.error / st.info with
 what to do, never a traceback.
@@ -16,26 +17,28 @@ what to do, never a traceback.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-from collections.abc import Callable
+import re
 
 import streamlit as st
 
 from locality_core import settings
-from locality_core.analysis import transforms as experiments
-from locality_core.data import Dataset, DatasetError, load_dataset
+from locality_core.data import Dataset, DatasetError
+from locality_core.data.download import data_home
 from locality_core.data.registry import file_stamp
 from locality_core.data.user import PREFIX
-from locality_core.denoisers.models import ModelError
+from locality_core.denoisers.models import ASSETS_MODELS, ModelError
 from locality_core.denoisers.registry import DenoiserError, denoiser_cache_id
 from locality_core.denoisers.registry import get_spec as get_denoiser_spec
-from locality_core.stats.covariance import DataStats, get_stats
+from locality_core.stats.covariance import DataStats
+from locality_core.store.cache import default_cache_dir
 from locality_core.store.memory import TooLargeError
-from ui.memo import clear as memo_clear
-from ui.state import View
+from locality_core.views import defaults as views_defaults
+from locality_core.views.catalogue import Task
+from locality_core.views.refs import DataRef
+from ui import waiting
 
-USER_ERRORS = (DatasetError, DenoiserError, ModelError, TooLargeError)
+USER_ERRORS = (DatasetError, DenoiserError, ModelError, TooLargeError, waiting.JobFailed)
 
 
 @st.cache_resource(show_spinner=False)
@@ -72,22 +75,6 @@ def single_thread_blas():
     return controller.limit(limits=1, user_api="blas") if controller is not None else contextlib.nullcontext()
 
 
-def transform_json(kind: str | None = None, **params) -> str:
-    return json.dumps({"kind": kind, **params}, sort_keys=True) if kind else ""
-
-
-def apply_transform(data: Dataset, spec: dict) -> Dataset:
-    kind = spec.get("kind")
-    if kind == "permute":
-        return experiments.permute_pixels(data, seed=int(spec.get("seed", 0)))
-    if kind == "inject":
-        return experiments.inject_pattern(data, strength=float(spec.get("strength", 1.0)), mask="W",
-                                          seed=int(spec.get("seed", 0)))
-    if kind == "class":
-        return experiments.keep_class(data, int(spec["label"]))
-    raise DatasetError(f"unknown transform {kind!r}")
-
-
 @st.cache_resource(show_spinner=False)
 def _imported_stamps() -> dict[str, tuple]:
     """name -> file stamp of every imported data set this server has served (shared by all sessions)."""
@@ -107,66 +94,67 @@ def forget_if_reimported(name: str) -> None:
     if seen.setdefault(name, stamp) != stamp:
         seen[name] = stamp
         st.cache_data.clear()
-        _transformed.clear()
-        memo_clear()
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
-def _transformed(fingerprint: str, transform: str, _data: Dataset) -> Dataset:
-    return apply_transform(_data, json.loads(transform))
+def dataset(ref: DataRef) -> Dataset:
+    """The data set of ``ref`` (the library keeps data sets by name, options and file stamp, transformed ones by
+    their base's fingerprint, so a re-imported data set is never served from an old entry)."""
+    forget_if_reimported(ref.name)
+    return ref.load()
 
 
-def dataset(name: str, params_json: str = "{}", transform: str = "") -> Dataset:
-    """The data set (the library caches it by name, options and file stamp), transformed; transforms are
-    cached by the data's fingerprint, so a re-imported data set is never served from an old entry."""
-    forget_if_reimported(name)
-    data = load_dataset(name, **json.loads(params_json))
-    return _transformed(data.fingerprint, transform, data) if transform else data
+def stats(ref: DataRef, slot=None) -> DataStats:
+    """Statistics: from memory after the first time; computed as a shared job (progress in ``slot``) when new."""
+    return waiting.result(Task.of("stats", ref), slot, what="Data statistics (computed once, then cached)")
 
 
-def stats(name: str, params_json: str = "{}", transform: str = "",
-          progress: Callable[[float, str], None] | None = None) -> DataStats:
-    """Statistics, from the library's memory after the first time; ``progress`` hears a computation and may draw."""
-    return get_stats(dataset(name, params_json, transform), progress=progress)
+_FOLDERS = None
+
+
+def public(text: str) -> str:
+    """A library message as a visitor may read it: the server's own folders named by what they are, any other
+    absolute path shortened to its last part (a page is no place to show a server's file system)."""
+    global _FOLDERS
+    if _FOLDERS is None:
+        _FOLDERS = [(str(data_home() / "models"), "the server's model folder"),
+                    (str(data_home()), "the server's data folder"), (str(default_cache_dir()), "the server's cache"),
+                    (str(ASSETS_MODELS), "the shipped models")]
+    for folder, name in _FOLDERS:
+        text = text.replace(folder, name)
+    return re.sub(r"(?<![\w.])~?/(?:[\w.+-]+/)+([\w.+-]+)", r"…/\1", text)
 
 
 def show_error(exc: BaseException, what: str = "") -> None:
-    """A user-facing failure as a message (with what to do, which the library's messages carry)."""
+    """A user-facing failure as a message (with what to do, which the library's messages carry); a failed job
+    shows its error's message the same way."""
     prefix = f"{what}: " if what else ""
-    if isinstance(exc, TooLargeError):
+    kind = exc.kind if isinstance(exc, waiting.JobFailed) else type(exc).__name__
+    exc = public(str(exc))
+    if kind == TooLargeError.__name__:
         st.error(f"{prefix}{exc}", icon=":material/memory:")
-    elif isinstance(exc, (DenoiserError, ModelError)):
+    elif kind in (DenoiserError.__name__, ModelError.__name__):
         st.info(f"{prefix}{exc}", icon=":material/model_training:")
     else:
         st.error(f"{prefix}{exc}", icon=":material/error:")
 
 
-def require_data(view: View, transform: str = "") -> tuple[Dataset, DataStats]:
-    """The data set and its statistics (computed with a progress bar the first time), or a message and st.stop()."""
+def require_data(ref: DataRef) -> tuple[Dataset, DataStats]:
+    """The data set and its statistics (computed as a shared job with a progress bar the first time), or a message
+    and st.stop()."""
     try:
-        with st.spinner(f"Loading {view.dataset}…"):
-            data = dataset(view.dataset, view.params_json, transform)
+        with st.spinner(f"Loading {ref.label}…"):
+            data = dataset(ref)
         if data.notice:
-            st.info(data.notice)
-        return data, stats_with_progress(view, transform)
+            st.info(public(data.notice))
+        return data, stats(ref)
     except USER_ERRORS as exc:
-        show_error(exc, f"Data set {view.dataset!r}")
+        show_error(exc, f"Data set {ref.label!r}")
+    except waiting.JobFailed as exc:
+        show_error(exc, f"Data set {ref.label!r}")
     except (ValueError, TypeError) as exc:  # bad options typed into the URL
-        st.error(f"Data set {view.dataset!r} cannot be loaded with options {view.params_json}: {exc}. "
+        st.error(f"Data set {ref.name!r} cannot be loaded with options {dict(ref.params)}: {exc}. "
                  "Reset the data set options in the sidebar.")
     st.stop()
-
-
-def stats_with_progress(view: View, transform: str = "") -> DataStats:
-    slot = st.empty()
-
-    def progress(fraction: float, text: str) -> None:
-        slot.progress(min(max(fraction, 0.0), 1.0), text=f"Data statistics (computed once, then cached): {text}")
-
-    try:
-        return stats(view.dataset, view.params_json, transform, progress=progress)
-    finally:
-        slot.empty()
 
 
 # ---------------------------------------------------------------- denoisers
@@ -174,9 +162,10 @@ def stats_with_progress(view: View, transform: str = "") -> DataStats:
 def denoiser_status(name: str, data: Dataset) -> tuple[bool, str]:
     """(usable, message): whether denoiser ``name`` is registered and available for ``data``, and why not."""
     try:
-        return get_denoiser_spec(name).availability(data)
+        ok, message = get_denoiser_spec(name).availability(data)
     except USER_ERRORS as exc:
-        return False, str(exc)
+        ok, message = False, str(exc)
+    return ok, public(message)
 
 
 def denoiser_id(name: str, data: Dataset, **options) -> str:
@@ -188,6 +177,4 @@ def field_precision() -> str:
     """Precision of the dashboard's network Jacobians: bfloat16 where the CPU runs it natively (3-5x faster,
     maps within cosine 0.999 of float32, see `locality_core.analysis.fields`), else float32.
     $LOCALITY_FIELD_PRECISION overrides. The warm-up precomputes fields at this precision."""
-    from locality_core.views.warmup import default_field_precision
-
-    return default_field_precision()
+    return views_defaults.field_precision()

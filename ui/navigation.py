@@ -11,7 +11,7 @@ import streamlit as st
 @dataclass(frozen=True)
 class PageEntry:
     path: str      # relative to the repository root
-    title: str
+    title: str     # short: the pages stand in one bar at the top of a 1280 px screen
     icon: str
     url_path: str  # the page's address: /<url_path>?<view state>; the file's stem, so that a link to a page
     #                still finds it on a freshly started server, where Streamlit first runs in its legacy
@@ -24,9 +24,9 @@ PAGES: list[PageEntry] = [
     PageEntry("pages/samples.py", "Samples", ":material/auto_awesome:", "samples"),
     PageEntry("pages/components.py", "Principal components", ":material/stacked_line_chart:", "components"),
     PageEntry("pages/jacobian.py", "Jacobian basis", ":material/grid_view:", "jacobian"),
-    PageEntry("pages/generalisation.py", "Memorisation to generalisation", ":material/compare:", "generalisation"),
-    PageEntry("pages/experiments.py", "Locality follows the data", ":material/science:", "experiments"),
-    PageEntry("pages/your_data.py", "Your own data", ":material/upload:", "your_data"),
+    PageEntry("pages/generalisation.py", "Memorisation", ":material/compare:", "generalisation"),
+    PageEntry("pages/experiments.py", "Locality follows data", ":material/science:", "experiments"),
+    PageEntry("pages/your_data.py", "Your data", ":material/upload:", "your_data"),
 ]
 
 

@@ -10,7 +10,9 @@ import streamlit as st
 import torch
 
 from locality_core.data import DatasetError, default_dataset_name, get_spec, list_datasets
-from locality_core.schedule import REFERENCE_TIMESTEPS
+from locality_core.views import defaults
+from ui import waiting
+from ui.loading import public
 from ui.state import T_OPTIONS, View, noise_label, parse_dataset_env, resolve_sigmas
 
 MAX_COUNT = 200_000
@@ -85,9 +87,9 @@ def render_sidebar() -> View:
                                       "each one is and which are available here.")
         ok, message = availability(name)
         if ok:
-            st.caption(f"**{titles[name]}.** {get_spec(name).description}")
+            st.caption(f"**{titles[name]}.** {public(get_spec(name).description)}")
         else:
-            st.warning(f"**{titles[name]}** is not available here: {message}")
+            st.warning(f"**{titles[name]}** is not available here: {public(message)}")
         with st.expander("All data sets"):
             for spec in specs:
                 usable, why = availability(spec.name)
@@ -97,7 +99,7 @@ def render_sidebar() -> View:
 
         st.subheader("Noise levels")
         timesteps = st.multiselect(
-            "DDPM timesteps t", T_OPTIONS, default=REFERENCE_TIMESTEPS, key="t", bind="query-params",
+            "DDPM timesteps t", T_OPTIONS, default=list(defaults.DEFAULTS.timesteps), key="t", bind="query-params",
             help="The reference sampler (DDIM, 10 steps) visits t = 900, 800, ..., 0. Each t is a noise level "
                  "σ = sqrt((1 - ᾱ_t) / ᾱ_t).")
         typed = st.text_input("…and/or noise levels σ", key="sigma", bind="query-params",
@@ -109,7 +111,7 @@ def render_sidebar() -> View:
         st.caption("Showing " + ", ".join(noise_label(s) for s in sigmas))
 
         st.subheader("Computation")
-        seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="seed", bind="query-params",
+        seed = int(st.number_input("Seed", 0, 2**31 - 1, defaults.DEFAULTS.seed, key="seed", bind="query-params",
                                    help="Noise draws of every computation that needs randomness."))
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         device = st.selectbox("Torch device", devices, key="device", bind="query-params",
@@ -118,4 +120,16 @@ def render_sidebar() -> View:
         present = st.toggle("Presentation mode", key="present", bind="query-params",
                             help="For a projector: explanations hidden, larger text. It is part of the URL, so a "
                                  "prepared link opens in it.")
+        warmup_status()
     return View(name, params, tuple(sigmas), seed, device, present)
+
+
+def warmup_status() -> None:
+    """What the server computes ahead: how many of the default views are done, and which runs now (as of this
+    rerun: a timer would make the page's running indicator blink at a projector)."""
+    counts = waiting.queue_counts()
+    if not counts["total"]:
+        return
+    now = counts["running"]
+    st.caption(f"**Prepared views**: {counts['done']} of {counts['total']} ready" +
+               (f"; now: {now}" if now else "") + (f"; {counts['failed']} failed" if counts["failed"] else ""))

@@ -14,7 +14,6 @@ Glossary
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +21,8 @@ import streamlit as st
 
 from locality_core import settings
 from locality_core.schedule import REFERENCE_TIMESTEPS, T_DEFAULT, format_noise_level, t_to_sigma
-from locality_core.views.warmup import default_pixel  # the warm-up fills this pixel's fields ahead
+from locality_core.views.defaults import default_pixel, view_sigma  # the warm-up fills this pixel's fields ahead
+from locality_core.views.refs import DataRef
 
 ENV_DATASET = settings.APP_DATASET.name
 VIEW_KEY = "_view"
@@ -43,9 +43,9 @@ class View:
     present: bool = False  # presentation mode: explanations hidden, larger text
 
     @property
-    def params_json(self) -> str:
-        """The data set options as canonical JSON: a hashable cache key."""
-        return json.dumps(dict(self.params), sort_keys=True)
+    def ref(self) -> DataRef:
+        """The chosen data set as a small hashable value (what cached functions and jobs take)."""
+        return DataRef.of(self.dataset, self.params)
 
     @property
     def labels(self) -> list[str]:
@@ -72,32 +72,16 @@ def set_view(view: View) -> None:
 
 # ---------------------------------------------------------------- parsing
 
-def _number(text: str):
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
 def parse_dataset_env(text: str | None = None) -> tuple[str | None, dict]:
     """``"grf:n_train=2000,alpha=3"`` -> ("grf", {"n_train": 2000, "alpha": 3}); unset -> (None, {})."""
     text = settings.APP_DATASET.text() if text is None else text
-    text = text.strip()
-    if not text:
+    if not text.strip():
         return None, {}
-    # a user data set is "user:<name>": only what follows a second colon is options
-    prefix = ""
-    if text.startswith("user:"):
-        prefix, text = "user:", text[len("user:"):]
-    name, _, opts = text.partition(":")
-    params = {}
-    for item in filter(None, (p.strip() for p in opts.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{ENV_DATASET}: expected key=value, got {item!r}")
-        try:
-            params[key.strip()] = _number(value.strip())
-        except ValueError:
-            params[key.strip()] = value.strip()
-    return prefix + name, params
+    try:
+        ref = DataRef.parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_DATASET}: {exc}") from None
+    return ref.name, dict(ref.params)
 
 
 def parse_sigmas(text: str) -> list[float]:
@@ -126,10 +110,10 @@ def resolve_sigmas(timesteps: list[int], typed: str) -> tuple[list[float], str |
             sigmas += parse_sigmas(typed)
         except ValueError as exc:
             problem = f"Typed noise levels ignored: {exc}."
-    unique = sorted({round(s, 6) for s in sigmas}, reverse=True)
+    unique = sorted({view_sigma(s) for s in sigmas}, reverse=True)
     if not unique:
         problem = problem or "No noise level chosen: showing the reference DDIM grid."
-        unique = [float(t_to_sigma(t)) for t in REFERENCE_TIMESTEPS]
+        unique = [view_sigma(float(t_to_sigma(t))) for t in REFERENCE_TIMESTEPS]
     if len(unique) > MAX_SIGMAS:
         problem = f"At most {MAX_SIGMAS} noise levels at once: showing the {MAX_SIGMAS} highest."
         unique = unique[:MAX_SIGMAS]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from ui.figures import MODEL_COLOURS, tiles_figure
+from ui.figures import MODEL_COLOURS, font, fs, tiles_figure
 
 KIND_TITLES = {"unet": "networks", "analytical": "analytical"}
 KIND_COLOURS = {"unet": MODEL_COLOURS["unet"], "analytical": MODEL_COLOURS["analytical"]}
@@ -35,8 +35,8 @@ def _layout(fig: go.Figure, title: str, y_title: str, n: int | None, log_y: bool
     fig.update_yaxes(title=dict(text=y_title, standoff=8), automargin=True, type="log" if log_y else "linear",
                      showgrid=True, gridcolor="#e5e5e5", tickformat=".2g" if log_y else None,
                      dtick="D2" if log_y else None)
-    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)), height=400,
-                      font=dict(size=13), margin=dict(l=56, r=10, t=36, b=10), plot_bgcolor="white",
+    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", font=font(15)), height=400,
+                      font=font(13), margin=dict(l=56, r=10, t=16 + 1.4 * fs(15), b=10), plot_bgcolor="white",
                       paper_bgcolor="white", legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"))
     return fig
 
@@ -64,7 +64,7 @@ def distance_figure(tables: dict[str, list[dict]], n: int | None = None) -> go.F
     _trace(fig, rows, "heldout_nn", "test images", "#555555", dash="dot")
     fig.add_hline(y=rows[0]["train_nn"], line=dict(color="#999999", dash="dash", width=1),
                   annotation_text="typical neighbour distance", annotation_position="top left",
-                  annotation_font=dict(size=12, color="#555555"))
+                  annotation_font=dict(size=fs(12), color="#555555"))
     return _layout(fig, "Nearest own training image", "L2 distance", n)
 
 

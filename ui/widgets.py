@@ -1,7 +1,8 @@
 """Composite widgets shared by several pages: the pixel picker, model fields with progress, download buttons.
 
-Model fields come straight from the library's disk cache (a few small entries per click). Analytical mask
-columns are cached here (st.cache_data): each is one column of a d x d mask that the library keeps on disk only.
+Model fields and masks are shared jobs the first time (`ui.waiting`), then the library's disk cache (a few small
+entries per click). Analytical mask columns are cached here (st.cache_data): each is one column of a d x d mask
+that the library keeps on disk only.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import streamlit as st
 
 from locality_core.analysis.fields import Field, denoiser_field
 from locality_core.data import Dataset
-from locality_core.denoisers.analytical import mask_column
-from ui import loading
+from locality_core.denoisers.analytical import default_theta, mask_column
+from locality_core.views.catalogue import Task
+from locality_core.views.refs import DataRef
+from ui import loading, waiting
 from ui.figures import plotly_config
 from ui.picker import pixel_picker
 from ui.state import PIXEL_STORE, PIXEL_URL_KEY, default_pixel, parse_pixel, stored_pixel
@@ -79,38 +82,27 @@ def picker(background, shape: tuple[int, int, int], *, key: str = "picker", kind
 PREVIEW_N = 4
 
 
-def model_maps(name: str, title: str, data: Dataset, pixel: tuple[int, int], sigmas: tuple[float, ...], seed: int,
+def field_task(name: str, ref: DataRef, pixel: tuple[int, int], sigmas: tuple[float, ...], seed: int, n: int = 32,
+               precision: str = "float32") -> Task:
+    return Task.of("field", ref, name=name, pixel=tuple(pixel), sigmas=tuple(float(s) for s in sigmas), n=n,
+                   seed=seed, precision=precision)
+
+
+def model_maps(name: str, title: str, ref: DataRef, pixel: tuple[int, int], sigmas: tuple[float, ...], seed: int,
                n: int = 32, precision: str = "float32", slot=None,
                on_miss: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Fields of a trained denoiser at every sigma, (S, C_out, C_in, H, W) abs and signed.
-
-    Each noise level is one call into the library's disk cache (its key built once); a level that is not cached
-    shows a progress bar in ``slot`` (a new st.empty() by default) while it is computed, and before the first such
-    level ``on_miss()`` runs once (the page draws a quick preview then).
-    """
-    slot = st.empty() if slot is None else slot
-    pending = [on_miss] if on_miss is not None else []
-
-    def hear(i: int, sigma: float) -> Callable[[float, str], None]:
-        def progress(fraction: float, text: str) -> None:
-            while pending:
-                pending.pop()()
-            slot.progress(i / len(sigmas), text=f"{title}: Jacobians of {n} noisy test images at σ={sigma:.3g} "
-                                                f"({i + 1}/{len(sigmas)}; cached afterwards)")
-        return progress
-
-    try:
-        fields = [denoiser_field(data, name, pixel, [float(s)], n=n, seed=seed, precision=precision,
-                                 progress=hear(i, float(s))) for i, s in enumerate(sigmas)]
-    finally:
-        slot.empty()
-    return np.concatenate([f.abs_mean for f in fields]), np.concatenate([f.signed_mean for f in fields])
+    """Fields of a trained denoiser at every sigma, (S, C_out, C_in, H, W) abs and signed: a shared job when they
+    are not cached (its progress in ``slot``), before which ``on_miss()`` runs once (the page draws a quick
+    preview then)."""
+    return waiting.result(field_task(name, ref, pixel, sigmas, seed, n, precision), slot, on_miss=on_miss,
+                          what=f"{title}: Jacobians of {n} noisy test images at {len(sigmas)} noise levels (cached "
+                               "afterwards)")
 
 
 def preview_field(name: str, data: Dataset, pixel: tuple[int, int], sigmas: tuple[float, ...], seed: int,
                   precision: str = "float32") -> Field:
-    """A quick first view while `model_maps` computes: the fields from ``PREVIEW_N`` noisy images per level, all
-    levels in one batched backward pass (a fraction of a second), cached like the full ones."""
+    """A quick first view while the full fields are computed: the fields from ``PREVIEW_N`` noisy images per level,
+    all levels in one batched backward pass (a fraction of a second), cached like the full ones."""
     return denoiser_field(data, name, pixel, [float(s) for s in sigmas], n=PREVIEW_N, seed=seed, precision=precision)
 
 
@@ -141,30 +133,28 @@ def show(fig, key: str, filename: str) -> None:
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
-def _mask_column(data_key: tuple[str, str, str], pixel: tuple[int, int], sigma: float, theta: float | None,
+def _mask_column(ref: DataRef, pixel: tuple[int, int], sigma: float, theta: float | None,
                  mode: str) -> tuple[np.ndarray, int, float, float]:
-    col = mask_column(loading.stats(*data_key), pixel, sigma, theta, mode)
+    col = mask_column(loading.stats(ref), pixel, sigma, theta, mode)
     return col.map, col.size, col.max_abs_m, col.theta
 
 
-def mask_maps(data_key: tuple[str, str, str], pixel: tuple[int, int], sigmas: tuple[float, ...],
-              theta: float | None, mode: str) -> tuple[np.ndarray, list[int], list[float], float]:
+def mask_maps(ref: DataRef, data: Dataset, pixel: tuple[int, int], sigmas: tuple[float, ...], theta: float | None,
+              mode: str) -> tuple[np.ndarray, list[int], list[float], float]:
     """The analytical denoiser's mask column of ``pixel`` at every sigma: (S, H, W) maps, column sizes, max|M|
-    per sigma and theta. Masks are computed once per sigma in float64 and cached on disk (progress shown)."""
-    slot = st.empty()
-    maps, sizes, tops = [], [], []
-    theta_used = theta
-    try:
-        for i, sigma in enumerate(sigmas):
-            slot.progress(i / len(sigmas), text=f"Analytical masks: σ={sigma:.3g} ({i + 1}/{len(sigmas)}; computed "
-                                                f"once per noise level, then cached)")
-            with loading.single_thread_blas():
-                m, size, top, theta_used = _mask_column(data_key, pixel, float(sigma), theta, mode)
+    per sigma and theta. The masks are a shared job the first time (float64, cached on disk), then one column per
+    click is read (st.cache_data)."""
+    if theta is not None and f"{theta:.6g}" == f"{default_theta(data.shape):.6g}":
+        theta = None  # the default: the warm-up's masks
+    waiting.result(Task.of("masks", ref, sigmas=tuple(float(s) for s in sigmas), theta=theta, mode=mode),
+                   what="Analytical masks (computed once per noise level, then cached)")
+    maps, sizes, tops, theta_used = [], [], [], theta
+    with loading.single_thread_blas():
+        for sigma in sigmas:
+            m, size, top, theta_used = _mask_column(ref, pixel, float(sigma), theta, mode)
             maps.append(m)
             sizes.append(size)
             tops.append(top)
-    finally:
-        slot.empty()
     return np.stack(maps), sizes, tops, theta_used
 
 

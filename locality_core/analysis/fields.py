@@ -207,13 +207,13 @@ def field_key(dataset, name: str, pixel: tuple[int, int], sigmas: list[float], n
 
 
 def denoiser_field(dataset, name: str, pixel: tuple[int, int], sigmas: list[float], *, n: int = 32, seed: int = 0,
-                   precision: str = "float32", cache=None, progress: Callable[[float, str], None] | None = None,
+                   precision: str = "float32", cache=None, on_miss: Callable[[], None] | None = None,
                    **options) -> Field:
     """Field of registered denoiser ``name`` on ``dataset``, cached on disk.
 
     Linear ones (Wiener): closed form (exact, instant). Others: autograd over the first ``n`` test images with
     noise from ``seed``, cached by (data fingerprint, denoiser id incl. weights hash, pixel, sigmas, n, seed,
-    precision). ``progress(0, what)`` runs when the field is not cached, before it is computed (or waited for).
+    precision). ``on_miss()`` runs when the field is not cached, before it is computed (or waited for).
     """
     pixel = check_pixel(pixel, dataset.shape)
     sigmas = [float(s) for s in sigmas]
@@ -227,10 +227,6 @@ def denoiser_field(dataset, name: str, pixel: tuple[int, int], sigmas: list[floa
         f = autograd_field(denoiser, dataset.test[:n], pixel, sigmas, generator=torch.Generator().manual_seed(seed),
                            precision=precision)
         return {"abs_mean": f.abs_mean, "signed_mean": f.signed_mean}
-
-    def on_miss():
-        if progress is not None:
-            progress(0.0, f"{name}: Jacobians of {n} noisy test images at {len(sigmas)} noise level(s)")
 
     a = cache.get_or_compute(key, compute, on_miss=on_miss)
     return Field(pixel, tuple(sigmas), a["abs_mean"], a["signed_mean"])

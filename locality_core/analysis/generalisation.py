@@ -44,6 +44,7 @@ from locality_core.denoisers.models import (
     subset_family,
     weights_id,
 )
+from locality_core.progress import Progress, part
 from locality_core.schedule import ddim_sigmas, t_to_sigma
 from locality_core.store.cache import ArrayCache, cache_kind, default_cache
 
@@ -56,7 +57,6 @@ MSE_TIMESTEPS = (100, 300, 500)
 N_EVAL = 64
 NN_PROBES = 1000
 
-Progress = Callable[[float, str], None]
 
 
 # ---------------------------------------------------------------- pure metrics
@@ -103,7 +103,7 @@ def pair_row(n: int, a: dict[str, np.ndarray], b: dict[str, np.ndarray], mean: t
 def side_arrays(denoiser: Callable, own: torch.Tensor, other: torch.Tensor, heldout: torch.Tensor, *,
                 n_samples: int = N_SAMPLES, steps: int = STEPS, seed: int = SEED, batch: int = N_SAMPLES,
                 mse_timesteps: tuple[int, ...] = MSE_TIMESTEPS, n_eval: int = N_EVAL,
-                progress: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
+                progress: Progress | None = None) -> dict[str, np.ndarray]:
     """Everything measured on one denoiser built from the images ``own`` (N, C, H, W); ``other``: the other
     subset, ``heldout``: test images. Arrays: samples (n, C, H, W), own_idx / dist_own, other_idx /
     dist_other (n,), train_mse / heldout_mse (len(mse_timesteps),), heldout_nn (scalar)."""
@@ -113,7 +113,9 @@ def side_arrays(denoiser: Callable, own: torch.Tensor, other: torch.Tensor, held
     for start in range(0, n_samples, batch):
         def report(info: dict, start=start) -> None:
             if progress:
-                progress(f"samples {start + 1}-{min(n_samples, start + batch)}: step {info['step'] + 1}/{steps}")
+                done = (start + (info["step"] + 1) / steps * min(batch, n_samples - start)) / n_samples
+                progress(0.9 * done, f"samples {start + 1}-{min(n_samples, start + batch)}: step "
+                                     f"{info['step'] + 1}/{steps}")
 
         parts.append(sample_ddim(denoiser, z[start:start + batch], sigmas, callback=report))
     samples = torch.cat(parts).float()
@@ -121,7 +123,7 @@ def side_arrays(denoiser: Callable, own: torch.Tensor, other: torch.Tensor, held
     other_idx, dist_other = nearest_training(samples, other)
     mse_sigmas = [float(t_to_sigma(t)) for t in mse_timesteps]
     if progress:
-        progress("denoising MSE on training and held-out images")
+        progress(0.9, "denoising MSE on training and held-out images")
     train_mse = heldout_mse(denoiser, own[:n_eval], mse_sigmas, seed=seed, batch=batch)
     test_mse = heldout_mse(denoiser, heldout[:n_eval], mse_sigmas, seed=seed, batch=batch)
     heldout_nn = float(nearest_training(heldout[:n_eval], own)[1].mean())
@@ -170,7 +172,7 @@ def side_key(dataset: Dataset, kind: str, n: int, split: str) -> str:
 
 
 def side(dataset: Dataset, kind: str, n: int, split: str, *, cache: ArrayCache | None = None,
-         progress: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
+         progress: Progress | None = None) -> dict[str, np.ndarray]:
     """`side_arrays` of one denoiser, computed once and kept in the disk cache."""
     cache = cache or default_cache()
 
@@ -199,6 +201,19 @@ def train_nn_distance(dataset: Dataset, cache: ArrayCache | None = None) -> floa
                                       keep=True)["d"])  # read on every rerun of the page
 
 
+_means: dict[str, torch.Tensor] = {}
+
+
+def training_mean(dataset: Dataset) -> torch.Tensor:
+    """The mean training image (C, H, W), float32 as the cosines use it: once per data set, not per page rerun
+    (a few small images per data set fingerprint are kept)."""
+    if not dataset.fingerprint:
+        return dataset.train.mean(0)
+    if dataset.fingerprint not in _means:
+        _means[dataset.fingerprint] = dataset.train.mean(0)
+    return _means[dataset.fingerprint]
+
+
 def family_sizes(dataset: Dataset) -> list[int]:
     """Subset sizes N whose A and B networks are both found (see `models.subset_family`)."""
     return subset_family(dataset.name)
@@ -208,18 +223,14 @@ def table(dataset: Dataset, kind: str = "unet", sizes: list[int] | None = None, 
           cache: ArrayCache | None = None, progress: Progress | None = None) -> list[dict]:
     """One `pair_row` per N (ascending) for denoisers of ``kind``; sizes default to the trained family."""
     sizes = sorted(family_sizes(dataset) if sizes is None else sizes)
-    mean = dataset.train.mean(0)
+    mean = training_mean(dataset)
     train_nn = train_nn_distance(dataset, cache)
     rows = []
     for i, n in enumerate(sizes):
         pair = {}
         for j, split in enumerate(("A", "B")):
             done = (2 * i + j) / (2 * len(sizes))
-
-            def report(text: str, done=done, split=split, n=n) -> None:
-                if progress:
-                    progress(done, f"{kind} N = {n:,} {split}: {text}")
-
+            report = part(progress, done, done + 1 / (2 * len(sizes)), f"{kind} N = {n:,} {split}: ")
             pair[split] = side(dataset, kind, n, split, cache=cache, progress=report)
         rows.append(pair_row(n, pair["A"], pair["B"], mean, train_nn))
     if progress:

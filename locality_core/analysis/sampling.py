@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from locality_core.denoisers.registry import denoiser_cache_id, get_denoiser
+from locality_core.progress import Progress
 from locality_core.schedule import ddim_sigmas, initial_scale, sigma_to_t
 from locality_core.store.cache import cache_kind, default_cache
 
@@ -128,15 +129,15 @@ def trajectory_is_cached(dataset, name: str, n: int, steps: int, seed: int, cach
 
 
 def cached_trajectory(dataset, name: str, n: int, steps: int, seed: int, *, options: dict | None = None,
-                      device: str = "cpu", batch_size: int = 8, progress: Callable[[float, str], None] | None = None,
-                      cache=None) -> dict[str, np.ndarray]:
+                      device: str = "cpu", batch_size: int = 8, progress: Progress | None = None,
+                      on_miss: Callable[[], None] | None = None, cache=None) -> dict[str, np.ndarray]:
     """DDIM with registered denoiser ``name`` (with its ``options``) from the shared initial noise of ``seed``
     through `schedule.ddim_sigmas` (``steps``), every step kept: the one sampling run that `locality sample`, the
     Samples page and the warm-up share, computed once and kept in the disk cache (`trajectory_key`).
 
     Returns {"x": (S, n, C, H, W), "x0_hat": (S, n, C, H, W), "device": ()}, numpy float32 and the device used.
-    ``progress(fraction, text)`` hears the computation only: (0, what) as soon as the run turns out not to be
-    cached (before waiting for another process that computes it), then every DDIM step of every batch.
+    ``on_miss()`` runs once when the run is not cached (before waiting for another process that computes it);
+    ``progress(fraction, text)`` then hears every DDIM step of every batch.
     """
     cache = cache or default_cache()
     sigmas = ddim_sigmas(steps)
@@ -152,10 +153,6 @@ def cached_trajectory(dataset, name: str, n: int, steps: int, seed: int, *, opti
         denoiser, used = _on_device(get_denoiser(name, dataset, **(options or {})), device)
         z = initial_noise(n, tuple(dataset.shape), seed, sigmas[0], device=used)
         return {**trajectories(denoiser, z, sigmas, batch_size=batch_size, callback=step), "device": np.array(used)}
-
-    def on_miss() -> None:
-        if progress is not None:
-            progress(0.0, f"{name}: sampling {n} images through {steps} DDIM steps")
 
     return cache.get_or_compute(trajectory_key(dataset, name, n, steps, seed, options), compute,
                                 on_miss=on_miss)

@@ -14,7 +14,7 @@ from locality_core.denoisers.registry import DenoiserError
 from locality_core.stats.covariance import get_stats
 from locality_core.store.memory import TooLargeError
 
-USER_ERRORS = (DatasetError, DenoiserError, ModelError, TooLargeError, ValueError, OSError)
+USER_ERRORS = (DatasetError, DenoiserError, ModelError, TooLargeError, ValueError, OSError)  # PackError is a ValueError
 
 
 def progress_bar(desc: str):

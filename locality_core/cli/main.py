@@ -3,6 +3,8 @@
     locality datasets                       what is registered and available here
     locality import NAME FOLDER_OR_ZIP [--size H,W] [--mode L|RGB] [--force]
     locality precompute DATASET [--all]     statistics (--all: every page's default view too)
+    locality precompute --all [--plan]      every lecture default view in talk order (--plan: list, with CPU s)
+    locality pack export FILE [DATASET...]  the computed default views in one file; `locality pack import FILE`
     locality stats DATASET [--json]         top eigenvalues, trace, components for 90/95/99 %
     locality field DATASET --denoiser NAME --pixel R,C --sigmas S1,S2 --out F.npy|F.png
     locality train DATASET [--steps N] [--resume]
@@ -25,12 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from locality_core import __version__
 from locality_core.analysis.basis import denoiser_basis
 from locality_core.analysis.fields import cosine_similarity, denoiser_field, locality_sizes
 from locality_core.cli import app_command, validate
-from locality_core.cli.common import USER_ERRORS, load, statistics
+from locality_core.cli.common import USER_ERRORS, load, progress_bar, statistics
 from locality_core.cli.generalisation_command import add_command as add_generalisation
 from locality_core.cli.sampling_commands import add_commands
 from locality_core.data import DatasetError, default_dataset_name, list_datasets
@@ -43,7 +46,9 @@ from locality_core.denoisers.registry import get_denoiser, list_denoisers
 from locality_core.denoisers.training import TrainConfig, default_unet_config, train
 from locality_core.render import heat, labelled_grid, mark_pixel, to_uint8_image
 from locality_core.schedule import REFERENCE_SIGMAS, format_noise_level
-from locality_core.views.warmup import run_with_bar, tasks
+from locality_core.views import pack
+from locality_core.views.jobs import read_record, run_task
+from locality_core.views.plan import plan
 
 
 def _denoiser_names(text: str) -> list[str]:
@@ -82,18 +87,76 @@ def _cmd_import(args) -> int:
 
 
 def _cmd_precompute(args) -> int:
-    dataset = load(args.dataset)
-    # statistics first: under --distributed they are the sharded ones, which the warm-up then finds cached
-    stats = distributed.dataset_stats(dataset) if args.distributed else statistics(dataset)
-    if not distributed.is_leader():
+    if args.dataset is None and not (args.all or args.plan):
+        raise validate.InvalidInput("name a data set, or use --all for every lecture default view (--plan: list them)")
+    if args.dataset is not None and not args.plan:
+        dataset = load(args.dataset)
+        # statistics first: under --distributed they are the sharded ones, which the warm-up then finds cached
+        stats = distributed.dataset_stats(dataset) if args.distributed else statistics(dataset)
+        if not distributed.is_leader():
+            return 0
+        print(f"{dataset!r}: statistics cached (trace {stats.trace:.2f}, "
+              f"{stats.components_for(0.95)} components hold 95 % of the variance)")
+    if not (args.all or args.plan):
         return 0
-    print(f"{dataset!r}: statistics cached (trace {stats.trace:.2f}, "
-          f"{stats.components_for(0.95)} components hold 95 % of the variance)")
-    if args.all:  # one process runs the warm-up (its tasks are not sharded)
-
-        times = run_with_bar(tasks([dataset.name]))
-        print("\n".join(f"{entry:<40} {seconds:8.1f} s" for entry, seconds in times.items()))
+    tasks = plan(None if args.dataset is None else [args.dataset])  # one process (views are not sharded)
+    if args.plan:
+        print_plan(tasks)
+        return 0
+    bar = tqdm(tasks, desc="default views", unit="view")
+    times = []
+    for task in bar:
+        bar.set_postfix_str(task.title[:60])
+        cpu, wall = run_task(task)
+        times.append((task.title, cpu, wall))
+    computed = [t for t in times if t[2] > 0]
+    for title, cpu, wall in computed:
+        print(f"{cpu:8.1f} CPU s {wall:8.1f} s  {title}")
+    print(f"{sum(t[1] for t in computed):8.1f} CPU s {sum(t[2] for t in computed):8.1f} s  for {len(computed)} views "
+          f"({len(times) - len(computed)} were cached already)")
     return 0
+
+
+def _cmd_pack_export(args) -> int:
+    update, close = progress_bar("pack")
+    try:
+        report = pack.export_pack(args.file, args.datasets or None, progress=update)
+    finally:
+        close()
+    print(f"{args.file}: {report.written} cache entries, {report.bytes / 2**20:.1f} MB")
+    if report.missing:
+        print(f"{len(report.missing)} default views are not computed here and are not in the pack (run "
+              "`locality precompute --all` first), e.g. " + "; ".join(report.missing[:3]), file=sys.stderr)
+    return 0
+
+
+def _cmd_pack_import(args) -> int:
+    update, close = progress_bar("pack")
+    try:
+        report = pack.import_pack(args.file, progress=update)
+    finally:
+        close()
+    print(f"{report.written} entries imported ({report.bytes / 2**20:.1f} MB), {report.present} already here, "
+          f"{len(report.skipped)} skipped")
+    for key, why in report.skipped[:10]:
+        print(f"  skipped {key[:70]}: {why}", file=sys.stderr)
+    return 0
+
+
+def print_plan(tasks) -> None:
+    """Each task of the plan in order, whether it is cached, and the CPU seconds its last run took here."""
+    record = read_record()
+    total, unknown = 0.0, 0
+    for i, task in enumerate(tasks, 1):
+        cpu = record.get(task.key, {}).get("cpu_s")
+        done = task.ready()
+        if not done:
+            total += cpu or 0.0
+            unknown += cpu is None
+        last = f"{cpu:8.1f} CPU s" if cpu is not None else "    (not measured)"
+        print(f"{i:4d}  {'cached' if done else 'to do ':<6}  {last}  {task.title}")
+    print(f"\n{len(tasks)} views, {sum(not t.ready() for t in tasks)} to compute: {total:.0f} CPU s by the last "
+          f"measured runs" + (f", {unknown} not measured yet" if unknown else ""))
 
 
 def _cmd_stats(args) -> int:
@@ -240,11 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an imported data set of the same name")
     p.set_defaults(func=_cmd_import)
 
-    p = sub.add_parser("precompute", help="compute and cache a data set's statistics")
-    p.add_argument("dataset")
+    p = sub.add_parser("precompute", help="compute and cache a data set's statistics (--all: every default view)")
+    p.add_argument("dataset", nargs="?", default=None,
+                   help="a data set (with --all and no data set: every lecture default view, in talk order)")
     p.add_argument("--distributed", action="store_true", help="under torchrun: each rank streams its shard")
     p.add_argument("--all", action="store_true",
                    help="also every page's default view (samples, Jacobian bases, fields, experiments)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the default views in the order they are computed, with the CPU seconds each took "
+                        "last time here, and compute nothing")
     p.set_defaults(func=_cmd_precompute)
 
     p = sub.add_parser("stats", help="eigenvalues, trace and components holding 90/95/99 %% of the variance")
@@ -297,6 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("pack", help="carry a prepared cache: export the default views computed here, import them "
+                                    "on another machine")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    q = verbs.add_parser("export", help="write the cache entries of every computed default view to FILE")
+    q.add_argument("file", type=validate.arg(validate.out_file, (".zip",)), help="the pack to write (.zip)")
+    q.add_argument("datasets", nargs="*", help="data sets (default: every lecture default view, in talk order)")
+    q.set_defaults(func=_cmd_pack_export)
+    q = verbs.add_parser("import", help="load a pack into this machine's cache (checked; nothing replaced)")
+    q.add_argument("file", help="a pack made by `locality pack export`")
+    q.set_defaults(func=_cmd_pack_import)
 
     p = sub.add_parser("basis", help="Jacobian eigenbasis of a denoiser at one noisy test image")
     p.add_argument("dataset")

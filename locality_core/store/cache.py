@@ -121,6 +121,10 @@ class MemoryStore:
         with self._lock:
             self._blobs.pop(key, None)
 
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._blobs
+
     def clear(self) -> None:
         with self._lock:
             self._blobs.clear()
@@ -215,6 +219,7 @@ class ArrayCache:
         self._warn = warn
         self._thread_locks: dict[str, threading.Lock] = {}
         self._kept = MemoryStore(KEEP_BYTES, size=_nbytes)  # entries read with keep=True
+        self._recorder = threading.local()  # `recording`: the keys this thread asks for
         try:
             _make_private_dir(self.directory, warn)
             self._lock_dir = self.directory / "locks"
@@ -255,7 +260,11 @@ class ArrayCache:
             pass
 
     def __contains__(self, key: str) -> bool:
-        return self._kept.get(key) is not None or self.get(key) is not None
+        """Whether an entry exists, without reading it (a damaged one still reads as a miss, and is recomputed)."""
+        try:
+            return key in self._kept or key in self._values
+        except Exception:  # an unreadable database: nothing is known to be there
+            return False
 
     @contextlib.contextmanager
     def _lock(self, key: str):
@@ -277,6 +286,30 @@ class ArrayCache:
         finally:
             lock.__exit__(None, None, None)
 
+    @contextlib.contextmanager
+    def recording(self):
+        """Collect, in a list, the keys that this thread reads or computes through `get_or_compute` meanwhile (a
+        prepared-cache pack lists the entries of each default view this way: they cannot drift from the code)."""
+        outer = getattr(self._recorder, "keys", None)
+        self._recorder.keys = keys = []
+        try:
+            yield keys
+        finally:
+            self._recorder.keys = outer
+            if outer is not None:
+                outer.extend(keys)
+
+    def blob(self, key: str) -> bytes | None:
+        """The entry's stored bytes (checksum header and all), verified; None when missing or damaged."""
+        try:
+            blob = self._values.get(key, default=None, read=False)
+            if blob is None:
+                return None
+            decode(blob)
+            return blob
+        except Exception:
+            return None
+
     def get_or_compute(self, key: str, compute: Callable[[], Arrays], *, keep: bool = False,
                        on_miss: Callable[[], None] | None = None) -> Arrays:
         """Check, lock, check again, compute: a cold key is computed once even by concurrent processes.
@@ -285,6 +318,9 @@ class ArrayCache:
         shared, not copied: treat them as read-only). ``on_miss()`` runs once when the key is not cached,
         before waiting for another process that may be computing it: a page can say what it waits for.
         """
+        keys = getattr(self._recorder, "keys", None)
+        if keys is not None:
+            keys.append(key)
         hit = self._kept.get(key) if keep else None
         if hit is not None:
             return hit
