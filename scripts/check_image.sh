@@ -131,6 +131,7 @@ got = np.asarray(Image.open(shot).convert("L").resize((320, 180)), float)
 ref = np.asarray(Image.open(reference).convert("L").resize((320, 180)), float)
 assert got.shape == (180, 320) and got.std() > 10, "the screenshot is blank"
 similarity = np.corrcoef(got.ravel(), ref.ravel())[0, 1]
+assert similarity > 0.5, f"the screenshot does not look like the reference (correlation {similarity:.2f})"
 print(f"{seconds:.1f} {similarity:.2f}")
 PYEOF
 }
