@@ -5,7 +5,7 @@ else in the project reads ``os.environ`` for a ``LOCALITY_`` name (a test checks
 
     settings.CACHE_DIR.path()          # a Path, or None when unset
     settings.OFFLINE.flag()            # True for anything but "", "0"
-    settings.MAX_MEMORY_GB.number()    # a float, or None when unset or not a number
+    settings.MEMORY_BUDGET_GB.number() # a float, or None when unset or not a number
 """
 
 from __future__ import annotations
@@ -56,8 +56,11 @@ DATA_DIR = _setting("LOCALITY_DATA_DIR", "downloads, imported data sets and your
                                          "`~/.local/share/locality-explorer`)")
 MODEL_DIR = _setting("LOCALITY_MODEL_DIR", "a folder of weights searched first: `NAME/unet.pt` per data set")
 OFFLINE = _setting("LOCALITY_OFFLINE", "`1`: never download; a missing data set says where to put its files")
-MAX_MEMORY_GB = _setting("LOCALITY_MAX_MEMORY_GB", "the memory a data set may take, in GiB (default: what the "
-                                                   "machine has available)")
+MEMORY_BUDGET_GB = _setting("LOCALITY_MEMORY_BUDGET_GB", "the memory budget of one process (a server, a command), "
+                                                         "in GiB: what the data sets, imports, statistics and "
+                                                         "sampling runs that requests start and the in-memory "
+                                                         "caches may hold together; larger requests are refused "
+                                                         "(default 2, for a 2-core 8 GB laptop)")
 READ_ONLY = _setting("LOCALITY_READ_ONLY", "`1`: the dashboard allows no upload and no deletion (a class server)")
 APP_DATASET = _setting("LOCALITY_APP_DATASET", "the dashboard's default data set, with options: "
                                                "`grf:n_train=2000,n_test=200`")
@@ -72,6 +75,9 @@ FIELD_PRECISION = _setting("LOCALITY_FIELD_PRECISION", "`float32` or `bfloat16`:
 JOBS = _setting("LOCALITY_JOBS", "how the dashboard runs long work: `process` (a background worker process for the "
                                  "warm-up; the default), `thread` (all in the server; the default when the cache "
                                  "folder cannot be used), `inline` (in the page's own run: headless tests)")
+DIST_TIMEOUT_S = _setting("LOCALITY_DIST_TIMEOUT_S", "under torchrun: how long a rank waits in a collective for the "
+                                                     "others before it fails with an error, in seconds (a rank that "
+                                                     "died or hangs then ends the run)", "600")
 WARMUP_PARENT = _setting("LOCALITY_WARMUP_PARENT", "internal: the server's process id, given to its background "
                                                    "worker (which ends with it)")
 

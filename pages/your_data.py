@@ -16,7 +16,7 @@ from locality_core.data import (
     list_user_datasets,
 )
 from locality_core.data.user import MAX_IMAGES, MAX_SIDE, MAX_TOTAL_BYTES, MIN_IMAGES, PREFIX, metadata
-from locality_core.store.memory import covariance_bytes
+from locality_core.store.memory import budget_bytes, statistics_bytes
 from locality_core.views.pack import PackError, import_pack
 from locality_core.views.refs import DataRef
 from ui import loading
@@ -74,8 +74,8 @@ def import_form() -> tuple:
         mode = c3.radio("Colour", ["L", "RGB"], format_func={"L": "grayscale", "RGB": "colour"}.get,
                         horizontal=True, key="import_mode")
         d = (3 if mode == "RGB" else 1) * side * side
-        st.caption(f"d = {d:,} dimensions: the statistics need about {covariance_bytes(d) / 2**30:.2g} GiB of "
-                   "memory.")
+        st.caption(f"d = {d:,} dimensions: the statistics need about {statistics_bytes(d) / 2**30:.2g} GiB of "
+                   f"memory (this server's budget: {budget_bytes() / 2**30:.2g} GiB).")
         submitted = st.button("Import", icon=":material/upload:", type="primary", key="import_go")
     return upload, name, side, mode, submitted
 

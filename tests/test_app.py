@@ -147,7 +147,7 @@ def test_unavailable_data_set_is_explained_not_raised():
 
 def test_too_large_is_explained(monkeypatch):
     # checked on every call, even for statistics this process holds in memory already
-    monkeypatch.setenv("LOCALITY_MAX_MEMORY_GB", "0.001")
+    monkeypatch.setenv("LOCALITY_MEMORY_BUDGET_GB", "0.001")
     at = run_page(query={"dataset": "faces"})
     assert not at.exception
     assert at.error and "memory" in at.error[0].value

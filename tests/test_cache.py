@@ -109,16 +109,24 @@ def test_statistics_are_read_from_disk_once_per_process(tmp_path, monkeypatch):
     assert second.cov is first.cov and second.fingerprint == data.fingerprint
 
 
-def test_memory_store_evicts_the_least_recently_used_beyond_its_size():
-    """The in-memory store (the fallback, and the entries read with keep=True): least recently used out first
-    once the summed ``size`` passes the limit, the newest value always kept."""
-    from locality_core.store.cache import MemoryStore
+def test_bounded_cache_evicts_the_least_recently_used_beyond_the_budget(monkeypatch):
+    """The in-memory caches (data sets, denoisers, kept entries, the fallback, the dashboard's memos): least
+    recently used out first, over all caches, once their distinct bytes pass the budget; an entry larger than the
+    whole budget is not kept."""
+    from locality_core.store.memory import BoundedCache, MemoryBudget
 
-    store = MemoryStore(size_limit=3, size=lambda v: v.nbytes // 8)
-    for key in "abc":
-        store.set(key, np.zeros(1))
-    assert store.get("a") is not None                      # "a" is now the most recently used
-    store.set("d", np.zeros(1))                            # 4 > 3: "b", the least recently used, goes
-    assert [k for k in "abcd" if store.get(k) is not None] == ["a", "c", "d"]
-    store.set("big", np.zeros(10))                         # alone over the limit: everything else goes
-    assert store.get("big") is not None and all(store.get(k) is None for k in "acd")
+    monkeypatch.setenv("LOCALITY_MEMORY_BUDGET_GB", str((3 * 8000 + 2000) / 2**30))
+    budget = MemoryBudget()  # of its own: the process's caches hold entries of other tests
+    first, second = BoundedCache("first", budget=budget), BoundedCache("second", budget=budget)
+    first.set("a", np.zeros(1000))
+    second.set("b", np.zeros(1000))
+    first.set("c", np.zeros(1000))
+    assert first.get("a") is not None                      # "a" is now the most recently used
+    second.set("d", np.zeros(1000))                        # 4 x 8000 bytes > the room: "b", the oldest, goes
+    assert [k for k, c in zip("abcd", (first, second, first, second)) if c.get(k) is not None] == ["a", "c", "d"]
+    shared = np.zeros(1000)
+    first.set("e", shared)
+    before = budget.held()
+    second.set("f", shared[10:])                           # a view of "e": no byte more
+    assert budget.held() == before and second.get("f") is not None
+    assert not first.set("huge", np.zeros(10**6)) and "huge" not in first

@@ -199,3 +199,90 @@ def test_precompute_under_torchrun_caches_the_one_process_statistics(fashion, tm
     np.testing.assert_allclose(sharded.cov, one.cov, atol=1e-6, rtol=0)
     np.testing.assert_allclose(sharded.eigvals, one.eigvals, atol=1e-6, rtol=0)
     assert sharded.n == one.n == len(fashion.train)
+
+
+# ---------------------------------------------------------------- a rank that dies or hangs
+
+RANK_SCRIPT = """
+import os, sys, time, torch, torch.distributed as dist
+from locality_core.denoisers import distributed
+rank, world = distributed.init("gloo")
+if rank == 1:
+    if sys.argv[1] == "dies":
+        os._exit(3)
+    time.sleep(300)  # hangs: never joins the collective
+start = time.time()
+try:
+    dist.all_reduce(torch.ones(4))
+    print("REDUCED", flush=True)
+except Exception as exc:  # what the survivor sees
+    print(f"FAILED after {time.time() - start:.1f} s: {type(exc).__name__}", flush=True)
+    os._exit(1)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # 10-25 s: two interpreters with torch, and a 5 s collective timeout
+@pytest.mark.parametrize("fate", ["dies", "hangs"])
+def test_a_rank_that_dies_or_hangs_ends_the_others_with_an_error(fate):
+    """Rank 1 exits (or sleeps) before a collective: rank 0 fails with an error within LOCALITY_DIST_TIMEOUT_S
+    (5 s here) plus a margin, instead of waiting 30 minutes (torch's default) or for ever."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
+           "LOCALITY_DIST_TIMEOUT_S": "5", "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, fate], cwd=root, env={**env, "RANK": str(r),
+                              "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]
+    start = time.time()
+    try:
+        out, _ = ranks[0].communicate(timeout=90)
+    finally:
+        for p in ranks:
+            p.kill()
+            p.wait()
+    assert ranks[0].returncode != 0 and "FAILED after" in out, out[-2000:]
+    seconds = float(out.split("FAILED after ")[1].split(" s")[0])
+    assert seconds < 5 + 15 and time.time() - start < 90, out[-2000:]
+
+
+TORCHRUN_SCRIPT = """
+import os, signal, time, torch, torch.distributed as dist
+from locality_core.denoisers import distributed
+rank, world = distributed.init("gloo")
+if rank == 1:
+    os.kill(os.getpid(), signal.SIGKILL)
+dist.all_reduce(torch.ones(4))
+time.sleep(300)
+"""
+
+
+@pytest.mark.slow  # 10-30 s
+def test_torchrun_ends_the_run_when_a_rank_is_killed(tmp_path):
+    """Under torchrun itself: rank 1 is SIGKILLed; torchrun ends rank 0 and exits with an error."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = tmp_path / "killed.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    env = {**os.environ, "LOCALITY_DIST_TIMEOUT_S": "5", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    start = time.time()
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(_free_port()), str(script)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and time.time() - start < 90, done.stderr[-2000:]
+    assert "Signal 9" in done.stderr or "SIGKILL" in done.stderr or "exitcode" in done.stderr, done.stderr[-2000:]

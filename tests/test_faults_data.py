@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fault_helpers import write_images
+from fault_helpers import lying_zip, peak_growth, png_bytes, write_images
 
 from locality_core.data import DatasetError, user
 
@@ -130,3 +130,60 @@ def test_reimport_shows_new_data_in_the_app_at_once(tmp_path, home):
     assert len(loading.dataset(ref).train) + len(loading.dataset(ref).test) == 23
     assert loading.stats(ref).mean.size == 2352
     assert by_name("user:re") == 2352 and len(calls) == 2
+
+
+LIE_BYTES = 512 * 2**20  # what the lying member inflates to; main read it whole (2.1 GB in the campaign)
+
+
+def test_a_zip_member_that_lies_about_its_size_costs_no_memory(tmp_path):
+    """A member declaring 100 bytes that inflates to 512 MiB: read as a stream, it is refused at its declared
+    size; the import's peak memory grows by a few MB, not by the member's true size."""
+    images = {f"{i}.png": png_bytes(8, i) for i in range(12)}
+    archive = lying_zip(tmp_path / "lie.zip", LIE_BYTES, extra=images)
+    growth, out = peak_growth(
+        "from locality_core.data import user",
+        f"report = user.import_images({str(archive)!r}, 'lie')\n"
+        "print('SKIPPED', report.skipped)\n"
+        "print('IMPORTED', report.n_train + report.n_test)",
+        env={"LOCALITY_DATA_DIR": str(tmp_path / "home")})
+    assert "IMPORTED 12" in out, out[-2000:]
+    assert "SKIPPED [('big.png', \"cannot be read: Bad CRC-32" in out  # refused, by name
+    assert growth < 64 * 2**20, f"peak memory grew by {growth / 2**20:.0f} MiB"
+
+
+def test_members_past_the_byte_limit_are_refused_as_read(tmp_path, home):
+    """Declared sizes within the limit, true sizes past it: the running count stops the import."""
+    big = bytes(range(256)) * 4096  # 1 MiB that does not compress away
+    source = tmp_path / "many"
+    source.mkdir()
+    for i in range(4):
+        (source / f"{i}.png").write_bytes(big)
+    with pytest.raises(DatasetError, match="max_total_bytes"):
+        user._read_all(user.folder_entries(source), "L", None, max_total_bytes=3 * len(big) // 2)
+
+
+def test_a_file_that_grew_since_it_was_listed_is_read_up_to_its_listed_size(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(b"x" * 100)
+    with pytest.raises(user.LongerThanDeclared, match="the 50 bytes"):
+        user.read_counted(lambda: open(path, "rb"), 50, 10**6, "a.png")
+    assert user.read_counted(lambda: open(path, "rb"), 100, 10**6, "a.png") == b"x" * 100
+
+
+def test_skip_reasons_name_no_python_object(tmp_path, home):
+    source = write_images(tmp_path / "imgs", 12, 6)
+    (source / "notes.png").write_text("not an image")
+    report = user.import_images(source, "mixed")
+    reason = dict(report.skipped)["notes.png"]
+    assert "object at 0x" not in reason and "BytesIO" not in reason and "not an image file" in reason
+
+
+@pytest.mark.slow  # 15-40 s: builds 400,000 fields
+def test_the_issue_url_stays_within_the_budget(tmp_path):
+    """The campaign's URL took a server to 5 GB. Under a 2 GiB budget it is built within it (or refused)."""
+    growth, out = peak_growth(
+        "from locality_core.data import load_dataset\nfrom locality_core.store.memory import TooLargeError",
+        "try:\n    load_dataset('grf', n_train=200_000, n_test=200_000)\nexcept TooLargeError as exc:\n"
+        "    print('REFUSED', exc)",
+        env={"LOCALITY_MEMORY_BUDGET_GB": "2", "LOCALITY_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"})
+    assert "REFUSED" in out or growth <= 2 * 2**30, f"grew by {growth / 2**30:.2f} GiB"

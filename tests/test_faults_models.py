@@ -46,11 +46,12 @@ def test_intact_model_with_hash_loads(tmp_path):
     assert isinstance(load_weights(path), EDMDenoiser)
 
 
-def test_card_without_hash_still_loads(tmp_path):
-    """Cards of user-trained models written before cards carried hashes keep working."""
+def test_card_without_hash_still_loads_with_a_warning(tmp_path):
+    """Cards of user-trained models written before cards carried hashes keep working, and say they are unchecked."""
     path = save_model(tmp_path, card=False)
     (tmp_path / CARD).write_text(json.dumps({"dataset": "tiny"}))
-    assert isinstance(load_weights(path), EDMDenoiser)
+    with pytest.warns(UserWarning, match="no sha256"):
+        assert isinstance(load_weights(path), EDMDenoiser)
 
 
 def test_flipped_byte_in_tensor_data_is_refused(tmp_path):
@@ -148,3 +149,41 @@ def test_train_never_replaces_a_model_unless_forced(tmp_path, monkeypatch):
     assert forced.returncode == 0, forced.stderr
     assert (out / "unet.pt").read_bytes() != before and not list(out.glob(".*tmp"))
     load_weights(out / "unet.pt")  # the fresh card pins the fresh weights
+
+
+@pytest.mark.parametrize("content", [b"{}", b'{"sha256": null}', b'{"sha256": {"unet.pt": 5}}', b'{"sha256": "abc"}',
+                                     b"null", b"[]", b'"abc"', b"garbage", b"\xff\xfe", b""],
+                         ids=["empty-object", "sha256-null", "sha256-number", "sha256-string", "null", "list",
+                              "string", "garbage", "not-utf8", "empty-file"])
+def test_a_damaged_card_is_refused_not_skipped(tmp_path, content):
+    path = save_model(tmp_path)
+    (tmp_path / CARD).write_bytes(content)
+    with pytest.raises(ModelError, match="card"):
+        load_weights(path)
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling-link"])
+def test_an_unreadable_card_is_refused_not_skipped(tmp_path, kind):
+    path = save_model(tmp_path)
+    (tmp_path / CARD).unlink()
+    if kind == "folder":
+        (tmp_path / CARD).mkdir()
+    else:
+        (tmp_path / CARD).symlink_to(tmp_path / "nowhere.json")
+    with pytest.raises(ModelError, match="cannot be read"):
+        load_weights(path)
+
+
+@pytest.mark.parametrize("target", ["text", "nothing", "folder"])
+def test_a_weights_link_to_something_else_is_refused_in_a_sentence(tmp_path, target):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    other = tmp_path / "other"
+    if target == "text":
+        other.write_text("these are not weights\n" * 3)
+    elif target == "folder":
+        other.mkdir()
+    (folder / "unet.pt").symlink_to(other)
+    with pytest.raises(ModelError, match="not a weights file|not a file") as info:
+        load_weights(folder / "unet.pt")
+    assert "list index" not in str(info.value) and str(other) in str(info.value)

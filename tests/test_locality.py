@@ -157,7 +157,7 @@ def test_grf_field_width_grows_with_alpha():
 
 
 def test_oversized_data_set_is_refused_with_a_size_hint(monkeypatch):
-    monkeypatch.setenv("LOCALITY_MAX_MEMORY_GB", "0.001")
+    monkeypatch.setenv("LOCALITY_MEMORY_BUDGET_GB", "0.001")
     with pytest.raises(TooLargeError, match=r"GiB.*at most about \d+x\d+"):
         compute_stats(torch.zeros(10, 3, 32, 32))
 

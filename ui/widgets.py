@@ -29,8 +29,16 @@ def pixel_inputs(shape: tuple[int, int, int]) -> tuple[int, int]:
     _, h, w = shape
     pixel = stored_pixel(shape)
     current = st.session_state.get(PIXEL_URL_KEY, st.query_params.get(PIXEL_URL_KEY))  # widget, else a link
-    if parse_pixel(current, shape) is None:
-        st.session_state[PIXEL_URL_KEY] = f"{pixel[0]},{pixel[1]}"
+    shown = "{},{}".format(*(parse_pixel(current, shape) or pixel))  # clamped (?pixel=999,999), or readable
+    if current is None:  # no value in the address: the input starts from the session's pixel
+        st.session_state[PIXEL_URL_KEY] = shown
+    elif str(current).strip() != shown:  # the address must say what is shown
+        if PIXEL_URL_KEY in st.session_state:  # the input exists: its value wins over the address
+            st.session_state[PIXEL_URL_KEY] = shown
+        elif st.session_state.get("_pixel_fixed") != current:  # a link's first load, where the address wins:
+            st.session_state["_pixel_fixed"] = current  # correct the address (not bound yet) and run again, once
+            st.query_params[PIXEL_URL_KEY] = shown
+            st.rerun()
     r0, c0 = default_pixel(shape)
     with st.container(key="pixel_url"):  # hidden by ui.layout.CSS: it is the URL's copy of the pixel
         # the image centre is the default, left out of the URL; Back to an address without ?pixel= restores it

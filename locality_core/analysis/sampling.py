@@ -29,6 +29,7 @@ from locality_core.denoisers.registry import denoiser_cache_id, get_denoiser
 from locality_core.progress import Progress
 from locality_core.schedule import ddim_sigmas, initial_scale, sigma_to_t
 from locality_core.store.cache import cache_kind, default_cache
+from locality_core.store.memory import BUDGET
 
 
 def initial_noise(n: int, shape: tuple[int, int, int], seed: int, sigma_start: float, *,
@@ -163,6 +164,13 @@ def trajectories(denoiser: Callable, z: torch.Tensor, sigmas: list[float], *, ba
 
 
 TRAJECTORIES = cache_kind("trajectories")
+RUN_COPIES = 5  # x and x0_hat of every step: the batches, their concatenation, and the cache entry's encoding (3)
+
+
+def trajectory_bytes(n: int, steps: int, d: int) -> int:
+    """Upper bound on the memory of one sampling run kept step by step: float32 x and x0_hat (steps, n, d) in
+    `RUN_COPIES` copies, plus a margin for the denoiser's work on one batch."""
+    return RUN_COPIES * 2 * 4 * steps * n * d + 64 * 2**20
 
 
 def trajectory_key(dataset, name: str, n: int, steps: int, seed: int, options: dict | None = None) -> str:
@@ -199,9 +207,13 @@ def cached_trajectory(dataset, name: str, n: int, steps: int, seed: int, *, opti
                      + (f", batch {info['batch'] + 1}/{info['batches']}" if info["batches"] > 1 else ""))
 
     def compute() -> dict[str, np.ndarray]:
-        denoiser, used = _on_device(get_denoiser(name, dataset, **(options or {})), device)
-        z = initial_noise(n, tuple(dataset.shape), seed, sigmas[0], device=used)
-        return {**trajectories(denoiser, z, sigmas, batch_size=batch_size, callback=step), "device": np.array(used)}
+        need = trajectory_bytes(n, len(sigmas), dataset.d)
+        with BUDGET.reserve(need, f"a sampling run of {n:,} images through {steps} steps",
+                            "sample fewer images or take fewer steps"):
+            denoiser, used = _on_device(get_denoiser(name, dataset, **(options or {})), device)
+            z = initial_noise(n, tuple(dataset.shape), seed, sigmas[0], device=used)
+            return {**trajectories(denoiser, z, sigmas, batch_size=batch_size, callback=step),
+                    "device": np.array(used)}
 
     return cache.get_or_compute(trajectory_key(dataset, name, n, steps, seed, options), compute,
                                 on_miss=on_miss)

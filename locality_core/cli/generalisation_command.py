@@ -89,7 +89,8 @@ def add_command(subparsers) -> None:
     p.add_argument("dataset")
     p.add_argument("--json", action="store_true", help="print JSON: {unet: [row per N], analytical: [...]}")
     p.add_argument("--markdown", action="store_true", help="print the README's markdown table")
-    p.add_argument("--seeds", type=validate.arg(validate.count, "--seeds"), default=generalisation.N_SAMPLES,
+    p.add_argument("--seeds", type=validate.arg(validate.count, "--seeds", validate.MAX_SAMPLES),
+                   default=generalisation.N_SAMPLES,
                    help=f"noise seeds (default {generalisation.N_SAMPLES}; the page shows the first "
                         f"{generalisation.PAGE_SAMPLES}); each sample is cached, so more seeds compute only new ones")
     p.add_argument("--no-analytical", action="store_true",

@@ -14,6 +14,8 @@
     locality compare DATASET [--json]       agreement of every denoiser with the UNet
     locality calibrate DATASET              fit the LS/ELS patch-size schedule to the UNet
     locality generalisation DATASET [--json]  subset networks A vs B per N (memorisation to generalisation)
+    locality app [--server.port N ...]      the dashboard (flags go to `streamlit run`)
+    locality --version
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from locality_core import __version__
 from locality_core.analysis.basis import denoiser_basis
 from locality_core.analysis.fields import cosine_similarity, denoiser_field, locality_sizes
-from locality_core.cli import validate
+from locality_core.cli import app_command, validate
 from locality_core.cli.common import USER_ERRORS, load, progress_bar, statistics
 from locality_core.cli.generalisation_command import add_command as add_generalisation
 from locality_core.cli.sampling_commands import add_commands
@@ -285,6 +288,7 @@ def _cmd_basis(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = validate.Parser(prog="locality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"locality-explorer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("datasets", help="list data sets and whether they are available here")
@@ -312,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stats", help="eigenvalues, trace and components holding 90/95/99 %% of the variance")
     p.add_argument("dataset")
-    p.add_argument("--top", type=validate.arg(validate.count, "--top"), default=5)
+    p.add_argument("--top", type=validate.arg(validate.count, "--top", validate.MAX_TOP), default=5)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_stats)
 
@@ -322,9 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel", type=validate.arg(validate.int_pair, "--pixel"), required=True, help="ROW,COL")
     p.add_argument("--sigmas", type=validate.arg(validate.sigma_list), default=None,
                    help="comma-separated (default: DDIM grid)")
-    p.add_argument("--n", type=validate.arg(validate.count, "--n"), default=32,
+    p.add_argument("--n", type=validate.arg(validate.count, "--n", validate.MAX_SAMPLES), default=32,
                    help="held-out images averaged over (autograd denoisers)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=validate.arg(validate.seed), default=0)
     p.add_argument("--signed", action="store_true", help="signed mean instead of mean absolute value")
     p.add_argument("--per-channel", action="store_true", help=".npy: keep (S, C_out, C_in, H, W)")
     p.add_argument("--out", type=validate.arg(validate.out_file, (".npy", ".png")), default=None,
@@ -333,20 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a UNet denoiser on a data set (resumable)")
     p.add_argument("dataset")
-    p.add_argument("--steps", type=validate.arg(validate.count, "--steps"), default=None,
+    p.add_argument("--steps", type=validate.arg(validate.count, "--steps", validate.MAX_STEPS), default=None,
                    help="training steps (default 6000)")
-    p.add_argument("--batch", type=validate.arg(validate.count, "--batch"), default=None,
+    p.add_argument("--batch", type=validate.arg(validate.count, "--batch", validate.MAX_BATCH), default=None,
                    help="batch size (default 128)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     p.add_argument("--force", action="store_true", help="replace existing weights (and checkpoint) in <out>")
     p.add_argument("--out", default=None, help="output folder (default: the user model folder)")
-    p.add_argument("--threads", type=validate.arg(validate.count, "--threads"), default=None,
+    p.add_argument("--threads", type=validate.arg(validate.count, "--threads", validate.MAX_THREADS), default=None,
                    help="CPU threads (default: torch's choice)")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation in the model card")
-    p.add_argument("--base", type=validate.arg(validate.count, "--base"), default=None,
+    p.add_argument("--base", type=validate.arg(validate.count, "--base", validate.MAX_BASE), default=None,
                    help="UNet channels at full resolution (default 32)")
-    p.add_argument("--subset", type=validate.arg(validate.count, "--subset"), default=None,
+    p.add_argument("--subset", type=validate.arg(validate.count, "--subset", validate.MAX_SUBSET), default=None,
                    help="train on N images only: a block of a seeded permutation (see --split)")
     p.add_argument("--split", choices=["A", "B"], default=None,
                    help="with --subset: the first (A) or second (B) block of N images; A and B never overlap")
@@ -356,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset")
     p.add_argument("--denoiser", type=validate.arg(_denoiser_names), required=True,
                    help="a registered denoiser (or several, comma-separated)")
-    p.add_argument("--n", type=validate.arg(validate.count, "--n"), default=2000, help="test images (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--n", type=validate.arg(validate.count, "--n", validate.MAX_IMAGES), default=2000,
+                   help="test images (default 2000)")
+    p.add_argument("--seed", type=validate.arg(validate.seed), default=0, help="noise seed (default 0)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
@@ -377,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoiser", type=validate.arg(_one_denoiser), default="unet")
     p.add_argument("--image", type=int, default=0, help="test image index")
     p.add_argument("--sigma", type=validate.arg(validate.sigma, "--sigma"), default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=validate.arg(validate.count, "--top"), default=8)
+    p.add_argument("--seed", type=validate.arg(validate.seed), default=0)
+    p.add_argument("--top", type=validate.arg(validate.count, "--top", validate.MAX_TOP), default=8)
     p.add_argument("--out", type=validate.arg(validate.out_file, (".npz", ".png")), default=None, help=".npz or .png")
     p.set_defaults(func=_cmd_basis)
 
@@ -386,11 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)
 
     add_generalisation(sub)
+    app_command.add_command(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "passes_flags", False):  # `locality app`: what argparse does not know goes to Streamlit
+        args.streamlit_flags = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "sigmas", "absent") is None:
         args.sigmas = list(REFERENCE_SIGMAS)
     try:

@@ -26,7 +26,13 @@ from locality_core.cli.common import friendly
 from locality_core.data import load_dataset
 from locality_core.denoisers.distributed import SHARDABLE, is_leader, sharded_denoisers
 from locality_core.denoisers.patches import save_calibrated
-from locality_core.denoisers.registry import DenoiserError, denoiser_cache_id, get_denoiser, get_spec
+from locality_core.denoisers.registry import (
+    DenoiserError,
+    denoiser_cache_id,
+    get_denoiser,
+    get_spec,
+    list_denoisers,
+)
 from locality_core.render import paste_grid
 from locality_core.schedule import ddim_sigmas, sigma_to_t
 
@@ -38,11 +44,15 @@ SCALE = 3          # grid pixels per image pixel
 LABEL_WIDTH = 150  # grid label column, pixels
 
 
-def _names(text: str | None, default: tuple[str, ...]) -> tuple[list[str], bool]:
-    """Parsed comma list, and whether it was given explicitly."""
-    if not text:
-        return list(default), False
-    return [n.strip() for n in text.split(",") if n.strip()], True
+def _names(chosen: list[str] | None, default: tuple[str, ...]) -> tuple[list[str], bool]:
+    """The denoisers given (already checked by `_denoiser_list`), else the default ones; and whether given."""
+    return (list(default), False) if chosen is None else (chosen, True)
+
+
+def _denoiser_list(text: str) -> list[str]:
+    """``--denoisers``: a comma list of registered names, at least one (an empty one is refused, not read as
+    "the default set")."""
+    return validate.names(text, [spec.name for spec in list_denoisers()])
 
 
 def _usable(dataset, names: list[str], explicit: bool) -> list[str]:
@@ -232,7 +242,7 @@ def _cmd_calibrate(args) -> int:
     dataset = load_dataset(args.dataset)
     reference = get_denoiser("unet", dataset)
     kinds = ["ls", "els"] if args.kind == "both" else [args.kind]
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else _default_sizes(dataset.shape[1])
+    sizes = args.sizes or _default_sizes(dataset.shape[1])
     sigmas = ddim_sigmas(args.steps)
     bar = tqdm(total=len(kinds) * len(sigmas) * len(sizes), desc="calibrate", file=sys.stderr)
 
@@ -282,14 +292,15 @@ def add_commands(subparsers) -> None:
     """Add `sample`, `compare` and `calibrate` to an argparse subparsers object."""
     p = subparsers.add_parser("sample", help="sample from several denoisers from the same noise; save a grid")
     p.add_argument("dataset")
-    p.add_argument("--denoisers", default=None,
+    p.add_argument("--denoisers", type=validate.arg(_denoiser_list), default=None,
                    help=f"comma list (default: {','.join(DEFAULT_SAMPLE)}, skipping unavailable ones)")
-    p.add_argument("--n", "--samples", dest="n", type=validate.arg(validate.count, "--n"), default=8,
+    p.add_argument("--n", "--samples", dest="n", type=validate.arg(validate.count, "--n", validate.MAX_SAMPLES),
+                   default=8,
                    help="samples per denoiser (--samples under torchrun, whose own options --n abbreviates)")
-    p.add_argument("--steps", type=validate.arg(validate.count, "--steps", 900), default=10,
+    p.add_argument("--steps", type=validate.arg(validate.count, "--steps", validate.MAX_DDIM_STEPS), default=10,
                    help="DDIM steps from t = 900")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch", type=validate.arg(validate.count, "--batch"), default=8,
+    p.add_argument("--seed", type=validate.arg(validate.seed), default=42)
+    p.add_argument("--batch", type=validate.arg(validate.count, "--batch", validate.MAX_BATCH), default=8,
                    help="images per denoiser call (not part of the cache key: it changes samples by round-off only)")
     p.add_argument("--out", type=validate.arg(validate.out_file, (".png",)), default="grid.png",
                    help="grid image (PNG)")
@@ -301,13 +312,14 @@ def add_commands(subparsers) -> None:
 
     p = subparsers.add_parser("compare", help="agreement of analytical denoisers with the trained UNet")
     p.add_argument("dataset")
-    p.add_argument("--denoisers", default=None, help=f"comma list (default: {','.join(DEFAULT_COMPARE)})")
-    p.add_argument("--n", type=validate.arg(validate.count, "--n"), default=COMPARE_N,
+    p.add_argument("--denoisers", type=validate.arg(_denoiser_list), default=None,
+                   help=f"comma list (default: {','.join(DEFAULT_COMPARE)})")
+    p.add_argument("--n", type=validate.arg(validate.count, "--n", validate.MAX_SAMPLES), default=COMPARE_N,
                    help="trajectories (noise seeds SEED .. SEED+n-1) and held-out images; each item is cached on "
                         "its own, so a larger n computes only the new ones")
-    p.add_argument("--steps", type=validate.arg(validate.count, "--steps", 900), default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=validate.arg(validate.count, "--batch"), default=8)
+    p.add_argument("--steps", type=validate.arg(validate.count, "--steps", validate.MAX_DDIM_STEPS), default=10)
+    p.add_argument("--seed", type=validate.arg(validate.seed), default=0)
+    p.add_argument("--batch", type=validate.arg(validate.count, "--batch", validate.MAX_BATCH), default=8)
     p.add_argument("--parts", type=_parts, default="trajectory,same_input",
                    help="what to compare: trajectory, same_input or both (comma list)")
     out = p.add_mutually_exclusive_group()
@@ -318,14 +330,16 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("calibrate", help="fit the LS / ELS patch-size schedule to the trained UNet")
     p.add_argument("dataset")
     p.add_argument("--kind", choices=["ls", "els", "both"], default="both")
-    p.add_argument("--sizes", default=None, help="comma list of odd patch sizes (default 3, 5, ..., side, 2*side-1)")
-    p.add_argument("--n", type=validate.arg(validate.count, "--n"), default=4, help="held-out images per noise level")
-    p.add_argument("--steps", type=validate.arg(validate.count, "--steps", 900), default=10,
+    p.add_argument("--sizes", type=validate.arg(validate.odd_sizes, "--sizes", validate.MAX_PATCH), default=None,
+                   help="comma list of odd patch sizes (default 3, 5, ..., side, 2*side-1)")
+    p.add_argument("--n", type=validate.arg(validate.count, "--n", validate.MAX_SAMPLES), default=4,
+                   help="held-out images per noise level")
+    p.add_argument("--steps", type=validate.arg(validate.count, "--steps", validate.MAX_DDIM_STEPS), default=10,
                    help="noise levels: the DDIM grid with this many steps")
     p.add_argument("--metric", choices=["mse", "cosine"], default="mse")
-    p.add_argument("--n-train", type=validate.arg(validate.count, "--n-train"), default=2000,
+    p.add_argument("--n-train", type=validate.arg(validate.count, "--n-train", validate.MAX_IMAGES), default=2000,
                    help="ELS training subset")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=validate.arg(validate.seed), default=0)
     p.add_argument("--out", type=validate.arg(validate.out_file, (".json",)), default=None,
                    help="JSON path (default: beside the UNet weights)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")

@@ -5,9 +5,15 @@ do. The ``*_arg`` wrappers turn them into argparse types, so that a bad value fa
 
 Ranges
     noise level   finite, in (0, SIGMA_MAX]: the app's typed range, above every schedule's top (157 for DDPM)
-    counts        integers >= 1 (and <= an upper bound where one is given)
+    counts        integers from 1 to an upper bound (the ``MAX_*`` constants below): every count that sizes an
+                  allocation or a loop has one, so ``--n 100000000`` is one sentence, not a 313 GB allocation
+    seed          an integer in [0, 2**63)
     pixel         (row, col) inside the image
     --out         a file (not a folder) whose parent folder exists and is writable, outside /proc, /sys, /dev
+
+Values that begin with '-' (``--pixel -1,3``, ``--sigmas -inf``) reach these checks: `Parser` reads any token
+of the form -<digit>, -.<digit>, -inf or -nan as a value, not as an option (argparse alone says "expected one
+argument").
 """
 
 from __future__ import annotations
@@ -15,11 +21,25 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 SIGMA_MAX = 1000.0
 SYSTEM_TREES = ("/proc", "/sys", "/dev")
+SEED_MAX = 2**63 - 1
+
+# upper bounds of the counts users type (the CLI's options name them); each is far above any useful value
+MAX_SAMPLES = 1024        # samples, noisy inputs or held-out images a command draws and keeps
+MAX_IMAGES = 100_000      # test images an evaluation streams through, or training images ELS fits to
+MAX_STEPS = 1_000_000     # training steps
+MAX_DDIM_STEPS = 900      # DDIM steps from t = 900 (one per DDPM timestep)
+MAX_BATCH = 1024          # images per denoiser call or per training step
+MAX_TOP = 4096            # eigenvalues or eigenvectors listed
+MAX_THREADS = 256
+MAX_BASE = 256            # UNet channels at full resolution
+MAX_SUBSET = 10_000_000   # training images of a subset network
+MAX_PATCH = 511           # patch side of the LS / ELS machines (2 x 256 - 1: the whole of the largest image)
 
 
 class InvalidInput(ValueError):
@@ -45,12 +65,39 @@ def sigma_list(text: str) -> list[float]:
     return [sigma(v) for v in values]
 
 
-def count(value: int, what: str, maximum: int | None = None) -> int:
-    value = int(value)
-    if value < 1 or (maximum is not None and value > maximum):
-        upper = f" and at most {maximum:,}" if maximum is not None else ""
-        raise InvalidInput(f"{what} must be at least 1{upper}, got {value}.")
+def count(value: int, what: str, maximum: int) -> int:
+    """An integer in [1, maximum]."""
+    try:
+        value = int(value)
+    except ValueError:
+        raise InvalidInput(f"{what} must be a whole number from 1 to {maximum:,}, got {value!r}.") from None
+    if not 1 <= value <= maximum:
+        raise InvalidInput(f"{what} must be at least 1 and at most {maximum:,}, got {value:,}.")
     return value
+
+
+def seed(value: int, what: str = "--seed") -> int:
+    """A random seed: an integer in [0, 2**63) (numpy refuses negative seeds, torch wraps large ones)."""
+    try:
+        value = int(value)
+    except ValueError:
+        raise InvalidInput(f"{what} must be a whole number from 0 to {SEED_MAX:,}, got {value!r}.") from None
+    if not 0 <= value <= SEED_MAX:
+        raise InvalidInput(f"{what} must lie in 0..{SEED_MAX:,}, got {value:,}.")
+    return value
+
+
+def odd_sizes(text: str, what: str, maximum: int) -> list[int]:
+    """``"3,5,7"`` -> [3, 5, 7]: at least one odd patch size, each in [1, maximum]."""
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    try:
+        sizes = [int(s) for s in items]
+    except ValueError:
+        sizes = []
+    if not sizes or any(s < 1 or s > maximum or s % 2 == 0 for s in sizes):
+        raise InvalidInput(f"{what} must be a comma list of odd sizes from 1 to {maximum}, such as 3,5,7, "
+                           f"got {text!r}.")
+    return sizes
 
 
 def int_pair(text: str, what: str) -> tuple[int, int]:
@@ -116,11 +163,22 @@ def arg(check: Callable, *fixed) -> Callable[[str], object]:
             raise argparse.ArgumentTypeError(str(exc)) from None
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a valid value.") from None
+    parse.check = check  # what the tests read to find every bounded option
     return parse
 
 
+VALUE_WITH_A_DASH = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line on stderr, with exit status 2."""
+    """argparse that reports a bad argument as one line on stderr, with exit status 2, and that reads a token
+    such as ``-1,3`` or ``-inf`` as a value (none of the options starts with a digit, "inf" or "nan"), so that the
+    checks above explain it. Subparsers are of this class too (argparse gives them their parent's)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse's own pattern (Python 3.11-3.13) admits only -5 and -.5: "-1,3" would be read as an option
+        self._negative_number_matcher = VALUE_WITH_A_DASH
 
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")

@@ -74,7 +74,9 @@ class DatasetSpec:
     """A registry entry.
 
     ``load(**params) -> Dataset``; ``availability() -> (available, how-to-get-it message)``.
-    ``params`` lists the keyword arguments ``load`` accepts, with their defaults.
+    ``params`` lists the keyword arguments ``load`` accepts, with their defaults. ``peak_bytes(**params)``: an
+    upper bound on the peak memory of loading, in bytes, computed without loading (the memory budget's check;
+    the tests measure it against the real peak at the options' extremes).
     """
 
     name: str
@@ -85,6 +87,7 @@ class DatasetSpec:
     params: dict = field(default_factory=dict)
     shape: tuple[int, int, int] | None = None  # (C, H, W) when fixed
     sizes: tuple[int, int] | None = None  # (n_train, n_test) with the default params, when known without loading
+    peak_bytes: Callable[..., int] | None = None  # an upper bound on the memory ``load(**params)`` takes
 
 
 def to_signed_unit(images: np.ndarray) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Faces: the 100 face crops of scikit-image's ``lfw_subset.npy`` (Labeled Faces in the Wild), 25x25 grayscale.
+"""Faces: the 100 face crops of scikit-image's ``lfw_subset.npy`` (Labeled Faces in the Wild), 25x25 grayscale
+(a copy ships in locality_core/assets/data).
 
 The file holds 200 images in [0, 1]: 100 faces, then 100 non-faces (not used). Faces 0..89 and their mirror
 images are the training set (180), faces 90..99 and their mirror images the test set (20): a test face is
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from locality_core.data.base import Dataset, DatasetError, fingerprint, to_signed_unit
-from locality_core.data.bundled import skimage_available, skimage_file
+from locality_core.data.bundled import bundled_available, bundled_file
 
 FILE = "lfw_subset.npy"
 N_FACES = 100
@@ -19,16 +20,16 @@ N_TRAIN_FACES = 90
 
 
 def availability() -> tuple[bool, str]:
-    return skimage_available(FILE)
+    return bundled_available(FILE)
 
 
 def read_faces() -> np.ndarray:
     """float (100, 25, 25) in [0, 1]."""
-    path = skimage_file(FILE)
+    path = bundled_file(FILE)
     try:
         stack = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path} is unreadable ({exc}); reinstall scikit-image.") from exc
+        raise DatasetError(f"{path} is unreadable ({exc}); reinstall locality-explorer.") from exc
     if stack.ndim != 3 or len(stack) < N_FACES or stack.min() < 0 or stack.max() > 1:
         raise DatasetError(f"{path}: expected (200, 25, 25) floats in [0, 1], got {stack.shape}.")
     return stack[:N_FACES]
@@ -48,6 +49,6 @@ def load_faces() -> Dataset:
         name="faces", train=to_signed_unit(x_train), test=to_signed_unit(x_test),
         fingerprint=fingerprint(faces, recipe=f"faces:lfw_subset:first-{N_FACES}:train-{N_TRAIN_FACES}:"
                                               "with-mirrors:float*2-1"),
-        description=(f"Faces (LFW crops bundled with scikit-image): {len(x_train)} training and {len(x_test)} test "
+        description=(f"Faces (LFW crops of scikit-image's sample data): {len(x_train)} training and {len(x_test)} test "
                      "images (faces plus their mirror images; test faces held out), 25x25 grayscale"),
     )

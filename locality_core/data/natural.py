@@ -3,10 +3,11 @@
 Nearly stationary statistics (power spectrum close to 1/f^2), the case where principal components are close
 to Fourier modes and denoising fields are compact blobs (METHODS.md section 8).
 
-The photographs: the 8 colour photos bundled with scikit-image, 12 nature photos of Debian's
-``mate-backgrounds`` and 10 photographs among KDE's ``plasma-workspace-wallpapers`` (the drawn and abstract
-wallpapers are left out). Six photographs gave a network that learnt those pictures, not natural images (it beat
-Wiener by 20-34 % on them and not at all on new ones); these 30 give it the variety to generalise.
+The photographs: the 8 colour sample photos of scikit-image (copies ship in locality_core/assets/data), 12
+nature photos of Debian's ``mate-backgrounds`` and 10 photographs among KDE's ``plasma-workspace-wallpapers``
+(the drawn and abstract wallpapers are left out). Six photographs gave a network that learnt those pictures,
+not natural images (it beat Wiener by 20-34 % on them and not at all on new ones); these 30 give it the variety
+to generalise.
 
 Recipe, deterministic given the parameters:
 1. every photograph is first box-reduced by the integer factor that brings its shorter side near 512 px, so
@@ -32,11 +33,11 @@ import torch
 from PIL import Image
 
 from locality_core.data.base import Dataset, DatasetError, fingerprint, to_signed_unit
-from locality_core.data.bundled import cut, grid, skimage_file, window_std
+from locality_core.data.bundled import bundled_file, cut, grid, window_std
 
 SIZE = 32
 BASE_SIDE = 512  # step 1: shorter side brought near this many pixels before the scales
-SKIMAGE = "scikit-image"
+SKIMAGE = "scikit-image"  # scikit-image's sample photos, vendored (the label is part of the fingerprint)
 MATE = "mate-backgrounds"
 PLASMA = "plasma-workspace-wallpapers"
 _MATE_DIR = "/usr/share/backgrounds/mate/nature"
@@ -46,7 +47,7 @@ def _plasma(name: str) -> tuple[str, str]:
     return PLASMA, f"/usr/share/wallpapers/{name}/contents/images/2560x1600.jpg"
 
 
-# name -> (where it comes from, file): a file in skimage/data, or the path a Debian package installs
+# name -> (where it comes from, file): a file in assets/data, or the path a Debian package installs
 TRAIN_PHOTOS: dict[str, tuple[str, str]] = {
     "astronaut": (SKIMAGE, "astronaut.png"), "hubble_deep_field": (SKIMAGE, "hubble_deep_field.jpg"),
     "immunohistochemistry": (SKIMAGE, "ihc.png"), "motorcycle_left": (SKIMAGE, "motorcycle_left.png"),
@@ -70,7 +71,7 @@ DEFAULTS = {"stride": 6, "scales": (1, 2, 4), "min_std": 0.02, "max_per_photo": 
 def photo_path(source: str, file: str) -> Path:
     """Where one photograph is on this machine; DatasetError saying what to install when it is not."""
     if source == SKIMAGE:
-        return skimage_file(file)
+        return bundled_file(file)
     path = Path(file)
     if not path.is_file():
         raise DatasetError(f"{path} is missing: natural-patches needs the Debian packages {MATE} and {PLASMA} "
@@ -84,7 +85,7 @@ def availability() -> tuple[bool, str]:
             photo_path(source, file)
     except DatasetError as exc:
         return False, str(exc)
-    return True, f"30 photographs from scikit-image and the Debian packages {MATE}, {PLASMA}"
+    return True, f"30 photographs: scikit-image's samples (shipped) and the Debian packages {MATE}, {PLASMA}"
 
 
 def base_reduction(height: int, width: int) -> int:
@@ -126,6 +127,17 @@ def _split(photos: dict[str, tuple[str, str]], first_id: int, limit: int, seed: 
         parts.append(patches)
         ids.append(np.full(len(patches), i, dtype=np.int64))
     return np.concatenate(parts), np.concatenate(ids)
+
+
+PHOTO_BYTES = 256 * 2**20  # decoding, reducing and scanning the largest photograph (2560x1600 RGB): ~100 MB measured
+
+
+def peak_bytes(max_per_photo: int = 2000, max_per_test_photo: int = 1500, **_) -> int:
+    """Upper bound on the memory `load_natural_patches` takes: at most ``max_per_photo`` patches per training
+    photo and ``max_per_test_photo`` per test photo, 6 bytes per patch pixel (uint8 patches, their concatenation,
+    the float32 copy), plus one photograph's work."""
+    n = len(TRAIN_PHOTOS) * int(max_per_photo) + len(TEST_PHOTOS) * int(max_per_test_photo)
+    return 6 * n * 3 * SIZE * SIZE + PHOTO_BYTES
 
 
 def load_natural_patches(stride: int = 6, scales: tuple[int, ...] = (1, 2, 4), min_std: float = 0.02,

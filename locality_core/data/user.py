@@ -10,9 +10,12 @@ Glossary
     user:<name> how an imported data set appears in the registry, as soon as it is saved
 
 The user's files are never modified, and nothing from a .zip is written to disk. Limits guard against
-hostile input: ``max_images`` files, ``max_total_bytes`` bytes read (the zip's declared uncompressed sizes
-are checked before anything is decompressed) and decoded, Pillow's decompression-bomb limit on the pixels of
-one image (``Image.MAX_IMAGE_PIXELS``, left as it is), no ``..`` or absolute paths in an archive.
+hostile input: ``max_images`` files, ``max_total_bytes`` bytes read and decoded, Pillow's decompression-bomb
+limit on the pixels of one image (``Image.MAX_IMAGE_PIXELS``, left as it is), no ``..`` or absolute paths in an
+archive. Sizes are checked twice: as declared (the zip's headers, a folder's listing) before anything is read,
+then as read: every file is read as a stream, in chunks of `READ_CHUNK` bytes, with a running count that stops
+at its declared size and at what is left of ``max_total_bytes``, whatever the header says (a member that
+declares 100 bytes and inflates to gigabytes costs one chunk of memory, then is refused).
 """
 
 from __future__ import annotations
@@ -29,14 +32,17 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from locality_core import settings
 from locality_core.data.base import Dataset, DatasetError, DatasetSpec, fingerprint, to_signed_unit
 from locality_core.data.download import data_home
 from locality_core.store.files import atomic_write
 from locality_core.store.locks import owned_lock
+from locality_core.store.memory import BUDGET, budget_bytes
 
 PREFIX = "user:"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -45,8 +51,9 @@ MAX_SIDE = 256
 TEST_FRACTION = 0.1
 MAX_IMAGES = 50_000
 MAX_TOTAL_BYTES = 2**30
+READ_CHUNK = 2**20
 
-Entry = tuple[str, int, Callable[[], bytes]]  # (name relative to the source, size in bytes, reader)
+Entry = tuple[str, int, Callable[[], BinaryIO]]  # (name relative to the source, declared size in bytes, opener)
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ def folder_entries(root: Path) -> list[Entry]:
             path = Path(dirpath) / fname
             rel = path.relative_to(root).as_posix()
             if not _hidden(rel) and path.is_file():
-                entries.append((rel, path.stat().st_size, path.read_bytes))
+                entries.append((rel, path.stat().st_size, lambda path=path: open(path, "rb")))
     return sorted(entries, key=lambda e: e[0])
 
 
@@ -121,7 +128,7 @@ def zip_entries(archive: zipfile.ZipFile) -> list[Entry]:
         if name.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", name) or re.match(r"^[A-Za-z]:", name):
             raise DatasetError(f"the archive contains the unsafe path {name!r}; refused.")
         if not info.is_dir() and not _hidden(name):
-            entries.append((name, info.file_size, lambda info=info: archive.read(info)))
+            entries.append((name, info.file_size, lambda info=info: archive.open(info)))
     return sorted(entries, key=lambda e: e[0])
 
 
@@ -139,10 +146,25 @@ def _flatten(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode(data: bytes, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+def decode_bytes_per_pixel(img: Image.Image) -> int:
+    """Upper bound on the memory per pixel of decoding and fitting ``img`` (measured at 3000x3000: float TIFF
+    32.3 bytes, 16-bit PNG 28.1, RGBA PNG 20.0, RGB JPEG 12.1)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return 40  # through float64 (`_flatten`)
+    if img.mode in ("RGBA", "LA", "PA", "P", "CMYK"):
+        return 24
+    return 16
+
+
+class TooManyPixels(ValueError):
+    """An image whose decoding would take more memory than an import may use for one image."""
+
+
+def decode(data: bytes, mode: str, size: tuple[int, int] | None, max_decode_bytes: int | None = None) -> np.ndarray:
     """Image bytes -> uint8 (H, W) for "L" or (H, W, 3) for "RGB"; fitted to ``size`` = (H, W) when given.
 
-    Raises whatever Pillow raises on a bad file; images above Pillow's pixel limit raise too.
+    Raises whatever Pillow raises on a bad file; images above Pillow's pixel limit raise too, and TooManyPixels
+    when decoding would take more than ``max_decode_bytes`` (checked from the header, before decoding).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -150,16 +172,28 @@ def decode(data: bytes, mode: str, size: tuple[int, int] | None) -> np.ndarray:
             if size is None and max(img.size) > MAX_SIDE:
                 raise DatasetError(f"it is {img.size[1]}x{img.size[0]}, larger than {MAX_SIDE} on a side; "
                                    "choose a size, e.g. size=(64, 64)")
+            pixels = img.size[0] * img.size[1]
+            if max_decode_bytes is not None and pixels * decode_bytes_per_pixel(img) > max_decode_bytes:
+                most = max_decode_bytes // decode_bytes_per_pixel(img)
+                raise TooManyPixels(f"{img.size[0]}x{img.size[1]} is more than the {most:,} pixels one image of it "
+                                    f"may have within the memory budget ({settings.MEMORY_BUDGET_GB.name}); scale "
+                                    "it down")
             img = _flatten(ImageOps.exif_transpose(img)).convert(mode)
             if size is not None:
                 img = ImageOps.fit(img, (size[1], size[0]), method=Image.Resampling.LANCZOS)
             return np.asarray(img)
 
 
+OBJECT_REPR = re.compile(r"<[\w.]+ (object )?at 0x[0-9a-fA-F]+>")  # <_io.BytesIO object at 0x7f...>
+
+
 def _reason(exc: BaseException) -> str:
+    """Why a file was skipped, in words: never an object's repr (the file is named beside the reason)."""
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"more than {Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's decompression-bomb limit)"
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"
+    text = OBJECT_REPR.sub("the file", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return text if len(text) < 120 else text[:117] + "..."
 
 
@@ -184,27 +218,56 @@ def split_by_name(names: list[str], test_fraction: float = TEST_FRACTION) -> tup
     return sorted(n for n in names if n not in test), sorted(test)
 
 
-def _read_all(entries: list[Entry], mode: str, size, max_total_bytes: int):
+class LongerThanDeclared(OSError):
+    """A file held more bytes than its header or listing declared."""
+
+
+def read_counted(opener: Callable[[], BinaryIO], declared: int, left: int, fname: str) -> bytes:
+    """The bytes of one file, read in chunks with a running count: LongerThanDeclared past ``declared`` bytes,
+    DatasetError past ``left`` (what remains of the import's byte limit). Never holds more than
+    ``min(declared, left)`` bytes plus one chunk."""
+    parts, count = [], 0
+    with opener() as stream:
+        while chunk := stream.read(min(READ_CHUNK, max(1, min(declared, left) - count + 1))):
+            count += len(chunk)
+            if count > left:
+                raise DatasetError(f"the files read so far exceed max_total_bytes ({fname} among them); import a "
+                                   "smaller selection or raise the limit.")
+            if count > declared:
+                raise LongerThanDeclared(f"it holds more than the {declared:,} bytes its header declares")
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+def _read_all(entries: list[Entry], mode: str, size, max_total_bytes: int, max_decode_bytes: int | None = None,
+              max_kept_bytes: int | None = None):
+    """The decoded images by file name, and the files skipped with why. Refused as a whole (DatasetError) when
+    the files read pass ``max_total_bytes`` or the decoded images pass ``max_kept_bytes`` (default the same)."""
+    max_kept_bytes = max_total_bytes if max_kept_bytes is None else max_kept_bytes
     images: dict[str, np.ndarray] = {}
     skipped: list[tuple[str, str]] = []
-    decoded = 0
-    for fname, _, read in entries:
+    decoded = read = 0
+    for fname, declared, opener in entries:
         try:
-            data = read()
+            data = read_counted(opener, declared, max_total_bytes - read, fname)
+        except DatasetError:  # over the import's limit: refused as a whole (a DatasetError is a RuntimeError)
+            raise
         except (OSError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError) as exc:
             skipped.append((fname, f"cannot be read: {_reason(exc)}"))  # e.g. no permission, encrypted, bad CRC
             continue
+        read += len(data)
         try:
-            arr = decode(data, mode, size)
+            arr = decode(data, mode, size, max_decode_bytes)
         except DatasetError as exc:
             raise DatasetError(f"{fname}: {exc}") from None
         except Exception as exc:  # a hostile or broken file may make Pillow raise anything
             skipped.append((fname, _reason(exc)))
             continue
         decoded += arr.nbytes
-        if decoded > max_total_bytes:
-            raise DatasetError(f"the decoded images exceed max_total_bytes={max_total_bytes:,}; choose a smaller "
-                               "size or fewer images.")
+        if decoded > max_kept_bytes:
+            raise DatasetError(f"the decoded images exceed {max_kept_bytes:,} bytes (max_total_bytes, or a sixth of "
+                               f"the memory budget {settings.MEMORY_BUDGET_GB.name}); choose a smaller size or "
+                               "fewer images.")
         images[fname] = arr
     return images, skipped
 
@@ -250,10 +313,36 @@ def import_images(source: str | Path, name: str, size: tuple[int, int] | None = 
     entries, archive = _entries(source)
     try:
         _check_limits(entries, source, max_images, max_total_bytes)
-        images, skipped = _read_all(entries, mode, size, max_total_bytes)
+        need, decoding, kept = import_peak_bytes(entries, size, mode, max_total_bytes)
+        with BUDGET.reserve(need, f"importing {len(entries):,} files", "import fewer images or choose a smaller size"):
+            return _build_import(source, name, size, mode, entries, max_total_bytes, decoding, kept, replace)
     finally:
         if archive is not None:
             archive.close()
+
+
+KEPT_COPIES = 3               # the decoded images, their stack, the (N, C, H, W) copy
+DECODE_SHARE = 4              # one image may use a quarter of the memory budget to decode
+IMPORT_MARGIN = 32 * 2**20
+
+
+def import_peak_bytes(entries: list[Entry], size: tuple[int, int] | None, mode: str,
+                      max_total_bytes: int = MAX_TOTAL_BYTES) -> tuple[int, int, int]:
+    """(upper bound on an import's memory, the bytes one image may take to decode, the bytes the decoded images
+    may take): the decoded images in `KEPT_COPIES` copies (at most half the budget: an import past it is refused
+    as it reads), the largest file as read, one image's decoding (an image whose header says more is skipped),
+    and a margin."""
+    side = size or (MAX_SIDE, MAX_SIDE)
+    per_image = side[0] * side[1] * (3 if mode == "RGB" else 1)
+    kept = min(len(entries) * per_image, max_total_bytes, budget_bytes() // 2 // KEPT_COPIES)
+    largest = max((declared for _, declared, _ in entries), default=0)
+    decoding = min(budget_bytes() // DECODE_SHARE, Image.MAX_IMAGE_PIXELS * 40)
+    return KEPT_COPIES * kept + largest + decoding + IMPORT_MARGIN, decoding, kept
+
+
+def _build_import(source: Path, name: str, size, mode: str, entries: list[Entry], max_total_bytes: int,
+                  decoding: int, kept: int, replace: bool) -> ImportReport:
+    images, skipped = _read_all(entries, mode, size, max_total_bytes, decoding, kept)
     if len(images) < MIN_IMAGES:
         why = f"; skipped: {', '.join(f'{f} ({r})' for f, r in skipped[:5])}" if skipped else ""
         raise DatasetError(f"{source} has {len(images)} readable images; at least {MIN_IMAGES} are needed{why}.")
@@ -368,6 +457,32 @@ def load_user_dataset(name: str) -> Dataset:
     )
 
 
+def stored_shapes(path: Path) -> list[tuple[int, ...]]:
+    """The shapes of the uint8 arrays ``train`` and ``test`` in an imported data set's npz, read from their
+    headers without reading (or allocating) the arrays; DatasetError when they cannot be read."""
+    shapes = []
+    try:
+        with zipfile.ZipFile(path) as npz:
+            for member in ("train.npy", "test.npy"):
+                with npz.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shapes.append(tuple(int(n) for n in header(f)[0]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path} is corrupt ({_reason(exc)}); import the images again.") from exc
+    return shapes
+
+
+LOAD_BYTES_PER_VALUE = 5  # the uint8 arrays read from the npz and their float32 copy
+
+
+def load_peak_bytes(name: str) -> int:
+    """Upper bound on the memory `load_user_dataset` takes, from the arrays' headers (a crafted npz declaring a
+    huge array is refused before it is allocated)."""
+    return sum(LOAD_BYTES_PER_VALUE * int(np.prod(shape)) for shape in stored_shapes(dataset_path(name))) + 2**24
+
+
 def user_spec(name: str) -> DatasetSpec:
     """The registry entry of an imported data set; DatasetError when there is none of that name."""
     if not dataset_path(name).is_file():
@@ -378,7 +493,7 @@ def user_spec(name: str) -> DatasetSpec:
     counts = f"{meta.get('n_train', '?')} train, {meta.get('n_test', '?')} test"
     return DatasetSpec(PREFIX + name, f"{name} (imported)", f"Your images, imported from {source} ({counts}).",
                        lambda: load_user_dataset(name), lambda: (True, f"imported into {dataset_path(name)}"),
-                       shape=shape)
+                       shape=shape, peak_bytes=lambda: load_peak_bytes(name))
 
 
 def delete_user_dataset(name: str) -> None:

@@ -26,12 +26,14 @@ import atexit
 import functools
 import os
 from collections.abc import Callable
+from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from locality_core import settings
 from locality_core.data import Dataset
 from locality_core.denoisers.analytical import AnalyticalDenoiser
 from locality_core.denoisers.base import Denoiser, Shard
@@ -53,6 +55,14 @@ from locality_core.store.cache import ArrayCache, default_cache
 from locality_core.store.memory import check_fits
 
 
+def collective_timeout() -> timedelta:
+    """$LOCALITY_DIST_TIMEOUT_S (default 600 s): the longest a rank waits in a collective (or to join the group)
+    for the others. A rank that died or hangs makes the others fail with an error after at most this long, and
+    torchrun then ends the run; a dead peer's closed connection usually fails them at once."""
+    seconds = settings.DIST_TIMEOUT_S.number()
+    return timedelta(seconds=seconds if seconds is not None and seconds > 0 else 600)
+
+
 def init(backend: str | None = None) -> tuple[int, int]:
     """Join the process group described by torchrun's environment (once); returns (rank, world). The group is
     left at exit (`shutdown`)."""
@@ -63,7 +73,7 @@ def init(backend: str | None = None) -> tuple[int, int]:
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=collective_timeout())
         atexit.register(shutdown)
     return dist.get_rank(), dist.get_world_size()
 

@@ -16,6 +16,9 @@ import functools
 import hashlib
 import importlib.resources
 import json
+import os
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -111,24 +114,43 @@ def write_card_hash(directory: str | Path) -> dict:
     return write_card(directory, json.loads(card_path.read_text()) if card_path.is_file() else {})
 
 
+def read_card(card_path: Path) -> dict:
+    """The model card at ``card_path`` as a dict; ModelError when it is there but is not a readable JSON object
+    (a folder, a dangling link, no permission, damaged bytes): a damaged card is refused, never skipped."""
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ModelError(f"the model card {card_path} cannot be read ({exc.__class__.__name__}: {exc}); restore it, "
+                         "or retrain.") from exc
+    if not isinstance(card, dict):
+        raise ModelError(f"the model card {card_path} is damaged: it holds a JSON {type(card).__name__}, not an "
+                         "object; restore it, or retrain.")
+    return card
+
+
 def verify_card(path: Path, config: dict) -> None:
     """Check ``path`` (unet.pt) and its ``config`` against the hashes of the card beside it.
 
-    A card without a ``sha256`` field (written before cards carried one) is accepted: the other checks of
-    `load_weights` still apply. A missing card is accepted too (weights saved by hand for an experiment)."""
+    No card at all is accepted (weights saved by hand for an experiment). A card without a ``sha256`` field, from
+    before cards carried one, is accepted with a warning when it names its data set (every card ever written
+    does); any other card that is not a JSON object with both hashes is refused as damaged."""
     card_path = path.parent / CARD
-    if not card_path.is_file():
+    if not card_path.exists() and not card_path.is_symlink():
         return
-    try:
-        hashes = json.loads(card_path.read_text()).get("sha256")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ModelError(f"{card_path} is unreadable ({exc}); restore it, or retrain.") from exc
-    if hashes is None:
+    card = read_card(card_path)
+    hashes = card.get("sha256")
+    if hashes is None and "sha256" not in card and isinstance(card.get("dataset"), str):
+        warnings.warn(f"{card_path} records no sha256 of its weights (a card older than the check): {path} is "
+                      "loaded unchecked. Add the hashes with `python -c \"from locality_core.denoisers.models import "
+                      f"write_card_hash; write_card_hash('{path.parent}')\"`.", stacklevel=3)
         return
-    if not isinstance(hashes, dict) or hashes.get(WEIGHTS) != file_sha256(path):
+    if not isinstance(hashes, dict) or not all(isinstance(hashes.get(k), str) for k in (WEIGHTS, "unet_config")):
+        raise ModelError(f"the model card {card_path} is damaged: it does not hold the sha256 of {WEIGHTS} and of "
+                         "its configuration; restore it, or retrain.")
+    if hashes[WEIGHTS] != file_sha256(path):
         raise ModelError(f"{path} does not match the sha256 in its model card: the file was damaged or replaced; "
                          "restore it or retrain.")
-    if hashes.get("unet_config") != config_sha256(config):
+    if hashes["unet_config"] != config_sha256(config):
         raise ModelError(f"the configuration in {path} does not match the sha256 in its model card; restore the "
                          "file or retrain.")
 
@@ -165,9 +187,21 @@ def save_weights(path: str | Path, config: UNetConfig, state_dict: dict, *, fing
     return path
 
 
+def check_weights_file(path: Path) -> None:
+    """ModelError, in one sentence, unless ``path`` is (or links to) a regular file in PyTorch's zip format: a
+    link to a text file or to nothing would otherwise fail inside torch.load ("list index out of range")."""
+    target = f" (a link to {os.path.realpath(path)})" if Path(path).is_symlink() else ""
+    if not Path(path).is_file():
+        raise ModelError(f"{path}{target} is not a file; restore the weights or retrain.")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path}{target} is not a weights file saved by `locality train` (PyTorch's zip format): "
+                         "restore the weights or retrain.")
+
+
 def load_weights(path: Path, dataset: Dataset | None = None) -> EDMDenoiser:
     """Load ``unet.pt`` with ``weights_only=True`` after checking it: the card's sha256 of the file and its
     configuration, the state dict's keys, shapes and finiteness, and the data's fingerprint."""
+    check_weights_file(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         config = UNetConfig.from_dict(blob["unet_config"])

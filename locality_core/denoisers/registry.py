@@ -4,14 +4,14 @@ Glossary
     DenoiserSpec   name, title, one-line description, ``build(dataset, **options) -> denoiser``,
                    ``availability(dataset) -> (ok, message)`` and ``cache_id(dataset, **options)``: a string
                    that changes whenever the denoiser's outputs could (weights hash, options), used in cache keys
-    get_denoiser   build (and keep, per process) the denoiser of a data set
+    get_denoiser   build (and keep, per process, within the memory budget: `store.memory.bounded_cache`) the
+                   denoiser of a data set
 
 The CLI, the app's select boxes and the parametrised tests all read this one table.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,7 +21,7 @@ from locality_core.denoisers.models import ModelError, find_weights, how_to_trai
 from locality_core.denoisers.optimal import OptimalDenoiser
 from locality_core.denoisers.patches import ELSDenoiser, LSDenoiser, resolve_schedule
 from locality_core.denoisers.wiener import WienerDenoiser
-from locality_core.store.memory import TooLargeError, check_fits
+from locality_core.store.memory import TooLargeError, bounded_cache, check_fits
 
 
 class DenoiserError(RuntimeError):
@@ -73,7 +73,7 @@ def get_denoiser(name: str, dataset: Dataset, **options):
     return _build(name, dataset, tuple(sorted({**spec.options, **options}.items())))
 
 
-@functools.lru_cache(maxsize=16)
+@bounded_cache  # an entry counts its data set too: the cache keeps it alive (shared storage is counted once)
 def _build(name: str, dataset: Dataset, options: tuple):
     return REGISTRY[name].build(dataset, **dict(options))
 

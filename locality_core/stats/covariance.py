@@ -24,7 +24,7 @@ import torch
 
 from locality_core.data import Dataset
 from locality_core.store.cache import ArrayCache, cache_kind, default_cache
-from locality_core.store.memory import check_fits
+from locality_core.store.memory import BUDGET, check_fits, statistics_bytes
 
 
 def mean_float64(images: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
@@ -156,11 +156,13 @@ def compute_stats(train: torch.Tensor, *, chunk_size: int = 4096, fingerprint: s
     shape = tuple(train.shape[1:])
     d = int(np.prod(shape))
     check_fits(d, shape)
-    moments = data_moments(train, chunk_size=chunk_size, progress=progress)
-    cov = covariance(moments)
-    if progress:
-        progress(0.8, f"eigendecomposition of a {d} x {d} matrix")
-    eigvals, eigvecs = eigendecomposition(cov)
+    with BUDGET.reserve(statistics_bytes(d, min(chunk_size, max(1, len(train)))), f"the statistics of d = {d:,} "
+                        "pixels", "use smaller images"):
+        moments = data_moments(train, chunk_size=chunk_size, progress=progress)
+        cov = covariance(moments)
+        if progress:
+            progress(0.8, f"eigendecomposition of a {d} x {d} matrix")
+        eigvals, eigvecs = eigendecomposition(cov)
     if progress:
         progress(1.0, "done")
     return DataStats(moments.mean, cov, eigvals, eigvecs, moments.n, shape, fingerprint)  # type: ignore[arg-type]

@@ -3,7 +3,8 @@
 Glossary
     lock file   ``<folder>/<sha256 of the name>.lock``; while held it records its owner as JSON
     owner       {"pid", "host", "started", "heartbeat", "what"}; ``heartbeat`` is refreshed every
-                ``heartbeat_s`` by a daemon thread of the owning process
+                ``heartbeat_s`` by a daemon thread of the owning process. Read back defensively (`read_owner`):
+                a field of the wrong type (a crafted or half-written file) is dropped, never raised on
     dead owner  the kernel drops an ``flock`` when its process exits, SIGKILL included: the next waiter
                 gets the lock at once and reports the previous owner it took over from
     stale owner the lock is held but the recorded heartbeat is older than ``stale_s`` (a hung process, or a
@@ -23,6 +24,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import socket
 import sys
@@ -44,21 +46,39 @@ def lock_path(folder: str | Path, name: str) -> Path:
     return Path(folder) / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".lock")
 
 
+OWNER_FIELDS = {"pid": int, "host": str, "started": float, "heartbeat": float, "what": str}
+
+
+def _field(value, kind: type):
+    """``value`` as ``kind``, or None when it is not one (bools are not numbers; infinities are not times)."""
+    if kind is str:
+        return value[:200] if isinstance(value, str) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if kind is int:
+        return value if isinstance(value, int) else None
+    return float(value) if math.isfinite(value) else None
+
+
 def read_owner(path: Path) -> dict:
-    """The owner recorded in a lock file; {} when there is none or it is unreadable."""
+    """The owner recorded in a lock file: only the fields of `OWNER_FIELDS` that have the right type; {} when
+    there is no record or it is unreadable. Never raises: the file may be anything."""
     try:
         owner = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
-    return owner if isinstance(owner, dict) else {}
+    if not isinstance(owner, dict):
+        return {}
+    fields = {name: _field(owner.get(name), kind) for name, kind in OWNER_FIELDS.items()}
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _describe(owner: dict) -> str:
     if not owner:
         return "an unknown process"
-    age = time.time() - float(owner.get("heartbeat", owner.get("started", time.time())))
-    return (f"pid {owner.get('pid')} on {owner.get('host')} ({owner.get('what', 'a computation')}, "
-            f"last heartbeat {age:.0f} s ago)")
+    beat = owner.get("heartbeat", owner.get("started"))
+    age = f"last heartbeat {time.time() - beat:.0f} s ago" if beat is not None else "no heartbeat recorded"
+    return f"pid {owner.get('pid', '?')} on {owner.get('host', '?')} ({owner.get('what', 'a computation')}, {age})"
 
 
 def _stale(owner: dict, stale_s: float) -> bool:
@@ -114,15 +134,25 @@ def _break_stale(path: Path, stale_s: float, notify: Callable[[str], None]) -> b
         os.close(guard)  # closing drops the flock
 
 
+def _took_over(fd: int, path: Path, notify: Callable[[str], None]) -> dict:
+    """The record a previous owner left in the lock just taken (its owner died holding it), said once; on any
+    error the lock is released before the error goes up (a leaked descriptor would block this process)."""
+    try:
+        previous = read_owner(path)
+        if previous.get("pid") is not None:
+            notify(f"note: took over the lock {path.name} from {_describe(previous)}, which has exited.")
+        return previous
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _acquire(path: Path, what: str, stale_s: float, notify: Callable[[str], None]) -> tuple[int, dict]:
     waited = False
     while True:
         fd = _try_lock(path)
         if fd is not None:
-            previous = read_owner(path)
-            if previous.get("pid") is not None:  # a record left behind: its owner died holding the lock
-                notify(f"note: took over the lock {path.name} from {_describe(previous)}, which has exited.")
-            return fd, previous
+            return fd, _took_over(fd, path, notify)
         previous = read_owner(path)
         if _stale(previous, stale_s):
             _break_stale(path, stale_s, notify)
@@ -141,17 +171,19 @@ def owned_lock(folder: str | Path, name: str, what: str = "", *, stale_s: float 
     folder.mkdir(parents=True, exist_ok=True)
     path = lock_path(folder, name)
     fd, _ = _acquire(path, what or name, stale_s, notify)
-    now = time.time()
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": now, "heartbeat": now, "what": what or name}
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(fd, owner, stop, heartbeat_s), daemon=True)
-    try:
+    beat = None
+    try:  # from here on, any error (even in writing the record) releases the lock
+        now = time.time()
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": now, "heartbeat": now,
+                 "what": what or name}
+        beat = threading.Thread(target=_heartbeat, args=(fd, owner, stop, heartbeat_s), daemon=True)
         _write_owner(fd, owner)
         beat.start()
         yield path
     finally:
         stop.set()
-        if beat.is_alive():
+        if beat is not None and beat.is_alive():
             beat.join()
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)  # a clean release leaves no owner record behind
