@@ -235,7 +235,9 @@ def test_cli_errors_are_one_line(tiny_world, capsys, monkeypatch, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("error:") and "locality train" in err and "Traceback" not in err
     assert _run(["sample", "no-such-dataset"]) == 2
-    assert _run(["sample", data.name, "--denoisers", "nope"]) == 2
+    with pytest.raises(SystemExit) as exited:  # refused by argparse now (--denoisers is checked while parsing)
+        _run(["sample", data.name, "--denoisers", "nope"])
+    assert exited.value.code == 2 and "unknown denoiser 'nope'" in capsys.readouterr().err
 
 
 def test_a_run_sampled_by_the_cli_is_a_hit_in_the_app_and_back(tiny_world, tmp_path, monkeypatch):
