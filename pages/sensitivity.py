@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from locality_core.analysis.claims import effective_rank, field_claims
-from locality_core.analysis.fields import Field, cosine_similarity, locality_sizes, wiener_field
+from locality_core.analysis.fields import Field, cosine_similarity, half_max_sizes, locality_sizes, wiener_field
 from locality_core.denoisers.analytical import default_theta
 from locality_core.views.page_data import els_patches, sensitivity_table
 from ui import loading
@@ -83,8 +83,8 @@ def controls(data, stats) -> Controls:
     return Controls(picture, signed, unet, masks, patch, scale, contrast, threshold, float(theta))
 
 
-def field_table(view: View, stats, sizes, cosines, masks, patch_sizes) -> pd.DataFrame:
-    table = sensitivity_table(stats, view.sigmas, sizes, cosines, masks, patch_sizes)
+def field_table(view: View, stats, sizes, cosines, masks, patch_sizes, extents) -> pd.DataFrame:
+    table = sensitivity_table(stats, view.sigmas, sizes, cosines, masks, patch_sizes, extents)
     columns = [" ".join(noise_header(s)) for s in view.sigmas]
     return pd.DataFrame(table, index=columns).T.astype(str)
 
@@ -131,11 +131,13 @@ def details(view: View, c: Controls, data, stats, pixel, wiener: Field, unet: Fi
     """Below the first screen: findings, locality curve, table, downloads."""
     C, H, W = data.shape
     sizes = {"wiener": locality_sizes(wiener)}
+    extents = {"wiener": half_max_sizes(wiener)}  # what the sentences use: the extent the colour scale shows
     if unet is not None:
         sizes["unet"] = locality_sizes(unet)
+        extents["unet"] = half_max_sizes(unet)
     variance = np.diag(stats.cov).reshape(C, H, W)[:, pixel[0], pixel[1]]
-    claims = field_claims(list(view.sigmas), sizes["wiener"][:, 0], rank=effective_rank(stats.eigvals), d=stats.d,
-                          n_train=stats.n, unet_sizes=None if unet is None else sizes["unet"][:, 0], cosines=cosines,
+    claims = field_claims(list(view.sigmas), extents["wiener"], rank=effective_rank(stats.eigvals), d=stats.d,
+                          n_train=stats.n, unet_sizes=extents.get("unet"), cosines=cosines,
                           constant_pixel=not np.any(variance > 0))
     explain(view, "Each map shows how strongly the chosen **output** pixel of a denoiser depends on every "
                   "**input** pixel at one noise level (the Jacobian row ∂D(x, σ)ₘ/∂x, averaged over noisy test "
@@ -148,8 +150,10 @@ def details(view: View, c: Controls, data, stats, pixel, wiener: Field, unet: Fi
                     "numbers on this page for this data set and pixel.")
         scale_text = SCALES[c.scale] + ("" if c.contrast == "linear" else ", square-root contrast")
         st.caption(f"Colours: {scale_text}; signed maps are symmetric around 0. Hover a map for raw values. "
-                   "**How local?** The curve shows the side of the smallest centred square holding 50 / 75 / 95 % "
-                   "of a field's absolute mass (capped at the image).")
+                   "**How local?** The sentences use the half-max square: the side of the smallest centred square "
+                   "holding every pixel where a field reaches half its maximum, the extent the colours show. The "
+                   "curve shows the squares holding 50 / 75 / 95 % of a field's absolute mass (capped at the "
+                   "image), which a faint floor over the whole image can widen.")
         if unet is not None and loading.field_precision() == "bfloat16":
             st.caption("UNet Jacobians use bfloat16 matrix products, which this CPU runs natively (maps within "
                        "cosine 0.999 of float32, tested).")
@@ -162,7 +166,7 @@ def details(view: View, c: Controls, data, stats, pixel, wiener: Field, unet: Fi
         show(locality_plot(list(view.sigmas), sizes, titles={"wiener": "Wiener", "unet": "UNet"},
                            image_side=max(H, W), height=340), "locality_plot",
              f"{view.dataset}-locality-r{pixel[0]}c{pixel[1]}")
-    st.dataframe(field_table(view, stats, sizes, cosines, masks, None if patch is None else patch[1]),
+    st.dataframe(field_table(view, stats, sizes, cosines, masks, None if patch is None else patch[1], extents),
                  width="stretch")
     rows = grid_rows(c, wiener, unet, masks, patch, "final")
     titles = [" ".join(noise_header(s)) for s in view.sigmas]
