@@ -238,7 +238,7 @@ def _check_sensitivity_claims(app_test, name: str, pixel) -> None:
     assert bullets, "the page states no finding"
     for text in bullets:
         if text.startswith("As noise falls the Wiener field shrinks"):
-            first, last = _numbers(text.split(" px at ")[0])[-1], _numbers(text.split(") and ")[1])[0]
+            first, last = (float(v) for v in re.findall(r"(\d+(?:\.\d+)?) px", text)[:2])
             assert (first, last) == (wiener[0], wiener[-1]) and last < first
             steady = all(b <= a for a, b in zip(wiener, wiener[1:]))
             assert ("not steadily" in text) == (not steady)

@@ -180,8 +180,9 @@ def _digits(key: str) -> int:
 
 
 def compare_markdown(report: dict) -> str:
-    """The comparison table (means with 95 % intervals, n items) and the sentence of its supported order, as the
-    README and docs/results.md show them; ``report``: what `locality compare --json` prints."""
+    """The comparison table (means with 95 % intervals, n items; ordered by r^2 on trajectories, with each
+    denoiser's paired difference to the best there) and, per score, the sentence of the order its paired
+    intervals support, as docs/results.md shows them; ``report``: what `locality compare --json` prints."""
     cols = [(k, label) for k, label in COMPARE_COLUMNS if k in report["rankings"]]
     head = "r2_trajectory" if "r2_trajectory" in report["rankings"] else cols[0][0]
     rank = report["rankings"][head]
@@ -195,8 +196,9 @@ def compare_markdown(report: dict) -> str:
         paired = ("best" if name == rank["best"] else
                   f"{vs['mean']:+.3f} [{vs['lo']:+.3f}, {vs['hi']:+.3f}], better on {vs['wins']} of {n}")
         lines.append(f"| {name} | " + " | ".join(_cell(r[k], _digits(k)) for k, _ in cols) + f" | {paired} |")
-    sentence = order_sentence(rank, f"{dict(cols)[head]} against the UNet on {report['dataset']}")
-    return "\n".join(lines) + "\n\n" + sentence
+    sentences = [order_sentence(report["rankings"][k], f"{label} against the UNet on {report['dataset']}",
+                                _digits(k)) for k, label in cols]
+    return "\n".join(lines) + "\n\n" + "\n\n".join(sentences)
 
 
 def _cmd_compare(args) -> int:
