@@ -400,9 +400,8 @@ def trend(rows: list[dict], key: str) -> str:
     breaks = [rows[i + 1]["n"] for i in steps if i not in flat and (rows[i + 1][key] > rows[i][key]) != up]
     text = (f"{'rises' if up else 'falls'} from {_value(first, key)} at N = {first['n']:,} to {_value(last, key)} at "
             f"N = {last['n']:,}")
-    notes = []
+    flats = ("flat within noise from " + " and from ".join(_runs(flat, rows))) if flat and f"{key}_lo" in first else ""
     if breaks:
-        notes.append(f"it {'falls' if up else 'rises'} at N = " + ", ".join(f"{n:,}" for n in breaks))
-    if flat and f"{key}_lo" in first:
-        notes.append("flat within noise from " + " and from ".join(_runs(flat, rows)))
-    return text + (", not monotonically: " + "; ".join(notes) if notes else ", monotonically")
+        back = f"it {'falls' if up else 'rises'} at N = " + ", ".join(f"{n:,}" for n in breaks)
+        return text + ", not monotonically: " + "; ".join(filter(None, (back, flats)))
+    return text + (f", but {flats}" if flats else ", monotonically")
