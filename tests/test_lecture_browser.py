@@ -163,6 +163,14 @@ def test_a_chunk_that_fails_to_load_is_retried_by_a_reload(browser, tmp_path):
     """Streamlit's lazily loaded PlotlyChart code fails once (as under heavy load): the page reloads by itself and
     shows its charts."""
     with serve(tmp_path, LOCALITY_WARMUP="0", LOCALITY_APP_DATASET=SMALL_GRF) as url:
+        # without a failure there is no reload (the script's own strings in the page once looked like an error)
+        context, page = open_page(browser, url + "/components")
+        try:
+            page.locator(".st-key-eigen_images .js-plotly-plot").wait_for(timeout=LONG)
+            page.wait_for_timeout(2500)  # the page's check runs a second after the last change
+            assert page.evaluate("sessionStorage.getItem('locality-chunk-reload')") is None
+        finally:
+            context.close()
         context = browser.new_context(viewport=VIEWPORT)
         failed = []
 
