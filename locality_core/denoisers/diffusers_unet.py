@@ -14,8 +14,8 @@ Glossary
     prediction   what the network outputs: "epsilon" (the noise), "sample" (x0) or "v_prediction"
                  (v = sqrt(abar) eps - sqrt(1 - abar) x0); each gives x0_net exactly (`x0_from_prediction`)
 
-Shapes: x (B, C, H, W), sigma a float or a (B,) tensor. dtype and device follow x (``.double()`` the denoiser
-for float64). UNet2DModel's GroupNorm and attention act within one image, so batch elements never mix.
+Shapes: x (B, C, H, W), sigma a float or a (B,) tensor. The network runs in its parameters' dtype (float32
+unless ``.double()``), the conversion and the output in x's. UNet2DModel's GroupNorm and attention act within one image, so batch elements never mix.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ class DiffusersDenoiser(Denoiser):
         sigma_net = sigma * self.scale
         y_net = x * self.scale + self.offset
         x_t = y_net / torch.sqrt(1.0 + sigma_net**2).view(-1, 1, 1, 1)
-        t = self.timesteps(sigma).to(device=x.device, dtype=x.dtype)
-        out = self.net(x_t, t).sample
+        net_dtype = next(self.net.parameters()).dtype  # float32 unless the module was cast (``.double()``)
+        t = self.timesteps(sigma).to(device=x.device, dtype=net_dtype)
+        out = self.net(x_t.to(net_dtype), t).sample.to(x.dtype)
         return (x0_from_prediction(out, y_net, sigma_net, self.prediction) - self.offset) / self.scale
