@@ -15,6 +15,7 @@ import streamlit as st
 from locality_core.analysis.claims import effective_rank, field_claims
 from locality_core.analysis.fields import Field, cosine_similarity, locality_sizes, wiener_field
 from locality_core.denoisers.analytical import default_theta
+from locality_core.denoisers.registry import list_denoisers
 from locality_core.views.page_data import els_patches, sensitivity_table
 from ui import loading
 from ui.figures import CONTRASTS, SCALES, grid_png, is_flat, locality_plot, map_grid, noise_header
@@ -58,7 +59,8 @@ def controls(data, stats) -> Controls:
                                  "(positive red, negative blue).")
     unet = cols[3].toggle("UNet", value=True, key="unet", bind="query-params",
                           help="Jacobians of the trained network at 32 noisy test images per noise level; "
-                               f"a first view from {PREVIEW_N} images appears at once.")
+                               f"a first view from {PREVIEW_N} images appears at once. Other trained networks "
+                               "of this data set (a diffusers UNet, shipped or imported) get a row each below.")
     masks = cols[4].toggle("Analytical", value=True, key="masks", bind="query-params",
                            help="The paper's analytical denoiser: each output pixel averages training images "
                                 "over its own neighbourhood, read off the Wiener matrix by a threshold.")
@@ -97,12 +99,19 @@ def fields_npz(view: View, pixel, rows) -> bytes:
     return buf.getvalue()
 
 
-def grid_rows(c: Controls, wiener: Field, unet: Field | None, masks, patch, stage: str) -> list:
+def grid_rows(c: Controls, wiener: Field, unet: Field | None, masks, patch, stage: str,
+              others: dict[str, Field] | None = None) -> list:
+    """The grid's rows; ``others``: the other trained networks' fields by title, each labelled with its cosine to
+    Wiener (lowest to highest over the columns)."""
     rows = [("Wiener<br>" + ("P<sub>σ</sub> row" if c.signed else "|P<sub>σ</sub> row|"), wiener.map(c.mode), c.mode)]
     if unet is not None:
         label = "UNet<br>" + ("mean J" if c.signed else "mean |J|") + (f" ({PREVIEW_N} img)" if stage == "preview"
                                                                        else "")
         rows.append((label, unet.map(c.mode), c.mode))
+    for title, field in (others or {}).items():
+        cos = [cosine_similarity(a, b) for a, b in zip(field.map("abs"), wiener.map("abs"))]
+        rows.append((f"{title}<br>{'mean J' if c.signed else 'mean |J|'}, cos {min(cos):.2f}–{max(cos):.2f}",
+                     field.map(c.mode), c.mode))
     if masks is not None:
         rows.append(("Analytical<br>mask", masks[0], "mask"))
     if patch is not None:
@@ -111,12 +120,12 @@ def grid_rows(c: Controls, wiener: Field, unet: Field | None, masks, patch, stag
 
 
 def draw_grid(view: View, c: Controls, width: int, pixel, wiener: Field, unet: Field | None, masks, patch, slot,
-              stage: str) -> list | None:
+              stage: str, others: dict[str, Field] | None = None) -> list | None:
     """The field grid in ``slot`` (replacing what was there); returns the UNet-Wiener cosine per level."""
     cosines = None if unet is None else [cosine_similarity(a, b) for a, b in zip(unet.map("abs"), wiener.map("abs"))]
     titles = [noise_header(s) + ([f"cos {cos:.2f}"] if cosines else []) for s, cos in
               zip(view.sigmas, cosines or [None] * len(view.sigmas))]
-    rows = grid_rows(c, wiener, unet, masks, patch, stage)
+    rows = grid_rows(c, wiener, unet, masks, patch, stage, others)
     with slot.container():
         if stage == "preview":
             st.caption(f":material/hourglass_top: UNet row from {PREVIEW_N} noisy images per noise level; the "
@@ -127,12 +136,13 @@ def draw_grid(view: View, c: Controls, width: int, pixel, wiener: Field, unet: F
 
 
 def details(view: View, c: Controls, data, stats, pixel, wiener: Field, unet: Field | None, cosines, masks,
-            patch) -> None:
+            patch, others: dict[str, Field] | None = None) -> None:
     """Below the first screen: findings, locality curve, table, downloads."""
     C, H, W = data.shape
     sizes = {"wiener": locality_sizes(wiener)}
     if unet is not None:
         sizes["unet"] = locality_sizes(unet)
+    sizes.update({title: locality_sizes(field) for title, field in (others or {}).items()})
     variance = np.diag(stats.cov).reshape(C, H, W)[:, pixel[0], pixel[1]]
     claims = field_claims(list(view.sigmas), sizes["wiener"][:, 0], rank=effective_rank(stats.eigvals), d=stats.d,
                           n_train=stats.n, unet_sizes=None if unet is None else sizes["unet"][:, 0], cosines=cosines,
@@ -164,7 +174,7 @@ def details(view: View, c: Controls, data, stats, pixel, wiener: Field, unet: Fi
              f"{view.dataset}-locality-r{pixel[0]}c{pixel[1]}")
     st.dataframe(field_table(view, stats, sizes, cosines, masks, None if patch is None else patch[1]),
                  width="stretch")
-    rows = grid_rows(c, wiener, unet, masks, patch, "final")
+    rows = grid_rows(c, wiener, unet, masks, patch, "final", others)
     titles = [" ".join(noise_header(s)) for s in view.sigmas]
     name = f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}"
     a, b = st.columns(2)
@@ -190,6 +200,23 @@ def unet_row(view: View, c: Controls, data, width: int, pixel, wiener: Field, ma
     abs_m, signed_m = model_maps("unet", "UNet", view.ref, pixel, view.sigmas, view.seed, precision=precision,
                                  slot=progress_slot, on_miss=preview)
     return Field(pixel, view.sigmas, abs_m, signed_m)
+
+
+def other_networks(view: View, c: Controls, data, pixel, slot) -> dict[str, Field]:
+    """The fields of the other trained networks available for this data set (a diffusers UNet, shipped or
+    imported), by title: shared jobs like the UNet's."""
+    fields = {}
+    for spec in list_denoisers():
+        if not (c.unet and spec.network and spec.name != "unet" and loading.denoiser_status(spec.name, data)[0]):
+            continue
+        try:
+            abs_m, signed_m = model_maps(spec.name, spec.title, view.ref, pixel, view.sigmas, view.seed,
+                                         precision=loading.field_precision(), slot=slot)
+        except loading.USER_ERRORS as exc:
+            loading.show_error(exc, spec.title)
+            continue
+        fields[spec.title] = Field(pixel, view.sigmas, abs_m, signed_m)
+    return fields
 
 
 @st.fragment
@@ -221,8 +248,9 @@ def pixel_and_maps(view: View, c: Controls, data, stats) -> None:
         except loading.USER_ERRORS as exc:
             with right:
                 loading.show_error(exc, "UNet")
-    cosines = draw_grid(view, c, grid_width, pixel, wiener, unet, masks, patch, grid_slot, "final")
-    details(view, c, data, stats, pixel, wiener, unet, cosines, masks, patch)
+    others = other_networks(view, c, data, pixel, progress_slot)
+    cosines = draw_grid(view, c, grid_width, pixel, wiener, unet, masks, patch, grid_slot, "final", others)
+    details(view, c, data, stats, pixel, wiener, unet, cosines, masks, patch, others)
 
 
 def main() -> None:

@@ -391,21 +391,23 @@ def _sha256(blob: bytes) -> str:
 
 
 def import_network(source: str | Path, name: str, dataset: Dataset, *, pixel_range: str = "-1,1",
-                   directory: Path | None = None) -> dict:
+                   directory: Path | None = None, source_label: str | None = None) -> dict:
     """Check the network at ``source`` for ``dataset`` and copy it with its record into ``directory`` (default
-    `network_dir(name)`), replacing what was there; returns the record."""
+    `network_dir(name)`), replacing what was there; returns the record. ``source_label``: what the record says
+    it came from (default the path of ``source``)."""
     validate_name(name)
     lo, hi = parse_pixel_range(pixel_range)
     files, parameters, expected = read_network(source, dataset)
     build_network(files.config, files.weights, expected)  # the tensors too: finite, loadable
     settings = scheduler_settings(files.scheduler)
     record = {"format": RECORD_FORMAT, "name": name, "dataset": dataset.name, "fingerprint": dataset.fingerprint,
-              "source": files.source, "pixel_range": [lo, hi], "prediction_type": settings["prediction_type"],
+              "source": source_label or files.source, "pixel_range": [lo, hi],
+              "prediction_type": settings["prediction_type"],
               "num_train_timesteps": settings["num_train_timesteps"], "timestep": TIMESTEP_RULE,
               "parameters": parameters, "sha256": {f: _sha256(blob) for f, blob in files.blobs.items()}}
     directory = Path(directory) if directory is not None else network_dir(name)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    with owned_lock(directory.parent / ".locks", directory.name, what=f"importing the network {name}"):
+    with owned_lock(data_home() / ".locks", f"network:{directory.resolve()}", what=f"importing the network {name}"):
         tmp = directory.with_name(f".{directory.name}.importing")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()

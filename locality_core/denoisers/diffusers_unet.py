@@ -15,7 +15,8 @@ Glossary
                  (v = sqrt(abar) eps - sqrt(1 - abar) x0); each gives x0_net exactly (`x0_from_prediction`)
 
 Shapes: x (B, C, H, W), sigma a float or a (B,) tensor. The network runs in its parameters' dtype (float32
-unless ``.double()``), the conversion and the output in x's. UNet2DModel's GroupNorm and attention act within one image, so batch elements never mix.
+unless ``.double()``), the conversion and the output in x's. UNet2DModel's GroupNorm and attention act within
+one image, so batch elements never mix.
 """
 
 from __future__ import annotations
