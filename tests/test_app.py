@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -500,3 +501,28 @@ def test_map_scales():
     sqrt = scaled_maps(rows, "map", "sqrt")[1]
     np.testing.assert_allclose(sqrt, np.sign(per_map[1]) * np.sqrt(np.abs(per_map[1])))
     assert np.abs(sqrt).max() <= 1.0
+
+
+def test_a_diffusers_network_gets_a_sensitivity_row_and_samples(app_env):
+    """A diffusers UNet2DModel placed as the data set's `diffusers-unet` (as Fashion-MNIST's ships): its own row of
+    fields with its cosine to Wiener on Sensitivity, and its samples on Samples (removed afterwards)."""
+    pytest.importorskip("diffusers", reason="diffusers is an optional extra: pip install diffusers==0.42.1")
+    from diffusers_nets import save_network
+
+    from locality_core.data import load_dataset
+    from locality_core.denoisers.diffusers_import import SHIPPED, import_network
+
+    target = app_env / "models" / "grf" / SHIPPED
+    import_network(save_network(app_env / "diffusers-src", side=28), SHIPPED, load_dataset("grf", **TINY_PARAMS),
+                   directory=target)
+    try:
+        at = run_page(query={"t": ["500", "100"]})
+        assert_clean(at)
+        names = [t["name"] for t in figure(at, "field_grid")["data"]]
+        assert any(n.startswith("diffusers UNet (DDPM) mean |J|, cos ") for n in names), names
+        at = run_page("pages/samples.py", query={"models": ["diffusers-unet"], "n": "4"})
+        assert_clean(at)
+        titles = [a["text"] for a in figure(at, "samples_diffusers-unet")["layout"]["annotations"]]
+        assert sum(t.startswith("L2 ") for t in titles) == 4
+    finally:
+        shutil.rmtree(target)
