@@ -352,14 +352,11 @@ def networks_home() -> Path:
     return data_home() / "networks"
 
 
-def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise NetworkError(f"invalid network name {name!r}: use 1 to 64 letters, digits, '-' or '_'.")
-    return name
-
-
 def network_dir(name: str) -> Path:
-    return networks_home() / validate_name(name)
+    """Where the imported network ``name`` lives; NetworkError for a name that could not be a folder's."""
+    if isinstance(name, str) and NAME_PATTERN.fullmatch(name):
+        return networks_home() / name
+    raise NetworkError(f"invalid network name {name!r}: use 1 to 64 letters, digits, '-' or '_'.")
 
 
 def list_networks() -> list[str]:
@@ -395,7 +392,7 @@ def import_network(source: str | Path, name: str, dataset: Dataset, *, pixel_ran
     """Check the network at ``source`` for ``dataset`` and copy it with its record into ``directory`` (default
     `network_dir(name)`), replacing what was there; returns the record. ``source_label``: what the record says
     it came from (default the path of ``source``)."""
-    validate_name(name)
+    network_dir(name)  # a valid name, wherever it goes
     lo, hi = parse_pixel_range(pixel_range)
     files, parameters, expected = read_network(source, dataset)
     build_network(files.config, files.weights, expected)  # the tensors too: finite, loadable
