@@ -24,6 +24,16 @@ from locality_core.denoisers.evaluate import EVAL_IMAGES, heldout_mse_table
 from locality_core.denoisers.models import ASSETS_MODELS, load_unet
 
 
+def note(rows: list[dict]) -> str:
+    """What the MSE table says about high noise, read off it."""
+    above = [r["t"] for r in rows if r[SHIPPED] > r["wiener"]]
+    if not above:
+        return "below the Wiener filter at every noise level of the grid"
+    return (f"above the Wiener filter at t = {', '.join(map(str, above))}: an epsilon-predicting network's "
+            "estimate x0 = y - sigma eps multiplies its error on eps by sigma (diffusers' samplers clip that estimate "
+            "to [-1, 1]; a denoiser D(x, sigma) here does not, as clipping would change its Jacobian)")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="the model folder train_diffusers.py wrote (with training.json)")
@@ -44,7 +54,7 @@ def main(argv=None) -> None:
     card = {"dataset": data.name, "fingerprint": data.fingerprint, "description": data.description,
             "architecture": "diffusers UNet2DModel: 3 levels (32, 64, 64 channels), attention at 14x14 and 7x7, "
                             "1 ResNet layer per block, GroupNorm 8",
-            "training": training, "heldout_images": EVAL_IMAGES, "heldout_mse": rows}
+            "training": training, "heldout_images": EVAL_IMAGES, "heldout_mse": rows, "note": note(rows)}
     (target / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     for r in rows:
         print(f"t={r['t']:>3} sigma={r['sigma']:8.4f}  {SHIPPED} {r[SHIPPED]:.5f}  unet {r['unet']:.5f}  "

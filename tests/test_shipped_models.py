@@ -115,14 +115,13 @@ def test_shipped_diffusers_network_has_its_record_and_an_honest_card():
 
 @pytest.mark.slow
 def test_shipped_diffusers_network_beats_wiener_at_middle_noise(fashion):
-    """Loaded through the registry (every import check again), on 500 test images: below the Wiener filter at
-    t = 500, 300, 100 (a wrongly converted network, or one that had not learnt, is far above it), and not more
-    than 5 % above it anywhere on the grid."""
+    """Loaded through the registry (every import check again), on 500 test images: at least 10 / 25 / 40 % below
+    the Wiener filter at t = 500 / 300 / 100 (measured on 2,000: 16 / 37 / 54 %); a wrongly converted network, or
+    one that had not learnt, is far above it. (At t >= 700 it is above Wiener, as its card says: an epsilon
+    network's x0 estimate multiplies its noise error by sigma.)"""
     pytest.importorskip("diffusers", reason="diffusers is an optional extra: pip install diffusers==0.42.1")
     from locality_core.denoisers.registry import get_denoiser
 
     rows = heldout_mse_table(fashion, {"d": get_denoiser("diffusers-unet", fashion)}, n=500)
     ratio = {r["t"]: r["d"] / r["wiener"] for r in rows}
-    for t in (500, 300, 100):
-        assert ratio[t] < 0.9, ratio
-    assert max(ratio.values()) <= 1.05, ratio
+    assert ratio[500] < 0.9 and ratio[300] < 0.75 and ratio[100] < 0.6, ratio
