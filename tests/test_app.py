@@ -526,3 +526,39 @@ def test_a_diffusers_network_gets_a_sensitivity_row_and_samples(app_env):
         assert sum(t.startswith("L2 ") for t in titles) == 4
     finally:
         shutil.rmtree(target)
+
+
+def test_your_data_imports_a_network_zip_and_refuses_a_pickle(app_env, tmp_path):
+    """The "Your own network" section: a zip of a diffusers folder for the data set in the sidebar becomes a
+    denoiser; a zip whose weights are a pickle is refused, naming the uploaded file and never the server's path."""
+    pytest.importorskip("diffusers", reason="diffusers is an optional extra: pip install diffusers==0.42.1")
+    from diffusers_nets import save_network
+
+    from locality_core.denoisers.diffusers_import import network_dir
+    from locality_core.denoisers.registry import list_denoisers
+
+    def zipped(folder: Path) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for f in folder.iterdir():
+                z.write(f, f"net/{f.name}")
+        return buf.getvalue()
+
+    at = run_page("pages/your_data.py")
+    at.file_uploader(key="net_zip").set_value(("net.zip", zipped(save_network(tmp_path / "ok", side=28)),
+                                               "application/zip"))
+    at.text_input(key="net_name").set_value("page-net")
+    at.run()  # the import button appears with an upload
+    try:
+        at.button(key="net_go").click().run()
+        assert_clean(at)
+        assert any("Imported `page-net` for grf" in s.value for s in at.success)
+        assert "page-net" in [s.name for s in list_denoisers()]
+        at.file_uploader(key="net_zip").set_value(("pickled.zip", zipped(save_network(tmp_path / "bad", side=28,
+                                                                                      safe=False)),
+                                                   "application/zip")).run()
+        at.button(key="net_go").click().run()
+        message = at.error[0].value
+        assert "pickled.zip" in message and "pickle" in message and "/tmp" not in message
+    finally:
+        shutil.rmtree(network_dir("page-net"), ignore_errors=True)
