@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from locality_core.analysis.claims import effective_rank, field_claims
-from locality_core.analysis.fields import Field, cosine_similarity, locality_sizes, wiener_field
+from locality_core.analysis.fields import Field, cosine_similarity, field_is_cached, locality_sizes, wiener_field
 from locality_core.denoisers.analytical import default_theta
 from locality_core.denoisers.registry import list_denoisers
 from locality_core.views.page_data import els_patches, sensitivity_table
@@ -110,7 +110,7 @@ def grid_rows(c: Controls, wiener: Field, unet: Field | None, masks, patch, stag
         rows.append((label, unet.map(c.mode), c.mode))
     for title, field in (others or {}).items():
         cos = [cosine_similarity(a, b) for a, b in zip(field.map("abs"), wiener.map("abs"))]
-        rows.append((f"{title}<br>{'mean J' if c.signed else 'mean |J|'}, cos {min(cos):.2f}–{max(cos):.2f}",
+        rows.append((f"{title}<br>{'J' if c.signed else '|J|'}, cos {min(cos):.2f}–{max(cos):.2f}",
                      field.map(c.mode), c.mode))
     if masks is not None:
         rows.append(("Analytical<br>mask", masks[0], "mask"))
@@ -127,11 +127,15 @@ def draw_grid(view: View, c: Controls, width: int, pixel, wiener: Field, unet: F
               zip(view.sigmas, cosines or [None] * len(view.sigmas))]
     rows = grid_rows(c, wiener, unet, masks, patch, stage, others)
     with slot.container():
+        if stage == "pending":
+            st.caption(":material/hourglass_top: The other trained networks' rows are being computed (32 noisy "
+                       "images per noise level, then cached); they appear below the UNet's when done.")
         if stage == "preview":
             st.caption(f":material/hourglass_top: UNet row from {PREVIEW_N} noisy images per noise level; the "
                        "32-image average replaces it in a few seconds (then cached).")
         show(map_grid(rows, titles, pixel=pixel, page_width=width, scale=c.scale, contrast=c.contrast),
-             "field_grid" + ("" if stage == "final" else "_preview"), f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}")
+             "field_grid" + {"final": "", "preview": "_preview", "pending": "_pending"}[stage],
+             f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}")
     return cosines
 
 
@@ -202,13 +206,23 @@ def unet_row(view: View, c: Controls, data, width: int, pixel, wiener: Field, ma
     return Field(pixel, view.sigmas, abs_m, signed_m)
 
 
-def other_networks(view: View, c: Controls, data, pixel, slot) -> dict[str, Field]:
-    """The fields of the other trained networks available for this data set (a diffusers UNet, shipped or
-    imported), by title: shared jobs like the UNet's."""
+def other_network_specs(c: Controls, data) -> list:
+    """The trained networks other than the UNet available for this data set (a diffusers UNet, shipped or
+    imported), shown with the UNet's toggle."""
+    return [spec for spec in list_denoisers() if c.unet and spec.network and spec.name != "unet"
+            and loading.denoiser_status(spec.name, data)[0]]
+
+
+def fields_cached(view: View, data, name: str, pixel) -> bool:
+    precision = loading.field_precision()
+    return all(field_is_cached(data, name, pixel, [s], n=32, seed=view.seed, precision=precision)
+               for s in view.sigmas)
+
+
+def other_networks(view: View, specs: list, pixel, slot) -> dict[str, Field]:
+    """The fields of the networks ``specs`` by title: shared jobs like the UNet's."""
     fields = {}
-    for spec in list_denoisers():
-        if not (c.unet and spec.network and spec.name != "unet" and loading.denoiser_status(spec.name, data)[0]):
-            continue
+    for spec in specs:
         try:
             abs_m, signed_m = model_maps(spec.name, spec.title, view.ref, pixel, view.sigmas, view.seed,
                                          precision=loading.field_precision(), slot=slot)
@@ -248,7 +262,10 @@ def pixel_and_maps(view: View, c: Controls, data, stats) -> None:
         except loading.USER_ERRORS as exc:
             with right:
                 loading.show_error(exc, "UNet")
-    others = other_networks(view, c, data, pixel, progress_slot)
+    specs = other_network_specs(c, data)
+    if not all(fields_cached(view, data, spec.name, pixel) for spec in specs):  # the first screen does not wait
+        draw_grid(view, c, grid_width, pixel, wiener, unet, masks, patch, grid_slot, "pending")
+    others = other_networks(view, specs, pixel, progress_slot)
     cosines = draw_grid(view, c, grid_width, pixel, wiener, unet, masks, patch, grid_slot, "final", others)
     details(view, c, data, stats, pixel, wiener, unet, cosines, masks, patch, others)
 

@@ -519,7 +519,7 @@ def test_a_diffusers_network_gets_a_sensitivity_row_and_samples(app_env):
         at = run_page(query={"t": ["500", "100"]})
         assert_clean(at)
         names = [t["name"] for t in figure(at, "field_grid")["data"]]
-        assert any(n.startswith("diffusers UNet (DDPM) mean |J|, cos ") for n in names), names
+        assert any(n.startswith("diffusers UNet (DDPM) |J|, cos ") for n in names), names
         at = run_page("pages/samples.py", query={"models": ["diffusers-unet"], "n": "4"})
         assert_clean(at)
         titles = [a["text"] for a in figure(at, "samples_diffusers-unet")["layout"]["annotations"]]
