@@ -224,10 +224,15 @@ def test_tampered_or_foreign_imports_are_refused_at_load(tmp_path):
         load_network(directory, data)
 
 
-def test_without_diffusers_the_message_says_what_to_install(monkeypatch):
+def test_without_diffusers_the_message_says_what_to_install(monkeypatch, tmp_path):
+    folder = save_network(tmp_path / "net")
     monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now raises ImportError
     with pytest.raises(NetworkError, match="pip install"):
         diffusers_import.require_diffusers()
+    with pytest.raises(NetworkError, match=r"optional package diffusers: pip install 'locality-explorer\[diffusers\]'"):
+        import_network(folder, "x", toy())
+    ok, why = get_spec("diffusers-unet").availability(toy(28, name="fashion-mnist"))  # shipped, but not usable
+    assert not ok and "pip install" in why
 
 
 # ---------------------------------------------------------------- the registry and the command line
