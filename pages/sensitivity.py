@@ -15,6 +15,7 @@ import streamlit as st
 from locality_core.analysis.claims import effective_rank, field_claims
 from locality_core.analysis.fields import Field, cosine_similarity, field_is_cached, locality_sizes, wiener_field
 from locality_core.denoisers.analytical import default_theta
+from locality_core.denoisers.diffusers_import import list_networks
 from locality_core.denoisers.registry import list_denoisers
 from locality_core.views.page_data import els_patches, sensitivity_table
 from ui import loading
@@ -59,8 +60,7 @@ def controls(data, stats) -> Controls:
                                  "(positive red, negative blue).")
     unet = cols[3].toggle("UNet", value=True, key="unet", bind="query-params",
                           help="Jacobians of the trained network at 32 noisy test images per noise level; "
-                               f"a first view from {PREVIEW_N} images appears at once. Other trained networks "
-                               "of this data set (a diffusers UNet, shipped or imported) get a row each below.")
+                               f"a first view from {PREVIEW_N} images appears at once.")
     masks = cols[4].toggle("Analytical", value=True, key="masks", bind="query-params",
                            help="The paper's analytical denoiser: each output pixel averages training images "
                                 "over its own neighbourhood, read off the Wiener matrix by a threshold.")
@@ -85,8 +85,13 @@ def controls(data, stats) -> Controls:
     return Controls(picture, signed, unet, masks, patch, scale, contrast, threshold, float(theta))
 
 
-def field_table(view: View, stats, sizes, cosines, masks, patch_sizes) -> pd.DataFrame:
+def field_table(view: View, stats, sizes, cosines, masks, patch_sizes, wiener: Field,
+                others: dict[str, Field]) -> pd.DataFrame:
     table = sensitivity_table(stats, view.sigmas, sizes, cosines, masks, patch_sizes)
+    for title, field in others.items():  # the other trained networks: their squares and cosines, as the UNet's
+        table[f"{title} 50 % square (px)"] = list(sizes[title][:, 0])
+        table[f"cos({title}, Wiener)"] = [f"{cosine_similarity(a, b):.2f}" for a, b in
+                                          zip(field.map("abs"), wiener.map("abs"))]
     columns = [" ".join(noise_header(s)) for s in view.sigmas]
     return pd.DataFrame(table, index=columns).T.astype(str)
 
@@ -101,17 +106,15 @@ def fields_npz(view: View, pixel, rows) -> bytes:
 
 def grid_rows(c: Controls, wiener: Field, unet: Field | None, masks, patch, stage: str,
               others: dict[str, Field] | None = None) -> list:
-    """The grid's rows; ``others``: the other trained networks' fields by title, each labelled with its cosine to
-    Wiener (lowest to highest over the columns)."""
+    """The grid's rows; ``others``: the other trained networks' fields by title (their cosines to Wiener are in
+    the table below)."""
     rows = [("Wiener<br>" + ("P<sub>σ</sub> row" if c.signed else "|P<sub>σ</sub> row|"), wiener.map(c.mode), c.mode)]
     if unet is not None:
         label = "UNet<br>" + ("mean J" if c.signed else "mean |J|") + (f" ({PREVIEW_N} img)" if stage == "preview"
                                                                        else "")
         rows.append((label, unet.map(c.mode), c.mode))
     for title, field in (others or {}).items():
-        cos = [cosine_similarity(a, b) for a, b in zip(field.map("abs"), wiener.map("abs"))]
-        rows.append((f"{title}<br>{'J' if c.signed else '|J|'}, cos {min(cos):.2f}–{max(cos):.2f}",
-                     field.map(c.mode), c.mode))
+        rows.append((f"{title}<br>{'mean J' if c.signed else 'mean |J|'}", field.map(c.mode), c.mode))
     if masks is not None:
         rows.append(("Analytical<br>mask", masks[0], "mask"))
     if patch is not None:
@@ -176,8 +179,8 @@ def details(view: View, c: Controls, data, stats, pixel, wiener: Field, unet: Fi
         show(locality_plot(list(view.sigmas), sizes, titles={"wiener": "Wiener", "unet": "UNet"},
                            image_side=max(H, W), height=340), "locality_plot",
              f"{view.dataset}-locality-r{pixel[0]}c{pixel[1]}")
-    st.dataframe(field_table(view, stats, sizes, cosines, masks, None if patch is None else patch[1]),
-                 width="stretch")
+    st.dataframe(field_table(view, stats, sizes, cosines, masks, None if patch is None else patch[1], wiener,
+                             others or {}), width="stretch")
     rows = grid_rows(c, wiener, unet, masks, patch, "final", others)
     titles = [" ".join(noise_header(s)) for s in view.sigmas]
     name = f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}"
@@ -206,11 +209,24 @@ def unet_row(view: View, c: Controls, data, width: int, pixel, wiener: Field, ma
     return Field(pixel, view.sigmas, abs_m, signed_m)
 
 
-def other_network_specs(c: Controls, data) -> list:
+def other_network_specs(data) -> list:
     """The trained networks other than the UNet available for this data set (a diffusers UNet, shipped or
-    imported), shown with the UNet's toggle."""
-    return [spec for spec in list_denoisers() if c.unet and spec.network and spec.name != "unet"
+    imported)."""
+    return [spec for spec in list_denoisers() if spec.network and spec.name != "unet"
             and loading.denoiser_status(spec.name, data)[0]]
+
+
+def other_networks_toggle(specs: list) -> list:
+    """The networks of ``specs`` to show, by a toggle under the grid: on by default only for a network the user
+    imported (a shipped one would push the ELS row off a projector's first screen)."""
+    if not specs:
+        return []
+    imported = set(list_networks())
+    on = st.toggle(f"Rows for the other trained networks: {', '.join(spec.title for spec in specs)}", key="nets",
+                   value=any(spec.name in imported for spec in specs), bind="query-params",
+                   help="Their Jacobians at 32 noisy test images per noise level, like the UNet's (a minute or two "
+                        "on a CPU the first time, then cached); their cosines to Wiener are in the table below.")
+    return specs if on else []
 
 
 def fields_cached(view: View, data, name: str, pixel) -> bool:
@@ -262,7 +278,8 @@ def pixel_and_maps(view: View, c: Controls, data, stats) -> None:
         except loading.USER_ERRORS as exc:
             with right:
                 loading.show_error(exc, "UNet")
-    specs = other_network_specs(c, data)
+    with right:
+        specs = other_networks_toggle(other_network_specs(data))
     if not all(fields_cached(view, data, spec.name, pixel) for spec in specs):  # the first screen does not wait
         draw_grid(view, c, grid_width, pixel, wiener, unet, masks, patch, grid_slot, "pending")
     others = other_networks(view, specs, pixel, progress_slot)

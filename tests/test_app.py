@@ -505,7 +505,8 @@ def test_map_scales():
 
 def test_a_diffusers_network_gets_a_sensitivity_row_and_samples(app_env):
     """A diffusers UNet2DModel placed as the data set's `diffusers-unet` (as Fashion-MNIST's ships): its own row of
-    fields with its cosine to Wiener on Sensitivity, and its samples on Samples (removed afterwards)."""
+    fields on Sensitivity (behind a toggle, off for a shipped network) with its cosine to Wiener in the table, and
+    its samples on Samples (removed afterwards)."""
     pytest.importorskip("diffusers", reason="diffusers is an optional extra: pip install diffusers==0.42.1")
     from diffusers_nets import save_network
 
@@ -516,10 +517,15 @@ def test_a_diffusers_network_gets_a_sensitivity_row_and_samples(app_env):
     import_network(save_network(app_env / "diffusers-src", side=28), SHIPPED, load_dataset("grf", **TINY_PARAMS),
                    directory=target)
     try:
-        at = run_page(query={"t": ["500", "100"]})
+        at = run_page(query={"t": ["500", "100"]})  # a shipped one: off by default (the first screen's rows)
+        assert_clean(at)
+        assert not any(t["name"].startswith("diffusers") for t in figure(at, "field_grid")["data"])
+        at.toggle(key="nets").set_value(True).run()
         assert_clean(at)
         names = [t["name"] for t in figure(at, "field_grid")["data"]]
-        assert any(n.startswith("diffusers UNet (DDPM) |J|, cos ") for n in names), names
+        assert "diffusers UNet (DDPM) mean |J|" in names, names
+        cos = at.dataframe[0].value.loc["cos(diffusers UNet (DDPM), Wiener)"].astype(float)
+        assert len(cos) == 2 and ((cos >= -1) & (cos <= 1)).all()
         at = run_page("pages/samples.py", query={"models": ["diffusers-unet"], "n": "4"})
         assert_clean(at)
         titles = [a["text"] for a in figure(at, "samples_diffusers-unet")["layout"]["annotations"]]
@@ -554,6 +560,8 @@ def test_your_data_imports_a_network_zip_and_refuses_a_pickle(app_env, tmp_path)
         assert_clean(at)
         assert any("Imported `page-net` for grf" in s.value for s in at.success)
         assert "page-net" in [s.name for s in list_denoisers()]
+        grid = figure(run_page(query={"t": ["500"]}), "field_grid")  # a network one imported: its row by default
+        assert "page-net (your network) mean |J|" in [t["name"] for t in grid["data"]]
         at.file_uploader(key="net_zip").set_value(("pickled.zip", zipped(save_network(tmp_path / "bad", side=28,
                                                                                       safe=False)),
                                                    "application/zip")).run()

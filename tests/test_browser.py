@@ -174,15 +174,15 @@ def test_switch_the_data_set(server, page):
 
 
 def test_shipped_diffusers_network_has_its_rows_on_fashion_mnist(server, page):
-    """Fashion-MNIST's shipped diffusers UNet2DModel (issue 25): its own row of fields, labelled with its cosine
-    to Wiener, on Sensitivity, and its own samples on Samples."""
+    """Fashion-MNIST's shipped diffusers UNet2DModel (issue 25): its own row of fields on Sensitivity (behind the
+    toggle under the grid, in the URL), and its own samples on Samples."""
     pytest.importorskip("diffusers", reason="diffusers is an optional extra: pip install diffusers==0.42.1")
-    page.goto(server + "/sensitivity?t=500&t=100")
+    page.goto(server + "/sensitivity?t=500&t=100&nets=true")
     maps_ready(page, "How local?")
     if not page.get_by_text("fashion-mnist", exact=False).count():
         pytest.skip("the default data set here is not Fashion-MNIST (not installed)")
     names = page.eval_on_selector(GRID, "gd => gd.data.map(t => t.name)")
-    assert any(n.startswith("diffusers UNet (DDPM) |J|, cos ") for n in names), names
+    assert "diffusers UNet (DDPM) mean |J|" in names, names
     page.goto(server + "/samples?models=diffusers-unet&n=4")
     settle(page, "Trajectories")
     assert page.locator(".st-key-samples_diffusers-unet .js-plotly-plot").count() == 1
