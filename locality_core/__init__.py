@@ -6,7 +6,8 @@ pyproject.toml):
     cli/         `locality ...`: every computation of the dashboard, scriptable
     views/       each page's default view as a function of (data set, view parameters), the lecture warm-up
     analysis/    sensitivity fields, Jacobian bases, DDIM sampling, agreement metrics, the experiments
-    denoisers/   D(x, sigma) -> x0_hat: the contract, the registry, Wiener, optimal, analytical, LS/ELS, the UNet
+    denoisers/   D(x, sigma) -> x0_hat: the contract, the registry, Wiener, optimal, analytical, LS/ELS, the UNet,
+                 a diffusers UNet2DModel (imported: `import_network`)
     stats/       mean, covariance and its eigendecomposition, the spectrum
     data/        data sets as float32 tensors (N, C, H, W) in [-1, 1] with a fingerprint
     store/       the on-disk array cache, inter-process locks, atomic files, memory checks
@@ -29,10 +30,11 @@ from locality_core.analysis.sampling import cached_trajectory, initial_noise, sa
 from locality_core.data import Dataset, DatasetError, import_images, list_datasets, load_dataset
 from locality_core.denoisers.analytical import AnalyticalDenoiser
 from locality_core.denoisers.base import Denoiser, LinearDenoiser, NotFittedError
+from locality_core.denoisers.diffusers_unet import DiffusersDenoiser
 from locality_core.denoisers.evaluate import heldout_mse, noisy_heldout
 from locality_core.denoisers.optimal import OptimalDenoiser
 from locality_core.denoisers.patches import ELSDenoiser, LSDenoiser
-from locality_core.denoisers.registry import DenoiserError, get_denoiser, list_denoisers
+from locality_core.denoisers.registry import DenoiserError, get_denoiser, import_network, list_denoisers
 from locality_core.denoisers.unet import EDMDenoiser
 from locality_core.denoisers.wiener import WienerDenoiser
 from locality_core.schedule import ddim_sigmas, sigma_to_t, t_to_sigma
@@ -49,6 +51,7 @@ __all__ = [
     "DatasetError",
     "Denoiser",
     "DenoiserError",
+    "DiffusersDenoiser",
     "EDMDenoiser",
     "ELSDenoiser",
     "Field",
@@ -65,6 +68,7 @@ __all__ = [
     "ddim_sigmas",
     "default_cache",
     "denoiser_basis",
+    "import_network",
     "denoiser_field",
     "get_denoiser",
     "get_stats",

@@ -13,8 +13,17 @@ import pandas as pd
 import streamlit as st
 
 from locality_core.analysis.claims import effective_rank, field_claims
-from locality_core.analysis.fields import Field, cosine_similarity, half_max_sizes, locality_sizes, wiener_field
+from locality_core.analysis.fields import (
+    Field,
+    cosine_similarity,
+    field_is_cached,
+    half_max_sizes,
+    locality_sizes,
+    wiener_field,
+)
 from locality_core.denoisers.analytical import default_theta
+from locality_core.denoisers.diffusers_import import list_networks
+from locality_core.denoisers.registry import list_denoisers
 from locality_core.views.page_data import els_patches, sensitivity_table
 from ui import loading
 from ui.figures import CONTRASTS, SCALES, grid_png, is_flat, locality_plot, map_grid, noise_header
@@ -83,8 +92,14 @@ def controls(data, stats) -> Controls:
     return Controls(picture, signed, unet, masks, patch, scale, contrast, threshold, float(theta))
 
 
-def field_table(view: View, stats, sizes, cosines, masks, patch_sizes, extents) -> pd.DataFrame:
+def field_table(view: View, stats, sizes, cosines, masks, patch_sizes, extents, wiener: Field,
+                others: dict[str, Field]) -> pd.DataFrame:
     table = sensitivity_table(stats, view.sigmas, sizes, cosines, masks, patch_sizes, extents)
+    for title, field in others.items():  # the other trained networks: their squares and cosines, as the UNet's
+        table[f"{title} half-max square (px)"] = list(half_max_sizes(field))
+        table[f"{title} 50 % square (px)"] = list(sizes[title][:, 0])
+        table[f"cos({title}, Wiener)"] = [f"{cosine_similarity(a, b):.2f}" for a, b in
+                                          zip(field.map("abs"), wiener.map("abs"))]
     columns = [" ".join(noise_header(s)) for s in view.sigmas]
     return pd.DataFrame(table, index=columns).T.astype(str)
 
@@ -97,12 +112,17 @@ def fields_npz(view: View, pixel, rows) -> bytes:
     return buf.getvalue()
 
 
-def grid_rows(c: Controls, wiener: Field, unet: Field | None, masks, patch, stage: str) -> list:
+def grid_rows(c: Controls, wiener: Field, unet: Field | None, masks, patch, stage: str,
+              others: dict[str, Field] | None = None) -> list:
+    """The grid's rows; ``others``: the other trained networks' fields by title (their cosines to Wiener are in
+    the table below)."""
     rows = [("Wiener<br>" + ("P<sub>σ</sub> row" if c.signed else "|P<sub>σ</sub> row|"), wiener.map(c.mode), c.mode)]
     if unet is not None:
         label = "UNet<br>" + ("mean J" if c.signed else "mean |J|") + (f" ({PREVIEW_N} img)" if stage == "preview"
                                                                        else "")
         rows.append((label, unet.map(c.mode), c.mode))
+    for title, field in (others or {}).items():
+        rows.append((f"{title}<br>{'mean J' if c.signed else 'mean |J|'}", field.map(c.mode), c.mode))
     if masks is not None:
         rows.append(("Analytical<br>mask", masks[0], "mask"))
     if patch is not None:
@@ -111,23 +131,27 @@ def grid_rows(c: Controls, wiener: Field, unet: Field | None, masks, patch, stag
 
 
 def draw_grid(view: View, c: Controls, width: int, pixel, wiener: Field, unet: Field | None, masks, patch, slot,
-              stage: str) -> list | None:
+              stage: str, others: dict[str, Field] | None = None) -> list | None:
     """The field grid in ``slot`` (replacing what was there); returns the UNet-Wiener cosine per level."""
     cosines = None if unet is None else [cosine_similarity(a, b) for a, b in zip(unet.map("abs"), wiener.map("abs"))]
     titles = [noise_header(s) + ([f"cos {cos:.2f}"] if cosines else []) for s, cos in
               zip(view.sigmas, cosines or [None] * len(view.sigmas))]
-    rows = grid_rows(c, wiener, unet, masks, patch, stage)
+    rows = grid_rows(c, wiener, unet, masks, patch, stage, others)
     with slot.container():
+        if stage == "pending":
+            st.caption(":material/hourglass_top: The other trained networks' rows are being computed (32 noisy "
+                       "images per noise level, then cached); they appear below the UNet's when done.")
         if stage == "preview":
             st.caption(f":material/hourglass_top: UNet row from {PREVIEW_N} noisy images per noise level; the "
                        "32-image average replaces it in a few seconds (then cached).")
         show(map_grid(rows, titles, pixel=pixel, page_width=width, scale=c.scale, contrast=c.contrast),
-             "field_grid" + ("" if stage == "final" else "_preview"), f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}")
+             "field_grid" + {"final": "", "preview": "_preview", "pending": "_pending"}[stage],
+             f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}")
     return cosines
 
 
 def details(view: View, c: Controls, data, stats, pixel, wiener: Field, unet: Field | None, cosines, masks,
-            patch) -> None:
+            patch, others: dict[str, Field] | None = None) -> None:
     """Below the first screen: findings, locality curve, table, downloads."""
     C, H, W = data.shape
     sizes = {"wiener": locality_sizes(wiener)}
@@ -135,6 +159,7 @@ def details(view: View, c: Controls, data, stats, pixel, wiener: Field, unet: Fi
     if unet is not None:
         sizes["unet"] = locality_sizes(unet)
         extents["unet"] = half_max_sizes(unet)
+    sizes.update({title: locality_sizes(field) for title, field in (others or {}).items()})
     variance = np.diag(stats.cov).reshape(C, H, W)[:, pixel[0], pixel[1]]
     claims = field_claims(list(view.sigmas), extents["wiener"], rank=effective_rank(stats.eigvals), d=stats.d,
                           n_train=stats.n, unet_sizes=extents.get("unet"), cosines=cosines,
@@ -166,9 +191,9 @@ def details(view: View, c: Controls, data, stats, pixel, wiener: Field, unet: Fi
         show(locality_plot(list(view.sigmas), sizes, titles={"wiener": "Wiener", "unet": "UNet"},
                            image_side=max(H, W), height=340), "locality_plot",
              f"{view.dataset}-locality-r{pixel[0]}c{pixel[1]}")
-    st.dataframe(field_table(view, stats, sizes, cosines, masks, None if patch is None else patch[1], extents),
-                 width="stretch")
-    rows = grid_rows(c, wiener, unet, masks, patch, "final")
+    st.dataframe(field_table(view, stats, sizes, cosines, masks, None if patch is None else patch[1], extents,
+                             wiener, others or {}), width="stretch")
+    rows = grid_rows(c, wiener, unet, masks, patch, "final", others)
     titles = [" ".join(noise_header(s)) for s in view.sigmas]
     name = f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}"
     a, b = st.columns(2)
@@ -194,6 +219,47 @@ def unet_row(view: View, c: Controls, data, width: int, pixel, wiener: Field, ma
     abs_m, signed_m = model_maps("unet", "UNet", view.ref, pixel, view.sigmas, view.seed, precision=precision,
                                  slot=progress_slot, on_miss=preview)
     return Field(pixel, view.sigmas, abs_m, signed_m)
+
+
+def other_network_specs(data) -> list:
+    """The trained networks other than the UNet available for this data set (a diffusers UNet, shipped or
+    imported)."""
+    return [spec for spec in list_denoisers() if spec.network and spec.name != "unet"
+            and loading.denoiser_status(spec.name, data)[0]]
+
+
+def other_networks_toggle(specs: list) -> list:
+    """The networks of ``specs`` to show, by a toggle under the grid: on by default only for a network the user
+    imported (a shipped one would push the ELS row off a projector's first screen)."""
+    if not specs:
+        return []
+    imported = set(list_networks())
+    on = st.toggle(f"Rows for the other trained networks: {', '.join(spec.title for spec in specs)}", key="nets",
+                   value=any(spec.name in imported for spec in specs), bind="query-params",
+                   help="Their Jacobians at 32 noisy test images per noise level, like the UNet's (Fashion-MNIST's "
+                        "diffusers UNet: about 7 CPU seconds per pixel the first time, then cached); their cosines "
+                        "to Wiener are in the table below.")
+    return specs if on else []
+
+
+def fields_cached(view: View, data, name: str, pixel) -> bool:
+    precision = loading.field_precision()
+    return all(field_is_cached(data, name, pixel, [s], n=32, seed=view.seed, precision=precision)
+               for s in view.sigmas)
+
+
+def other_networks(view: View, specs: list, pixel, slot) -> dict[str, Field]:
+    """The fields of the networks ``specs`` by title: shared jobs like the UNet's."""
+    fields = {}
+    for spec in specs:
+        try:
+            abs_m, signed_m = model_maps(spec.name, spec.title, view.ref, pixel, view.sigmas, view.seed,
+                                         precision=loading.field_precision(), slot=slot)
+        except loading.USER_ERRORS as exc:
+            loading.show_error(exc, spec.title)
+            continue
+        fields[spec.title] = Field(pixel, view.sigmas, abs_m, signed_m)
+    return fields
 
 
 @st.fragment
@@ -225,8 +291,13 @@ def pixel_and_maps(view: View, c: Controls, data, stats) -> None:
         except loading.USER_ERRORS as exc:
             with right:
                 loading.show_error(exc, "UNet")
-    cosines = draw_grid(view, c, grid_width, pixel, wiener, unet, masks, patch, grid_slot, "final")
-    details(view, c, data, stats, pixel, wiener, unet, cosines, masks, patch)
+    with right:
+        specs = other_networks_toggle(other_network_specs(data))
+    if not all(fields_cached(view, data, spec.name, pixel) for spec in specs):  # the first screen does not wait
+        draw_grid(view, c, grid_width, pixel, wiener, unet, masks, patch, grid_slot, "pending")
+    others = other_networks(view, specs, pixel, progress_slot)
+    cosines = draw_grid(view, c, grid_width, pixel, wiener, unet, masks, patch, grid_slot, "final", others)
+    details(view, c, data, stats, pixel, wiener, unet, cosines, masks, patch, others)
 
 
 def main() -> None:

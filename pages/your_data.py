@@ -16,6 +16,8 @@ from locality_core.data import (
     list_user_datasets,
 )
 from locality_core.data.user import MAX_IMAGES, MAX_SIDE, MAX_TOTAL_BYTES, MIN_IMAGES, PREFIX, metadata
+from locality_core.denoisers.diffusers_import import TIMESTEP_RULE, list_networks
+from locality_core.denoisers.registry import import_network
 from locality_core.store.memory import budget_bytes, statistics_bytes
 from locality_core.views.pack import PackError, import_pack
 from locality_core.views.refs import DataRef
@@ -171,4 +173,44 @@ def prepared_cache() -> None:
         st.dataframe(pd.DataFrame(report.skipped, columns=["entry", "why skipped"]), width="stretch", hide_index=True)
 
 
+def own_network() -> None:
+    """Import a diffusers UNet2DModel (a .zip of its folder) as a denoiser of the data set chosen in the sidebar:
+    off in read-only mode; a name imported by another session is not replaced."""
+    st.subheader("Your own network")
+    st.markdown(f"Does *your* trained network's locality follow the data? Upload a `.zip` of a diffusers "
+                "`UNet2DModel` folder (`config.json`, `diffusion_pytorch_model.safetensors` and the scheduler's "
+                "`scheduler_config.json`) trained on the data set chosen in the sidebar: it becomes a denoiser with "
+                "its own rows on Sensitivity and Samples. Unconditional networks only; safetensors only (a pickle "
+                f"`.bin` is refused unopened); channels and size are checked. Its timestep is {TIMESTEP_RULE}. "
+                "From the command line: `locality import-model NAME FOLDER --dataset DATASET`.")
+    if READ_ONLY:
+        st.caption("Turned off on this read-only server.")
+        return
+    upload = st.file_uploader("Network folder (.zip)", type=["zip"], key="net_zip")
+    c1, c2 = st.columns(2)
+    name = c1.text_input("Denoiser name", "my-network", max_chars=64, key="net_name")
+    pixel_range = c2.radio("Trained on pixels in", ["-1,1", "0,1"], horizontal=True, key="net_range",
+                           format_func={"-1,1": "[-1, 1] (diffusers' recipes)", "0,1": "[0, 1]"}.get)
+    if upload is None or not st.button("Import the network", icon=":material/upload:", key="net_go"):
+        return
+    own = st.session_state.setdefault("own_networks", set())
+    if name in list_networks() and name not in own:
+        st.error(f"A network named {name} was imported by someone else; choose another name.")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / (Path(upload.name).name or "network.zip")
+        path.write_bytes(upload.getbuffer())
+        try:
+            with st.spinner("Checking and loading the network…"):
+                record = import_network(path, name, loading.dataset(view.ref), pixel_range=pixel_range)
+        except loading.USER_ERRORS as exc:  # name the uploaded file, never the server's temporary path
+            st.error(f"Not imported: {str(exc).replace(str(path), path.name)}", icon=":material/error:")
+            return
+    own.add(name)
+    st.success(f"Imported `{name}` for {record['dataset']}: {record['parameters']:,} parameters, "
+               f"{record['prediction_type']} prediction. Open Sensitivity or Samples to see it.",
+               icon=":material/check_circle:")
+
+
+own_network()
 prepared_cache()

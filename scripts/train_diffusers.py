@@ -10,10 +10,14 @@ no horizontal flips (the Wiener filter and the analytical denoiser see the data 
 
     python scripts/train_diffusers.py --steps 6000 --out ~/.local/share/locality-explorer/models/diffusers-run
     python scripts/train_diffusers.py --steps 6000 --out DIR --resume      # after an interruption
+    python scripts/train_diffusers.py --steps 6000 --out DIR --export-only # the checkpoint's EMA weights, as is
 
 The result is a diffusers folder (``config.json``, ``diffusion_pytorch_model.safetensors``,
-``scheduler_config.json``) that ``locality import-model`` reads like any other network; a checkpoint is written
-every ``--checkpoint-minutes`` and on Ctrl-C. Needs the optional extra: ``pip install diffusers``.
+``scheduler_config.json``, and ``training.json``: steps done of those planned, loss, wall time) in ``DIR/model``
+that ``locality import-model`` reads like any other network; a checkpoint is written every
+``--checkpoint-minutes`` and on Ctrl-C. ``--export-only`` writes that folder from the last checkpoint of a run
+that will not be resumed, saying in ``training.json`` how many of the planned steps it had done. Needs the
+optional extra: ``pip install diffusers``.
 """
 
 from __future__ import annotations
@@ -52,7 +56,12 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    p.add_argument("--export-only", action="store_true",
+                   help="write DIR/model from DIR/checkpoint.pt (its EMA weights) without training")
     args = p.parse_args(argv)
+    if args.export_only:
+        export_only(args)
+        return
 
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
@@ -121,19 +130,59 @@ def main(argv=None) -> None:
     if step < args.steps:
         print(f"stopped at step {step}; continue with --resume")
         return
+    export(args, data, model, scheduler, ema, step, running, elapsed + time.perf_counter() - start)
+
+
+def logged_loss(log_path: Path, step: int) -> float | None:
+    """The running loss the log recorded last at or before ``step`` (the log may run past the checkpoint)."""
+    if not log_path.exists():
+        return None
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["step"] <= step]
+    return rows[-1]["loss"] if rows else None
+
+
+def export(args, data, model, scheduler, ema, step: int, loss: float | None, wall_time_s: float) -> Path:
+    """Write ``args.out/model``: the EMA weights as a diffusers folder, and training.json saying what was done."""
+    import diffusers
+
     ema.copy_to(model.parameters())
     model.eval()
     final = args.out / "model"
     model.save_pretrained(final, safe_serialization=True)
     scheduler.save_pretrained(final)
+    complete = step >= args.steps
     (final / "training.json").write_text(json.dumps({
         "recipe": "diffusers train_unconditional (DDPM, epsilon, uniform t, AdamW, cosine warm-up, EMA)",
-        "dataset": args.dataset, "fingerprint": data.fingerprint, "steps": step, "batch": args.batch,
-        "lr": args.lr, "warmup": args.warmup, "seed": args.seed, "threads": args.threads,
-        "final_loss_ema": running, "wall_time_s": round(elapsed + time.perf_counter() - start, 1),
-        "parameters": sum(p.numel() for p in model.parameters()), "torch": torch.__version__,
-    }, indent=2))
-    print(f"wrote {final}")
+        "dataset": args.dataset, "fingerprint": data.fingerprint, "steps": step, "planned_steps": args.steps,
+        "complete": complete,
+        "note": "the full run" if complete else
+                f"stopped at step {step} of {args.steps} planned (not enough CPU time) and not resumed: the EMA "
+                "weights of its last checkpoint, with the cosine learning rate not yet decayed",
+        "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed, "threads": args.threads,
+        "final_loss_ema": loss, "ema_decay": ema.get_decay(ema.optimization_step),
+        "wall_time_s": round(wall_time_s, 1), "parameters": sum(p.numel() for p in model.parameters()),
+        "torch": torch.__version__, "diffusers": diffusers.__version__,
+    }, indent=2) + "\n")
+    print(f"wrote {final} ({'complete' if complete else f'step {step} of {args.steps}'})")
+    return final
+
+
+def export_only(args) -> Path:
+    from diffusers.training_utils import EMAModel
+
+    from locality_core.data import load_dataset
+
+    data = load_dataset(args.dataset)
+    c, h, w = data.shape
+    model, scheduler = build(h, c)
+    ckpt = torch.load(args.out / "checkpoint.pt", weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
+    ema.load_state_dict(ckpt["ema"])
+    step = int(ckpt["step"])
+    return export(args, data, model, scheduler, ema, step, logged_loss(args.out / "train_log.jsonl", step),
+                  float(ckpt["elapsed"]))
 
 
 if __name__ == "__main__":

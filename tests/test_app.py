@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -504,3 +505,72 @@ def test_map_scales():
     sqrt = scaled_maps(rows, "map", "sqrt")[1]
     np.testing.assert_allclose(sqrt, np.sign(per_map[1]) * np.sqrt(np.abs(per_map[1])))
     assert np.abs(sqrt).max() <= 1.0
+
+
+def test_a_diffusers_network_gets_a_sensitivity_row_and_samples(app_env):
+    """A diffusers UNet2DModel placed as the data set's `diffusers-unet` (as Fashion-MNIST's ships): its own row of
+    fields on Sensitivity (behind a toggle, off for a shipped network) with its cosine to Wiener in the table, and
+    its samples on Samples (removed afterwards)."""
+    pytest.importorskip("diffusers", reason="diffusers is an optional extra: pip install diffusers==0.42.1")
+    from diffusers_nets import save_network
+
+    from locality_core.data import load_dataset
+    from locality_core.denoisers.diffusers_import import SHIPPED, import_network
+
+    target = app_env / "models" / "grf" / SHIPPED
+    import_network(save_network(app_env / "diffusers-src", side=28), SHIPPED, load_dataset("grf", **TINY_PARAMS),
+                   directory=target)
+    try:
+        at = run_page(query={"t": ["500", "100"]})  # a shipped one: off by default (the first screen's rows)
+        assert_clean(at)
+        assert not any(t["name"].startswith("diffusers") for t in figure(at, "field_grid")["data"])
+        at.toggle(key="nets").set_value(True).run()
+        assert_clean(at)
+        names = [t["name"] for t in figure(at, "field_grid")["data"]]
+        assert "diffusers UNet (DDPM) mean |J|" in names, names
+        cos = at.dataframe[0].value.loc["cos(diffusers UNet (DDPM), Wiener)"].astype(float)
+        assert len(cos) == 2 and ((cos >= -1) & (cos <= 1)).all()
+        at = run_page("pages/samples.py", query={"models": ["diffusers-unet"], "n": "4"})
+        assert_clean(at)
+        titles = [a["text"] for a in figure(at, "samples_diffusers-unet")["layout"]["annotations"]]
+        assert sum(t.startswith("L2 ") for t in titles) == 4
+    finally:
+        shutil.rmtree(target)
+
+
+def test_your_data_imports_a_network_zip_and_refuses_a_pickle(app_env, tmp_path):
+    """The "Your own network" section: a zip of a diffusers folder for the data set in the sidebar becomes a
+    denoiser; a zip whose weights are a pickle is refused, naming the uploaded file and never the server's path."""
+    pytest.importorskip("diffusers", reason="diffusers is an optional extra: pip install diffusers==0.42.1")
+    from diffusers_nets import save_network
+
+    from locality_core.denoisers.diffusers_import import network_dir
+    from locality_core.denoisers.registry import list_denoisers
+
+    def zipped(folder: Path) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for f in folder.iterdir():
+                z.write(f, f"net/{f.name}")
+        return buf.getvalue()
+
+    at = run_page("pages/your_data.py")
+    at.file_uploader(key="net_zip").set_value(("net.zip", zipped(save_network(tmp_path / "ok", side=28)),
+                                               "application/zip"))
+    at.text_input(key="net_name").set_value("page-net")
+    at.run()  # the import button appears with an upload
+    try:
+        at.button(key="net_go").click().run()
+        assert_clean(at)
+        assert any("Imported `page-net` for grf" in s.value for s in at.success)
+        assert "page-net" in [s.name for s in list_denoisers()]
+        grid = figure(run_page(query={"t": ["500"]}), "field_grid")  # a network one imported: its row by default
+        assert "page-net (your network) mean |J|" in [t["name"] for t in grid["data"]]
+        at.file_uploader(key="net_zip").set_value(("pickled.zip", zipped(save_network(tmp_path / "bad", side=28,
+                                                                                      safe=False)),
+                                                   "application/zip")).run()
+        at.button(key="net_go").click().run()
+        message = at.error[0].value
+        assert "pickled.zip" in message and "pickle" in message and "/tmp" not in message
+    finally:
+        shutil.rmtree(network_dir("page-net"), ignore_errors=True)

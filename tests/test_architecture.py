@@ -47,3 +47,15 @@ def test_imports_inside_library_functions_are_few_and_explained():
     result = subprocess.run([sys.executable, "scripts/lint_imports_inside.py"], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout
+
+
+def test_the_core_install_never_imports_diffusers():
+    """diffusers is an optional extra: the library, its registry and the command line load without importing it
+    (only checking or loading an imported network does)."""
+    import subprocess
+
+    code = ("import sys, locality_core, locality_core.cli.main, locality_core.views.catalogue; "
+            "from locality_core.denoisers.registry import list_denoisers; list_denoisers(); "
+            "print('diffusers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -173,6 +173,22 @@ def test_switch_the_data_set(server, page):
     maps_ready(page, "pixel row 3, col 20", timeout=60_000)
 
 
+def test_shipped_diffusers_network_has_its_rows_on_fashion_mnist(server, page):
+    """Fashion-MNIST's shipped diffusers UNet2DModel (issue 25): its own row of fields on Sensitivity (behind the
+    toggle under the grid, in the URL), and its own samples on Samples."""
+    pytest.importorskip("diffusers", reason="diffusers is an optional extra: pip install diffusers==0.42.1")
+    page.goto(server + "/sensitivity?t=500&t=100&nets=true")
+    maps_ready(page, "How local?")
+    if not page.get_by_text("fashion-mnist", exact=False).count():
+        pytest.skip("the default data set here is not Fashion-MNIST (not installed)")
+    names = page.eval_on_selector(GRID, "gd => gd.data.map(t => t.name)")
+    assert "diffusers UNet (DDPM) mean |J|" in names, names
+    page.goto(server + "/samples?models=diffusers-unet&n=4")
+    settle(page, "Trajectories")
+    assert page.locator(".st-key-samples_diffusers-unet .js-plotly-plot").count() == 1
+    assert not page.locator('[data-testid="stException"]').count()
+
+
 PAGE_WAITS = {  # url path -> text that shows the page has finished its computations
     "sensitivity": "How local?",
     "samples": "Trajectories",

@@ -1,5 +1,6 @@
 """Every denoiser keeps the contract of `locality_core.denoisers.base`: one test per rule, over the registry (plus the
-mask engine and the trained affine denoiser), on a tiny in-memory data set (the UNet: its shipped weights)."""
+mask engine and the trained affine denoiser), on a tiny in-memory data set (the UNet: its shipped weights; the
+diffusers network: a tiny random one)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ UNFITTED = {
     "masked": lambda: MaskedSoftmaxDenoiser(lambda sigma: square_mask(SHAPE, 5), chunk_size=7),
     "affine": lambda: AffineDenoiser(1.0, steps=20, batch=16, lr=1e-2),
 }
-TRAINED_ELSEWHERE = {"unet"}  # weights from train.py: no fit
+TRAINED_ELSEWHERE = {"unet", "diffusers-unet"}  # weights trained elsewhere: no fit
 NAMES = [*REGISTRY, "masked", "affine"]
 
 
@@ -68,6 +69,14 @@ def build(name: str, data: Dataset) -> Denoiser:
         if path is None:
             pytest.skip("no shipped Fashion-MNIST UNet weights (locality_core/assets/models/fashion-mnist/unet.pt)")
         return load_weights(path)
+    if name == "diffusers-unet":  # the class of every imported network, around a tiny random UNet2DModel
+        pytest.importorskip("diffusers", reason="diffusers is an optional extra: pip install diffusers==0.42.1")
+        from diffusers_nets import tiny_unet
+
+        from locality_core.denoisers.diffusers_import import alphas_cumprod, scheduler_settings
+        from locality_core.denoisers.diffusers_unet import DiffusersDenoiser
+
+        return DiffusersDenoiser(tiny_unet(SHAPE[1]), alphas_cumprod(scheduler_settings({})), "v_prediction")
     if name in REGISTRY:
         return REGISTRY[name].build(data, **REGISTRY[name].options)
     return unfitted(name, data).fit(data)

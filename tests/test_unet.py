@@ -87,7 +87,7 @@ def test_train_resume_export_and_safe_loading(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="fingerprint"):
         load_weights(out / "unet.pt", other)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelError, match="not a readable"):
+    with pytest.raises(ModelError, match="is not a weights file saved by `locality train`"):
         load_weights(tmp_path / "bad.pt", ds)
 
 

@@ -32,11 +32,12 @@ SCRIPT = """
     if (failed(event.reason && event.reason.message) || failed(event.reason)) reload();
   });
   window.addEventListener("error", (event) => { if (failed(event.message)) reload(); });
-  let pending = false;  // an error React caught shows as text in place of the element: look once a second
+  let pending = false;  // an error React caught shows as text in place of the element: look once a second, at
+  //                       the text shown (innerText: textContent would read this very script's strings in the body)
   new MutationObserver(() => {
     if (pending) return;
     pending = true;
-    setTimeout(() => { pending = false; if (document.body && failed(document.body.textContent)) reload(); }, 1000);
+    setTimeout(() => { pending = false; if (document.body && failed(document.body.innerText)) reload(); }, 1000);
   }).observe(document.documentElement, {childList: true, subtree: true});
   const consoleError = console.error;
   console.error = (...args) => {  // React reports a failed lazy element here, after catching it

@@ -2,6 +2,7 @@
 
     locality datasets                       what is registered and available here
     locality import NAME FOLDER_OR_ZIP [--size H,W] [--mode L|RGB] [--force]
+    locality import-model NAME FOLDER_OR_ZIP --dataset DATASET [--pixel-range -1,1|0,1]   a diffusers UNet2DModel
     locality precompute DATASET [--all]     statistics (--all: every page's default view too)
     locality precompute --all [--plan]      every lecture default view in talk order (--plan: list, with CPU s)
     locality pack export FILE [DATASET...]  the computed default views in one file; `locality pack import FILE`
@@ -42,7 +43,7 @@ from locality_core.data.user import PREFIX, import_images
 from locality_core.denoisers import distributed
 from locality_core.denoisers.evaluate import heldout_mse_table
 from locality_core.denoisers.models import user_model_dir
-from locality_core.denoisers.registry import get_denoiser, list_denoisers
+from locality_core.denoisers.registry import get_denoiser, import_network, list_denoisers
 from locality_core.denoisers.training import TrainConfig, default_unet_config, train
 from locality_core.render import heat, labelled_grid, mark_pixel, to_uint8_image
 from locality_core.schedule import REFERENCE_SIGMAS, format_noise_level
@@ -83,6 +84,17 @@ def _cmd_import(args) -> int:
     report = import_images(args.path, args.name, size=args.size, mode=args.mode, replace=args.force)
     print(report.summary())
     print(f"use it as {PREFIX}{report.name}, e.g. `locality precompute {PREFIX}{report.name}`")
+    return 0
+
+
+def _cmd_import_model(args) -> int:
+    dataset = load(args.dataset)
+    record = import_network(args.path, args.name, dataset, pixel_range=args.pixel_range)
+    print(f"imported {record['source']} as the denoiser {args.name} for {dataset.name}: a UNet2DModel of "
+          f"{record['parameters']:,} parameters, {record['prediction_type']} prediction, "
+          f"{record['num_train_timesteps']} training steps; its timestep is {record['timestep']}")
+    print(f"use it as --denoiser {args.name}, e.g. `locality field {dataset.name} --denoiser {args.name} "
+          "--pixel 14,14`")
     return 0
 
 
@@ -302,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["L", "RGB"], default="L", help="grayscale (L, default) or colour (RGB)")
     p.add_argument("--force", action="store_true", help="replace an imported data set of the same name")
     p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("import-model", help="import a diffusers UNet2DModel folder or .zip as the denoiser NAME")
+    p.add_argument("name", help="letters, digits, '-' and '_'; the denoiser's name")
+    p.add_argument("path", help="config.json, diffusion_pytorch_model.safetensors and scheduler_config.json (beside "
+                                "them or in ../scheduler/): a folder or a .zip")
+    p.add_argument("--dataset", required=True, help="the data set it was trained on (channels and size checked)")
+    p.add_argument("--pixel-range", default="-1,1", choices=["-1,1", "0,1"],
+                   help="the pixel range it was trained on (diffusers' recipes: -1,1, the default)")
+    p.set_defaults(func=_cmd_import_model)
 
     p = sub.add_parser("precompute", help="compute and cache a data set's statistics (--all: every default view)")
     p.add_argument("dataset", nargs="?", default=None,

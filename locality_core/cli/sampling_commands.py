@@ -36,8 +36,8 @@ from locality_core.denoisers.registry import (
 from locality_core.render import paste_grid
 from locality_core.schedule import ddim_sigmas, sigma_to_t
 
-DEFAULT_SAMPLE = ("unet", "analytical", "wiener", "optimal", "els")
-DEFAULT_COMPARE = ("analytical", "wiener", "optimal", "ls", "els")
+DEFAULT_SAMPLE = ("unet", "analytical", "wiener", "optimal", "els", "diffusers-unet")
+DEFAULT_COMPARE = ("analytical", "wiener", "optimal", "ls", "els", "diffusers-unet")
 COMPARE_N = 32     # items per comparison: fewer leave the order of most denoisers unresolved (docs/results.md)
 PARTS = ("trajectory", "same_input")
 SCALE = 3          # grid pixels per image pixel

@@ -65,26 +65,25 @@ def sigma_list(text: str) -> list[float]:
     return [sigma(v) for v in values]
 
 
-def count(value: int, what: str, maximum: int) -> int:
-    """An integer in [1, maximum]."""
+def _integer(value, what: str, lo: int, hi: int, out_of_range: str) -> int:
+    """``value`` as an integer in [lo, hi]; ``out_of_range`` is the sentence's middle when it lies outside."""
     try:
         value = int(value)
     except ValueError:
-        raise InvalidInput(f"{what} must be a whole number from 1 to {maximum:,}, got {value!r}.") from None
-    if not 1 <= value <= maximum:
-        raise InvalidInput(f"{what} must be at least 1 and at most {maximum:,}, got {value:,}.")
+        raise InvalidInput(f"{what} must be a whole number from {lo} to {hi:,}, got {value!r}.") from None
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{what} must {out_of_range}, got {value:,}.")
     return value
+
+
+def count(value: int, what: str, maximum: int) -> int:
+    """An integer in [1, maximum]."""
+    return _integer(value, what, 1, maximum, f"be at least 1 and at most {maximum:,}")
 
 
 def seed(value: int, what: str = "--seed") -> int:
     """A random seed: an integer in [0, 2**63) (numpy refuses negative seeds, torch wraps large ones)."""
-    try:
-        value = int(value)
-    except ValueError:
-        raise InvalidInput(f"{what} must be a whole number from 0 to {SEED_MAX:,}, got {value!r}.") from None
-    if not 0 <= value <= SEED_MAX:
-        raise InvalidInput(f"{what} must lie in 0..{SEED_MAX:,}, got {value:,}.")
-    return value
+    return _integer(value, what, 0, SEED_MAX, f"lie in 0..{SEED_MAX:,}")
 
 
 def odd_sizes(text: str, what: str, maximum: int) -> list[int]:

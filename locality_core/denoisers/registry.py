@@ -6,16 +6,23 @@ Glossary
                    that changes whenever the denoiser's outputs could (weights hash, options), used in cache keys
     get_denoiser   build (and keep, per process, within the memory budget: `store.memory.bounded_cache`) the
                    denoiser of a data set
+    network        a trained network (our UNet, a diffusers UNet2DModel shipped or imported): the pages show a
+                   row of it wherever they show one of the UNet
+    imported       networks imported with `import_network` (`locality import-model`) appear under their NAME,
+                   read from disk on every call, like imported data sets
 
 The CLI, the app's select boxes and the parametrised tests all read this one table.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from locality_core.data import Dataset
+from locality_core.denoisers import diffusers_import
 from locality_core.denoisers.analytical import AnalyticalDenoiser
 from locality_core.denoisers.models import ModelError, find_weights, how_to_train, load_unet, weights_id
 from locality_core.denoisers.optimal import OptimalDenoiser
@@ -38,6 +45,7 @@ class DenoiserSpec:
     cache_id: Callable[..., str] = lambda ds, **opts: ""
     options: dict = field(default_factory=dict)
     linear: bool = False  # closed-form Jacobian: fields need no autograd
+    network: bool = False  # a trained network: a row wherever the UNet has one
 
 
 REGISTRY: dict[str, DenoiserSpec] = {}
@@ -51,13 +59,17 @@ def register(spec: DenoiserSpec) -> DenoiserSpec:
 
 
 def get_spec(name: str) -> DenoiserSpec:
-    if name not in REGISTRY:
-        raise DenoiserError(f"unknown denoiser {name!r}; known: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name in diffusers_import.list_networks():
+        return imported_spec(name)
+    known = [*REGISTRY, *diffusers_import.list_networks()]
+    raise DenoiserError(f"unknown denoiser {name!r}; known: {', '.join(known)}")
 
 
 def list_denoisers() -> list[DenoiserSpec]:
-    return list(REGISTRY.values())
+    """The registered denoisers, then the imported networks (read from disk on every call)."""
+    return list(REGISTRY.values()) + [imported_spec(n) for n in diffusers_import.list_networks()]
 
 
 def get_denoiser(name: str, dataset: Dataset, **options):
@@ -70,12 +82,14 @@ def get_denoiser(name: str, dataset: Dataset, **options):
     ok, message = spec.availability(dataset)
     if not ok:
         raise DenoiserError(message)
-    return _build(name, dataset, tuple(sorted({**spec.options, **options}.items())))
+    merged = {**spec.options, **options}
+    return _build(name, dataset, tuple(sorted(merged.items())), spec.cache_id(dataset, **merged))
 
 
 @bounded_cache  # an entry counts its data set too: the cache keeps it alive (shared storage is counted once)
-def _build(name: str, dataset: Dataset, options: tuple):
-    return REGISTRY[name].build(dataset, **dict(options))
+def _build(name: str, dataset: Dataset, options: tuple, identity: str):
+    """``identity`` (the cache id: weights hash, ...) is in the key so that new weights are never served old."""
+    return get_spec(name).build(dataset, **dict(options))
 
 
 def denoiser_cache_id(name: str, dataset: Dataset, **options) -> str:
@@ -118,7 +132,70 @@ def _unet_cache_id(dataset: Dataset) -> str:
 register(DenoiserSpec(
     "unet", "UNet (trained)",
     "A convolutional UNet trained on the data set with the EDM loss (our own training run).",
-    _build_unet, availability=_unet_availability, cache_id=lambda ds, **o: _unet_cache_id(ds)))
+    _build_unet, availability=_unet_availability, cache_id=lambda ds, **o: _unet_cache_id(ds), network=True))
+
+
+# ---------------------------------------------------------------- diffusers UNet2DModels: shipped and imported
+
+def _network_availability(directory: Path | None, dataset: Dataset, missing: str) -> tuple[bool, str]:
+    if directory is None:
+        return False, missing
+    if importlib.util.find_spec("diffusers") is None:
+        return False, f"needs the optional package diffusers: {diffusers_import.INSTALL}"
+    try:
+        diffusers_import.check_record(directory, diffusers_import.read_record(directory), dataset)
+    except ModelError as exc:
+        return False, str(exc)
+    return True, f"diffusers network in {directory}"
+
+
+def _build_network(directory: Path | None, dataset: Dataset):
+    if directory is None:
+        raise DenoiserError(f"no diffusers network for {dataset.name!r} here.")
+    return diffusers_import.load_network(directory, dataset)
+
+
+def _network_cache_id(directory: Path | None) -> str:
+    return diffusers_import.network_id(directory) if directory is not None else "none"
+
+
+def import_network(source, name: str, dataset: Dataset, *, pixel_range: str = "-1,1") -> dict:
+    """Import a diffusers UNet2DModel folder or .zip as the denoiser ``name`` of ``dataset``
+    (`diffusers_import.import_network`); returns its record."""
+    if name in REGISTRY:
+        raise DenoiserError(f"{name!r} is the name of a built-in denoiser; choose another name.")
+    return diffusers_import.import_network(source, name, dataset, pixel_range=pixel_range)
+
+
+def imported_spec(name: str) -> DenoiserSpec:
+    """The registry entry of an imported network."""
+    directory = diffusers_import.network_dir(name)
+    try:
+        record = diffusers_import.read_record(directory)
+        about = (f"{record.get('parameters', 0):,} parameters, {record.get('prediction_type')} prediction, "
+                 f"imported for {record.get('dataset')} from {record.get('source')}")
+    except ModelError as exc:
+        about = str(exc)
+    return DenoiserSpec(
+        name, f"{name} (your network)",
+        f"Your diffusers UNet2DModel ({about}); its timestep is {diffusers_import.TIMESTEP_RULE}.",
+        lambda ds: _build_network(directory, ds),
+        availability=lambda ds: _network_availability(directory, ds, f"no network {name!r} imported"),
+        cache_id=lambda ds, **o: _network_cache_id(directory), network=True)
+
+
+def _shipped_missing(dataset: Dataset) -> str:
+    return (f"No diffusers network ships for {dataset.name!r}; import one of your own with `locality import-model "
+            f"NAME FOLDER --dataset {dataset.name}`.")
+
+
+register(DenoiserSpec(
+    diffusers_import.SHIPPED, "diffusers UNet (DDPM)",
+    "A diffusers UNet2DModel with attention blocks, trained with diffusers' own DDPM recipe (epsilon "
+    f"prediction): a second architecture and loss. Its timestep is {diffusers_import.TIMESTEP_RULE}.",
+    lambda ds: _build_network(diffusers_import.shipped_dir(ds.name), ds),
+    availability=lambda ds: _network_availability(diffusers_import.shipped_dir(ds.name), ds, _shipped_missing(ds)),
+    cache_id=lambda ds, **o: _network_cache_id(diffusers_import.shipped_dir(ds.name)), network=True))
 
 
 # ---------------------------------------------------------------- empirical optimal (memorising) denoiser

@@ -30,8 +30,9 @@ def view_sigma(sigma: float) -> float:
 class Defaults:
     seed: int = 0
     timesteps: tuple[int, ...] = tuple(REFERENCE_TIMESTEPS)
-    sample_denoisers: tuple[str, ...] = ("unet", "analytical", "wiener", "optimal")
-    fast_samplers: tuple[str, ...] = ("unet", "wiener", "optimal")  # 8 Fashion-MNIST samples in a second or two
+    sample_denoisers: tuple[str, ...] = ("unet", "analytical", "wiener", "optimal", "diffusers-unet")
+    # 8 Fashion-MNIST samples in a second or two
+    fast_samplers: tuple[str, ...] = ("unet", "wiener", "optimal", "diffusers-unet")
     sample_n: int = 8
     sample_steps: int = 10
     jacobian_image: int = 0
