@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from locality_core import settings
 from locality_core.analysis import generalisation
+from locality_core.analysis.transforms import has_class
 from locality_core.data import DatasetError, list_datasets
 from locality_core.data import get_spec as dataset_spec
 from locality_core.denoisers.registry import get_spec
@@ -75,7 +76,7 @@ def experiment_refs(ref: DataRef, data) -> dict[str, list[DataRef]]:
     D = defaults.DEFAULTS
     refs = {"inject": [ref.with_transform("inject", strength=D.inject_strength, seed=D.seed)],
             "permute": [ref.with_transform("permute", seed=D.permute_seed)]}
-    if data.class_names and data.train_labels is not None:
+    if data.class_names and has_class(data, D.experiment_class):
         refs["class"] = [ref.with_transform("class", label=D.experiment_class)]
     return refs
 
