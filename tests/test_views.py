@@ -155,6 +155,8 @@ def test_the_plan_is_breadth_first_lecture_sets_first_large_n_last(monkeypatch):
     landing_ends = [max(i for i, t in enumerate(tasks) if t.ref.name == n and t.view == "stats") for n in present]
     assert slow and min(slow) > max(landing_ends)  # every lecture set's landing view before the first slow row
     memo = [i for i, t in enumerate(tasks) if t.view == "memorisation" and dict(t.params)["kind"] == "analytical"]
+    if len(slow) > 1 and memo and tasks[memo[0]].ref.name == present[0]:  # the first set complete before the
+        assert memo[0] < slow[1]                                             # second one's analytical samples
     if len(memo) > 1:  # the analytical side at the page's first N in tier 3, the others at the very end
         assert memo[1:] == list(range(len(tasks) - len(memo) + 1, len(tasks)))
 
