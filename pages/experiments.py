@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from locality_core.analysis.claims import comparison_claim, mask_fill_claim, pattern_share_claim
-from locality_core.analysis.fields import locality_sizes, wiener_field
+from locality_core.analysis.fields import half_max_sizes, wiener_field
 from locality_core.analysis.transforms import unpermute_map, w_template
 from locality_core.denoisers.models import find_weights
 from locality_core.views.defaults import DEFAULTS
@@ -103,7 +103,7 @@ def picture(e: Experiment, mdata, mstats) -> tuple[np.ndarray, str]:
 def claims_of(view: View, e: Experiment, pixel, orig, mod, masks, shape) -> list:
     """Sentences computed from the maps: where the fields widen or narrow, the W's share, where masks fill."""
     _, h, w = shape
-    sizes_o, sizes_m = locality_sizes(orig)[:, 0], locality_sizes(mod)[:, 0]
+    sizes_o, sizes_m = half_max_sizes(orig), half_max_sizes(mod)  # the extent the colours show
     said = ("the original data", "the modified data") if e.kind != "alpha" else e.names
     claims = [comparison_claim(list(view.sigmas), sizes_o, sizes_m, *said)]
     if e.kind == "inject":

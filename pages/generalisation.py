@@ -117,8 +117,10 @@ def main() -> None:
         tables["analytical"] = table(data, view.ref, "analytical", ready)
     pairs(view, data, tables, ready, n)
     curves(data, tables, n)
-    st.caption(card_note(data, sizes) + f"{generalisation.N_SAMPLES} noise seeds, DDIM {generalisation.STEPS} steps "
-               "(t = 900 → 0). Cosine similarity after subtracting the data set's mean image. Typical neighbour "
+    st.caption(card_note(data, sizes) + f"{generalisation.PAGE_SAMPLES} noise seeds (`locality generalisation`: "
+               f"{generalisation.N_SAMPLES}), DDIM {generalisation.STEPS} steps (t = 900 → 0); brackets: 95 % "
+               "bootstrap intervals over seeds, \"within noise\" where they overlap. Cosine similarity after "
+               "subtracting the data set's mean image. Typical neighbour "
                "distance: the median distance from a training image to the nearest other one; dotted: held-out test "
                f"images to the nearest image of a subset of size N. MSE on up to {generalisation.N_EVAL} own training "
                f"images (all of them when N is smaller) and {generalisation.N_EVAL} held-out images.")

@@ -13,7 +13,14 @@ import pandas as pd
 import streamlit as st
 
 from locality_core.analysis.claims import effective_rank, field_claims
-from locality_core.analysis.fields import Field, cosine_similarity, field_is_cached, locality_sizes, wiener_field
+from locality_core.analysis.fields import (
+    Field,
+    cosine_similarity,
+    field_is_cached,
+    half_max_sizes,
+    locality_sizes,
+    wiener_field,
+)
 from locality_core.denoisers.analytical import default_theta
 from locality_core.denoisers.diffusers_import import list_networks
 from locality_core.denoisers.registry import list_denoisers
@@ -85,10 +92,11 @@ def controls(data, stats) -> Controls:
     return Controls(picture, signed, unet, masks, patch, scale, contrast, threshold, float(theta))
 
 
-def field_table(view: View, stats, sizes, cosines, masks, patch_sizes, wiener: Field,
+def field_table(view: View, stats, sizes, cosines, masks, patch_sizes, extents, wiener: Field,
                 others: dict[str, Field]) -> pd.DataFrame:
-    table = sensitivity_table(stats, view.sigmas, sizes, cosines, masks, patch_sizes)
+    table = sensitivity_table(stats, view.sigmas, sizes, cosines, masks, patch_sizes, extents)
     for title, field in others.items():  # the other trained networks: their squares and cosines, as the UNet's
+        table[f"{title} half-max square (px)"] = list(half_max_sizes(field))
         table[f"{title} 50 % square (px)"] = list(sizes[title][:, 0])
         table[f"cos({title}, Wiener)"] = [f"{cosine_similarity(a, b):.2f}" for a, b in
                                           zip(field.map("abs"), wiener.map("abs"))]
@@ -147,12 +155,14 @@ def details(view: View, c: Controls, data, stats, pixel, wiener: Field, unet: Fi
     """Below the first screen: findings, locality curve, table, downloads."""
     C, H, W = data.shape
     sizes = {"wiener": locality_sizes(wiener)}
+    extents = {"wiener": half_max_sizes(wiener)}  # what the sentences use: the extent the colour scale shows
     if unet is not None:
         sizes["unet"] = locality_sizes(unet)
+        extents["unet"] = half_max_sizes(unet)
     sizes.update({title: locality_sizes(field) for title, field in (others or {}).items()})
     variance = np.diag(stats.cov).reshape(C, H, W)[:, pixel[0], pixel[1]]
-    claims = field_claims(list(view.sigmas), sizes["wiener"][:, 0], rank=effective_rank(stats.eigvals), d=stats.d,
-                          n_train=stats.n, unet_sizes=None if unet is None else sizes["unet"][:, 0], cosines=cosines,
+    claims = field_claims(list(view.sigmas), extents["wiener"], rank=effective_rank(stats.eigvals), d=stats.d,
+                          n_train=stats.n, unet_sizes=extents.get("unet"), cosines=cosines,
                           constant_pixel=not np.any(variance > 0))
     explain(view, "Each map shows how strongly the chosen **output** pixel of a denoiser depends on every "
                   "**input** pixel at one noise level (the Jacobian row ∂D(x, σ)ₘ/∂x, averaged over noisy test "
@@ -165,8 +175,10 @@ def details(view: View, c: Controls, data, stats, pixel, wiener: Field, unet: Fi
                     "numbers on this page for this data set and pixel.")
         scale_text = SCALES[c.scale] + ("" if c.contrast == "linear" else ", square-root contrast")
         st.caption(f"Colours: {scale_text}; signed maps are symmetric around 0. Hover a map for raw values. "
-                   "**How local?** The curve shows the side of the smallest centred square holding 50 / 75 / 95 % "
-                   "of a field's absolute mass (capped at the image).")
+                   "**How local?** The sentences use the half-max square: the side of the smallest centred square "
+                   "holding every pixel where a field reaches half its maximum, the extent the colours show. The "
+                   "curve shows the squares holding 50 / 75 / 95 % of a field's absolute mass (capped at the "
+                   "image), which a faint floor over the whole image can widen.")
         if unet is not None and loading.field_precision() == "bfloat16":
             st.caption("UNet Jacobians use bfloat16 matrix products, which this CPU runs natively (maps within "
                        "cosine 0.999 of float32, tested).")
@@ -179,8 +191,8 @@ def details(view: View, c: Controls, data, stats, pixel, wiener: Field, unet: Fi
         show(locality_plot(list(view.sigmas), sizes, titles={"wiener": "Wiener", "unet": "UNet"},
                            image_side=max(H, W), height=340), "locality_plot",
              f"{view.dataset}-locality-r{pixel[0]}c{pixel[1]}")
-    st.dataframe(field_table(view, stats, sizes, cosines, masks, None if patch is None else patch[1], wiener,
-                             others or {}), width="stretch")
+    st.dataframe(field_table(view, stats, sizes, cosines, masks, None if patch is None else patch[1], extents,
+                             wiener, others or {}), width="stretch")
     rows = grid_rows(c, wiener, unet, masks, patch, "final", others)
     titles = [" ".join(noise_header(s)) for s in view.sigmas]
     name = f"{view.dataset}-fields-r{pixel[0]}c{pixel[1]}"

@@ -2,6 +2,7 @@
 
     nice -n 5 .venv/bin/python scripts/bench_analytical.py              # about 8 minutes on 2 cores
     nice -n 5 .venv/bin/python scripts/bench_analytical.py --quick      # smoke run, about 2 minutes
+    .venv/bin/python scripts/bench_analytical.py --reference-repo CHECKOUT    # + the public code, unmodified
 
 Fashion-MNIST, noise levels t = 900, 500, 100, 0, a batch of noisy test images per call. All in one run, the
 engines' calls alternated (engine order rotated every repeat), best of the repeats (on a shared machine the
@@ -9,13 +10,22 @@ least disturbed one; the GEMM peak likewise, measured between the calls):
   new        the engine in locality_core/denoisers/masked_engine.py (padded block groups, base-2 logits; with several
              threads the training set split over them, `softmax.threaded_state`)
   old        the per-block engine it replaced (copied below verbatim, on the same plan's blocks)
-  reference  the public code's computation alone, without its data loader: per batch of 512 training images,
-             squared differences (B, 512, d) @ binary mask (d, d) -> distances, softmax within the batch,
-             batch results averaged (float32)
+  stand-in   a re-implementation of the public code's arithmetic (faster than the public code): per batch of
+             512 training images, squared differences (B, 512, d) @ binary mask (d, d) -> distances, softmax
+             within the batch, batch results averaged (float32). Same numbers as the public code (1.4e-5), but
+             torch.softmax and one in-place GEMM instead of its einsum and separate softmax passes make it
+             1.2-1.6x faster than the public code: ratios against it understate the engine's lead
+  public     with ``--reference-repo PATH`` (a checkout of github ottogin/locality-in-diffusion-models, which
+             needs `diffusers`): its ``PCALocalityDenoiser.denoise`` itself, imported from the checkout and run
+             unmodified on the same inputs (x_t = sqrt(abar_t) x_sigma), alternated with the others. Its Wiener
+             SVD is written with its own ``save_wiener_filter`` from the statistics the other engines' masks come
+             from, and its data loader is a torch DataLoader over the same training tensor in memory, batches of
+             512 as its Fashion-MNIST config (its own loader, which re-reads the images each call, is slower)
   floor      the plan's FLOP / plain GEMM GFLOP/s measured in the same run: 2 N work per input image for the
              cross term plus 2 N work / B for the shared x0^2 term (`MaskPlan.work`)
-Times are per image per step, for N training images; the engines run on a subset (--n) and are scaled
-linearly to --scale-to (their cost is linear in N). Tables for 1 and 2 torch threads, then the contention
+Times are per image per step at the N stated in each table: the engines run on --n training images, and
+--scale-to (default: no scaling) only rescales them linearly (their cost is linear in N), labelled so.
+Tables for 1 and 2 torch threads, then the contention
 ratio: the same calls alone and beside one CPU-bound neighbour process (a Python busy loop), alternated.
 The machine's load average is printed with each table.
 """
@@ -27,8 +37,12 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import types
 from collections.abc import Iterator
+from importlib import import_module
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import torch
@@ -36,7 +50,7 @@ from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from locality_core.denoisers.analytical import cached_mask  # noqa: E402
+from locality_core.denoisers.analytical import cached_mask, default_theta  # noqa: E402
 from locality_core.denoisers.evaluate import noisy_heldout  # noqa: E402
 from locality_core.denoisers.masked_engine import (  # noqa: E402
     REFERENCE_BATCH,
@@ -184,9 +198,7 @@ def matmul_gflops(dtype: torch.dtype = torch.float32) -> float:
     a @ b
     times = []
     for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
+        times.append(timed(lambda: a @ b))
     return 2 * 8192 * 784 * 784 / min(times) / 1e9
 
 
@@ -201,6 +213,71 @@ def executed_flop(plan: MaskPlan, N: int, B: int, sigma: float) -> float:
     return N * analytical_executed_flop(plan, B, compensated) / B
 
 
+# ---------------------------------------------------------------- the public code itself, unmodified
+
+STAND_IN = "re-implementation of the public code's arithmetic (faster than the public code)"
+
+
+class _Unavailable:
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("torchvision is not installed: the public code's own data loaders cannot run here")
+
+
+def _unavailable_attribute(attr: str):
+    if attr.startswith("__"):  # inspect and importlib probe __file__ and the like: say there is none
+        raise AttributeError(attr)
+    return _Unavailable
+
+
+def _placeholder_torchvision() -> bool:
+    """torchvision serves only the public code's data loaders (which this bench replaces by an in-memory one), yet
+    its packages import it. When it is missing or not built for this torch, placeholder modules let them import;
+    any use of one raises. True when placeholders were installed (the bench says so)."""
+    try:
+        import_module("torchvision.transforms")
+        return False
+    except Exception:  # missing, or compiled for another torch ("operator torchvision::nms does not exist")
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+    for name in ("torchvision", "torchvision.datasets", "torchvision.transforms"):
+        module = types.ModuleType(name)
+        module.__spec__ = ModuleSpec(name, None)  # diffusers asks find_spec whether torchvision exists
+        module.__getattr__ = _unavailable_attribute
+        sys.modules[name] = module
+    sys.modules["torchvision"].datasets = sys.modules["torchvision.datasets"]
+    sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+    return True
+
+
+def public_engine(repo: Path, train: torch.Tensor, shape: tuple[int, int, int], stats, xs: dict, theta: float,
+                  workdir: Path):
+    """``t -> x0_hat (B, d)`` from the checkout's ``PCALocalityDenoiser`` (see the module docstring)."""
+    if not (repo / "src" / "local_diffusion" / "models" / "pca_locality.py").is_file():
+        raise SystemExit(f"--reference-repo {repo}: no src/local_diffusion/models/pca_locality.py there; give a "
+                         "checkout of github.com/ottogin/locality-in-diffusion-models")
+    sys.path.insert(0, str(repo / "src"))
+    if _placeholder_torchvision():
+        print("public code: torchvision unavailable here; placeholders stand in for it (its data loaders only)")
+    models, data = import_module("local_diffusion.models.pca_locality"), import_module("local_diffusion.data")
+    wiener = import_module("local_diffusion.utils.wiener")
+    C, H, W = shape
+    images = train.view(-1, C, H, W)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size=REFERENCE_BATCH)
+    bundle = data.DatasetBundle(name="fashion_mnist", dataset=loader.dataset, dataloader=loader, resolution=H,
+                                in_channels=C, split="train", postprocess=lambda x: x)
+    U, LA, Vh = torch.linalg.svd(torch.as_tensor(stats.cov, dtype=torch.float64))
+    wiener.save_wiener_filter(U.float(), LA.float(), Vh.float(), torch.as_tensor(stats.mean).float(), workdir)
+    model = models.PCALocalityDenoiser(bundle, "cpu", 10, params={"wiener_path": str(workdir),
+                                                                  "mask_threshold": theta})
+    model.train(bundle)
+
+    def run(t: int) -> torch.Tensor:
+        abar = model.scheduler.alphas_cumprod[t]
+        return model.denoise((abar.sqrt() * xs[t]).view(-1, C, H, W), torch.tensor(t)).flatten(1)
+
+    return run
+
+
 # ---------------------------------------------------------------- timing
 
 def neighbour() -> subprocess.Popen:
@@ -212,18 +289,25 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def timed(fn) -> float:
-    start = time.perf_counter()
+    """Seconds of ``clock``: wall time, or this process's CPU time (``--clock cpu``: on a shared machine the time
+    the calls computed, without the time they waited for a core; with several threads their CPU times add up)."""
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def load() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def setup(fashion, stats, train, B: int, ts: list[int], sigmas: dict, centre: torch.Tensor) -> tuple[dict, dict]:
-    """Inputs, plans and the three engines for calls of B inputs."""
+def setup(fashion, stats, train, B: int, ts: list[int], sigmas: dict, centre: torch.Tensor,
+          repo: Path | None = None) -> tuple[dict, dict]:
+    """Inputs, plans and the engines for calls of B inputs (the public code's too, given its checkout)."""
     noisy = noisy_heldout(fashion.test[:B], list(sigmas.values()), 0)
     xs = {t: x.flatten(1) for t, x in zip(sigmas, noisy, strict=True)}
     masks = {t: cached_mask(stats, s)[0] for t, s in sigmas.items()}
@@ -232,8 +316,12 @@ def setup(fashion, stats, train, B: int, ts: list[int], sigmas: dict, centre: to
     engines = {
         "new": lambda t: masked_softmax_denoise(xs[t], sigmas[t], train, plans[t], centre=centre),
         "old": lambda t: old_denoise(xs[t], sigmas[t], train, plans[t], centre),
-        "reference": lambda t: reference_compute(xs[t], sigmas[t], train, maskf[t]),
+        "stand-in": lambda t: reference_compute(xs[t], sigmas[t], train, maskf[t]),
     }
+    if repo is not None:
+        workdir = Path(tempfile.mkdtemp(prefix="public-wiener-"))
+        engines["public"] = public_engine(repo, train, tuple(fashion.shape), stats, xs,
+                                          default_theta(tuple(fashion.shape)), workdir)
     return engines, {"plans": plans, "masks": masks}
 
 
@@ -247,42 +335,53 @@ def table(engines, info, ts, sigmas, B, args, scale) -> None:
         for rep in range(args.repeats):
             for dtype, v in peaks.items():                    # the GEMM peak, measured between the calls too
                 v.append(matmul_gflops(dtype))
-            order = list(engines)[rep % 3:] + list(engines)[:rep % 3]
+            order = list(engines)[rep % len(engines):] + list(engines)[:rep % len(engines)]
             for t in ts:
                 for name in order:
                     times[name, t].append(timed(lambda n=name, t=t: engines[n](t)) * scale / B)
     r = {k: min(v) for k, v in times.items()}           # best of the repeats: the least disturbed by others
     peak32, peak64 = max(peaks[torch.float32]), max(peaks[torch.float64])
     print(f"\n{torch.get_num_threads()} thread(s), {B} input(s) per call, load average {load()}; plain GEMM "
-          f"8192x784 @ 784x784: {peak32:.0f} GFLOP/s float32, {peak64:.0f} float64")
-    print(f"{'t':>4} {'new s':>8} {'old s':>8} {'ref s':>8} {'floor s':>8} {'ref/new':>8} {'new/floor':>9} "
-          f"{'old/new':>8}")
-    tot = dict.fromkeys(("new", "old", "reference", "floor"), 0.0)
+          f"8192x784 @ 784x784: {peak32:.0f} GFLOP/s float32, {peak64:.0f} float64; {args.clock} seconds per image "
+          f"per step {args.n_text}; stand-in: {STAND_IN}")
+    names = [*engines, "floor"]
+    ratios = [(k, "new") for k in engines if k not in ("new", "old")] + [("new", "floor"), ("old", "new")]
+    print(f"{'t':>4} " + " ".join(f"{k + ' s':>10}" for k in names) + " "
+          + " ".join(f"{a + '/' + b:>14}" for a, b in ratios))
+    tot = dict.fromkeys(names, 0.0)
+
+    def line(label, row) -> str:
+        return (f"{label:>4} " + " ".join(f"{row[k]:>10.3f}" for k in names) + " "
+                + " ".join(f"{row[a] / row[b]:>14.2f}" for a, b in ratios))
+
     for t in ts:
         peak = peak64 if PRECISION.masked.form(torch.float32, sigmas[t], B).dtype == torch.float64 else peak32
-        row = {"new": r["new", t], "old": r["old", t], "reference": r["reference", t],
-               "floor": plan_flop(info["plans"][t], args.scale_to, B) / (peak * 1e9)}
+        row = {k: r[k, t] for k in engines} | {"floor": plan_flop(info["plans"][t], args.scale_to, B) / (peak * 1e9)}
         for k in tot:
             tot[k] += row[k]
-        print(f"{t:>4} {row['new']:>8.3f} {row['old']:>8.3f} {row['reference']:>8.3f} {row['floor']:>8.3f} "
-              f"{row['reference'] / row['new']:>8.2f} {row['new'] / row['floor']:>9.2f} "
-              f"{row['old'] / row['new']:>8.2f}")
-    print(f"{'sum':>4} {tot['new']:>8.3f} {tot['old']:>8.3f} {tot['reference']:>8.3f} {tot['floor']:>8.3f} "
-          f"{tot['reference'] / tot['new']:>8.2f} {tot['new'] / tot['floor']:>9.2f} "
-          f"{tot['old'] / tot['new']:>8.2f}")
+        print(line(str(t), row))
+    print(line("sum", tot))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: N = 2,000, 1 repeat, contention at t = 0 only")
     p.add_argument("--n", type=int, default=6000, help="training images the engines run on")
-    p.add_argument("--scale-to", type=int, default=60_000, help="times are scaled linearly to this N")
+    p.add_argument("--scale-to", type=int, default=None,
+                   help="rescale the times linearly to this N (default: none, times at --n as measured)")
+    p.add_argument("--reference-repo", type=Path, default=None,
+                   help="a checkout of the public code (github ottogin/locality-in-diffusion-models): also time "
+                        "its PCALocalityDenoiser itself, unmodified, alternated with the others")
     p.add_argument("--batch", default="8,1", help="noisy inputs per call (tables for each; contention: the first)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--t", default="900,500,100,0", help="noise levels (timesteps)")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--no-contention", action="store_true")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time, or this process's CPU seconds (right for 1 thread on a busy machine)")
     args = p.parse_args(argv)
+    global clock
+    clock = CLOCKS[args.clock]
     if args.quick:
         args.n, args.repeats = 2000, 1
     from locality_core.data import load_dataset
@@ -291,17 +390,23 @@ def main(argv=None) -> int:
     stats = get_stats(fashion)
     train = fashion.train[:args.n].flatten(1).contiguous()
     centre = mean_float64(train)
+    args.scale_to = args.scale_to or len(train)
     N, d, scale = len(train), train.shape[1], args.scale_to / len(train)
+    args.n_text = (f"at N = {N:,} training images" if args.scale_to == N else
+                   f"measured at N = {N:,} and scaled linearly to N = {args.scale_to:,}")
     batches = [int(v) for v in args.batch.split(",")]
     ts = [int(t) for t in args.t.split(",")]
     sigmas = {t: REFERENCE_SIGMAS[REFERENCE_TIMESTEPS.index(t)] for t in ts}
-    setups = {B: setup(fashion, stats, train, B, ts, sigmas, centre) for B in batches}
-    print(f"torch {torch.__version__}; Fashion-MNIST, engines on N = {N:,} training images, times per image per "
-          f"step scaled to N = {args.scale_to:,}; load average {load()}")
+    setups = {B: setup(fashion, stats, train, B, ts, sigmas, centre, args.reference_repo) for B in batches}
+    print(f"torch {torch.__version__}; Fashion-MNIST, times per image per step {args.n_text}; load average "
+          f"{load()}")
     for B, (engines, info) in setups.items():
         with torch.no_grad():                                 # new = old, to float32 round-off
             worst = max(float((engines["new"](t) - engines["old"](t)).abs().max()) for t in ts)
-        print(f"{B} input(s) per call: max |new - old| over the noise levels {worst:.1e}")
+            print(f"{B} input(s) per call: max |new - old| over the noise levels {worst:.1e}")
+            if "public" in engines:                           # the stand-in gives the public code's numbers
+                gap = max(float((engines["public"](t) - engines["stand-in"](t)).abs().max()) for t in ts)
+                print(f"  max |public code - stand-in| {gap:.1e}")
         for t in ts:
             plan = info["plans"][t]
             kinds = [("all rows" if grp.rows is None else "gathered") + (" complement" if grp.complement else "")

@@ -318,6 +318,10 @@ def test_jacobian_page_shows_the_unet_basis_without_a_click(monkeypatch, tmp_pat
     for row in ("Wiener", "unet"):
         titles = [a["text"] for a in figure(at, f"jb_vectors_{row}")["layout"]["annotations"]]
         assert titles[0].startswith("#1: ") and max(len(t) for t in titles) <= 9  # short: never run into each other
+    # the spectrum's sentence reads the network's eigenvalues shown above its eigenvectors (issue 24: it said they
+    # "stay near 1" while they read 1.18, 0.68, 0.45, 0.40)
+    shown = ", ".join(t.split(": ")[1] for t in titles[:4])
+    assert f"unet's four largest are {shown}" in texts(at)
     trace = figure(at, "jb_trace")
     assert trace["layout"]["xaxis"]["autorange"] == "reversed"  # high noise on the left, as on Sensitivity
     estimate = [t for t in trace["data"] if t["name"] == "unet (estimate)"]  # exact curve not computed yet

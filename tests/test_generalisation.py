@@ -92,6 +92,8 @@ def test_pair_row_by_hand():
     assert row["dist_own"] == 0.5 and row["dist_own_max"] == 1.0 and row["dist_other"] == 2.0
     assert row["heldout_nn"] == 3.0 and row["dist_own_rel"] == 0.25 and row["dist_own_vs_heldout"] == 0.5 / 3
     assert row["train_mse_t100"] == pytest.approx(0.2) and row["heldout_mse_t100"] == pytest.approx(0.3)
+    assert row["n_seeds"] == 1 and row["n_samples"] == 2 and row["cosine_lo"] == row["cosine_hi"] == 0.0
+    assert row["copies"] == 1 and row["max_copy_distance"] == 1.0  # dist_own 0 and 1 against 0.5 x 2.0
     # centring on the mean: two images that differ only from a shared background are orthogonal, not similar
     bg = torch.full((1, 2, 2), -1.0)
     xa, xb = (bg + torch.from_numpy(side["samples"]) for side in (a, b))
@@ -143,11 +145,38 @@ def test_a_copying_denoiser_memorises_and_a_shared_one_generalises(tiny):
     assert row["dist_own"] > 1.0
 
 
+def test_more_seeds_compute_only_the_new_samples_each_from_its_own_seed(tiny, tmp_path):
+    """The CLI's 64 seeds after the page's 16: the first samples come from the cache, the new ones from their own
+    noise seed (checked against sampling that seed alone), and the evaluation is not repeated."""
+    from locality_core.analysis.sampling import initial_noise, sample_ddim
+    from locality_core.denoisers.wiener import WienerDenoiser
+    from locality_core.schedule import ddim_sigmas
+
+    own = {s: training_subset(tiny, 8, s).train for s in "AB"}
+    wiener = WienerDenoiser().fit(tiny)
+    calls = []
+
+    def counted(x, sigma):
+        calls.append(len(x))
+        return wiener(x, sigma)
+
+    kw = dict(steps=3, n_eval=4, ids=("tiny", "wiener"), cache=ArrayCache(tmp_path))
+    few = generalisation.side_arrays(counted, own["A"], own["B"], tiny.test, n_samples=2, **kw)
+    calls.clear()
+    more = generalisation.side_arrays(counted, own["A"], own["B"], tiny.test, n_samples=5, **kw)
+    assert sum(calls) == 3 * 3                      # 3 new seeds x 3 DDIM steps; no evaluation again
+    np.testing.assert_array_equal(more["samples"][:2], few["samples"])
+    np.testing.assert_array_equal(more["train_mse"], few["train_mse"])
+    sigmas = ddim_sigmas(3)
+    alone = sample_ddim(wiener, initial_noise(1, tuple(tiny.shape), 4, sigmas[0]), sigmas)
+    np.testing.assert_allclose(more["samples"][4], alone[0].numpy(), atol=1e-6)
+
+
 # ---------------------------------------------------------------- the table, cached
 
 @pytest.mark.slow  # 11-20 s on the shared 2-core machine
 def test_table_is_computed_once_and_keyed_on_the_weights(tiny, model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(generalisation, "N_SAMPLES", 4)
+    monkeypatch.setattr(generalisation, "PAGE_SAMPLES", 4)
     for n in SIZES:
         for s in "AB":
             save_subset_net(model_dir, tiny, n, s)
@@ -171,7 +200,7 @@ def test_table_is_computed_once_and_keyed_on_the_weights(tiny, model_dir, tmp_pa
 
 @pytest.mark.slow  # 11-20 s on the shared 2-core machine
 def test_precompute_covers_networks_and_analytical(tiny, model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(generalisation, "N_SAMPLES", 2)
+    monkeypatch.setattr(generalisation, "PAGE_SAMPLES", 2)
     monkeypatch.setattr(generalisation, "N_EVAL", 4)
     for s in "AB":
         save_subset_net(model_dir, tiny, 4, s)
@@ -199,7 +228,11 @@ def test_cli_json_one_row_per_n(tiny, model_dir, tmp_path, monkeypatch, capsys):
     assert main(["generalisation", "grf", "--markdown", "--no-analytical"]) == 0  # from the cache now
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| denoiser | N |") and table[2].startswith("| unet | 4 | ")
-    assert len(table) == 3 and table[2].count("|") == table[0].count("|")
+    assert len(table) == 5 and table[2].count("|") == table[0].count("|") and table[3] == ""
+    row = out["unet"][0]
+    assert row["n_seeds"] == 2 and row["cosine_lo"] <= row["cosine"] <= row["cosine_hi"]
+    assert f"{row['copies']} of 4" in table[2] and f"[{row['cosine_lo']:.3f}, {row['cosine_hi']:.3f}]" in table[2]
+    assert table[4].startswith("unet: the A-B cosine is ") and "(2 seeds)" in table[4]
 
 
 @pytest.fixture
@@ -207,7 +240,7 @@ def app_env(tiny, model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALITY_APP_DATASET", "grf:n_train=600,n_test=64")
     monkeypatch.setenv("LOCALITY_OFFLINE", "1")
     monkeypatch.setenv("LOCALITY_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(generalisation, "N_SAMPLES", 4)
+    monkeypatch.setattr(generalisation, "PAGE_SAMPLES", 4)
     monkeypatch.setattr(generalisation, "N_EVAL", 8)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
@@ -291,6 +324,26 @@ def test_trend_says_where_a_curve_is_not_monotone():
     assert generalisation.trend(rows[:1], "c") == "is 0.1 at N = 10 (one N so far)"
     same = generalisation.trend([{"n": 10, "c": 0.9641}, {"n": 100, "c": 0.5}, {"n": 1000, "c": 0.9638}], "c")
     assert same.startswith("is about the same") and "rises" not in same and "falls" not in same
+
+
+def test_trend_with_intervals_says_within_noise_where_they_overlap():
+    """The issue's case: a cosine that rises to N = 1,000 and then moves less than its intervals."""
+    rows = [{"n": n, "c": c, "c_lo": c - 0.02, "c_hi": c + 0.02}
+            for n, c in ((10, 0.3), (100, 0.6), (1000, 0.937), (10000, 0.943), (30000, 0.938))]
+    text = generalisation.trend(rows, "c")
+    assert text.startswith("rises from 0.3 [0.28, 0.32] at N = 10 to 0.938 [0.918, 0.958] at N = 30,000")
+    assert text.endswith(", but flat within noise from N = 1,000 to N = 30,000") and "monoton" not in text
+    assert "falls" not in text                     # 0.943 -> 0.938 is inside the noise, not a fall
+    apart = [{**r, "c_lo": r["c"] - 0.001, "c_hi": r["c"] + 0.001} for r in rows]
+    assert "falls at N = 30,000" in generalisation.trend(apart, "c")
+    same = generalisation.trend([rows[2], rows[4]], "c")
+    assert same.startswith("is about the same") and "(within noise)" in same
+
+
+def test_describe_counts_copies_instead_of_saying_every_sample():
+    text = " ".join(generalisation.describe(_row(copies=122, n_samples=128, n_seeds=64, max_copy_distance=2.5,
+                                                 dist_own_max=12.7, cosine_lo=0.15, cosine_hi=0.25)))
+    assert "122 of 128 samples are copies" in text and "12.70" in text and "[95 % interval 0.15, 0.25" in text
 
 
 def test_subset_images_index_the_subset(tiny):

@@ -73,10 +73,10 @@ def test_same_input_agreement_of_a_denoiser_with_itself_and_a_worse_one():
     assert worse[0]["r2"] < 1.0 and mean_rows(worse)["mse"] > 0
 
 
-def test_agreement_table_reuses_cached_outputs(tmp_path):
-    """With cache ids, a second table (here against another reference) calls a cached denoiser no more, and
-    gives the same numbers as computing everything afresh."""
-    from locality_core.analysis.metrics import agreement_table
+def test_agreement_scores_reuse_cached_items_and_a_larger_n_adds_only_new_ones(tmp_path):
+    """With cache ids, a second comparison (here against another reference) calls a cached denoiser no more and
+    gives the same numbers as computing everything afresh; a larger n calls it on the new items only."""
+    from locality_core.analysis.metrics import agreement_scores
     from locality_core.data import Dataset
     from locality_core.denoisers.wiener import WienerDenoiser
     from locality_core.stats.covariance import compute_stats
@@ -92,16 +92,24 @@ def test_agreement_table_reuses_cached_outputs(tmp_path):
         calls.append(len(x))
         return 0.9 * w(x, s)
 
-    kw = {"sigmas": [5.0, 0.5], "n_inputs": 3, "n_samples": 3, "seed": 1, "batch_size": 2}
+    kw = {"sigmas": [5.0, 0.5], "n": 3, "seed": 1, "batch_size": 2}
     cache = ArrayCache(tmp_path)
-    first = agreement_table(data, {"scaled": counted}, w, cache_ids={"scaled": "scaled-v1"}, cache=cache, **kw)
+    first = agreement_scores(data, {"scaled": counted}, w, cache_ids={"scaled": "scaled-v1"}, cache=cache, **kw)
     assert calls
     calls.clear()
-    again = agreement_table(data, {"scaled": counted}, lambda x, s: w(x, s), cache_ids={"scaled": "scaled-v1"},
-                            cache=cache, **kw)
+    again = agreement_scores(data, {"scaled": counted}, lambda x, s: w(x, s), cache_ids={"scaled": "scaled-v1"},
+                             cache=cache, **kw)
     assert not calls
-    fresh = agreement_table(data, {"scaled": counted}, w, **kw)
-    for a, b, c in zip(first, again, fresh):
-        for key in ("r2_same_input", "r2_trajectory", "pearson_trajectory", "mse_same_input"):
-            assert a[key] == pytest.approx(b[key], rel=1e-6) and a[key] == pytest.approx(c[key], rel=1e-6)
-    assert first[0]["r2_same_input"] < 1.0
+    fresh = agreement_scores(data, {"scaled": counted}, w, **kw)
+    for key in ("r2_same_input", "r2_trajectory", "pearson_trajectory", "mse_same_input", "mse_trajectory"):
+        a, b, c = (r["scores"]["scaled"][key] for r in (first, again, fresh))
+        assert a.shape == (3,)
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+        np.testing.assert_allclose(a, c, rtol=1e-6)
+    assert first["scores"]["scaled"]["r2_same_input"].max() < 1.0
+    calls.clear()
+    more = agreement_scores(data, {"scaled": counted}, w, cache_ids={"scaled": "scaled-v1"}, cache=cache,
+                            **{**kw, "n": 5})
+    assert sum(calls) == 2 * 2 + 2 * 2      # 2 new trajectories x 2 steps, 2 new images x 2 noise levels
+    np.testing.assert_allclose(more["scores"]["scaled"]["r2_trajectory"][:3],
+                               first["scores"]["scaled"]["r2_trajectory"], rtol=1e-6)

@@ -184,17 +184,29 @@ def test_cli_sample_writes_grid_and_json(tiny_world, tmp_path, capsys):
     assert image.size[1] > 7 * 12 * 3                        # 6 denoisers + the nearest-image row
 
 
-def test_cli_compare_prints_json(tiny_world, capsys):
+def test_cli_compare_prints_json_with_intervals_and_the_markdown_table_from_it(tiny_world, capsys):
     import json
 
+    from locality_core.cli.sampling_commands import COMPARE_N, compare_markdown
+
+    assert COMPARE_N >= 32
     data, _ = tiny_world
-    assert _run(["compare", data.name, "--denoisers", "wiener,optimal,analytical", "--n", "2", "--steps", "2",
+    assert _run(["compare", data.name, "--denoisers", "wiener,optimal,analytical", "--n", "3", "--steps", "2",
                  "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)["rows"]
-    assert [r["denoiser"] for r in rows] == ["wiener", "optimal", "analytical"]
+    report = json.loads(capsys.readouterr().out)
+    rows = report["rows"]
+    assert report["n"] == 3 and [r["denoiser"] for r in rows] == ["wiener", "optimal", "analytical"]
     for r in rows:
-        assert {"r2_same_input", "r2_trajectory", "pearson_trajectory", "mse_same_input"} <= set(r)
-        assert -1.0 <= r["pearson_trajectory"] <= 1.0 and r["mse_same_input"] >= 0
+        for key in ("r2_same_input", "r2_trajectory", "pearson_trajectory", "mse_same_input", "mse_trajectory"):
+            iv = r[key]
+            assert iv["n"] == 3 and iv["lo"] <= iv["mean"] <= iv["hi"]
+            assert r[f"{key}_vs_best"]["lo"] <= r[f"{key}_vs_best"]["mean"] <= r[f"{key}_vs_best"]["hi"]
+        assert -1.0 <= r["pearson_trajectory"]["mean"] <= 1.0 and r["mse_same_input"]["mean"] >= 0
+    rank = report["rankings"]["r2_trajectory"]
+    assert rank["vs_best"][rank["best"]]["mean"] == 0.0 and len(rank["steps"]) == 2
+    assert _run(["compare", data.name, "--denoisers", "wiener,optimal,analytical", "--n", "3", "--steps", "2",
+                 "--markdown"]) == 0
+    assert capsys.readouterr().out.strip() == compare_markdown(report)   # cached items: the same numbers
 
 
 def test_cli_calibrate_saves_a_schedule_that_ls_then_uses(tiny_world, capsys):

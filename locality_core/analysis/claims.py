@@ -5,8 +5,11 @@ fewer images than pixels; every such sentence in the app comes from here, togeth
 on (``Claim.facts``), so that a test can check each one against the numbers on the page.
 
 Glossary
-    sizes      locality sizes in pixels (the side of the smallest centred square holding 50 % of a field's
-               absolute mass), one per noise level, sigma from high to low
+    sizes      half-max squares in pixels (`fields.half_max_size`: the side of the smallest centred square
+               holding every pixel where a field's absolute map reaches half its maximum), one per noise level,
+               sigma from high to low. Not the 50 %-mass square: a faint floor spread over the image, invisible
+               on the maps' colour scale, can hold half the mass and make a field that looks like one pixel
+               "15 px wide"; it cannot reach half the maximum
     rank       numerical rank of the covariance: eigenvalues above ``RANK_RTOL`` times the largest
     agree      cosine similarity of two fields' absolute maps at least ``AGREE_COSINE``
 """
@@ -40,28 +43,29 @@ def _sigma(s: float) -> str:
 
 
 def trend_claim(sigmas: list[float], sizes: list[float], who: str = "Wiener") -> Claim:
-    """How the 50 % square of ``who``'s field changes from the highest to the lowest noise level shown."""
+    """How the half-max square of ``who``'s field changes from the highest to the lowest noise level shown."""
     sizes = [float(v) for v in sizes]
     first, last = sizes[0], sizes[-1]
     facts = {"sigmas": list(sigmas), "sizes": sizes, "first": first, "last": last}
     steps = np.diff(sizes)
     rises = [i for i, step in enumerate(steps) if step > 0]
     if last < first:
-        text = (f"As noise falls the {who} field shrinks: half its mass lies in a {first:g} px square at "
-                f"{_sigma(sigmas[0])} and in a {last:g} px square at {_sigma(sigmas[-1])}")
+        text = (f"As noise falls the {who} field shrinks: its half-max square is {first:g} px at "
+                f"{_sigma(sigmas[0])} and {last:g} px at {_sigma(sigmas[-1])}")
         if rises:
             i = rises[0]
             text += f", though not steadily (it grows from {_sigma(sigmas[i])} to {_sigma(sigmas[i + 1])})"
         return Claim("shrinks", text + ".", {**facts, "monotone": not rises})
     if last > first:
-        return Claim("grows", f"Here the {who} field does **not** shrink as noise falls: its 50 % square grows from "
-                              f"{first:g} px at {_sigma(sigmas[0])} to {last:g} px at {_sigma(sigmas[-1])}.", facts)
+        return Claim("grows", f"Here the {who} field does **not** shrink as noise falls: its half-max square grows "
+                              f"from {first:g} px at {_sigma(sigmas[0])} to {last:g} px at {_sigma(sigmas[-1])}.",
+                     facts)
     if len(set(sizes)) == 1:
-        return Claim("constant", f"The {who} field's 50 % square stays at {first:g} px from {_sigma(sigmas[0])} "
-                                 f"to {_sigma(sigmas[-1])}.", facts)
+        return Claim("constant", f"The {who} field's half-max square stays at {first:g} px from "
+                                 f"{_sigma(sigmas[0])} to {_sigma(sigmas[-1])}.", facts)
     i = int(np.argmin(sizes)) if min(sizes) < first else int(np.argmax(sizes))
-    return Claim("returns", f"The {who} field does not shrink overall: its 50 % square is {first:g} px at both "
-                            f"{_sigma(sigmas[0])} and {_sigma(sigmas[-1])}, and {sizes[i]:g} px at "
+    return Claim("returns", f"The {who} field does not shrink overall: its half-max square is {first:g} px at "
+                            f"both {_sigma(sigmas[0])} and {_sigma(sigmas[-1])}, and {sizes[i]:g} px at "
                             f"{_sigma(sigmas[i])} in between.", {**facts, "between": i})
 
 
@@ -97,21 +101,21 @@ def agreement_claim(sigmas: list[float], cosines: list[float], other: str = "UNe
 
 def size_gap_claim(sigmas: list[float], wiener: list[float], other: list[float], who: str = "UNet",
                    factor: float = 2.0) -> Claim | None:
-    """The noise level where the two 50 % squares differ most, when one is ``factor`` times the other."""
+    """The noise level where the two half-max squares differ most, when one is ``factor`` times the other."""
     wiener, other = np.asarray(wiener, float), np.asarray(other, float)
     ratio = np.maximum(wiener, other) / np.maximum(np.minimum(wiener, other), 1.0)
     i = int(np.argmax(ratio))
     if ratio[i] < factor:
         return None
     wider = "Wiener" if wiener[i] > other[i] else who
-    return Claim("size-gap", f"At {_sigma(sigmas[i])} the {wider} field is the wider one: 50 % squares of "
+    return Claim("size-gap", f"At {_sigma(sigmas[i])} the {wider} field is the wider one: half-max squares of "
                              f"{other[i]:g} px ({who}) and {wiener[i]:g} px (Wiener).",
                  {"index": i, "wiener": float(wiener[i]), "other": float(other[i]), "wider": wider})
 
 
 def field_claims(sigmas: list[float], wiener_sizes, *, rank: int, d: int, n_train: int,
                  unet_sizes=None, cosines=None, constant_pixel: bool = False) -> list[Claim]:
-    """Every finding the Sensitivity page states about one pixel's fields (sizes: 50 % squares, high σ first)."""
+    """Every finding the Sensitivity page states about one pixel's fields (sizes: half-max squares, high σ first)."""
     if constant_pixel:  # no variance at all (a constant border): every field of it is zero, sizes mean nothing
         return [Claim("constant-pixel", "This pixel has the same value in every training image: the Wiener filter "
                                         "outputs the mean there whatever the input, so its field is zero. Choose "
@@ -129,7 +133,7 @@ def field_claims(sigmas: list[float], wiener_sizes, *, rank: int, d: int, n_trai
 
 
 def comparison_claim(sigmas: list[float], sizes_a, sizes_b, name_a: str, name_b: str) -> Claim:
-    """Where field B (50 % squares ``sizes_b``) is wider than field A, where narrower, where equal."""
+    """Where field B (half-max squares ``sizes_b``) is wider than field A, where narrower, where equal."""
     a, b = np.asarray(sizes_a, float), np.asarray(sizes_b, float)
     wider, narrower = np.flatnonzero(b > a), np.flatnonzero(b < a)
     facts = {"wider": wider.tolist(), "narrower": narrower.tolist(), "n": len(a)}
@@ -139,7 +143,7 @@ def comparison_claim(sigmas: list[float], sizes_a, sizes_b, name_a: str, name_b:
 
     if len(wider) == len(a):
         return Claim("wider-everywhere", f"{name_b} gives a wider field than {name_a} at every noise level shown "
-                                         f"(50 % squares, {name_a} → {name_b}: {levels(range(len(a)))}).", facts)
+                                         f"(half-max squares, {name_a} → {name_b}: {levels(range(len(a)))}).", facts)
     if len(narrower) == len(a):
         return Claim("narrower-everywhere", f"{name_b} gives a narrower field than {name_a} at every noise level "
                                             f"shown ({levels(range(len(a)))}).", facts)

@@ -7,7 +7,11 @@ Glossary
                   entry per sigma, output channel of the pixel, and input channel
     map           an (S, H, W) view: channels summed (absolute values for "abs", raw for "signed")
     window share  share of a map's absolute mass inside the centred k x k square (clipped at the border)
-    locality size smallest odd k whose square holds 50 / 75 / 95 % of the mass
+    locality size smallest odd k whose square holds 50 / 75 / 95 % of the mass (the curve and table)
+    half-max square   smallest odd k whose centred square holds every pixel where the absolute map reaches half
+                  its maximum: the size the page's sentences use. A colour scale that spans a map's maximum
+                  shows this extent; a faint floor spread over the whole image (invisible on that scale) can hold
+                  half the mass and make the 50 % square wide, but it cannot reach half the maximum
 
 One backward pass per output channel gives the Jacobian rows of all n inputs at all sigmas at once:
 the inputs are stacked along the batch, and the denoisers never mix batch elements.
@@ -180,6 +184,26 @@ def locality_size(field_map: np.ndarray, pixel: tuple[int, int], level: float, i
     lo, hi = shares[i - 1], shares[i]
     a, b = inside_side(int(ks[i - 1]), pixel, shape), inside_side(int(ks[i]), pixel, shape)
     return float(a + (b - a) * (level - lo) / (hi - lo))
+
+
+HALF = 0.5
+
+
+def half_max_size(field_map: np.ndarray, pixel: tuple[int, int]) -> int | float:
+    """Side of the smallest centred odd square (counted inside the image, `inside_side`) holding every pixel
+    whose absolute value is at least half the map's maximum (1 for a zero map)."""
+    m = np.abs(np.asarray(field_map, dtype=np.float64))
+    top = m.max() if m.size else 0.0
+    if top <= 0:
+        return inside_side(1, pixel, m.shape)
+    rows, cols = np.nonzero(m >= HALF * top)
+    reach = int(max(np.abs(rows - pixel[0]).max(), np.abs(cols - pixel[1]).max()))
+    return inside_side(2 * reach + 1, pixel, m.shape)
+
+
+def half_max_sizes(field: Field) -> np.ndarray:
+    """(S,) half-max squares of a field's absolute maps, one per sigma (the sizes the sentences use)."""
+    return np.array([half_max_size(m, field.pixel) for m in field.map("abs")])
 
 
 def locality_sizes(field: Field, levels=LOCALITY_LEVELS) -> np.ndarray:

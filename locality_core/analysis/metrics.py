@@ -10,6 +10,9 @@ Glossary
     same input  both denoisers on the same noisy held-out images at the grid sigmas (score matching)
     trajectory  both samplers from the same initial noise; the final samples compared
     nearest     the training image closest in L2 to a sample, and that distance (memorisation check)
+    item        one trajectory (noise seed ``seed + i``) or one held-out image with its noise; every score
+                is computed per item, so that its mean comes with a bootstrap interval (`analysis.intervals`)
+                and two denoisers are compared on the same items (paired differences)
     per-batch   the analytical denoiser's batch-normalised variant (the public code's) against the exact
                 softmax (`per_batch_difference`)
 """
@@ -21,13 +24,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from locality_core.analysis.sampling import sample_many
+from locality_core.analysis.intervals import ranking
+from locality_core.analysis.sampling import cached_items, seed_samples
 from locality_core.data import Dataset
 from locality_core.denoisers.analytical import AnalyticalDenoiser
 from locality_core.denoisers.evaluate import grid_seed, noisy_heldout
 from locality_core.schedule import REFERENCE_SIGMAS, REFERENCE_TIMESTEPS, sigma_to_t
 from locality_core.stats.covariance import DataStats, compute_stats
-from locality_core.store.cache import cache_kind, default_cache
+from locality_core.store.cache import cache_kind
 
 
 def _flat(a: torch.Tensor) -> torch.Tensor:
@@ -118,54 +122,101 @@ def nearest_training(samples: torch.Tensor, train: torch.Tensor, *, chunk_size: 
     return best_idx, best.clamp_min(0).sqrt()
 
 
-AGREEMENT_OUTPUTS = cache_kind("agreement-outputs")
+SAME_INPUT_OUTPUTS = cache_kind("same-input-outputs")
+METRICS = ("r2", "pearson", "mse")
+HIGHER_IS_BETTER = {"r2": True, "pearson": True, "mse": False}
 
 
-def agreement_table(dataset, denoisers: dict[str, Callable], reference: Callable, *, sigmas: list[float],
-                    n_inputs: int = 8, n_samples: int = 8, seed: int = 0, batch_size: int = 8,
-                    progress: Callable[[str], None] | None = None, cache_ids: dict[str, str] | None = None,
-                    cache=None) -> list[dict]:
-    """One row per denoiser vs ``reference``: r2_same_input, mse_same_input, pearson_same_input (means over
-    sigmas), r2_trajectory, pearson_trajectory, pearson_trajectory_median, mse_trajectory, and per_sigma rows.
+@torch.no_grad()
+def same_input_items(denoiser: Callable, x0: torch.Tensor, sigmas: list[float], items: list[int], *, seed: int,
+                     ids: tuple | None = None, batch_size: int = 8, cache=None) -> torch.Tensor:
+    """(n, S, C, H, W): the denoiser on held-out image ``x0[i]`` plus noise at every sigma, the noise of item
+    i one draw seeded ``seed + i`` (the same for every denoiser); each item cached on its own under ``ids``."""
+    sigma_text = ",".join(f"{s:.6g}" for s in sigmas)
+    keys = [None if ids is None else SAME_INPUT_OUTPUTS.key(*ids, sigma_text, seed + i) for i in items]
 
-    ``cache_ids``: for the denoisers named there (the key "reference" for the reference), their outputs (on the
-    same inputs and along the trajectories) are kept in the disk cache under that id, so a later table against
-    another reference, or with another denoiser added, computes only what is new.
+    def compute(idx: list[int]) -> np.ndarray:
+        noisy = torch.cat([noisy_heldout(x0[items[i]:items[i] + 1], sigmas, seed + items[i]) for i in idx], dim=1)
+        return torch.stack([denoiser(noisy[j], s) for j, s in enumerate(sigmas)], dim=1).float().numpy()
+
+    return torch.from_numpy(cached_items(keys, compute, batch_size=batch_size, cache=cache))
+
+
+def item_scores(ours_same: torch.Tensor, ref_same: torch.Tensor, ours_traj: torch.Tensor,
+                ref_traj: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-item scores against the reference: "<metric>_trajectory" (n,) on the final samples and
+    "<metric>_same_input" (n,) averaged over the sigmas, for metric in r2, pearson, mse."""
+    fns = {"r2": r2_scores, "pearson": pearson_scores, "mse": mse_scores}
+    out = {}
+    for m, fn in fns.items():
+        out[f"{m}_trajectory"] = fn(ours_traj, ref_traj).numpy()
+        per_sigma = [fn(ours_same[:, j], ref_same[:, j]) for j in range(ours_same.shape[1])]
+        out[f"{m}_same_input"] = torch.stack(per_sigma, dim=1).mean(1).numpy()
+    return out
+
+
+def agreement_scores(dataset, denoisers: dict[str, Callable], reference: Callable, *, sigmas: list[float],
+                     n: int = 32, seed: int = 0, batch_size: int = 8, parts: tuple[str, ...] = ("trajectory",
+                     "same_input"), progress: Callable[[str], None] | None = None,
+                     cache_ids: dict[str, str] | None = None, cache=None) -> dict:
+    """Every denoiser against ``reference`` on n items: trajectory i from noise seed ``seed + i`` (DDIM through
+    ``sigmas``), and held-out test image i with noise seeded ``seed + i`` at every sigma (same input).
+
+    Returns {"n", "seeds": [first, last], "scores": {name: `item_scores`}, "per_sigma": {name: [{"sigma", "t",
+    "r2", "pearson", "mse"}]}}. ``cache_ids``: for the denoisers named there (the key "reference" for the
+    reference) each item's output is kept in the disk cache under that id, so a larger n, another reference or
+    another denoiser computes only what is new, and an interrupted run resumes.
     """
-    x0 = dataset.test[:n_inputs]
-    shape = tuple(dataset.shape)
     cache_ids = cache_ids or {}
+    items = list(range(n))
+    seeds = [seed + i for i in items]
+    shape = tuple(dataset.shape)
 
-    def outputs(name: str, denoiser: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-        if progress:
-            progress(name)
+    def outputs(name: str, denoiser: Callable) -> dict[str, torch.Tensor]:
+        ids = (dataset.fingerprint, cache_ids[name]) if name in cache_ids else None
+        out = {}
+        if "trajectory" in parts:
+            if progress:
+                progress(f"{name}: {n} trajectories")
+            out["trajectory"] = seed_samples(denoiser, seeds, sigmas, shape=shape, ids=ids, batch_size=batch_size,
+                                             cache=cache)
+        if "same_input" in parts:
+            if progress:
+                progress(f"{name}: {n} held-out images x {len(sigmas)} noise levels")
+            out["same_input"] = same_input_items(denoiser, dataset.test, sigmas, items, seed=seed, ids=ids,
+                                                 batch_size=batch_size, cache=cache)
+        return out
 
-        def compute() -> dict[str, np.ndarray]:
-            same = same_input_outputs(denoiser, x0, sigmas, seed=seed, batch_size=batch_size)
-            samples = sample_many({name: denoiser}, n_samples, seed, sigmas, shape=shape, batch_size=batch_size)
-            return {"same": same.numpy(), "samples": samples[name].numpy()}
-
-        if name not in cache_ids:
-            a = compute()
-        else:
-            store = cache or default_cache()
-            key = AGREEMENT_OUTPUTS.key(dataset.fingerprint, cache_ids[name], ",".join(f"{s:.6g}" for s in sigmas),
-                                        n_inputs, n_samples, seed)
-            a = store.get_or_compute(key, compute)
-        return torch.from_numpy(a["same"]), torch.from_numpy(a["samples"])
-
-    ref_same, ref_samples = outputs("reference", reference)
-    rows = []
+    ref = outputs("reference", reference)
+    scores, per_sigma = {}, {}
     for name, denoiser in denoisers.items():
-        same_out, samples = outputs(name, denoiser)
-        per_sigma = _per_sigma_rows(same_out, ref_same, sigmas)
-        same = mean_rows(per_sigma)
-        traj = agreement(samples, ref_samples)
-        rows.append({"denoiser": name, "r2_same_input": same["r2"], "r2_trajectory": traj["r2"],
-                     "pearson_trajectory": traj["pearson"], "mse_same_input": same["mse"],
-                     "pearson_same_input": same["pearson"], "pearson_trajectory_median": traj["pearson_median"],
-                     "mse_trajectory": traj["mse"], "per_sigma": per_sigma})
-    return rows
+        ours = outputs(name, denoiser)
+        empty = torch.zeros(n, 1, *shape)
+        s = item_scores(ours.get("same_input", empty), ref.get("same_input", empty), ours.get("trajectory", empty),
+                        ref.get("trajectory", empty))
+        scores[name] = {k: v for k, v in s.items() if k.endswith(parts)}
+        if "same_input" in parts:
+            per_sigma[name] = _per_sigma_rows(ours["same_input"].transpose(0, 1), ref["same_input"].transpose(0, 1),
+                                              sigmas)
+    return {"n": n, "seeds": [seeds[0], seeds[-1]], "scores": scores, "per_sigma": per_sigma}
+
+
+def comparison(result: dict) -> dict:
+    """`agreement_scores` with its uncertainty: per score (e.g. "r2_trajectory") the `intervals.ranking` of the
+    denoisers (means with 95 % bootstrap intervals, paired differences to the best, supported order), and one
+    row per denoiser: {"denoiser", score: {"mean", "lo", "hi", "n"}, score + "_vs_best": paired interval}."""
+    names = list(result["scores"])
+    keys = list(result["scores"][names[0]]) if names else []
+    rankings = {k: ranking({name: result["scores"][name][k] for name in names},
+                           higher_is_better=HIGHER_IS_BETTER[k.split("_", 1)[0]]) for k in keys}
+    rows = []
+    for name in names:
+        row = {"denoiser": name}
+        for k, rank in rankings.items():
+            row[k] = rank["intervals"][name]
+            row[f"{k}_vs_best"] = rank["vs_best"][name]
+        rows.append(row)
+    return {"rankings": rankings, "rows": rows}
 
 
 def per_batch_difference(dataset: Dataset, *, n_train: int = 10_000, n: int = 8, seed: int = 0,

@@ -10,6 +10,10 @@ Glossary
     run             one sampling run of a registered denoiser (data, denoiser, n, steps, seed), every step kept,
                     cached on disk by `cached_trajectory`: `locality sample`, the Samples page and the warm-up
                     read and write the same entry
+    per seed        a measurement over many samples (`locality compare`, the memorisation table) draws sample i
+                    from its own seed (`initial_noise(1, ..., seeds[i])`) and keeps each final sample under its
+                    own key (`seed_samples`): a larger n computes only the new seeds, and an interrupted run
+                    resumes where it stopped
 """
 
 from __future__ import annotations
@@ -83,6 +87,51 @@ def sample_many(denoisers: dict[str, Callable], n: int, seed: int, sigmas: list[
         steps.close()
         out[name] = torch.cat(batches)
     return out
+
+
+# ---------------------------------------------------------------- per seed, each sample cached on its own
+
+def cached_items(keys: list[str | None], compute: Callable[[list[int]], np.ndarray], *, batch_size: int = 8,
+                 cache=None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Stack of per-item arrays: item i read from the cache under ``keys[i]``, or computed by
+    ``compute(indices) -> (len(indices), ...)`` in batches of ``batch_size`` missing items and stored at once
+    (None keys: never cached). ``progress(done, missing)`` after each batch."""
+    cache = cache or default_cache()
+    items: list[np.ndarray | None] = [None] * len(keys)
+    for i, key in enumerate(keys):
+        hit = cache.get(key) if key is not None else None
+        items[i] = None if hit is None else hit["value"]
+    missing = [i for i, v in enumerate(items) if v is None]
+    for start in range(0, len(missing), batch_size):
+        part = missing[start:start + batch_size]
+        values = np.asarray(compute(part))
+        for i, v in zip(part, values, strict=True):
+            items[i] = v
+            if keys[i] is not None:
+                cache.set(keys[i], {"value": v})
+        if progress is not None:
+            progress(start + len(part), len(missing))
+    return np.stack(items)
+
+
+SEED_SAMPLES = cache_kind("seed-samples")
+
+
+def seed_samples(denoiser: Callable, seeds: list[int], sigmas: list[float], *, shape: tuple[int, int, int],
+                 ids: tuple | None = None, batch_size: int = 8, cache=None,
+                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Final DDIM samples (n, C, H, W), sample i from ``initial_noise(1, shape, seeds[i], sigmas[0])``; with
+    ``ids`` (what the denoiser's output depends on: data fingerprint, denoiser cache id) each is kept in the disk
+    cache on its own, so a run over more seeds computes only the new ones."""
+    sigma_text = ",".join(f"{s:.6g}" for s in sigmas)
+    keys = [None if ids is None else SEED_SAMPLES.key(*ids, sigma_text, int(s)) for s in seeds]
+
+    @torch.no_grad()
+    def compute(idx: list[int]) -> np.ndarray:
+        z = torch.cat([initial_noise(1, shape, seeds[i], sigmas[0]) for i in idx])
+        return sample_ddim(denoiser, z, sigmas).float().cpu().numpy()
+
+    return torch.from_numpy(cached_items(keys, compute, batch_size=batch_size, cache=cache, progress=progress))
 
 
 # ---------------------------------------------------------------- one sampling run, cached (CLI, Samples page, warm-up)

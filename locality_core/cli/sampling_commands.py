@@ -7,6 +7,7 @@ reads and writes the same cached runs as the Samples page and the warm-up (`samp
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from locality_core.analysis.calibration import calibrate
-from locality_core.analysis.metrics import agreement, agreement_table, nearest_training
+from locality_core.analysis.intervals import order_sentence
+from locality_core.analysis.metrics import agreement, agreement_scores, comparison, nearest_training
 from locality_core.analysis.sampling import cached_trajectory, sample_many
 from locality_core.cli import validate
 from locality_core.cli.common import friendly
@@ -36,6 +38,8 @@ from locality_core.schedule import ddim_sigmas, sigma_to_t
 
 DEFAULT_SAMPLE = ("unet", "analytical", "wiener", "optimal", "els", "diffusers-unet")
 DEFAULT_COMPARE = ("analytical", "wiener", "optimal", "ls", "els", "diffusers-unet")
+COMPARE_N = 32     # items per comparison: fewer leave the order of most denoisers unresolved (docs/results.md)
+PARTS = ("trajectory", "same_input")
 SCALE = 3          # grid pixels per image pixel
 LABEL_WIDTH = 150  # grid label column, pixels
 
@@ -162,12 +166,48 @@ def _cmd_sample(args) -> int:
 
 # ---------------------------------------------------------------- agreement with the UNet
 
+COMPARE_COLUMNS = (("r2_trajectory", "r^2 trajectory"), ("pearson_trajectory", "Pearson trajectory"),
+                   ("mse_trajectory", "MSE trajectory"), ("r2_same_input", "r^2 same input"),
+                   ("mse_same_input", "MSE same input"))
+
+
+def _cell(iv: dict, digits: int) -> str:
+    return f"{iv['mean']:.{digits}f} [{iv['lo']:.{digits}f}, {iv['hi']:.{digits}f}]"
+
+
+def _digits(key: str) -> int:
+    return 4 if key.startswith("mse") else 3
+
+
+def compare_markdown(report: dict) -> str:
+    """The comparison table (means with 95 % intervals, n items; ordered by r^2 on trajectories, with each
+    denoiser's paired difference to the best there) and, per score, the sentence of the order its paired
+    intervals support, as docs/results.md shows them; ``report``: what `locality compare --json` prints."""
+    cols = [(k, label) for k, label in COMPARE_COLUMNS if k in report["rankings"]]
+    head = "r2_trajectory" if "r2_trajectory" in report["rankings"] else cols[0][0]
+    rank = report["rankings"][head]
+    n = report["n"]
+    lines = [f"| denoiser | {' | '.join(label for _, label in cols)} | {dict(cols)[head]}: against the best, "
+             f"paired |", "| --- |" + " ---: |" * (len(cols) + 1)]
+    rows = {r["denoiser"]: r for r in report["rows"]}
+    for name in rank["order"]:
+        r = rows[name]
+        vs = r[f"{head}_vs_best"]
+        paired = ("best" if name == rank["best"] else
+                  f"{vs['mean']:+.3f} [{vs['lo']:+.3f}, {vs['hi']:+.3f}], better on {vs['wins']} of {n}")
+        lines.append(f"| {name} | " + " | ".join(_cell(r[k], _digits(k)) for k, _ in cols) + f" | {paired} |")
+    sentences = [order_sentence(report["rankings"][k], f"{label} against the UNet on {report['dataset']}",
+                                _digits(k)) for k, label in cols]
+    return "\n".join(lines) + "\n\n" + "\n\n".join(sentences)
+
+
 def _cmd_compare(args) -> int:
     dataset = load_dataset(args.dataset)
     reference = get_denoiser("unet", dataset)
     names, explicit = _names(args.denoisers, DEFAULT_COMPARE)
     denoisers = _denoisers(dataset, [n for n in names if n != "unet"], explicit)
-    bar = tqdm(total=len(denoisers) + 1, desc="compare", file=sys.stderr)
+    parts = tuple(p.strip().replace("-", "_") for p in args.parts.split(","))
+    bar = tqdm(total=(len(denoisers) + 1) * len(parts), desc="compare", file=sys.stderr)
 
     def progress(what: str) -> None:
         bar.set_postfix_str(what)
@@ -175,19 +215,26 @@ def _cmd_compare(args) -> int:
 
     ids = {name: denoiser_cache_id(name, dataset) for name in denoisers}
     ids["reference"] = denoiser_cache_id("unet", dataset)
-    rows = agreement_table(dataset, denoisers, reference, sigmas=ddim_sigmas(args.steps), n_inputs=args.n,
-                           n_samples=args.n, seed=args.seed, batch_size=args.batch, progress=progress,
-                           cache_ids=ids)
+    result = agreement_scores(dataset, denoisers, reference, sigmas=ddim_sigmas(args.steps), n=args.n,
+                              seed=args.seed, batch_size=args.batch, parts=parts, progress=progress, cache_ids=ids)
     bar.close()
+    report = {"dataset": dataset.name, "reference": "unet", "steps": args.steps, "n": args.n,
+              "seeds": result["seeds"], "denoisers": {name: ids[name] for name in denoisers},
+              **comparison(result), "per_sigma": result["per_sigma"]}
     if args.json:
-        print(json.dumps({"dataset": dataset.name, "reference": "unet", "steps": args.steps, "n": args.n,
-                          "rows": rows}, indent=1))
+        print(json.dumps(report, indent=1))
         return 0
-    print(f"agreement with the UNet on {dataset.name} (n={args.n}, {args.steps} DDIM steps)")
-    print(f"{'denoiser':<12} {'r2 same input':>14} {'r2 trajectory':>14} {'pearson traj.':>14} {'mse same input':>15}")
-    for r in sorted(rows, key=lambda r: -r["r2_same_input"]):
-        print(f"{r['denoiser']:<12} {r['r2_same_input']:>14.3f} {r['r2_trajectory']:>14.3f} "
-              f"{r['pearson_trajectory']:>14.3f} {r['mse_same_input']:>15.4f}")
+    if args.markdown:
+        print(compare_markdown(report))
+        return 0
+    print(f"agreement with the UNet on {dataset.name}: n = {args.n} items (noise seeds {result['seeds'][0]}-"
+          f"{result['seeds'][1]}), {args.steps} DDIM steps; mean [95 % bootstrap interval]")
+    cols = [(k, label) for k, label in COMPARE_COLUMNS if k in report["rankings"]]
+    print(f"{'denoiser':<12} " + " ".join(f"{label:>26}" for _, label in cols))
+    for r in report["rows"]:
+        print(f"{r['denoiser']:<12} " + " ".join(f"{_cell(r[k], _digits(k)):>26}" for k, _ in cols))
+    for k, _ in cols:
+        print(order_sentence(report["rankings"][k], k))
     return 0
 
 
@@ -232,6 +279,13 @@ def _default_sizes(side: int) -> list[int]:
 
 # ---------------------------------------------------------------- the parser
 
+def _parts(text: str) -> str:
+    parts = [p.strip().replace("-", "_") for p in text.split(",") if p.strip()]
+    if not parts or any(p not in PARTS for p in parts):
+        raise argparse.ArgumentTypeError(f"--parts takes a comma list of {', '.join(PARTS)}, got {text!r}")
+    return ",".join(parts)
+
+
 def _json_out(text: str) -> str:
     return text if text == "-" else str(validate.out_file(text))
 
@@ -262,12 +316,17 @@ def add_commands(subparsers) -> None:
     p.add_argument("dataset")
     p.add_argument("--denoisers", type=validate.arg(_denoiser_list), default=None,
                    help=f"comma list (default: {','.join(DEFAULT_COMPARE)})")
-    p.add_argument("--n", type=validate.arg(validate.count, "--n", validate.MAX_SAMPLES), default=8,
-                   help="held-out inputs and samples")
+    p.add_argument("--n", type=validate.arg(validate.count, "--n", validate.MAX_SAMPLES), default=COMPARE_N,
+                   help="trajectories (noise seeds SEED .. SEED+n-1) and held-out images; each item is cached on "
+                        "its own, so a larger n computes only the new ones")
     p.add_argument("--steps", type=validate.arg(validate.count, "--steps", validate.MAX_DDIM_STEPS), default=10)
     p.add_argument("--seed", type=validate.arg(validate.seed), default=0)
     p.add_argument("--batch", type=validate.arg(validate.count, "--batch", validate.MAX_BATCH), default=8)
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--parts", type=_parts, default="trajectory,same_input",
+                   help="what to compare: trajectory, same_input or both (comma list)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON (per-denoiser intervals, rankings) instead")
+    out.add_argument("--markdown", action="store_true", help="print the results table (README, docs/results.md)")
     p.set_defaults(func=friendly(_cmd_compare))
 
     p = subparsers.add_parser("calibrate", help="fit the LS / ELS patch-size schedule to the trained UNet")

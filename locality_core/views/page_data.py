@@ -30,11 +30,15 @@ def els_patches(data: Dataset, pixel: tuple[int, int], sigmas) -> tuple[np.ndarr
 
 
 def sensitivity_table(stats: DataStats, sigmas, sizes: dict[str, np.ndarray], cosines=None, masks=None,
-                      patch_sizes=None) -> dict[str, list]:
-    """The Sensitivity table's rows (one value per noise level): components passing, 50 % squares of each field
-    (``sizes``: `fields.locality_sizes` per denoiser), the UNet-Wiener cosine, mask sizes, ELS patch sizes."""
-    table = {"components with λ > σ²": [passing_components(stats.eigvals, s) for s in sigmas],
-             "Wiener 50 % square (px)": list(sizes["wiener"][:, 0])}
+                      patch_sizes=None, extents: dict[str, np.ndarray] | None = None) -> dict[str, list]:
+    """The Sensitivity table's rows (one value per noise level): components passing, half-max squares of each
+    field (``extents``: `fields.half_max_sizes` per denoiser, what the sentences use) and 50 % squares
+    (``sizes``: `fields.locality_sizes`), the UNet-Wiener cosine, mask sizes, ELS patch sizes."""
+    table = {"components with λ > σ²": [passing_components(stats.eigvals, s) for s in sigmas]}
+    for name, title in (("wiener", "Wiener"), ("unet", "UNet")):
+        if extents is not None and name in extents:
+            table[f"{title} half-max square (px)"] = list(extents[name])
+    table["Wiener 50 % square (px)"] = list(sizes["wiener"][:, 0])
     if "unet" in sizes:
         table["UNet 50 % square (px)"] = list(sizes["unet"][:, 0])
         table["cos(UNet, Wiener)"] = [f"{c:.2f}" for c in cosines]
