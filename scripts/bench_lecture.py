@@ -48,7 +48,8 @@ def timed(fn) -> tuple[float, float]:
 
 
 def warmup_rows(names: list[str], start: float) -> dict[str, list]:
-    """The default-view tiers of every data set in talk order (all landing views first, as the server does):
+    """The default-view tiers of every data set in talk order (all landing views first, then each data set's slow
+    and other views, as the server does):
     per data set, a "ready at" row and one row per task."""
     from locality_core.views import plan
     from locality_core.views.jobs import run_task
@@ -56,8 +57,8 @@ def warmup_rows(names: list[str], start: float) -> dict[str, list]:
 
     loaded = [(DataRef.of(n), DataRef.of(n).load()) for n in names]
     ordered = [(r.name, t) for r, d in loaded for t in plan.landing(r, d)]
-    ordered += [(r.name, t) for r, d in loaded for t in plan.slow_samples(r, d)]
-    ordered += [(r.name, t) for i, (r, d) in enumerate(loaded) for t in plan.other_experiments(r, d, i == 0)]
+    ordered += [(r.name, t) for i, (r, d) in enumerate(loaded)
+                for t in plan.slow_samples(r, d) + plan.other_experiments(r, d, i == 0)]
     rows: dict[str, list] = {n: [] for n in names}
     ready = {}
     for name, task in dict.fromkeys(ordered):

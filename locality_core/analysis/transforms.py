@@ -138,6 +138,14 @@ def inject_pattern(dataset: Dataset, strength: float = 1.0, mask="W", seed: int 
 
 # ---------------------------------------------------------------- one class
 
+def has_class(dataset: Dataset, label: int) -> bool:
+    """Whether `keep_class` can keep class ``label``: labels on both splits, 2 training and 1 test image of it
+    (natural-patches' classes are photographs, and its test photographs are others than its training ones)."""
+    if dataset.train_labels is None or dataset.test_labels is None:
+        return False
+    return int((dataset.train_labels == label).sum()) >= 2 and int((dataset.test_labels == label).sum()) >= 1
+
+
 def keep_class(dataset: Dataset, label: int | str) -> Dataset:
     """Only the images of one class (a label index or a class name); DatasetError without labels."""
     if dataset.train_labels is None or dataset.test_labels is None:
@@ -150,7 +158,7 @@ def keep_class(dataset: Dataset, label: int | str) -> Dataset:
         label = dataset.class_names.index(label)
     label = int(label)
     train_sel, test_sel = dataset.train_labels == label, dataset.test_labels == label
-    if int(train_sel.sum()) < 2 or int(test_sel.sum()) < 1:
+    if not has_class(dataset, label):
         raise DatasetError(f"{dataset.name!r} has too few images of class {label} "
                            f"({int(train_sel.sum())} train, {int(test_sel.sum())} test).")
     name = dataset.class_names[label] if label < len(dataset.class_names) else str(label)
