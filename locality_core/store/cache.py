@@ -331,13 +331,18 @@ class ArrayCache:
             self._say("write", f"warning: the cache folder {self.directory} cannot be written ({exc}): its results "
                       "are still served, and new ones are kept in memory for this process only.")
 
+    def _stored(self, key: str) -> bytes | None:
+        """The entry's raw bytes, unverified: memory first (it holds what the folder could not take), then disk."""
+        blob = self._memory.get(key)
+        if blob is None and self._values is not None:
+            blob = self._values.get(key, default=None, read=False)
+        return blob
+
     def get(self, key: str) -> Arrays | None:
         """The entry, or None when missing or damaged (a damaged entry is deleted). Memory first: it holds what
         the folder could not take."""
         try:
-            blob = self._memory.get(key)
-            if blob is None and self._values is not None:
-                blob = self._values.get(key, default=None, read=False)
+            blob = self._stored(key)
             return None if blob is None else decode(blob)
         except Exception:  # truncated file, checksum mismatch, pickled entry, I/O error: all a miss
             self.delete(key)
@@ -408,9 +413,7 @@ class ArrayCache:
     def blob(self, key: str) -> bytes | None:
         """The entry's stored bytes (checksum header and all), verified; None when missing or damaged."""
         try:
-            blob = self._memory.get(key)
-            if blob is None and self._values is not None:
-                blob = self._values.get(key, default=None, read=False)
+            blob = self._stored(key)
             if blob is None:
                 return None
             decode(blob)
