@@ -1,18 +1,22 @@
 """The lecture table: how soon after start every default view is ready, and what a speaker waits for afterwards.
 
-Per data set, into a fresh cache: the warm-up's talk plan up to the default views of every page (tiers 1 to 3 of
-`locality_core.views.plan`: landing views, the analytical samples, the other experiments) run in order, as the
-server's background worker runs it (every core), with the time from start at which the data set's last default
-view is ready, and each task's CPU seconds; then each page's default view as a headless page run (AppTest: the
-script, its cached calls, its figures), and the interactive waits: a new Jacobian basis (another test image), a
-new experiment (another permutation, another alpha), new-seed samples. Each row beside its target (issue 21).
+By default (as a talk runs it): `streamlit run serve.py` on an empty cache, left untouched while its background
+worker warms up; the time from the server's start at which each data set's last default view (tiers 1 to 3 of
+`locality_core.views.plan`: landing views, the analytical samples, the other experiments) is ready, with each
+task's CPU seconds from the worker's record; then every page's default view of each data set in a fresh tab of a
+headless Chromium at 1280x720, timed from the address to its figures drawn and the script idle (the warm-up goes on
+beside it, as in a talk). Then the interactive waits, in this process on the warmed cache: a new Jacobian basis
+(another test image), a new experiment (another permutation, another alpha), new-seed samples. Each row beside its
+target (issue 21).
 
-    python scripts/bench_lecture.py                                   # both lecture data sets, idle machine
-    python scripts/bench_lecture.py --neighbour                       # the same beside a CPU-bound process
-    python scripts/bench_lecture.py fashion-mnist --cache DIR         # time what DIR is missing
+    python scripts/bench_lecture.py                        # both lecture data sets, idle machine
+    python scripts/bench_lecture.py --neighbour            # the same beside a CPU-bound process
+    python scripts/bench_lecture.py --inline               # the warm-up's tasks in this process, pages by AppTest
+    python scripts/bench_lecture.py fashion-mnist --inline --cache DIR   # time what DIR is missing
 
-Times are wall seconds from the start of the run; CPU seconds are this process's (all threads). On a shared
-machine CPU seconds are the steadier measure; the load average is printed with the table.
+Times are wall seconds from the start of the run; CPU seconds are the worker's per task, the server process's per
+page view, this process's per interactive wait (all threads). On a shared machine CPU seconds are the steadier
+measure; the load average is printed with the table.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 READY_TARGET_S = {"fashion-mnist": 300, "natural-patches": 900}  # every default view, from a cold start
 BASIS_TARGET_S = {"fashion-mnist": 5, "natural-patches": 20}
 PAGE_TARGET_S, SAMPLES_TARGET_S, EXPERIMENT_TARGET_S = 2, 2, 30
+# every page's default view, by the figures it draws (the keys of their containers)
+PAGE_FIGURES = (("sensitivity", ("field_grid",)), ("samples", ("samples_unet", "samples_analytical")),
+                ("jacobian", ("jb_spectrum",)), ("experiments", ("exp_grid",)), ("components", ("eigen_images",)),
+                ("generalisation", ("gen_curves_cos", "gen_pair_unet", "gen_pair_analytical")))
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 PAGES = ("pages/sensitivity.py", "pages/samples.py", "pages/jacobian.py", "pages/experiments.py",
          "pages/components.py", "pages/generalisation.py")
 
@@ -55,10 +64,7 @@ def warmup_rows(names: list[str], start: float) -> dict[str, list]:
     from locality_core.views.jobs import run_task
     from locality_core.views.refs import DataRef
 
-    loaded = [(DataRef.of(n), DataRef.of(n).load()) for n in names]
-    ordered = [(r.name, t) for r, d in loaded for t in plan.landing(r, d)]
-    ordered += [(r.name, t) for i, (r, d) in enumerate(loaded)
-                for t in plan.slow_samples(r, d) + plan.other_experiments(r, d, i == 0)]
+    ordered = [(r.name, t) for r, t in plan.default_views([(DataRef.of(n), DataRef.of(n).load()) for n in names])]
     rows: dict[str, list] = {n: [] for n in names}
     ready = {}
     for name, task in dict.fromkeys(ordered):
@@ -66,8 +72,118 @@ def warmup_rows(names: list[str], start: float) -> dict[str, list]:
         rows[name].append((f"  {task.title[len(name) + 2:] if task.title.startswith(name) else task.title}"[:66],
                            wall, cpu, None))
         ready[name] = time.perf_counter() - start
+        print(f"[{ready[name]:7.1f} s] {task.title[:70]}: {wall:.1f} s wall, {cpu:.1f} CPU s", file=sys.stderr,
+              flush=True)
     return {n: [("every default view ready, s from start", ready[n], sum(r[2] for r in rows[n]),
                  READY_TARGET_S.get(n))] + rows[n] for n in names}
+
+
+def label(name: str, title: str) -> str:
+    return f"  {title[len(name) + 2:] if title.startswith(name) else title}"[:66]
+
+
+def default_view_tasks(names: list[str]) -> list[tuple[str, object]]:
+    """[(data set, Task)] of every page's default view, in the warm-up's order."""
+    from locality_core.views import plan
+    from locality_core.views.refs import DataRef
+
+    views = plan.default_views([(DataRef.of(n), DataRef.of(n).load()) for n in names])
+    return list(dict.fromkeys((ref.name, task) for ref, task in views))
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_rows(names: list[str], cache: Path, folder: Path, budget_s: float) -> dict[str, list]:
+    """The real server on an empty cache, untouched until every default view is ready (or ``budget_s``), then each
+    page's default view in a fresh tab: per data set, a "ready at" row, one row per task, one per page."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from playwright.sync_api import sync_playwright
+    from servers import ARGS, CHROMIUM, running
+
+    from locality_core.views.jobs import read_record
+
+    tasks = default_view_tasks(names)  # loads the data sets here, with this process's own cache folder
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOCALITY_CACHE_DIR": str(cache), "LOCALITY_WARMUP": "1"}
+    env.pop("LOCALITY_JOBS", None)  # the server chooses its workers, as `make app` does
+    rows: dict[str, list] = {n: [] for n in names}
+    start = time.time()
+    with running("serve.py", env, folder / "server.log") as url:
+        os.environ["LOCALITY_CACHE_DIR"] = str(cache)  # read_record: the server's record of its jobs
+        done: set = set()
+        while len(done) < len(tasks) and time.time() - start < budget_s:
+            record = read_record()
+            for _, task in tasks:
+                entry = record.get(task.key)
+                if task.key not in done and entry and ("cpu_s" in entry or entry.get("error")):
+                    done.add(task.key)
+                    print(f"[{entry['when'] - start:7.1f} s] {task.title[:70]}: {entry.get('cpu_s', 0):.1f} CPU s"
+                          f"{' ERROR ' + entry['error'] if entry.get('error') else ''}", file=sys.stderr, flush=True)
+            time.sleep(1)
+        record = read_record()
+        for n in names:
+            mine = [t for name, t in tasks if name == n]
+            entries = [record.get(t.key, {}) for t in mine]
+            missing = [t.title for t, e in zip(mine, entries, strict=True) if "cpu_s" not in e]
+            ready = max(e["when"] for e in entries if "when" in e) - start if not missing else float(budget_s)
+            what = "every default view ready, s from start" + (f" (NOT: {len(missing)} missing)" if missing else "")
+            rows[n].append((what, ready, sum(e.get("cpu_s", 0.0) for e in entries), READY_TARGET_S.get(n)))
+            rows[n] += [(label(n, t.title) + (" ERROR" if e.get("error") else ""), e.get("wall_s", float("nan")),
+                         e.get("cpu_s", float("nan")), None) for t, e in zip(mine, entries, strict=True)]
+        server_pid = streamlit_pid(url)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            for n in names:
+                for page_name, figures in page_figures(n):
+                    rows[n].append(page_row(browser, url, n, page_name, figures, server_pid))
+            browser.close()
+    return rows
+
+
+def page_figures(name: str) -> list[tuple[str, tuple[str, ...]]]:
+    """PAGE_FIGURES for data set ``name``: the Memorisation page of a data set without subset networks draws none
+    (it says how to train them)."""
+    from locality_core.analysis.generalisation import family_sizes
+    from locality_core.views.refs import DataRef
+
+    has_family = bool(family_sizes(DataRef.of(name).load()))
+    return [(page, figures if page != "generalisation" or has_family else ()) for page, figures in PAGE_FIGURES]
+
+
+def streamlit_pid(url: str) -> int:
+    """The process id of the `streamlit run` serving ``url`` (found by its port on the command line)."""
+    port = url.rsplit(":", 1)[1]
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"streamlit" in b" ".join(argv) and port.encode() in argv:
+            return int(proc.name)
+    raise RuntimeError(f"no streamlit process serves {url}")
+
+
+def page_row(browser, url: str, name: str, page_name: str, figures: tuple[str, ...], server_pid: int) -> tuple:
+    """A page's default view of data set ``name`` in a fresh tab: seconds from the address to its figures drawn
+    and the script idle."""
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    page = context.new_page()
+    try:
+        start, cpu = time.perf_counter(), process_cpu_seconds(server_pid)
+        page.goto(f"{url}/{page_name}?dataset={name}")
+        for figure in figures:
+            page.locator(f".st-key-{figure} .js-plotly-plot").first.wait_for(timeout=600_000)
+        if not figures:  # the page's message instead
+            page.locator('[data-testid="stAlert"]').first.wait_for(timeout=600_000)
+        page.wait_for_selector(IDLE, timeout=600_000)
+        wall, cpu = time.perf_counter() - start, process_cpu_seconds(server_pid) - cpu
+        waited = "Computed by" in page.inner_text("body")
+    finally:
+        context.close()
+    return (f"page {page_name}, fresh tab" + (" (waited for a job)" if waited else ""), wall, cpu, PAGE_TARGET_S)
 
 
 def page_rows(name: str) -> list:
@@ -130,18 +246,27 @@ def neighbour(on: bool):
         proc.kill()
 
 
-def lecture_table(names: list[str], cache_dir: str | None = None, with_neighbour: bool = False) -> dict[str, list]:
+def lecture_table(names: list[str], cache_dir: str | None = None, with_neighbour: bool = False,
+                  inline: bool = False, budget_s: float = 1800) -> dict[str, list]:
     """{data set: [(what, wall s, CPU s, target or None)]}."""
     import torch
 
     with tempfile.TemporaryDirectory() as tmp, neighbour(with_neighbour):
-        os.environ["LOCALITY_CACHE_DIR"] = cache_dir or tmp
+        cache = Path(cache_dir or Path(tmp) / "cache")
+        os.environ["LOCALITY_CACHE_DIR"] = str(Path(tmp) / "here")  # this process's own, until it reads the cache
         os.environ["LOCALITY_WARMUP"] = "0"  # the headless page runs must not queue a warm-up of their own
         os.environ["LOCALITY_JOBS"] = "inline"
         torch.set_num_threads(os.cpu_count() or 1)  # as the background worker runs
-        out = warmup_rows(names, time.perf_counter())
+        if inline:
+            os.environ["LOCALITY_CACHE_DIR"] = str(cache)
+            out = warmup_rows(names, time.perf_counter())
+            for name in names:
+                out[name] += page_rows(name)
+        else:
+            out = server_rows(names, cache, Path(tmp), budget_s)
+        os.environ["LOCALITY_CACHE_DIR"] = str(cache)
         for name in names:
-            out[name] += page_rows(name) + interactive_rows(name)
+            out[name] += interactive_rows(name)
     return out
 
 
@@ -160,11 +285,18 @@ def main(argv=None) -> int:
     parser.add_argument("datasets", nargs="*", default=["fashion-mnist", "natural-patches"])
     parser.add_argument("--cache", help="an existing cache folder (default: a fresh one, so the warm-up is cold)")
     parser.add_argument("--neighbour", action="store_true", help="run beside a CPU-bound process")
+    parser.add_argument("--inline", action="store_true",
+                        help="the warm-up's tasks in this process and the pages by AppTest, not the real server and "
+                             "a browser")
+    parser.add_argument("--budget", type=float, default=1800, help="seconds to wait for the warm-up (default 1800)")
     args = parser.parse_args(argv)
+    if args.cache and not args.inline:
+        parser.error("--cache times what a folder is missing, in this process: use it with --inline")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    table = lecture_table(args.datasets, args.cache, args.neighbour)
-    print_table(table, "beside a CPU-bound process" if args.neighbour else "alone")
+    table = lecture_table(args.datasets, args.cache, args.neighbour, args.inline, args.budget)
+    print_table(table, ("beside a CPU-bound process" if args.neighbour else "alone")
+                + (", in this process" if args.inline else ", the real server and a browser"))
     return 0
 
 

@@ -106,9 +106,7 @@ def test_after_the_warm_up_every_default_view_computes_nothing_and_presentation_
                        "LOCALITY_CACHE_DIR": str(tmp_path / "cache")})
     try:  # the default views of every page (tiers 1-3 of the plan: not tr J and the field grid, which no page opens)
         ref = DataRef.parse(SMALL_GRF)
-        data = ref.load()
-        keys = [t.key for t in plan_module.landing(ref, data) + plan_module.slow_samples(ref, data)
-                + plan_module.other_experiments(ref, data, with_alpha=True)]
+        keys = [t.key for _, t in plan_module.default_views([(ref, ref.load())])]
     finally:
         for name in ("LOCALITY_MODEL_DIR", "LOCALITY_FIELD_PRECISION", "LOCALITY_CACHE_DIR"):
             os.environ.pop(name, None)

@@ -59,6 +59,29 @@ def test_nearest_training_equals_brute_force():
     assert idx[:2].tolist() == [17, 250] and float(dist[:2].max()) < 1e-6
 
 
+def test_nearest_training_is_exact_where_float32_cannot_tell_the_candidates_apart():
+    """Training images 1e-6 apart (below float32's resolution of these distances), exact duplicates, float64
+    samples and an excluded index: the answer is the float64 brute force's, lowest index among exact ties."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(40, 3 * 8 * 8, generator=g, dtype=torch.float64)
+    near = base[:10] + 1e-6 * torch.randn(10, base.shape[1], generator=g, dtype=torch.float64)
+    train64 = torch.cat([base, near, base[:5]])  # 40 + 10 near twins + 5 exact duplicates
+    train = train64.float().view(-1, 3, 8, 8)
+    samples = (train64[:12].float().double() + 3e-7 * torch.randn(12, base.shape[1], generator=g,
+                                                                   dtype=torch.float64)).view(-1, 3, 8, 8)
+    for exclude in (None, torch.arange(12)):
+        idx, dist = nearest_training(samples, train, chunk_size=7, exclude=exclude)
+        brute = (samples.flatten(1)[:, None] - train.flatten(1).double()[None]).pow(2).sum(-1).sqrt()  # no GEMM
+        if exclude is not None:
+            brute[torch.arange(12), exclude] = float("inf")
+        best = brute.min(1).values
+        first = torch.stack([(row == m).nonzero()[0, 0] for row, m in zip(brute, best, strict=True)])
+        assert torch.equal(idx, first) and torch.allclose(dist, best, rtol=0, atol=1e-12)
+    # exact duplicates: the lower index wins (base[i] at i, its copy at 50 + i)
+    idx, _ = nearest_training(train[50:55], train)
+    assert idx.tolist() == [0, 1, 2, 3, 4]
+
+
 def test_same_input_agreement_of_a_denoiser_with_itself_and_a_worse_one():
     from locality_core.denoisers.wiener import WienerDenoiser
     from locality_core.stats.covariance import compute_stats

@@ -99,27 +99,57 @@ def mean_rows(rows: list[dict], keys=("r2", "pearson", "mse")) -> dict[str, floa
 @torch.no_grad()
 def nearest_training(samples: torch.Tensor, train: torch.Tensor, *, chunk_size: int = 4096,
                      exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index (n,) of the training image nearest to each sample in L2, and the distance (n,), float64.
+    """Index (n,) of the training image nearest to each sample in L2, and the distance (n,), float64; the lowest
+    index among exact ties.
 
-    Streams over the training images; distances are computed as ||s||^2 - 2 s.t + ||t||^2 in float64.
+    Exact as a float64 search, at float32 speed: a streamed float32 pass computes every squared distance
+    ||s||^2 - 2 s.t + ||t||^2 together with a rigorous bound on its rounding error (`_float32_error_bound`), keeps
+    the training images whose lower bound does not exceed the best upper bound so far, and recomputes those few in
+    float64. (A float64 pass over 52,000 natural-patches images took 1.7 s per row of 8 samples on 2 cores.)
     ``exclude`` (n,): a training index per sample that does not count (the sample itself, when the samples are
     training images).
     """
-    s = _flat(samples)
-    s_sq = s.pow(2).sum(1)
-    best = torch.full((len(s),), float("inf"), dtype=torch.float64)
-    best_idx = torch.zeros(len(s), dtype=torch.long)
+    s = samples.reshape(len(samples), -1)
+    s64, s32 = s.double(), s.float()
+    s_norm = s64.pow(2).sum(1).sqrt()
+    d = s.shape[1]
+    c = _float32_error_bound(d)
+    s_sq32 = s32.pow(2).sum(1)
+    upper = torch.full((len(s),), float("inf"), dtype=torch.float64)
+    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (sample, train index, lower bound)
     for start in range(0, len(train), chunk_size):
-        t = _flat(train[start:start + chunk_size])
-        d2 = s_sq[:, None] - 2.0 * s @ t.T + t.pow(2).sum(1)[None]
+        t = train[start:start + chunk_size].reshape(-1, d)
+        t32 = t.float()
+        t_sq32 = torch.linalg.vector_norm(t32, dim=1).square()  # no (chunk, d) temporary
+        t_norm = (t_sq32.double() / (1.0 - c)).sqrt()  # at least ||t||: the float32 sum is within c of it
+        d2 = (s_sq32[:, None] - 2.0 * s32 @ t32.T + t_sq32[None]).double()
+        err = c * (s_norm[:, None] + t_norm[None]).pow(2)
+        lower, high = d2 - err, d2 + err
         if exclude is not None:
             inside = (exclude >= start) & (exclude < start + len(t))
-            d2[inside.nonzero()[:, 0], exclude[inside] - start] = float("inf")
-        val, idx = d2.min(dim=1)
-        better = val < best
-        best = torch.where(better, val, best)
-        best_idx = torch.where(better, idx + start, best_idx)
+            rows, cols = inside.nonzero()[:, 0], exclude[inside] - start
+            lower[rows, cols], high[rows, cols] = float("inf"), float("inf")
+        upper = torch.minimum(upper, high.min(dim=1).values)
+        row, col = (lower <= upper[:, None]).nonzero(as_tuple=True)
+        kept.append((row, col + start, lower[row, col]))
+    row, idx, lower = (torch.cat(parts) for parts in zip(*kept, strict=True))
+    survive = lower <= upper[row]  # the bound only tightened after a chunk was screened
+    row, idx = row[survive], idx[survive]
+    exact = (s64[row] - train[idx].reshape(-1, d).double()).pow(2).sum(1)
+    best = torch.full((len(s),), float("inf"), dtype=torch.float64).scatter_reduce(0, row, exact, "amin")
+    at_best = exact == best[row]  # the lowest index among exact ties, as a float64 scan in order finds it
+    best_idx = torch.full((len(s),), len(train), dtype=torch.long).scatter_reduce(0, row[at_best], idx[at_best],
+                                                                                   "amin")
     return best_idx, best.clamp_min(0).sqrt()
+
+
+def _float32_error_bound(d: int) -> float:
+    """A factor c with |fl32(||s||^2 - 2 s.t + ||t||^2) - (||s - t||^2)| <= c (||s|| + ||t||)^2 for vectors of
+    length ``d`` rounded to float32 first: gamma_{d+4} = (d + 4) u / (1 - (d + 4) u), u = 2^-24, which covers any
+    summation order of the dot products and norms (Higham, Accuracy and Stability, 3.1) and the rounding of float64
+    samples to float32, doubled for the final additions."""
+    nu = (d + 4) * 2.0 ** -24
+    return 2.0 * nu / (1.0 - nu)
 
 
 SAME_INPUT_OUTPUTS = cache_kind("same-input-outputs")

@@ -155,6 +155,15 @@ def _loaded(refs: list[DataRef]) -> list[tuple[DataRef, object]]:
     return out
 
 
+def default_views(loaded: list[tuple[DataRef, object]]) -> list[tuple[DataRef, Task]]:
+    """Tiers 1 to 3 of the loaded lecture data sets ``[(ref, data)]``, as (data set, task) in plan order: every
+    page's default view (what a talk opens), the landing views of all before the slow views of any."""
+    out = [(ref, task) for ref, data in loaded for task in landing(ref, data)]
+    for i, (ref, data) in enumerate(loaded):
+        out += [(ref, task) for task in slow_samples(ref, data) + other_experiments(ref, data, with_alpha=i == 0)]
+    return out
+
+
 def plan(datasets: list[str | DataRef] | None = None) -> list[Task]:
     """Every default-view task of ``datasets`` (names or DataRefs; default: the lecture data sets, then every other
     registered one available here without a download), in the order above, without repeats. Given data sets are
@@ -166,11 +175,7 @@ def plan(datasets: list[str | DataRef] | None = None) -> list[Task]:
         rest = _loaded([DataRef.of(n) for n in others])
     else:
         first, rest = _loaded([d if isinstance(d, DataRef) else DataRef.of(d) for d in datasets]), []
-    tasks: list[Task] = []
-    for ref, data in first:
-        tasks += landing(ref, data)
-    for i, (ref, data) in enumerate(first):
-        tasks += slow_samples(ref, data) + other_experiments(ref, data, with_alpha=i == 0)
+    tasks = [task for _, task in default_views(first)]
     for ref, data in first:
         tasks += long_views(ref, data)
     for ref, data in rest:
