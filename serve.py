@@ -1,7 +1,7 @@
 """Serving entry point: `streamlit run serve.py` runs app.py, with three additions: the server's job queue and its
 warm-up start with the server (not at the first visit); deep unknown addresses (``/a/b/c``) get the app's "page not
 found" instead of a blank page (ui/deep_paths.py); a page whose lazily loaded code failed to arrive reloads once by
-itself (ui/chunk_retry.py)."""
+itself, and the Plotly code is fetched as the page opens (ui/chunk_retry.py)."""
 
 import contextlib
 

@@ -107,7 +107,10 @@ def server_rows(names: list[str], cache: Path, folder: Path, budget_s: float) ->
     from locality_core.views.jobs import read_record
 
     tasks = default_view_tasks(names)  # loads the data sets here, with this process's own cache folder
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOCALITY_CACHE_DIR": str(cache), "LOCALITY_WARMUP": "1"}
+    from locality_core.views.plan import LECTURE_DATASETS
+
+    warm = "1" if set(names) == set(LECTURE_DATASETS) else ";".join(names)  # "1": as `make app` (the whole plan)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOCALITY_CACHE_DIR": str(cache), "LOCALITY_WARMUP": warm}
     env.pop("LOCALITY_JOBS", None)  # the server chooses its workers, as `make app` does
     rows: dict[str, list] = {n: [] for n in names}
     start = time.time()
@@ -137,20 +140,25 @@ def server_rows(names: list[str], cache: Path, folder: Path, budget_s: float) ->
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             for n in names:
-                for page_name, figures in page_figures(n):
-                    rows[n].append(page_row(browser, url, n, page_name, figures, server_pid))
+                rows[n] += page_rows_in_browser(browser, url, n, server_pid)
             browser.close()
     return rows
 
 
 def page_figures(name: str) -> list[tuple[str, tuple[str, ...]]]:
-    """PAGE_FIGURES for data set ``name``: the Memorisation page of a data set without subset networks draws none
-    (it says how to train them)."""
+    """PAGE_FIGURES for data set ``name``, less what it cannot draw: the UNet's samples without a UNet, the
+    Jacobian without a network, the Memorisation figures without subset networks (the page then says how to train
+    them, and the row waits for that message)."""
     from locality_core.analysis.generalisation import family_sizes
+    from locality_core.views.defaults import jacobian_denoiser
+    from locality_core.views.plan import _available
     from locality_core.views.refs import DataRef
 
-    has_family = bool(family_sizes(DataRef.of(name).load()))
-    return [(page, figures if page != "generalisation" or has_family else ()) for page, figures in PAGE_FIGURES]
+    data = DataRef.of(name).load()
+    drop = set() if _available("unet", data) else {"samples_unet"}
+    drop |= set() if jacobian_denoiser(data) else {"jb_spectrum"}
+    drop |= set() if family_sizes(data) else {"gen_curves_cos", "gen_pair_unet", "gen_pair_analytical"}
+    return [(page, tuple(f for f in figures if f not in drop)) for page, figures in PAGE_FIGURES]
 
 
 def streamlit_pid(url: str) -> int:
@@ -166,24 +174,44 @@ def streamlit_pid(url: str) -> int:
     raise RuntimeError(f"no streamlit process serves {url}")
 
 
-def page_row(browser, url: str, name: str, page_name: str, figures: tuple[str, ...], server_pid: int) -> tuple:
-    """A page's default view of data set ``name`` in a fresh tab: seconds from the address to its figures drawn
-    and the script idle."""
+def page_rows_in_browser(browser, url: str, name: str, server_pid: int) -> list:
+    """Every page's default view of data set ``name``, from the address to its figures drawn and the script idle:
+    each in a new tab of one browser profile (the first with an empty browser cache, as a first visitor; the others
+    with Streamlit's code cached, as a speaker's browser has it), then each by one press in the open tab's top bar
+    (the page changes without loading the app again). CPU s: the server process's."""
     context = browser.new_context(viewport={"width": 1280, "height": 720})
-    page = context.new_page()
+    rows, page = [], None
     try:
-        start, cpu = time.perf_counter(), process_cpu_seconds(server_pid)
-        page.goto(f"{url}/{page_name}?dataset={name}")
-        for figure in figures:
-            page.locator(f".st-key-{figure} .js-plotly-plot").first.wait_for(timeout=600_000)
-        if not figures:  # the page's message instead
-            page.locator('[data-testid="stAlert"]').first.wait_for(timeout=600_000)
-        page.wait_for_selector(IDLE, timeout=600_000)
-        wall, cpu = time.perf_counter() - start, process_cpu_seconds(server_pid) - cpu
-        waited = "Computed by" in page.inner_text("body")
+        for i, (page_name, figures) in enumerate(page_figures(name)):
+            if page is not None:
+                page.close()
+            page = context.new_page()
+            wall, cpu, waited = timed_view(page, server_pid, figures,
+                                           lambda tab=page, p=page_name: tab.goto(f"{url}/{p}?dataset={name}"))
+            rows.append((f"page {page_name}, {'first visit' if i == 0 else 'new tab'}"
+                         + (" (waited for a job)" if waited else ""), wall, cpu, PAGE_TARGET_S))
+        for page_name, figures in page_figures(name):
+            link = page.locator(f'[data-testid="stTopNavLink"][href$="/{page_name}"]')
+            wall, cpu, waited = timed_view(page, server_pid, figures, link.click)
+            rows.append((f"page {page_name}, one press in the top bar" + (" (waited for a job)" if waited else ""),
+                         wall, cpu, PAGE_TARGET_S))
     finally:
         context.close()
-    return (f"page {page_name}, fresh tab" + (" (waited for a job)" if waited else ""), wall, cpu, PAGE_TARGET_S)
+    return rows
+
+
+def timed_view(page, server_pid: int, figures: tuple[str, ...], go) -> tuple[float, float, bool]:
+    """(wall s, server CPU s, whether it waited for a job) from ``go()`` to ``figures`` drawn and the script idle
+    (a page without figures: its message)."""
+    start, cpu = time.perf_counter(), process_cpu_seconds(server_pid)
+    go()
+    for figure in figures:
+        page.locator(f".st-key-{figure} .js-plotly-plot").first.wait_for(timeout=600_000)
+    if not figures:  # the Memorisation page without subset networks says how to train them
+        page.locator('[data-testid="stAlert"]', has_text="waits for networks").first.wait_for(timeout=600_000)
+    page.wait_for_selector(IDLE, timeout=600_000)
+    wall, cpu = time.perf_counter() - start, process_cpu_seconds(server_pid) - cpu
+    return wall, cpu, "Computed by" in page.inner_text("body")
 
 
 def page_rows(name: str) -> list:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import sys
 import types
 import zipfile
@@ -179,7 +180,14 @@ def test_the_page_html_gets_the_chunk_retry_and_nothing_else_does():
     leaves Streamlit's own routes and other content alone."""
     import asyncio
 
-    from ui.chunk_retry import SCRIPT, ChunkRetry
+    import streamlit
+
+    from ui.chunk_retry import PRELOAD, SCRIPT, ChunkRetry
+
+    # the preload names Streamlit's Plotly chunk as installed (a renamed chunk would silently preload nothing)
+    chunk = re.fullmatch(r'<script type="module">import\("\./static/js/(PlotlyChart\.[^"/]+\.js)"\)'
+                         r'\.catch\(\(\) => \{\}\);</script>', PRELOAD)
+    assert chunk and (Path(streamlit.__file__).parent / "static" / "static" / "js" / chunk[1]).is_file(), PRELOAD
 
     async def run(path: str, content_type: bytes, body: bytes):
         seen, out = {}, []
@@ -200,7 +208,7 @@ def test_the_page_html_gets_the_chunk_retry_and_nothing_else_does():
 
     seen, out = asyncio.run(run("/components", b"text/html; charset=utf-8", b"<html><head><title>x</title>"))
     body = out[-1]["body"]
-    assert body.startswith(b"<html><head>" + SCRIPT.encode()) and body.endswith(b"<title>x</title>")
+    assert body.startswith(b"<html><head>" + (SCRIPT + PRELOAD).encode()) and body.endswith(b"<title>x</title>")
     assert dict(out[0]["headers"])[b"content-length"] == str(len(body)).encode()
     assert "http.response.pathsend" not in seen["extensions"] and not seen["headers"]
     for path in ("/_stcore/health", "/static/js/index.js", "/component/x"):

@@ -1,4 +1,4 @@
-"""Reload once when Streamlit's lazily loaded code fails to arrive.
+"""Reload once when Streamlit's lazily loaded code fails to arrive; fetch the Plotly code as the page opens.
 
 Streamlit fetches each kind of element's code (PlotlyChart.js, ...) when the page first shows one; under heavy load
 such a fetch can fail, and the page then shows errors ("Failed to fetch dynamically imported module", or "Cannot read
@@ -7,10 +7,15 @@ itself (the view lives in the URL and long work in the server's jobs: nothing is
 minute is left on the screen, so that a real outage does not loop.
 
 It is installed twice: by `ChunkRetry` (serve.py) at the top of the page's HTML, before any chunk is fetched, and by
-every rerun (ui.layout, for `streamlit run app.py`), after the first elements.
+every rerun (ui.layout, for `streamlit run app.py`), after the first elements. `ChunkRetry` also adds `PRELOAD`,
+which imports the Plotly chunk at once instead of when the first chart arrives: measured in a headless Chromium
+on 2 cores, the Principal components page in a new tab drew its figure in 3.6-3.8 s instead of 4.2 s with
+the browser's cache warm, 5.0 s instead of 7.2 s with it empty (one run each).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 SCRIPT = """
 <script>
@@ -48,6 +53,23 @@ SCRIPT = """
 </script>
 """
 
+LAZY_CHUNKS = ("PlotlyChart",)  # every page's figures (preloading DataFrame too changed nothing measurable)
+
+
+def _preload() -> str:
+    """A module script that imports Streamlit's Plotly chunk (4.7 MB, every page's figures) as soon as the page's
+    HTML arrives, so that it is fetched and evaluated while the session connects and the script runs, not after
+    the first chart element arrives (1.5 s into a fresh tab here). Empty when the chunk is not found. A failed
+    import is left to the chart's own, later one (and to `SCRIPT`)."""
+    import streamlit
+
+    js = Path(streamlit.__file__).parent / "static" / "static" / "js"
+    names = [found[0].name for kind in LAZY_CHUNKS if len(found := sorted(js.glob(f"{kind}.*.js"))) == 1]
+    imports = "".join(f'import("./static/js/{name}").catch(() => {{}});' for name in names)
+    return f'<script type="module">{imports}</script>' if imports else ""
+
+
+PRELOAD = _preload()
 SKIP = frozenset({"_stcore", "static", "media", "component", "app"})  # Streamlit's own routes (first segment)
 
 
@@ -81,7 +103,7 @@ class ChunkRetry:
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
             kind = dict((k.lower(), v) for k, v in headers).get(b"content-type", b"")
             if start.get("status") == 200 and kind.startswith(b"text/html") and b"<head>" in content:
-                content = content.replace(b"<head>", b"<head>" + SCRIPT.encode(), 1)
+                content = content.replace(b"<head>", b"<head>" + (SCRIPT + PRELOAD).encode(), 1)
             await send({**start, "headers": headers + [(b"content-length", str(len(content)).encode())]})
             await send({"type": "http.response.body", "body": content})
 
