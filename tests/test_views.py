@@ -4,6 +4,7 @@ needs, the job queue shares and orders them, and the pages ask for exactly the c
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -273,3 +274,40 @@ def test_a_background_worker_process_fills_the_disk_cache_the_server_reads(tmp_p
         q.close()
     monkeypatch.setattr(ArrayCache, "set", lambda self, key, arrays: pytest.fail(f"computed again: {key}"))
     assert task.ready() and task.run()["x0_hat"].shape == (3, 2, 1, 28, 28)
+
+
+# ---------------------------------------------------------------- threads for the cores others leave free
+
+def test_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
+    """The arithmetic, on made-up kernel counters: 2 cores, 100 ticks each over the window."""
+    def free(idle_ticks: int, own_s: float, cores: int = 2) -> float | None:
+        readings = iter([(1000, 10_000), (1000 + idle_ticks, 10_000 + 100 * cores)])
+        own = iter([5.0, 5.0 + own_s])
+        return jobs.cores_free(0.1, ticks=lambda: next(readings), own=lambda: next(own), sleep=lambda s: None,
+                               cores=cores)
+
+    assert free(200, 0.0) == pytest.approx(2.0)  # an idle machine
+    assert free(100, 0.0) == pytest.approx(1.0)  # one core busy with somebody else's process
+    assert free(100, 0.1) == pytest.approx(2.0)  # ... with this process: it is ours to use
+    assert free(0, 0.0) == pytest.approx(0.0)
+    assert [jobs.threads_for_now(2, f) for f in (2.0, 1.8, 1.6, 1.0, 0.0)] == [2, 2, 1, 1, 1]
+    assert jobs.threads_for_now(4, 16.0) == 4
+    assert jobs.cores_free(0.0, ticks=lambda: None, sleep=lambda s: None) is None
+    monkeypatch.setattr(jobs, "cores_free", lambda: None)  # no kernel counters here: every thread it may use
+    assert jobs.threads_for_now(3) == 3
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads the kernel's /proc/stat")
+def test_a_cpu_bound_neighbour_takes_a_core_away():
+    """A real busy process beside this one: at least half a core fewer free than there are cores (whatever else
+    runs on the machine can only lower the count further)."""
+    import subprocess
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        free = jobs.cores_free(0.5)
+    finally:
+        busy.kill()
+    cores = os.cpu_count() or 1
+    assert free is not None and free <= cores - 0.5, (free, cores)
