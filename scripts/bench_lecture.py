@@ -51,6 +51,12 @@ def cpu_seconds() -> float:
 
 
 def timed(fn) -> tuple[float, float]:
+    """(wall s, CPU s) of ``fn()``, on the threads the server's job queue would give it now."""
+    import torch
+
+    from locality_core.views.jobs import threads_for_now
+
+    torch.set_num_threads(threads_for_now(os.cpu_count() or 1))
     start, cpu = time.perf_counter(), cpu_seconds()
     fn()
     return time.perf_counter() - start, cpu_seconds() - cpu
@@ -284,7 +290,7 @@ def lecture_table(names: list[str], cache_dir: str | None = None, with_neighbour
         os.environ["LOCALITY_CACHE_DIR"] = str(Path(tmp) / "here")  # this process's own, until it reads the cache
         os.environ["LOCALITY_WARMUP"] = "0"  # the headless page runs must not queue a warm-up of their own
         os.environ["LOCALITY_JOBS"] = "inline"
-        torch.set_num_threads(os.cpu_count() or 1)  # as the background worker runs
+        torch.set_num_threads(os.cpu_count() or 1)  # as the background worker runs (--inline: on an idle machine)
         if inline:
             os.environ["LOCALITY_CACHE_DIR"] = str(cache)
             out = warmup_rows(names, time.perf_counter())
