@@ -52,11 +52,9 @@ def cpu_seconds() -> float:
 
 def timed(fn) -> tuple[float, float]:
     """(wall s, CPU s) of ``fn()``, on the threads the server's job queue would give it now."""
-    import torch
+    from locality_core.views.jobs import threads_for_now, use_threads
 
-    from locality_core.views.jobs import threads_for_now
-
-    torch.set_num_threads(threads_for_now(os.cpu_count() or 1))
+    use_threads(threads_for_now(os.cpu_count() or 1))
     start, cpu = time.perf_counter(), cpu_seconds()
     fn()
     return time.perf_counter() - start, cpu_seconds() - cpu

@@ -297,6 +297,18 @@ def test_threads_follow_the_cores_other_processes_leave_free(monkeypatch):
     assert jobs.threads_for_now(3) == 3
 
 
+def test_use_threads_sets_torch_and_numpy_blas():
+    from threadpoolctl import threadpool_info
+
+    before = torch.get_num_threads()
+    try:
+        jobs.use_threads(1)
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert torch.get_num_threads() == 1 and blas and set(blas) == {1}
+    finally:
+        jobs.use_threads(before)
+
+
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads the kernel's /proc/stat")
 def test_a_cpu_bound_neighbour_takes_a_core_away():
     """A real busy process beside this one: at least half a core fewer free than there are cores (whatever else

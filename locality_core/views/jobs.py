@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from locality_core import settings
 from locality_core.store.cache import default_cache, default_cache_dir
@@ -160,6 +161,13 @@ def threads_for_now(most: int, free: float | None = None) -> int:
     42.5 CPU s for a Fashion-MNIST UNet field that takes 5.5 alone, and 17.9 for 8 UNet samples that take 0.8."""
     free = cores_free() if free is None else free
     return most if free is None else max(1, min(most, int(free + 0.3)))
+
+
+def use_threads(n: int) -> None:
+    """Run the next computations of this process on ``n`` threads: torch's, and numpy's BLAS (the statistics'
+    eigendecomposition), which keeps its own pool."""
+    torch.set_num_threads(n)
+    threadpool_limits(n, user_api="blas")
 
 
 def run_task(task: Task, progress: Callable[[float, str], None] | None = None) -> tuple[float, float]:
@@ -304,7 +312,7 @@ class JobQueue:
         while (job := self._take(roles)) is not None:
             job.where = "server"
             if not job.task.ready():
-                torch.set_num_threads(threads_for_now(self.threads))
+                use_threads(threads_for_now(self.threads))
             try:
                 cpu, _ = run_task(job.task, self._progress(job))
             except Exception as exc:  # a job's failure is its own: the worker goes on

@@ -2,7 +2,8 @@
 queue (`views.jobs`). Reads tasks as JSON lines on stdin, runs each (`jobs.run_task`: skipped when already
 computed), writes events as JSON lines on stdout: {"event": "progress", "fraction", "text"} at most every
 `jobs.PROGRESS_EVERY_S`, then {"event": "done", "cpu_s"} or {"event": "failed", "error"}. Each task runs on as
-many torch threads as other processes leave cores free when it starts (`jobs.threads_for_now`), at most THREADS.
+many threads (torch's and numpy's BLAS) as other processes leave cores free when it starts
+(`jobs.threads_for_now`), at most THREADS.
 Ends when stdin closes or the server (`$LOCALITY_WARMUP_PARENT`) ends. Anything else the library prints goes to
 stderr (the log)."""
 
@@ -18,7 +19,7 @@ import torch
 
 from locality_core import settings
 from locality_core.views.catalogue import Task
-from locality_core.views.jobs import PROGRESS_EVERY_S, run_task, threads_for_now
+from locality_core.views.jobs import PROGRESS_EVERY_S, run_task, threads_for_now, use_threads
 
 
 def exit_with_parent(pid: int, every: float = 5.0) -> None:
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> int:
     for line in sys.stdin:
         task = Task.from_json(line)
         if not task.ready():  # as many threads as other processes leave cores free now
-            torch.set_num_threads(threads_for_now(threads))
+            use_threads(threads_for_now(threads))
         try:
             cpu, _ = run_task(task, progress)
         except Exception as exc:  # reported to the server, which marks the job failed and goes on
