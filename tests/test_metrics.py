@@ -80,6 +80,9 @@ def test_nearest_training_is_exact_where_float32_cannot_tell_the_candidates_apar
     # exact duplicates: the lower index wins (base[i] at i, its copy at 50 + i)
     idx, _ = nearest_training(train[50:55], train)
     assert idx.tolist() == [0, 1, 2, 3, 4]
+    # nothing left to compare with: no distance, as the float64 scan gave
+    _, dist = nearest_training(train[:1], train[:1], exclude=torch.tensor([0]))
+    assert dist.isinf().all()
 
 
 def test_same_input_agreement_of_a_denoiser_with_itself_and_a_worse_one():

@@ -130,8 +130,10 @@ def nearest_training(samples: torch.Tensor, train: torch.Tensor, *, chunk_size: 
             rows, cols = inside.nonzero()[:, 0], exclude[inside] - start
             lower[rows, cols], high[rows, cols] = float("inf"), float("inf")
         upper = torch.minimum(upper, high.min(dim=1).values)
-        row, col = (lower <= upper[:, None]).nonzero(as_tuple=True)
+        row, col = ((lower <= upper[:, None]) & lower.isfinite()).nonzero(as_tuple=True)
         kept.append((row, col + start, lower[row, col]))
+    if not kept:  # no training image: nothing is near
+        return torch.zeros(len(s), dtype=torch.long), torch.full((len(s),), float("inf"), dtype=torch.float64)
     row, idx, lower = (torch.cat(parts) for parts in zip(*kept, strict=True))
     survive = lower <= upper[row]  # the bound only tightened after a chunk was screened
     row, idx = row[survive], idx[survive]
