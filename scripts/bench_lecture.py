@@ -302,8 +302,8 @@ def lecture_table(names: list[str], cache_dir: str | None = None, with_neighbour
     return out
 
 
-def print_table(table: dict[str, list], title: str) -> None:
-    print(f"\n{title} (load average before: {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores)")
+def print_table(table: dict[str, list], title: str, load_before: float) -> None:
+    print(f"\n{title} (load average at the start: {load_before:.1f}, {os.cpu_count()} cores)")
     print(f"{'':<68} {'wall s':>8} {'CPU s':>8} {'target':>7}  ok")
     for name, rows in table.items():
         print(f"--- {name}")
@@ -326,8 +326,9 @@ def main(argv=None) -> int:
         parser.error("--cache times what a folder is missing, in this process: use it with --inline")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    load_before = os.getloadavg()[0]
     table = lecture_table(args.datasets, args.cache, args.neighbour, args.inline, args.budget)
-    print_table(table, ("beside a CPU-bound process" if args.neighbour else "alone")
+    print_table(table, load_before=load_before, title=("beside a CPU-bound process" if args.neighbour else "alone")
                 + (", in this process" if args.inline else ", the real server and a browser"))
     return 0
 
