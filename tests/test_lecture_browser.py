@@ -135,10 +135,14 @@ def test_after_the_warm_up_every_default_view_computes_nothing_and_presentation_
                 context.close()
         context, page = open_page(browser, url + "/sensitivity?present=true")
         try:
-            grid = page.locator(".st-key-field_grid .js-plotly-plot")
-            grid.wait_for(timeout=LONG)
-            sizes = grid.evaluate("gd => gd.layout.annotations.filter(a => a.yref === 'paper' && a.y === 1)"
-                                  ".map(a => a.font.size)")
+            page.locator(".st-key-field_grid .js-plotly-plot").first.wait_for(timeout=LONG)
+            # the element carries its class from the start of Plotly's drawing, its layout only once drawn, and a
+            # rerun may replace it: read the header sizes in one step, once a drawn grid has them
+            sizes = page.wait_for_function(
+                "() => { const gd = document.querySelector('.st-key-field_grid .js-plotly-plot');"
+                " const notes = gd && gd._fullLayout && gd.layout && gd.layout.annotations;"
+                " return notes ? notes.filter(a => a.yref === 'paper' && a.y === 1).map(a => a.font.size) : null; }",
+                timeout=LONG).json_value()
             assert sizes and min(sizes) >= 20, sizes
         finally:
             context.close()
