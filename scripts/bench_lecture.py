@@ -43,16 +43,9 @@ PAGES = ("pages/sensitivity.py", "pages/samples.py", "pages/jacobian.py", "pages
          "pages/components.py", "pages/generalisation.py")
 
 
-def cpu_seconds() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def timed(fn) -> tuple[float, float]:
     """(wall s, CPU s) of ``fn()``, on the threads the server's job queue would give it now."""
-    from locality_core.views.jobs import threads_for_now, use_threads
+    from locality_core.views.jobs import cpu_seconds, threads_for_now, use_threads
 
     use_threads(threads_for_now(os.cpu_count() or 1))
     start, cpu = time.perf_counter(), cpu_seconds()
@@ -64,17 +57,13 @@ def warmup_rows(names: list[str], start: float) -> dict[str, list]:
     """The default-view tiers of every data set in talk order (all landing views first, then each data set's slow
     and other views, as the server does):
     per data set, a "ready at" row and one row per task."""
-    from locality_core.views import plan
     from locality_core.views.jobs import run_task
-    from locality_core.views.refs import DataRef
 
-    ordered = [(r.name, t) for r, t in plan.default_views([(DataRef.of(n), DataRef.of(n).load()) for n in names])]
     rows: dict[str, list] = {n: [] for n in names}
     ready = {}
-    for name, task in dict.fromkeys(ordered):
+    for name, task in default_view_tasks(names):
         cpu, wall = run_task(task)
-        rows[name].append((f"  {task.title[len(name) + 2:] if task.title.startswith(name) else task.title}"[:66],
-                           wall, cpu, None))
+        rows[name].append((label(name, task.title), wall, cpu, None))
         ready[name] = time.perf_counter() - start
         print(f"[{ready[name]:7.1f} s] {task.title[:70]}: {wall:.1f} s wall, {cpu:.1f} CPU s", file=sys.stderr,
               flush=True)
@@ -109,10 +98,9 @@ def server_rows(names: list[str], cache: Path, folder: Path, budget_s: float) ->
     from servers import ARGS, CHROMIUM, running
 
     from locality_core.views.jobs import read_record
-
-    tasks = default_view_tasks(names)  # loads the data sets here, with this process's own cache folder
     from locality_core.views.plan import LECTURE_DATASETS
 
+    tasks = default_view_tasks(names)  # loads the data sets here, with this process's own cache folder
     warm = "1" if set(names) == set(LECTURE_DATASETS) else ";".join(names)  # "1": as `make app` (the whole plan)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOCALITY_CACHE_DIR": str(cache), "LOCALITY_WARMUP": warm}
     env.pop("LOCALITY_JOBS", None)  # the server chooses its workers, as `make app` does
